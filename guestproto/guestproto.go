@@ -1,0 +1,97 @@
+// Package guestproto is the wire contract between the host and the guest init
+// (PID 1 of initramfs-mode VMs). It holds no I/O: the host side lives in the
+// hypervisor drivers, the guest side in package guestinit.
+//
+// Transport. The guest's configuration reaches it as a JSON Config on a small
+// read-only virtio disk whose serial is ConfigDiskSerial (the JSON is
+// zero-padded to a multiple of 512 bytes; the guest stops at the first NUL).
+// After boot the guest and host exchange newline-delimited JSON Messages on
+// the virtio-serial port named AgentPort. Whenever the host side (re)connects,
+// the guest first sends a "hello" carrying its current Status, so a host that
+// re-adopts a running VM learns its readiness and exit without replay.
+package guestproto
+
+import "encoding/json"
+
+const (
+	// ConfigDiskSerial is the virtio-blk serial of the config disk.
+	ConfigDiskSerial = "stack-config"
+	// AgentPort is the virtio-serial port name (/dev/virtio-ports/<name>).
+	AgentPort = "org.stackvm.agent"
+	// Version is bumped on incompatible changes.
+	Version = 1
+)
+
+// Config is what the guest init needs to bring the VM up.
+type Config struct {
+	Version  int               `json:"version"`
+	Hostname string            `json:"hostname"`
+	Hosts    []Host            `json:"hosts,omitempty"` // written to /etc/hosts
+	NICs     []NIC             `json:"nics,omitempty"`
+	DNS      []string          `json:"dns,omitempty"`    // resolv.conf nameservers
+	Search   []string          `json:"search,omitempty"` // resolv.conf search domains
+	Mounts   []Mount           `json:"mounts,omitempty"`
+	Command  []string          `json:"command,omitempty"` // the workload; none: stay up idle
+	Env      map[string]string `json:"env,omitempty"`
+	// OneShot powers the VM off when the workload exits.
+	OneShot bool `json:"one_shot,omitempty"`
+}
+
+// Host is one /etc/hosts line.
+type Host struct {
+	IP    string   `json:"ip"`
+	Names []string `json:"names"`
+}
+
+// NIC configures the interface whose MAC matches.
+type NIC struct {
+	MAC     string `json:"mac"`
+	Address string `json:"address,omitempty"` // CIDR, e.g. 10.42.0.2/24; "" with DHCP
+	Gateway string `json:"gateway,omitempty"`
+	DHCP    bool   `json:"dhcp,omitempty"`
+}
+
+// Mount is a disk or shared directory to mount.
+type Mount struct {
+	// Source is "disk:<serial>" for a block device found by its serial, or
+	// "share:<tag>" for a shared directory.
+	Source   string `json:"source"`
+	Target   string `json:"target"`
+	FSType   string `json:"fstype,omitempty"` // ext4, 9p, virtiofs; "" picks by source
+	ReadOnly bool   `json:"read_only,omitempty"`
+	// Format makes the guest create an ext4 filesystem first when the disk
+	// has none (volumes and scratch disks on first use).
+	Format bool `json:"format,omitempty"`
+}
+
+// Message types.
+const (
+	TypeHello    = "hello"    // guest → host on connect, carries Status
+	TypeReady    = "ready"    // guest → host once configured and the workload started
+	TypeExit     = "exit"     // guest → host when the workload exited
+	TypeError    = "error"    // guest → host: bring-up failed, Error says why
+	TypeLog      = "log"      // guest → host: a line from the init for the host's log
+	TypePoweroff = "poweroff" // host → guest: stop the workload and power off
+)
+
+// Message is one line on the agent port.
+type Message struct {
+	Type   string  `json:"type"`
+	Status *Status `json:"status,omitempty"`
+	Error  string  `json:"error,omitempty"`
+	Text   string  `json:"text,omitempty"`
+	// ID and Body carry request-scoped data for later message types (exec).
+	ID   string          `json:"id,omitempty"`
+	Body json.RawMessage `json:"body,omitempty"`
+}
+
+// Status is the guest's current state.
+type Status struct {
+	Ready     bool              `json:"ready"`
+	Addresses map[string]string `json:"addresses,omitempty"` // MAC → IPv4 address
+	// Exited and ExitCode describe the workload; a signalled workload has
+	// ExitCode 128+signal, as a shell would report it.
+	Exited   bool   `json:"exited"`
+	ExitCode int    `json:"exit_code"`
+	Error    string `json:"error,omitempty"`
+}

@@ -1,0 +1,157 @@
+// Package hypervisor owns the driver interface between the engine and a
+// virtual machine monitor. A driver turns a typed Config into a running VMM
+// process that outlives the calling process, and re-adopts it later from its
+// recorded Identity. Implementations live in sub-packages (qemu first).
+package hypervisor
+
+import (
+	"context"
+	"errors"
+	"os"
+	"syscall"
+	"time"
+)
+
+// ErrGone is returned by Attach when the recorded process no longer exists
+// (or its pid was reused by another process).
+var ErrGone = errors.New("vmm process is gone")
+
+// Driver starts and re-adopts VMMs of one kind.
+type Driver interface {
+	// Name is the driver's name as written in a stack file ("qemu").
+	Name() string
+	// Start launches the VMM for cfg as a detached process (its own session)
+	// and returns once the VMM is running and controllable; it does not
+	// wait for the guest to boot.
+	Start(ctx context.Context, cfg *Config) (Instance, error)
+	// Attach re-adopts a VMM started earlier, possibly by another process.
+	// It returns ErrGone (wrapped) when the identity no longer matches a
+	// live process.
+	Attach(ctx context.Context, id Identity) (Instance, error)
+}
+
+// Instance is a handle on one running VMM. Handles are not shared between
+// processes; Close releases this process's handle and leaves the VMM running.
+type Instance interface {
+	Identity() Identity
+	// State asks the VMM for its run state.
+	State(ctx context.Context) (RunState, error)
+	// Stop asks the guest to power off and waits up to timeout for the VMM
+	// to exit, then forces it to quit; it returns once the process is gone.
+	Stop(ctx context.Context, timeout time.Duration) error
+	// Kill ends the VMM process at once (SIGKILL).
+	Kill() error
+	// Wait blocks until the VMM process exits and reports how.
+	Wait(ctx context.Context) (ExitStatus, error)
+	// Guest returns the guest agent channel, or nil for guests without one
+	// (cloud-init mode).
+	Guest() GuestChannel
+	Close() error
+}
+
+// RunState is the VMM's view of the guest.
+type RunState string
+
+const (
+	StateRunning  RunState = "running"
+	StatePaused   RunState = "paused"
+	StateShutdown RunState = "shutdown"
+	StateExited   RunState = "exited"
+)
+
+// Identity is what is recorded in state to re-adopt a VMM: a pid alone can be
+// reused, so the process start time (field 22 of /proc/PID/stat, in clock
+// ticks since boot) is recorded beside it.
+type Identity struct {
+	Driver    string `json:"driver"`
+	PID       int    `json:"pid"`
+	StartTime uint64 `json:"start_time"`
+	RunDir    string `json:"run_dir"`
+}
+
+// ExitStatus says how a VMM process ended.
+type ExitStatus struct {
+	// Code is the process exit code, or -1 when it was killed by Signal.
+	Code   int            `json:"code"`
+	Signal syscall.Signal `json:"signal,omitempty"`
+	// GuestShutdown is true when the guest powered itself off (as opposed to
+	// the VMM being killed or crashing).
+	GuestShutdown bool `json:"guest_shutdown"`
+	// Known is false when the process was not our child and its status
+	// could not be observed (re-adopted VMM that died while unwatched).
+	Known bool `json:"known"`
+}
+
+// Config is everything a driver needs to start one VM. Paths are absolute.
+type Config struct {
+	Name   string // VM name, used for QEMU's -name and in logs
+	RunDir string // per-VM runtime directory (0700), created by the caller
+
+	CPUs     int
+	MemoryMB int
+
+	Kernel    string
+	Initramfs string // optional
+	Cmdline   string // what the guest needs; drivers add their own (console=...)
+
+	// Machine is "auto", "microvm" or "q35". Accel is "auto", "kvm" or "tcg";
+	// auto picks KVM when /dev/kvm is usable.
+	Machine string
+	Accel   string
+
+	NICs       []NIC
+	Disks      []Disk
+	SharedDirs []SharedDir
+
+	// GuestAgent adds the virtio-serial channel the guest init talks on
+	// (initramfs mode). GuestConfig is the guest init's configuration,
+	// delivered to the guest (see package guestproto).
+	GuestAgent  bool
+	GuestConfig []byte
+
+	// ConsoleLogMax caps the console log file in bytes (0: driver default).
+	ConsoleLogMax int64
+}
+
+// NIC is one network interface. Exactly one of the transports is set.
+type NIC struct {
+	MAC string
+	// Datagram unix sockets, one frame per datagram: the VMM binds
+	// DgramLocal and sends to DgramRemote (the switch port).
+	DgramLocal, DgramRemote string
+	// StreamPath is a unix stream socket the VMM connects to (frames with a
+	// 4-byte big-endian length prefix).
+	StreamPath string
+	// FD is one end of a socketpair(AF_UNIX, SOCK_DGRAM) passed to the VMM.
+	FD *os.File
+	// TAP is the name of an existing TAP device.
+	TAP string
+}
+
+// Disk is a block device for the guest.
+type Disk struct {
+	Path     string
+	Format   string // raw | qcow2
+	ReadOnly bool
+	// Serial is visible in the guest (/sys/block/vdX/serial) so that the
+	// guest can find a disk by name rather than by probe order.
+	Serial string
+}
+
+// SharedDir is a host directory exported to the guest under Tag.
+type SharedDir struct {
+	Tag      string
+	HostPath string
+	ReadOnly bool
+}
+
+// GuestChannel is the host end of the guest agent channel.
+type GuestChannel interface {
+	// Events delivers the guest's reports in order. On every (re)connect the
+	// guest first sends its current state, so a re-adopted VM's readiness
+	// and exit are never lost. The channel closes when the VMM exits or the
+	// instance is closed.
+	Events() <-chan []byte
+	// Send writes one message (see guestproto) to the guest.
+	Send(ctx context.Context, msg []byte) error
+}

@@ -1,0 +1,139 @@
+// Package filenames defines every on-disk name stack uses, in one place: the
+// state, runtime and cache roots, and the files under them. Nothing else in
+// the tree spells a file name of its own.
+//
+// Layout:
+//
+//	<state>/<namespace>/state.json        the namespace's state (0600)
+//	<state>/<namespace>/state.lock        flock held by mutating commands
+//	<state>/<namespace>/volumes/<v>.img   persistent volumes
+//	<state>/<namespace>/vms/<vm>/         per-VM disks, seed, console log
+//	<run>/<short>/                        per-namespace sockets (0700)
+//	<cache>/guest/<hash>/                 the built-in guest image
+//
+// Unix socket paths are limited to 107 bytes, so runtime directories use a
+// short hash of the namespace rather than its (up to 63-byte) name.
+package filenames
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"strconv"
+)
+
+// Directory and file modes: state and sockets are private to the user.
+const (
+	DirMode  os.FileMode = 0o700
+	FileMode os.FileMode = 0o600
+)
+
+// Files under a namespace's state directory.
+const (
+	StateFile = "state.json"
+	LockFile  = "state.lock"
+	VolumeDir = "volumes"
+	VMDir     = "vms"
+)
+
+// Files under a VM's state directory.
+const (
+	ConsoleLog    = "console.log"
+	OverlayDisk   = "root.qcow2"
+	SeedISO       = "seed.iso"
+	ScratchPrefix = "scratch-" // scratch-<disk>.img
+	ConfigDisk    = "config.img"
+)
+
+// Files under a VM's runtime directory.
+const (
+	QMPSocket     = "qmp.sock"
+	ConsoleSocket = "console.sock"
+	AgentSocket   = "agent.sock"
+	PIDFile       = "vmm.pid"
+	StderrFile    = "vmm.stderr"
+)
+
+// StateRoot is where state lives: $STACK_STATE_DIR, else
+// $XDG_STATE_HOME/stack, else ~/.local/state/stack.
+func StateRoot() string {
+	if d := os.Getenv("STACK_STATE_DIR"); d != "" {
+		return d
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "stack")
+	}
+	return filepath.Join(homeDir(), ".local", "state", "stack")
+}
+
+// RuntimeRoot is where sockets live: $XDG_RUNTIME_DIR/stack, else
+// /tmp/stack-<uid>.
+func RuntimeRoot() string {
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "stack")
+	}
+	return filepath.Join(os.TempDir(), "stack-"+strconv.Itoa(os.Getuid()))
+}
+
+// CacheRoot is where built artefacts are cached: $STACK_CACHE_DIR, else
+// $XDG_CACHE_HOME/stack, else ~/.cache/stack.
+func CacheRoot() string {
+	if d := os.Getenv("STACK_CACHE_DIR"); d != "" {
+		return d
+	}
+	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
+		return filepath.Join(d, "stack")
+	}
+	return filepath.Join(homeDir(), ".cache", "stack")
+}
+
+// NamespaceState is the state directory of a namespace.
+func NamespaceState(stateRoot, namespace string) string {
+	return filepath.Join(stateRoot, namespace)
+}
+
+// VMState is the state directory of one VM instance (disks, seed, log).
+func VMState(stateRoot, namespace, vm string) string {
+	return filepath.Join(stateRoot, namespace, VMDir, vm)
+}
+
+// Volume is the image file of a persistent volume.
+func Volume(stateRoot, namespace, volume string) string {
+	return filepath.Join(stateRoot, namespace, VolumeDir, volume+".img")
+}
+
+// NamespaceRuntime is the runtime directory of a namespace. Its last element
+// is a 12-hex-digit hash so that socket paths stay short.
+func NamespaceRuntime(runtimeRoot, namespace string) string {
+	return filepath.Join(runtimeRoot, shortHash(namespace))
+}
+
+// VMRuntime is the runtime directory of one VM (QMP, console and agent
+// sockets). VM names can be 63 bytes long, so they are hashed too.
+func VMRuntime(runtimeRoot, namespace, vm string) string {
+	return filepath.Join(NamespaceRuntime(runtimeRoot, namespace), "vm-"+shortHash(vm))
+}
+
+// NetworkRuntime is the runtime directory of one network's switch.
+func NetworkRuntime(runtimeRoot, namespace, network string) string {
+	return filepath.Join(NamespaceRuntime(runtimeRoot, namespace), "net-"+shortHash(network))
+}
+
+// GuestImage is the cache directory of a built guest image, keyed by the
+// hash of its inputs.
+func GuestImage(cacheRoot, key string) string {
+	return filepath.Join(cacheRoot, "guest", key)
+}
+
+func shortHash(s string) string {
+	h := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(h[:6])
+}
+
+func homeDir() string {
+	if h, err := os.UserHomeDir(); err == nil {
+		return h
+	}
+	return os.TempDir()
+}

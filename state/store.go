@@ -1,0 +1,234 @@
+package state
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stackvm/stack/internal/filenames"
+)
+
+// ErrLockTimeout is returned when another command holds the namespace lock
+// for longer than the caller was willing to wait.
+var ErrLockTimeout = errors.New("timed out waiting for the state lock")
+
+// Store reads and writes the state of one namespace.
+type Store struct {
+	namespace string
+	dir       string
+}
+
+// Open returns the store of namespace under root (see filenames.StateRoot).
+// It touches nothing on disk.
+func Open(root, namespace string) *Store {
+	return &Store{namespace: namespace, dir: filenames.NamespaceState(root, namespace)}
+}
+
+// Dir is the namespace's state directory.
+func (s *Store) Dir() string { return s.dir }
+
+// Path is the state file.
+func (s *Store) Path() string { return filepath.Join(s.dir, filenames.StateFile) }
+
+// Read loads the state. A namespace without a state file yields New; a
+// corrupt file or one of a newer format is an error and is left untouched.
+func (s *Store) Read() (*State, error) {
+	data, err := os.ReadFile(s.Path())
+	if errors.Is(err, fs.ErrNotExist) {
+		return New(s.namespace), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read state: %w", err)
+	}
+	return Decode(data, s.Path())
+}
+
+// Decode parses a state file's bytes; name is used in errors.
+func Decode(data []byte, name string) (*State, error) {
+	var probe struct {
+		FormatVersion *int `json:"format_version"`
+	}
+	if err := json.Unmarshal(data, &probe); err != nil {
+		return nil, fmt.Errorf("read state %s: corrupt file (%v); it was left untouched", name, err)
+	}
+	if probe.FormatVersion == nil {
+		return nil, fmt.Errorf("read state %s: corrupt file (no format_version); it was left untouched", name)
+	}
+	if *probe.FormatVersion > FormatVersion {
+		return nil, fmt.Errorf("read state %s: format version %d is newer than this stack understands (%d); upgrade stack", name, *probe.FormatVersion, FormatVersion)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	st := New("")
+	if err := dec.Decode(st); err != nil {
+		return nil, fmt.Errorf("read state %s: corrupt file (%v); it was left untouched", name, err)
+	}
+	if st.Lineage == "" {
+		return nil, fmt.Errorf("read state %s: corrupt file (no lineage); it was left untouched", name)
+	}
+	if st.Networks == nil {
+		st.Networks = map[string]*Network{}
+	}
+	if st.Volumes == nil {
+		st.Volumes = map[string]*Volume{}
+	}
+	if st.VMs == nil {
+		st.VMs = map[string]*VM{}
+	}
+	return st, nil
+}
+
+// Write stores st atomically and advances its serial (and sets its lineage
+// on the first write). The caller must hold the lock.
+func (s *Store) Write(st *State) error {
+	if st.Lineage == "" {
+		st.Lineage = newLineage()
+	}
+	st.Serial++
+	st.FormatVersion = FormatVersion
+	st.Namespace = s.namespace
+	data, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode state: %w", err)
+	}
+	data = append(data, '\n')
+	if err := os.MkdirAll(s.dir, filenames.DirMode); err != nil {
+		return fmt.Errorf("create state dir: %w", err)
+	}
+	if err := WriteFileAtomic(s.Path(), data); err != nil {
+		st.Serial--
+		return fmt.Errorf("write state: %w", err)
+	}
+	return nil
+}
+
+// Remove deletes the namespace's state file (after `down` removed
+// everything). The lock file and directory stay while the lock is held.
+func (s *Store) Remove() error {
+	if err := os.Remove(s.Path()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove state: %w", err)
+	}
+	return nil
+}
+
+// WriteFileAtomic writes data to path through a temp file in the same
+// directory, fsyncs it, renames it into place and fsyncs the directory, so a
+// reader sees the old or the new content and never a torn file.
+func WriteFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op after the rename
+	if err := f.Chmod(filenames.FileMode); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// Lock is a held namespace lock.
+type Lock struct{ f *os.File }
+
+// Unlock releases the lock.
+func (l *Lock) Unlock() error {
+	if l == nil || l.f == nil {
+		return nil
+	}
+	err := l.f.Close() // closing the fd releases the flock
+	l.f = nil
+	return err
+}
+
+// Lock takes the namespace's exclusive lock, waiting up to timeout. When the
+// lock is busy, waiting is called once (to tell the user) before waiting.
+// The lock belongs to the open file: it is released on Unlock or when the
+// process dies, so a killed command never leaves a stale lock.
+func (s *Store) Lock(ctx context.Context, timeout time.Duration, waiting func()) (*Lock, error) {
+	if err := os.MkdirAll(s.dir, filenames.DirMode); err != nil {
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(s.dir, filenames.LockFile), os.O_RDWR|os.O_CREATE, filenames.FileMode)
+	if err != nil {
+		return nil, fmt.Errorf("open state lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err == nil {
+		return &Lock{f: f}, nil
+	} else if !errors.Is(err, unix.EWOULDBLOCK) {
+		f.Close()
+		return nil, fmt.Errorf("lock state: %w", err)
+	}
+	if waiting != nil {
+		waiting()
+	}
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("lock state: %w", ctx.Err())
+		case <-deadline.C:
+			f.Close()
+			return nil, fmt.Errorf("lock state of namespace %q after %s: %w", s.namespace, timeout, ErrLockTimeout)
+		case <-tick.C:
+			if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err == nil {
+				return &Lock{f: f}, nil
+			}
+		}
+	}
+}
+
+// List returns the namespaces that have a state file under root, sorted.
+func List(root string) ([]string, error) {
+	entries, err := os.ReadDir(root)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list namespaces: %w", err)
+	}
+	var out []string
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(root, e.Name(), filenames.StateFile)); err == nil {
+			out = append(out, e.Name())
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}

@@ -26,7 +26,7 @@ func assignNICs(desired *stackfile.Stack, st *state.State) (map[string][]state.N
 		net string
 		ip  netip.Addr
 	}
-	pinnedIP := map[key]string{}   // → address of the VM that pins it
+	pinnedIP := map[key]string{}     // → address of the VM that pins it
 	pinnedMAC := map[string]string{} // → address of the VM that pins it
 	for _, vm := range desired.VMs {
 		for _, n := range vm.NICs {

@@ -4,7 +4,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-
 )
 
 // edges fills every action's DependsOn with the actions that must finish

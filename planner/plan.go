@@ -57,11 +57,13 @@ type Change struct {
 
 // Action is one planned step.
 type Action struct {
-	Address string  `json:"address"`
-	Type    string  `json:"-"`
-	Kind    Kind    `json:"action"`
-	Reason  Reason  `json:"reason"`
-	Detail  string  `json:"detail,omitempty"` // e.g. why a VM drifted
+	Address string `json:"address"`
+	Type    string `json:"-"`
+	// Name is the resource's name: the instance name (hostname) for VMs.
+	Name    string   `json:"-"`
+	Kind    Kind     `json:"action"`
+	Reason  Reason   `json:"reason"`
+	Detail  string   `json:"detail,omitempty"` // e.g. why a VM drifted
 	Changes []Change `json:"changes"`
 	// After holds the attributes the resource will have once the action is
 	// applied (nil for deletions). The engine records them in state.
@@ -237,7 +239,9 @@ func (b *builder) networks() error {
 		if rec := b.st.Networks[n.Name]; rec != nil {
 			old = rec.Attributes
 		}
-		b.add(diff(n.Address(), TypeNetwork, old, networkAttributes(n), networkForces))
+		a := diff(n.Address(), TypeNetwork, old, networkAttributes(n), networkForces)
+		a.Name = n.Name
+		b.add(a)
 	}
 	return nil
 }
@@ -249,6 +253,7 @@ func (b *builder) volumes() error {
 			old = rec.Attributes
 		}
 		a := diff(v.Address(), TypeVolume, old, volumeAttributes(v), volumeForces)
+		a.Name = v.Name
 		for _, c := range a.Changes {
 			if c.Attribute != "size_bytes" {
 				continue
@@ -280,6 +285,7 @@ func (b *builder) vms() error {
 			old = rec.Attributes
 		}
 		a := diff(vm.Address, TypeVM, old, vmAttributes(vm, nics[vm.Address], nets), vmForces)
+		a.Name = vm.Name
 		if rec != nil && a.Kind != Replace {
 			if live, ok := b.in.Observed[vm.Address]; ok && !live.Alive {
 				a.Kind, a.Reason, a.Detail = Replace, ReasonDrift, live.Detail
@@ -297,19 +303,19 @@ func (b *builder) vms() error {
 func (b *builder) orphans() {
 	for _, addr := range b.st.VMAddresses() {
 		if _, ok := b.byAddr[addr]; !ok {
-			b.add(&Action{Address: addr, Type: TypeVM, Kind: Delete, Reason: ReasonOrphan})
+			b.add(&Action{Address: addr, Type: TypeVM, Name: b.st.VMs[addr].Name, Kind: Delete, Reason: ReasonOrphan})
 		}
 	}
 	for _, name := range sortedKeys(b.st.Networks) {
 		addr := TypeNetwork + "." + name
 		if _, ok := b.byAddr[addr]; !ok {
-			b.add(&Action{Address: addr, Type: TypeNetwork, Kind: Delete, Reason: ReasonOrphan})
+			b.add(&Action{Address: addr, Type: TypeNetwork, Name: name, Kind: Delete, Reason: ReasonOrphan})
 		}
 	}
 	for _, name := range sortedKeys(b.st.Volumes) {
 		addr := TypeVolume + "." + name
 		if _, ok := b.byAddr[addr]; !ok && (b.in.DeleteVolumes) {
-			b.add(&Action{Address: addr, Type: TypeVolume, Kind: Delete, Reason: ReasonOrphan})
+			b.add(&Action{Address: addr, Type: TypeVolume, Name: name, Kind: Delete, Reason: ReasonOrphan})
 		}
 	}
 }

@@ -65,8 +65,7 @@ func (f fixture) stack() *stackfile.Stack {
 	return s
 }
 
-// record does what the engine does after applying a plan successfully: it
-// stores every action's attributes and assignments in state.
+// record does what the engine does after applying a plan successfully.
 func record(t *testing.T, p *Plan, st *state.State) *state.State {
 	t.Helper()
 	next := state.New(p.Namespace)
@@ -80,21 +79,10 @@ func record(t *testing.T, p *Plan, st *state.State) *state.State {
 	for k, v := range st.VMs {
 		next.VMs[k] = v
 	}
-	for _, a := range p.Actions {
-		name := strings.TrimPrefix(a.Address, a.Type+".")
-		switch {
-		case a.Kind == Delete && a.Type == TypeVM:
-			delete(next.VMs, a.Address)
-		case a.Kind == Delete && a.Type == TypeNetwork:
-			delete(next.Networks, name)
-		case a.Kind == Delete && a.Type == TypeVolume:
-			delete(next.Volumes, name)
-		case a.Type == TypeVM:
-			next.VMs[a.Address] = &state.VM{Address: a.Address, Attributes: a.After, NICs: p.NICs[a.Address], Status: state.StatusReady}
-		case a.Type == TypeNetwork:
-			next.Networks[name] = &state.Network{Name: name, Attributes: a.After}
-		case a.Type == TypeVolume:
-			next.Volumes[name] = &state.Volume{Name: name, Attributes: a.After}
+	for _, a := range p.Order() {
+		p.Record(next, a)
+		if vm := next.VMs[a.Address]; vm != nil {
+			vm.Status = state.StatusReady
 		}
 	}
 	return next

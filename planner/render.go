@@ -147,6 +147,7 @@ const JSONFormatVersion = "1"
 type jsonAction struct {
 	Address   string           `json:"address"`
 	Type      string           `json:"type"`
+	Name      string           `json:"name"`
 	Action    Kind             `json:"action"`
 	Reason    Reason           `json:"reason"`
 	Detail    string           `json:"detail,omitempty"`
@@ -165,7 +166,7 @@ type jsonPlan struct {
 func (p *Plan) jsonActions() []jsonAction {
 	out := make([]jsonAction, len(p.Actions))
 	for i, a := range p.Actions {
-		out[i] = jsonAction{a.Address, a.Type, a.Kind, a.Reason, a.Detail, a.Changes, a.DependsOn, a.After}
+		out[i] = jsonAction{a.Address, a.Type, a.Name, a.Kind, a.Reason, a.Detail, a.Changes, a.DependsOn, a.After}
 	}
 	return out
 }
@@ -225,7 +226,7 @@ func LoadSaved(data []byte, current *state.State) (*Plan, *stackfile.Stack, erro
 	}
 	p := &Plan{Namespace: s.Namespace, NICs: s.NICs, StateSerial: s.StateSerial, StateLineage: s.StateLineage}
 	for _, a := range s.Actions {
-		p.Actions = append(p.Actions, &Action{Address: a.Address, Type: a.Type, Kind: a.Action, Reason: a.Reason,
+		p.Actions = append(p.Actions, &Action{Address: a.Address, Type: a.Type, Name: a.Name, Kind: a.Action, Reason: a.Reason,
 			Detail: a.Detail, Changes: a.Changes, DependsOn: a.DependsOn, After: a.After})
 	}
 	return p, s.Stack, nil

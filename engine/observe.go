@@ -1,0 +1,49 @@
+// Package engine applies plans: it walks a plan's actions in parallel along
+// their dependencies, drives the hypervisor, the switch and the seed
+// builders, records state after every step and waits for readiness. It also
+// observes what is running, which the planner needs to see drift.
+package engine
+
+import (
+	"fmt"
+
+	"github.com/stackvm/stack/hypervisor/proc"
+	"github.com/stackvm/stack/planner"
+	"github.com/stackvm/stack/state"
+)
+
+// Observe reports whether each recorded VM is still running. A VM counts as
+// alive only when its recorded VMM process still exists with the same start
+// time; anything else is drift that the planner re-creates.
+func Observe(st *state.State) map[string]planner.Liveness {
+	out := make(map[string]planner.Liveness, len(st.VMs))
+	for addr, vm := range st.VMs {
+		out[addr] = observeVM(vm)
+	}
+	return out
+}
+
+func observeVM(vm *state.VM) planner.Liveness {
+	switch {
+	case vm.Status == state.StatusFailed:
+		return planner.Liveness{Detail: "it failed" + exitDetail(vm)}
+	case vm.Status == state.StatusStopped:
+		return planner.Liveness{Detail: "it stopped" + exitDetail(vm)}
+	case vm.Process == nil:
+		return planner.Liveness{Detail: "it never started"}
+	case !proc.Alive(vm.Process.PID, vm.Process.StartTime):
+		return planner.Liveness{Detail: fmt.Sprintf("its process (pid %d) is gone", vm.Process.PID)}
+	}
+	return planner.Liveness{Alive: true}
+}
+
+func exitDetail(vm *state.VM) string {
+	s := ""
+	if vm.ExitCode != nil {
+		s = fmt.Sprintf(" with exit code %d", *vm.ExitCode)
+	}
+	if vm.Reason != "" {
+		s += ": " + vm.Reason
+	}
+	return s
+}

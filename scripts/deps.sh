@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what stack needs on a Debian bookworm machine, idempotently: apt
+# runs only when a package is missing. Go itself is expected on PATH.
+set -euo pipefail
+
+packages=(
+  qemu-system-x86   # the VMM
+  qemu-utils        # qemu-img: copy-on-write overlays
+  busybox-static    # the default guest image's userland
+  e2fsprogs         # mkfs.ext4: volumes, the Debian test image
+  cpio              # unpacking initramfs images in debugging
+  vde2              # vde_switch: the switch benchmark's baseline
+  cloud-init        # `cloud-init schema` validates generated seeds in tests
+  debootstrap       # scripts/build-debian-image.sh
+  iproute2          # ip netns, TAP devices in tests
+  dpkg-dev          # apt-get download / dpkg-deb for the guest kernel
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+echo "installing: ${missing[*]}"
+if [[ $(id -u) -ne 0 ]]; then
+  sudo=(sudo)
+else
+  sudo=()
+fi
+"${sudo[@]}" apt-get update -q
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"

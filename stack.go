@@ -1,0 +1,95 @@
+// Package stack is the Go API of stack: load stack files, plan, and (with
+// the engine) bring stacks up and down. The `stack` command is a thin
+// wrapper around it, and package stacktest builds test fixtures on it.
+package stack
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/hashicorp/hcl/v2"
+
+	"github.com/stackvm/stack/engine"
+	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/planner"
+	"github.com/stackvm/stack/stackfile"
+	"github.com/stackvm/stack/state"
+)
+
+// Options selects the stack files and where state lives.
+type Options struct {
+	Files     []string // default: stack.hcl in Dir
+	Dir       string   // default: the working directory
+	Namespace string   // default: the stack label, else the directory name
+	Vars      []string // K=V
+	VarFiles  []string
+	Environ   []string // for STACK_VAR_*; nil means os.Environ()
+	StateDir  string   // default: filenames.StateRoot()
+}
+
+// Project is a loaded set of stack files bound to a state directory.
+type Project struct {
+	Stack    *stackfile.Stack
+	Sources  *stackfile.Sources
+	StateDir string
+}
+
+// Load reads and checks the stack files. The diagnostics are user errors;
+// render them with Sources.WriteDiagnostics. A nil Project means the files
+// could not be loaded.
+func Load(opts Options) (*Project, hcl.Diagnostics) {
+	st, src, diags := stackfile.Load(stackfile.Options{
+		Files: opts.Files, Dir: opts.Dir, Namespace: opts.Namespace,
+		Vars: opts.Vars, VarFiles: opts.VarFiles, Environ: opts.Environ,
+	})
+	p := &Project{Stack: st, Sources: src, StateDir: StateRoot(opts.StateDir)}
+	if diags.HasErrors() {
+		return &Project{Sources: src, StateDir: p.StateDir}, diags
+	}
+	return p, diags
+}
+
+// Store is the project's namespace state store.
+func (p *Project) Store() *state.Store { return state.Open(p.StateDir, p.Stack.Namespace) }
+
+// PlanOptions tune Plan.
+type PlanOptions struct {
+	DeleteVolumes bool // plan orphaned volumes for deletion
+	Destroy       bool // plan everything for deletion (down)
+}
+
+// Plan reads the recorded state, observes which VMs still run, and plans.
+// It changes nothing.
+func (p *Project) Plan(ctx context.Context, opts PlanOptions) (*planner.Plan, *state.State, error) {
+	if p.Stack == nil {
+		return nil, nil, fmt.Errorf("plan: the stack files did not load")
+	}
+	st, err := p.Store().Read()
+	if err != nil {
+		return nil, nil, err
+	}
+	plan, err := planner.Make(planner.Input{
+		Desired:       p.Stack,
+		State:         st,
+		Observed:      engine.Observe(st),
+		DeleteVolumes: opts.DeleteVolumes,
+		Destroy:       opts.Destroy,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return plan, st, nil
+}
+
+// Namespaces lists the namespaces that have state under stateDir.
+func Namespaces(stateDir string) ([]string, error) {
+	return state.List(StateRoot(stateDir))
+}
+
+// StateRoot returns dir, or the default state root when dir is empty.
+func StateRoot(dir string) string {
+	if dir == "" {
+		return filenames.StateRoot()
+	}
+	return dir
+}

@@ -9,7 +9,9 @@
 //	<state>/<namespace>/volumes/<v>.img   persistent volumes
 //	<state>/<namespace>/vms/<vm>/         per-VM disks, seed, console log
 //	<run>/<short>/                        per-namespace sockets (0700)
+//	<run>/<short>/net-<h>/{d,s}-<h>.sock  a network's switch port sockets
 //	<cache>/guest/<hash>/                 the built-in guest image
+//	<cache>/kernels/<package>_<version>/  unpacked Debian kernel packages
 //
 // Unix socket paths are limited to 107 bytes, so runtime directories use a
 // short hash of the namespace rather than its (up to 63-byte) name.
@@ -40,19 +42,49 @@ const (
 // Files under a VM's state directory.
 const (
 	ConsoleLog    = "console.log"
+	ConsoleLogOld = "console.log.1" // the previous console log, after rotation
 	OverlayDisk   = "root.qcow2"
 	SeedISO       = "seed.iso"
 	ScratchPrefix = "scratch-" // scratch-<disk>.img
 	ConfigDisk    = "config.img"
+	// HashSuffix names the sidecar that holds the hash of a generated
+	// file's inputs (seed.iso.hash), for files whose bytes are not
+	// reproducible and so cannot be compared directly.
+	HashSuffix = ".hash"
 )
 
 // Files under a VM's runtime directory.
 const (
 	QMPSocket     = "qmp.sock"
 	ConsoleSocket = "console.sock"
+	// ConsoleVMMSocket is the VMM's own end of the serial console, which
+	// only the console relay connects to; clients use ConsoleSocket.
+	ConsoleVMMSocket = "console-vmm.sock"
+	// ArgsFile records the VMM's argv (JSON), for debugging and re-adoption.
+	ArgsFile = "vmm.args"
+	// RunConfigDisk is the guest config disk when the driver writes it
+	// itself (it only lives as long as the VM's runtime directory).
+	RunConfigDisk = "config.img"
 	AgentSocket   = "agent.sock"
 	PIDFile       = "vmm.pid"
 	StderrFile    = "vmm.stderr"
+)
+
+// Files in a built guest image directory (<cache>/guest/<hash>/).
+const (
+	GuestKernel    = "vmlinuz"
+	GuestInitramfs = "initramfs.cpio.gz"
+	GuestInitBuild = "init-build" // <cache>/guest/init-build/: stack-init built from source
+	GuestManifest  = "manifest.json"
+)
+
+// Paths inside the built-in guest image, as the guest init sees them. The
+// builder (package guestimage) writes them; the init (package guestinit)
+// reads them.
+const (
+	// GuestModuleList lists the absolute paths of the kernel modules to
+	// load, one per line, dependencies first.
+	GuestModuleList = "/etc/stack/modules.load"
 )
 
 // StateRoot is where state lives: $STACK_STATE_DIR, else
@@ -120,10 +152,28 @@ func NetworkRuntime(runtimeRoot, namespace, network string) string {
 	return filepath.Join(NamespaceRuntime(runtimeRoot, namespace), "net-"+shortHash(network))
 }
 
+// SwitchDgramSocket is the file name, inside NetworkRuntime, of the
+// switch's datagram socket for one port (a VM's NIC). Port names carry VM
+// names, so they are hashed to keep socket paths short.
+func SwitchDgramSocket(port string) string {
+	return "d-" + shortHash(port) + ".sock"
+}
+
+// SwitchStreamSocket is the file name, inside NetworkRuntime, of the
+// switch's stream listener for one port.
+func SwitchStreamSocket(port string) string {
+	return "s-" + shortHash(port) + ".sock"
+}
+
 // GuestImage is the cache directory of a built guest image, keyed by the
 // hash of its inputs.
 func GuestImage(cacheRoot, key string) string {
 	return filepath.Join(cacheRoot, "guest", key)
+}
+
+// KernelCache is the directory of one unpacked kernel package.
+func KernelCache(cacheRoot, pkg, version string) string {
+	return filepath.Join(cacheRoot, "kernels", pkg+"_"+version)
 }
 
 func shortHash(s string) string {

@@ -71,7 +71,7 @@ func (p *Project) Plan(ctx context.Context, opts PlanOptions) (*planner.Plan, *s
 	plan, err := planner.Make(planner.Input{
 		Desired:       p.Stack,
 		State:         st,
-		Observed:      engine.Observe(st),
+		Observed:      engine.Observe(p.StateDir, st),
 		DeleteVolumes: opts.DeleteVolumes,
 		Destroy:       opts.Destroy,
 	})

@@ -8,22 +8,35 @@ import (
 	"fmt"
 
 	"github.com/stackvm/stack/hypervisor/proc"
+	"github.com/stackvm/stack/internal/filenames"
 	"github.com/stackvm/stack/planner"
 	"github.com/stackvm/stack/state"
+	"github.com/stackvm/stack/supervisor"
 )
 
 // Observe reports whether each recorded VM is still running. A VM counts as
-// alive only when its recorded VMM process still exists with the same start
-// time; anything else is drift that the planner re-creates.
-func Observe(st *state.State) map[string]planner.Liveness {
+// alive only when its VMM process still exists with the same start time;
+// anything else is drift that the planner re-creates. The supervisor's
+// record of a VM, when there is one, is more recent than the state file (it
+// restarts VMs by their restart policy), so it wins.
+func Observe(stateRoot string, st *state.State) map[string]planner.Liveness {
 	out := make(map[string]planner.Liveness, len(st.VMs))
 	for addr, vm := range st.VMs {
-		out[addr] = observeVM(vm)
+		out[addr] = ObserveVM(stateRoot, st.Namespace, vm)
 	}
 	return out
 }
 
-func observeVM(vm *state.VM) planner.Liveness {
+// ObserveVM reports whether one recorded VM is still running.
+func ObserveVM(stateRoot, namespace string, vm *state.VM) planner.Liveness {
+	if status, process, err := supervisor.ReadRecord(filenames.VMState(stateRoot, namespace, vm.Name)); err == nil {
+		merged := *vm
+		merged.Status, merged.ExitCode, merged.Reason = status.State, status.ExitCode, status.Reason
+		if process != nil {
+			merged.Process = process
+		}
+		vm = &merged
+	}
 	switch {
 	case vm.Status == state.StatusFailed:
 		return planner.Liveness{Detail: "it failed" + exitDetail(vm)}

@@ -37,7 +37,24 @@ const (
 	LockFile  = "state.lock"
 	VolumeDir = "volumes"
 	VMDir     = "vms"
+	// NetworkDir holds the supervisor's record of each running network.
+	NetworkDir = "networks"
+	// SupervisorLog is the supervisor's own log.
+	SupervisorLog = "supervisor.log"
 )
+
+// VMRecord is the supervisor's durable record of a VM (spec, process,
+// status), inside the VM's state directory.
+const VMRecord = "vm.json"
+
+// SupervisorSocket is the supervisor's control socket, inside the
+// namespace's runtime directory.
+const SupervisorSocket = "supervisor.sock"
+
+// NetworkRecord is the supervisor's durable record of a running network.
+func NetworkRecord(stateRoot, namespace, network string) string {
+	return filepath.Join(stateRoot, namespace, NetworkDir, network+".json")
+}
 
 // Files under a VM's state directory.
 const (
@@ -72,10 +89,13 @@ const (
 
 // Files in a built guest image directory (<cache>/guest/<hash>/).
 const (
-	GuestKernel    = "vmlinuz"
-	GuestInitramfs = "initramfs.cpio.gz"
-	GuestInitBuild = "init-build" // <cache>/guest/init-build/: stack-init built from source
-	GuestManifest  = "manifest.json"
+	GuestKernel = "vmlinuz"
+	// GuestKernelConfig is the kernel's build config, where the QEMU
+	// driver's ProbeKernel looks for it (<kernel>.config).
+	GuestKernelConfig = "vmlinuz.config"
+	GuestInitramfs    = "initramfs.cpio.gz"
+	GuestInitBuild    = "init-build" // <cache>/guest/init-build/: stack-init built from source
+	GuestManifest     = "manifest.json"
 )
 
 // Paths inside the built-in guest image, as the guest init sees them. The
@@ -187,3 +207,7 @@ func homeDir() string {
 	}
 	return os.TempDir()
 }
+
+// NICSocket is the VMM's end of NIC i's datagram socket, inside the VM's
+// runtime directory.
+func NICSocket(i int) string { return "nic" + strconv.Itoa(i) + ".sock" }

@@ -125,7 +125,8 @@ type jsonPlan struct {
 		Action  string `json:"action"`
 		Changes []struct {
 			Attribute         string          `json:"attribute"`
-			Old, New          json.RawMessage `json:"old"`
+			Old               json.RawMessage `json:"old"`
+			New               json.RawMessage `json:"new"`
 			ForcesReplacement bool            `json:"forces_replacement"`
 		} `json:"changes"`
 	} `json:"actions"`

@@ -61,8 +61,30 @@ func Main(ctx context.Context, s Streams, args []string) int {
 // Run executes the command line args.
 func Run(ctx context.Context, s Streams, args []string) error {
 	root := newRoot(s)
-	root.SetArgs(args)
+	root.SetArgs(rewriteLogsFollow(args))
 	return root.ExecuteContext(ctx)
+}
+
+// rewriteLogsFollow gives `-f` after `logs` its compose meaning, --follow,
+// while `-f FILE` before the subcommand keeps selecting a stack file. (Cobra
+// cannot have a subcommand's shorthand shadow a global one.)
+func rewriteLogsFollow(args []string) []string {
+	out := append([]string(nil), args...)
+	inLogs := false
+	for i := 0; i < len(out); i++ {
+		switch {
+		case out[i] == "--":
+			return out
+		case !inLogs && (out[i] == "-f" || out[i] == "--file" || out[i] == "-p" || out[i] == "--namespace" ||
+			out[i] == "--var" || out[i] == "--var-file" || out[i] == "--state-dir"):
+			i++ // skip the flag's value
+		case !inLogs && out[i] == "logs":
+			inLogs = true
+		case inLogs && out[i] == "-f":
+			out[i] = "--follow"
+		}
+	}
+	return out
 }
 
 // globals are the flags every subcommand takes.
@@ -99,7 +121,12 @@ func newRoot(s Streams) *cobra.Command {
 		newValidateCmd(g, s),
 		newFmtCmd(g, s),
 		newPlanCmd(g, s),
+		newUpCmd(g, s),
+		newDownCmd(g, s),
+		newPsCmd(g, s),
 		newLsCmd(g, s),
+		newLogsCmd(g, s),
+		newConsoleCmd(g, s),
 	)
 	return root
 }

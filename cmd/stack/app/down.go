@@ -1,0 +1,62 @@
+package app
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/stackvm/stack"
+)
+
+// project returns the project a namespace-level command works on: with -p
+// and no -f it needs no stack files (down, ps, logs and console work from
+// the recorded state).
+func project(g *globals, s Streams) (*stack.Project, error) {
+	if g.namespace != "" && len(g.files) == 0 {
+		return stack.ForNamespace(g.namespace, g.stateDir), nil
+	}
+	return load(g, s)
+}
+
+func newDownCmd(g *globals, s Streams) *cobra.Command {
+	var (
+		volumes     bool
+		timeout     time.Duration
+		lockTimeout time.Duration
+		progress    string
+	)
+	cmd := &cobra.Command{
+		Use:   "down",
+		Short: "Stop and remove the namespace's VMs and networks (volumes too with --volumes)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, err := project(g, s)
+			if err != nil {
+				return err
+			}
+			pr, err := newProgress(s, progress)
+			if err != nil {
+				return err
+			}
+			err = p.Down(cmd.Context(), stack.DownOptions{
+				Volumes: volumes, StopTimeout: timeout, LockTimeout: lockTimeout, Progress: pr.event,
+				OnLockWait: func() {
+					fmt.Fprintf(s.Err, "Waiting for another stack command on namespace %q to finish...\n", p.Stack.Namespace)
+				},
+			})
+			pr.finish()
+			if err != nil {
+				return err
+			}
+			pr.say("Namespace %q is down.", p.Stack.Namespace)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&volumes, "volumes", false, "delete the namespace's volumes too")
+	f.DurationVar(&timeout, "timeout", 30*time.Second, "graceful stop timeout per VM, after which it is forced")
+	f.DurationVar(&lockTimeout, "lock-timeout", 5*time.Minute, "how long to wait for another command on the namespace")
+	f.StringVar(&progress, "progress", "auto", "progress output: auto, tty, plain or json")
+	return cmd
+}

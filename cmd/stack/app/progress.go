@@ -1,0 +1,120 @@
+package app
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/charmbracelet/lipgloss"
+	"github.com/muesli/termenv"
+
+	"github.com/stackvm/stack"
+	"github.com/stackvm/stack/planner"
+)
+
+// progress renders up/down events: a live per-resource block on a TTY (like
+// compose), one line per event when plain, one JSON object per line with
+// --progress json.
+type progress struct {
+	mode string
+	out  io.Writer
+
+	mu     sync.Mutex
+	order  []string
+	latest map[string]stack.Event
+	drawn  int
+	start  time.Time
+	style  map[string]lipgloss.Style
+}
+
+func newProgress(s Streams, mode string) (*progress, error) {
+	switch mode {
+	case "auto":
+		mode = "plain"
+		if colorEnabled(s.Err) {
+			mode = "tty"
+		}
+	case "tty", "plain", "json":
+	default:
+		return nil, fmt.Errorf("--progress must be auto, tty, plain or json, not %q", mode)
+	}
+	p := &progress{mode: mode, out: s.Err, latest: map[string]stack.Event{}, start: time.Now()}
+	if mode == "json" {
+		p.out = s.Out
+	}
+	if mode == "tty" {
+		var r *lipgloss.Renderer
+		if f, ok := s.Err.(*os.File); ok {
+			r = lipgloss.NewRenderer(f, termenv.WithProfile(termenv.ANSI))
+		} else {
+			r = lipgloss.NewRenderer(s.Err)
+		}
+		p.style = map[string]lipgloss.Style{
+			"ready": r.NewStyle().Foreground(lipgloss.Color("2")), "done": r.NewStyle().Foreground(lipgloss.Color("2")),
+			"failed": r.NewStyle().Foreground(lipgloss.Color("1")), "delete": r.NewStyle().Foreground(lipgloss.Color("3")),
+			"": r.NewStyle().Foreground(lipgloss.Color("6")),
+		}
+	}
+	return p, nil
+}
+
+func (p *progress) event(ev stack.Event) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch p.mode {
+	case "json":
+		json.NewEncoder(p.out).Encode(ev)
+	case "plain":
+		fmt.Fprintf(p.out, "%s %-16s %-10s %s\n", ev.Time.Format("15:04:05.000"), ev.Address, ev.Phase, ev.Message)
+	case "tty":
+		if ev.Address == "" {
+			return
+		}
+		if _, ok := p.latest[ev.Address]; !ok {
+			p.order = append(p.order, ev.Address)
+			sort.Slice(p.order, func(i, j int) bool { return planner.CompareAddress(p.order[i], p.order[j]) < 0 })
+		}
+		p.latest[ev.Address] = ev
+		p.redraw()
+	}
+}
+
+// redraw moves the cursor back over the block drawn last and draws it anew.
+func (p *progress) redraw() {
+	var b strings.Builder
+	if p.drawn > 0 {
+		fmt.Fprintf(&b, "\x1b[%dA", p.drawn)
+	}
+	for _, addr := range p.order {
+		ev := p.latest[addr]
+		st, ok := p.style[ev.Phase]
+		if !ok {
+			st = p.style[""]
+		}
+		mark := "…"
+		switch ev.Phase {
+		case "ready", "done":
+			mark = "✔"
+		case "failed":
+			mark = "✘"
+		}
+		fmt.Fprintf(&b, "\x1b[2K %s %-18s %s %s\n", st.Render(mark), addr, st.Render(fmt.Sprintf("%-9s", ev.Phase)), ev.Message)
+	}
+	p.drawn = len(p.order)
+	io.WriteString(p.out, b.String())
+}
+
+func (p *progress) finish() {}
+
+// say prints a closing message (never in JSON mode, whose stdout is events).
+func (p *progress) say(format string, args ...any) {
+	if p.mode == "json" {
+		return
+	}
+	fmt.Fprintf(p.out, format+" (%s)\n", append(args, time.Since(p.start).Round(10*time.Millisecond))...)
+}

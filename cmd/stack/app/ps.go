@@ -1,0 +1,93 @@
+package app
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// psEntry is one VM as `ps --json` prints it (the spec's shape).
+type psEntry struct {
+	Address   string            `json:"address"`
+	Name      string            `json:"name"`
+	State     string            `json:"state"`
+	ExitCode  *int              `json:"exit_code"`
+	Reason    string            `json:"reason,omitempty"`
+	Addresses map[string]string `json:"addresses"`
+	Ports     []psPort          `json:"ports"`
+	Uptime    string            `json:"uptime,omitempty"`
+	PID       int               `json:"pid,omitempty"`
+}
+
+type psPort struct {
+	HostPort  int    `json:"host_port"`
+	GuestPort int    `json:"guest_port"`
+	Protocol  string `json:"protocol"`
+}
+
+func newPsCmd(g *globals, s Streams) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "ps",
+		Short: "List the namespace's VMs: state, addresses, published ports, uptime",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, err := project(g, s)
+			if err != nil {
+				return err
+			}
+			vms, err := p.Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			list := make([]psEntry, 0, len(vms))
+			for _, v := range vms {
+				e := psEntry{Address: v.Address, Name: v.Name, State: v.State, Reason: v.Reason, Addresses: v.Addresses, Ports: []psPort{}, PID: v.PID}
+				if v.State == "stopped" || v.State == "failed" {
+					e.ExitCode = v.ExitCode
+				}
+				if e.Addresses == nil {
+					e.Addresses = map[string]string{}
+				}
+				for _, pt := range v.Ports {
+					e.Ports = append(e.Ports, psPort{pt.HostPort, pt.GuestPort, pt.Protocol})
+				}
+				if !v.StartedAt.IsZero() && (v.State == "ready" || v.State == "booting") {
+					e.Uptime = time.Since(v.StartedAt).Round(time.Second).String()
+				}
+				list = append(list, e)
+			}
+			if asJSON {
+				enc := json.NewEncoder(s.Out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(list)
+			}
+			tw := tabwriter.NewWriter(s.Out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tADDRESSES\tPORTS\tUPTIME")
+			for _, e := range list {
+				state := e.State
+				if e.ExitCode != nil {
+					state = fmt.Sprintf("%s (exit %d)", state, *e.ExitCode)
+				}
+				var addrs []string
+				for net, ip := range e.Addresses {
+					addrs = append(addrs, net+"="+ip)
+				}
+				sort.Strings(addrs)
+				var ports []string
+				for _, pt := range e.Ports {
+					ports = append(ports, fmt.Sprintf("127.0.0.1:%d->%d/%s", pt.HostPort, pt.GuestPort, pt.Protocol))
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Name, state, strings.Join(addrs, ","), strings.Join(ports, ","), e.Uptime)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VMs as JSON")
+	return cmd
+}

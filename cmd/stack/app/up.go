@@ -1,0 +1,96 @@
+package app
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/stackvm/stack"
+	"github.com/stackvm/stack/engine"
+)
+
+func newUpCmd(g *globals, s Streams) *cobra.Command {
+	var (
+		planFile    string
+		noWait      bool
+		timeout     time.Duration
+		lockTimeout time.Duration
+		progress    string
+	)
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Create or update the stack's VMs and networks, and wait until they are ready",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, err := load(g, s)
+			if err != nil {
+				return err
+			}
+			opts := stack.UpOptions{NoWait: noWait, Timeout: timeout, LockTimeout: lockTimeout,
+				OnLockWait: func() {
+					fmt.Fprintf(s.Err, "Waiting for another stack command on namespace %q to finish (up to %s)...\n", p.Stack.Namespace, lockTimeout)
+				}}
+			if planFile != "" {
+				if opts.SavedPlan, err = os.ReadFile(planFile); err != nil {
+					return fmt.Errorf("read plan: %w", err)
+				}
+			}
+			pr, err := newProgress(s, progress)
+			if err != nil {
+				return err
+			}
+			opts.Progress = pr.event
+			plan, err := p.Up(cmd.Context(), opts)
+			pr.finish()
+			if err != nil {
+				return reportApplyError(s, err)
+			}
+			if !plan.HasChanges() {
+				pr.say("Nothing to do: namespace %q already matches the stack files.", p.Stack.Namespace)
+				return nil
+			}
+			c := plan.Counts()
+			pr.say("Namespace %q is up: %d created, %d updated, %d replaced, %d deleted.", p.Stack.Namespace, c.Create, c.Update, c.Replace, c.Delete)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&planFile, "plan", "", "apply a plan saved by `stack plan --out FILE` (refused when stale)")
+	f.BoolVar(&noWait, "no-wait", false, "return once the VMs are started, without waiting for them to be ready")
+	f.DurationVar(&timeout, "timeout", 0, "give up after this long (default: the VMs' own ready timeouts)")
+	f.DurationVar(&lockTimeout, "lock-timeout", 5*time.Minute, "how long to wait for another command on the namespace")
+	f.StringVar(&progress, "progress", "auto", "progress output: auto, tty, plain or json")
+	return cmd
+}
+
+// reportApplyError prints each failed VM's reason and console tail.
+func reportApplyError(s Streams, err error) error {
+	var vmErrs []*engine.VMError
+	collectVMErrors(err, &vmErrs)
+	for _, ve := range vmErrs {
+		fmt.Fprintf(s.Err, "\n%s failed: %s\n", ve.Address, ve.Reason)
+		if len(ve.ConsoleTail) > 0 {
+			fmt.Fprintf(s.Err, "Last %d lines of its console (%s):\n", len(ve.ConsoleTail), ve.ConsoleLog)
+			for _, l := range ve.ConsoleTail {
+				fmt.Fprintf(s.Err, "  | %s\n", l)
+			}
+		}
+	}
+	return err
+}
+
+func collectVMErrors(err error, out *[]*engine.VMError) {
+	var ve *engine.VMError
+	if errors.As(err, &ve) {
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			for _, e := range j.Unwrap() {
+				collectVMErrors(e, out)
+			}
+			return
+		}
+		*out = append(*out, ve)
+	}
+}

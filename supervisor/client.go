@@ -1,0 +1,153 @@
+package supervisor
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/stackvm/stack/internal/filenames"
+)
+
+// Client calls a namespace's supervisor.
+type Client struct {
+	path string
+}
+
+// ErrNotRunning is returned when no supervisor answers on the socket.
+var ErrNotRunning = errors.New("no supervisor is running for this namespace")
+
+// Dial returns a client for the namespace's supervisor if one answers.
+func Dial(ctx context.Context, runtimeRoot, namespace string) (*Client, error) {
+	c := &Client{path: SocketPath(runtimeRoot, namespace)}
+	if _, err := c.Call(ctx, &Request{Op: OpPing}); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Call sends one request and returns its response; a response carrying an
+// error is returned as a Go error.
+func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.path)
+	if err != nil {
+		return nil, fmt.Errorf("%w (%v)", ErrNotRunning, err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	defer stop()
+	if err := json.NewEncoder(conn).Encode(req); err != nil {
+		return nil, fmt.Errorf("send %s to supervisor: %w", req.Op, err)
+	}
+	var resp Response
+	if err := json.NewDecoder(bufio.NewReader(conn)).Decode(&resp); err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("read %s reply from supervisor: %w", req.Op, err)
+	}
+	if resp.Error != "" {
+		return &resp, errors.New(resp.Error)
+	}
+	return &resp, nil
+}
+
+// Watch subscribes to the supervisor's events. It returns once the
+// subscription is in place, so no event after the call returns is missed.
+// The channel closes when ctx ends or the supervisor goes away.
+func (c *Client) Watch(ctx context.Context) (<-chan Event, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.path)
+	if err != nil {
+		return nil, fmt.Errorf("%w (%v)", ErrNotRunning, err)
+	}
+	if err := json.NewEncoder(conn).Encode(&Request{Op: OpWatch}); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("watch supervisor: %w", err)
+	}
+	dec := json.NewDecoder(bufio.NewReader(conn))
+	var ack Event
+	if err := dec.Decode(&ack); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("watch supervisor: %w", err)
+	}
+	ch := make(chan Event, 256)
+	context.AfterFunc(ctx, func() { conn.Close() })
+	go func() {
+		defer close(ch)
+		defer conn.Close()
+		for {
+			var ev Event
+			if err := dec.Decode(&ev); err != nil {
+				return
+			}
+			select {
+			case ch <- ev:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return ch, nil
+}
+
+// SpawnOptions say how to start a supervisor process.
+type SpawnOptions struct {
+	Namespace   string
+	StateRoot   string
+	RuntimeRoot string
+	// Executable, Args and Env start the supervisor process.
+	Executable string
+	Args       []string
+	Env        []string
+	Dir        string
+}
+
+// Ensure returns a client for the namespace's supervisor, starting one when
+// none answers. The supervisor is detached (its own session, stdio to its
+// log file) so that it outlives the command that started it.
+func Ensure(ctx context.Context, o SpawnOptions) (*Client, error) {
+	if c, err := Dial(ctx, o.RuntimeRoot, o.Namespace); err == nil {
+		return c, nil
+	}
+	nsDir := filenames.NamespaceState(o.StateRoot, o.Namespace)
+	if err := os.MkdirAll(nsDir, filenames.DirMode); err != nil {
+		return nil, fmt.Errorf("start supervisor: %w", err)
+	}
+	logf, err := os.OpenFile(filepath.Join(nsDir, filenames.SupervisorLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, filenames.FileMode)
+	if err != nil {
+		return nil, fmt.Errorf("start supervisor: %w", err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(o.Executable, o.Args...)
+	cmd.Env, cmd.Dir = o.Env, o.Dir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start supervisor: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := Dial(ctx, o.RuntimeRoot, o.Namespace); err == nil {
+			return c, nil
+		}
+		select {
+		case err := <-exited:
+			return nil, fmt.Errorf("start supervisor: it exited at once (%v); see %s", err, logf.Name())
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil, fmt.Errorf("start supervisor: no answer on its socket after 10s; see %s", logf.Name())
+}

@@ -1,0 +1,122 @@
+package supervisor
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/netswitch"
+	"github.com/stackvm/stack/state"
+)
+
+// ensureNetwork starts the switch and gateway of a network, or reconfigures
+// the gateway of a running one. Changing a running network's addressing is
+// the engine's business (it replaces the network): here it is an error.
+func (s *Supervisor) ensureNetwork(spec NetworkSpec) error {
+	s.mu.Lock()
+	n := s.nets[spec.Name]
+	s.mu.Unlock()
+	if n != nil {
+		if n.spec.Subnet != spec.Subnet || n.spec.Gateway != spec.Gateway {
+			return fmt.Errorf("network %q runs with subnet %s; remove it before changing its addressing", spec.Name, n.spec.Subnet)
+		}
+		if n.spec == spec {
+			return nil
+		}
+		return s.regateway(n, spec)
+	}
+	sw, err := netswitch.New(netswitch.Config{
+		Name:   spec.Name,
+		Dir:    filenames.NetworkRuntime(s.opts.RuntimeRoot, s.opts.Namespace, spec.Name),
+		Logger: s.log,
+	})
+	if err != nil {
+		return fmt.Errorf("start network %q: %w", spec.Name, err)
+	}
+	n = &network{spec: spec, sw: sw}
+	if s.opts.Gateway != nil {
+		if n.gw, err = s.opts.Gateway(sw, spec, s.opts.Namespace); err != nil {
+			sw.Close()
+			return fmt.Errorf("start gateway of network %q: %w", spec.Name, err)
+		}
+	}
+	if err := writeJSON(filenames.NetworkRecord(s.opts.StateRoot, s.opts.Namespace, spec.Name), spec); err != nil {
+		if n.gw != nil {
+			n.gw.Close()
+		}
+		sw.Close()
+		return fmt.Errorf("start network %q: %w", spec.Name, err)
+	}
+	s.mu.Lock()
+	s.nets[spec.Name] = n
+	s.mu.Unlock()
+	s.emit("network."+spec.Name, PhaseNetwork, fmt.Sprintf("switch and gateway up on %s", spec.Subnet))
+	return nil
+}
+
+// regateway replaces a network's gateway after a dhcp/dns/egress change and
+// registers the VMs on it again. The switch, and so every VM's link, stays.
+func (s *Supervisor) regateway(n *network, spec NetworkSpec) error {
+	if n.gw != nil {
+		n.gw.Close()
+		n.gw = nil
+	}
+	var err error
+	if s.opts.Gateway != nil {
+		if n.gw, err = s.opts.Gateway(n.sw, spec, s.opts.Namespace); err != nil {
+			return fmt.Errorf("reconfigure gateway of network %q: %w", spec.Name, err)
+		}
+	}
+	s.mu.Lock()
+	n.spec = spec
+	var vms []*vmRun
+	for _, v := range s.vms {
+		vms = append(vms, v)
+	}
+	s.mu.Unlock()
+	for _, v := range vms {
+		for i, nic := range v.spec.NICs {
+			if nic.Network != spec.Name || n.gw == nil {
+				continue
+			}
+			n.gw.AddHost(v.spec.Name, nic.IP.String(), nic.MAC)
+			if i == 0 {
+				for _, p := range v.spec.Publish {
+					n.gw.Publish(p, nic.IP.String())
+				}
+			}
+		}
+	}
+	return writeJSON(filenames.NetworkRecord(s.opts.StateRoot, s.opts.Namespace, spec.Name), spec)
+}
+
+func (s *Supervisor) removeNetwork(name string) error {
+	s.mu.Lock()
+	n := s.nets[name]
+	delete(s.nets, name)
+	s.mu.Unlock()
+	os.Remove(filenames.NetworkRecord(s.opts.StateRoot, s.opts.Namespace, name))
+	if n == nil {
+		return nil
+	}
+	if n.gw != nil {
+		n.gw.Close()
+	}
+	err := n.sw.Close()
+	os.RemoveAll(filenames.NetworkRuntime(s.opts.RuntimeRoot, s.opts.Namespace, name))
+	s.emit("network."+name, PhaseStopped, "switch and gateway removed")
+	return err
+}
+
+func writeJSON(path string, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), filenames.DirMode); err != nil {
+		return err
+	}
+	return state.WriteFileAtomic(path, data)
+}

@@ -1,0 +1,153 @@
+// Package supervisor owns a namespace's running parts: the switch and
+// gateway of every network, the VMM processes (it is their parent, so it sees
+// how they exit), their console relays and readiness probes, and the restart
+// policy. It runs as a detached process (`stack supervise`), one per
+// namespace, and ends when its namespace has nothing left. The CLI and the
+// engine talk to it over a unix control socket with the protocol in this
+// file: one JSON request per connection, one JSON response, and for Watch a
+// stream of Events until the connection closes.
+//
+// The supervisor never writes the namespace's state file: that belongs to the
+// command holding the state lock. It records what only it knows (how a VM
+// exited) in per-VM status files that `ps` and the planner read.
+package supervisor
+
+import (
+	"encoding/json"
+	"net/netip"
+	"time"
+
+	"github.com/stackvm/stack/hypervisor"
+	"github.com/stackvm/stack/state"
+)
+
+// Request operations.
+const (
+	OpPing          = "ping"
+	OpEnsureNetwork = "ensure-network"
+	OpRemoveNetwork = "remove-network"
+	OpStartVM       = "start-vm"
+	OpStopVM        = "stop-vm"
+	OpUpdateVM      = "update-vm"
+	OpStatus        = "status"
+	OpWatch         = "watch"
+	OpShutdown      = "shutdown"
+)
+
+// Request is one call. Exactly the field matching Op is set.
+type Request struct {
+	Op      string       `json:"op"`
+	Network *NetworkSpec `json:"network,omitempty"`
+	VM      *VMSpec      `json:"vm,omitempty"`
+	Address string       `json:"address,omitempty"` // remove-network: network name; stop-vm: VM address
+	Timeout Duration     `json:"timeout,omitempty"`
+}
+
+// Response answers a Request. Error is a user-facing message.
+type Response struct {
+	Error   string         `json:"error,omitempty"`
+	Process *state.Process `json:"process,omitempty"` // start-vm
+	VMs     []VMStatus     `json:"vms,omitempty"`     // status
+	PID     int            `json:"pid,omitempty"`     // ping: the supervisor's pid
+}
+
+// NetworkSpec is a network as the supervisor runs it.
+type NetworkSpec struct {
+	Name    string       `json:"name"`
+	Subnet  netip.Prefix `json:"subnet"`
+	Gateway netip.Addr   `json:"gateway"`
+	DHCP    bool         `json:"dhcp"`
+	DNS     bool         `json:"dns"`
+	Egress  bool         `json:"egress"`
+}
+
+// NICSpec attaches a VM to a network.
+type NICSpec struct {
+	Network string     `json:"network"`
+	MAC     string     `json:"mac"`
+	IP      netip.Addr `json:"ip"`
+}
+
+// PublishSpec forwards a host port to a guest port.
+type PublishSpec struct {
+	HostPort  int    `json:"host_port"`
+	GuestPort int    `json:"guest_port"`
+	Protocol  string `json:"protocol"`
+}
+
+// ReadySpec is how the supervisor decides a VM is ready.
+type ReadySpec struct {
+	// Guest waits for the guest init's ready report (initramfs mode).
+	Guest bool `json:"guest,omitempty"`
+	// ConsoleLine waits for this text on the serial console (cloud-init);
+	// ConsoleFailLine, seen first, fails the VM at once.
+	ConsoleLine     string `json:"console_line,omitempty"`
+	ConsoleFailLine string `json:"console_fail_line,omitempty"`
+	// Probes, run through the network's gateway at a 200 ms cadence.
+	TCP  int    `json:"tcp,omitempty"`
+	HTTP string `json:"http,omitempty"`
+	// Timeout bounds the whole wait.
+	Timeout Duration `json:"timeout"`
+}
+
+// VMSpec is a VM to start. NICs are wired to the networks' switches by the
+// supervisor; Config carries everything else.
+type VMSpec struct {
+	Address  string            `json:"address"`
+	Name     string            `json:"name"`
+	Config   hypervisor.Config `json:"config"`
+	NICs     []NICSpec         `json:"nics"`
+	Publish  []PublishSpec     `json:"publish,omitempty"`
+	Ready    ReadySpec         `json:"ready"`
+	Restart  string            `json:"restart"`
+	StateDir string            `json:"state_dir"` // where the console log and status file go
+}
+
+// VMStatus is one VM as `ps` shows it.
+type VMStatus struct {
+	Address   string            `json:"address"`
+	Name      string            `json:"name"`
+	State     string            `json:"state"` // see state.Status*
+	ExitCode  *int              `json:"exit_code"`
+	Reason    string            `json:"reason,omitempty"`
+	Addresses map[string]string `json:"addresses"`
+	Ports     []PublishSpec     `json:"ports"`
+	StartedAt time.Time         `json:"started_at,omitzero"`
+	Restarts  int               `json:"restarts,omitempty"`
+	PID       int               `json:"pid,omitempty"`
+}
+
+// Event is one step of a VM's or network's life, streamed by Watch.
+type Event struct {
+	Time    time.Time `json:"time"`
+	Address string    `json:"address"`
+	Phase   string    `json:"phase"`
+	Message string    `json:"message,omitempty"`
+}
+
+// Phases reported in Events (the engine adds its own for disks and seeds).
+const (
+	PhaseNetwork  = "network"
+	PhaseVMMStart = "vmm-start"
+	PhaseBooting  = "booting"
+	PhaseReady    = "ready"
+	PhaseFailed   = "failed"
+	PhaseExited   = "exited"
+	PhaseRestart  = "restart"
+	PhaseStopped  = "stopped"
+)
+
+// Duration is a time.Duration that reads and writes as "1m30s" in JSON.
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	*d = Duration(v)
+	return err
+}

@@ -1,0 +1,391 @@
+package supervisor
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/stackvm/stack/hypervisor"
+	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/netswitch"
+)
+
+// Gateway is what the supervisor needs of a network's gateway: DHCP leases
+// and DNS names for VMs, published ports, and a dialer into the network for
+// readiness probes.
+type Gateway interface {
+	AddHost(name string, ip, mac string) error
+	RemoveHost(name string)
+	Publish(p PublishSpec, guestIP string) error
+	Unpublish(p PublishSpec)
+	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+	Close() error
+}
+
+// GatewayFactory attaches a gateway for spec to sw.
+type GatewayFactory func(sw *netswitch.Switch, spec NetworkSpec, namespace string) (Gateway, error)
+
+// Options configure a Supervisor.
+type Options struct {
+	Namespace   string
+	StateRoot   string
+	RuntimeRoot string
+	Driver      hypervisor.Driver
+	Gateway     GatewayFactory // nil: networks have no gateway
+	Logger      *slog.Logger
+	// OwnerPID, when set, is a process whose death brings the whole
+	// namespace down (stacktest: VMs never outlive the test binary).
+	OwnerPID       int
+	OwnerStartTime uint64
+	// StopTimeout bounds graceful stops triggered by the supervisor itself.
+	StopTimeout time.Duration
+}
+
+// Supervisor runs one namespace.
+type Supervisor struct {
+	opts Options
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	nets    map[string]*network
+	vms     map[string]*vmRun
+	booting map[string]*vmRun // by run dir, while the driver starts them
+	subs    map[chan Event]struct{}
+
+	idle     chan struct{} // signalled when nothing is left to supervise
+	shutdown chan struct{}
+	once     sync.Once
+}
+
+type network struct {
+	spec NetworkSpec
+	sw   *netswitch.Switch
+	gw   Gateway
+}
+
+// New creates a supervisor; Serve runs it.
+func New(opts Options) *Supervisor {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.StopTimeout == 0 {
+		opts.StopTimeout = 30 * time.Second
+	}
+	return &Supervisor{
+		opts:     opts,
+		log:      opts.Logger.With("namespace", opts.Namespace),
+		nets:     map[string]*network{},
+		vms:      map[string]*vmRun{},
+		booting:  map[string]*vmRun{},
+		subs:     map[chan Event]struct{}{},
+		idle:     make(chan struct{}, 1),
+		shutdown: make(chan struct{}),
+	}
+}
+
+// SocketPath is the control socket of a namespace.
+func SocketPath(runtimeRoot, namespace string) string {
+	return filepath.Join(filenames.NamespaceRuntime(runtimeRoot, namespace), filenames.SupervisorSocket)
+}
+
+// Serve re-adopts what earlier supervisors left running, listens on the
+// control socket and serves until ctx ends, a shutdown is requested, the
+// namespace has been empty for a grace period, or the owner process dies.
+// On the way out it stops every VM only when asked to (shutdown or owner
+// death); otherwise VMs keep running for the next supervisor to re-adopt.
+func (s *Supervisor) Serve(ctx context.Context) error {
+	dir := filenames.NamespaceRuntime(s.opts.RuntimeRoot, s.opts.Namespace)
+	if err := os.MkdirAll(dir, filenames.DirMode); err != nil {
+		return fmt.Errorf("create runtime dir: %w", err)
+	}
+	path := SocketPath(s.opts.RuntimeRoot, s.opts.Namespace)
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("serve namespace %q: another supervisor is running", s.opts.Namespace)
+	}
+	os.Remove(path)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return fmt.Errorf("listen on control socket: %w", err)
+	}
+	if err := os.Chmod(path, filenames.FileMode); err != nil {
+		ln.Close()
+		return fmt.Errorf("listen on control socket: %w", err)
+	}
+	defer os.Remove(path)
+	defer ln.Close()
+
+	s.readopt(ctx)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.serveConn(ctx, c)
+			}()
+		}
+	}()
+	teardown := false
+	owner := s.ownerGone(ctx)
+	idleGrace := time.NewTimer(time.Hour)
+	idleGrace.Stop()
+	s.checkIdle()
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case <-s.shutdown:
+			teardown = true
+			break loop
+		case <-owner:
+			s.log.Info("owner process is gone; bringing the namespace down", "pid", s.opts.OwnerPID)
+			teardown = true
+			break loop
+		case <-s.idle:
+			idleGrace.Reset(2 * time.Second)
+		case <-idleGrace.C:
+			if s.empty() {
+				s.log.Info("namespace is empty; supervisor exits")
+				break loop
+			}
+		}
+	}
+	ln.Close()
+	if teardown {
+		s.teardown()
+	} else {
+		s.release()
+	}
+	cancel()
+	wg.Wait()
+	return nil
+}
+
+func (s *Supervisor) empty() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.nets) == 0 && len(s.vms) == 0
+}
+
+func (s *Supervisor) checkIdle() {
+	if s.empty() {
+		select {
+		case s.idle <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// ownerGone closes its channel when the owner process dies.
+func (s *Supervisor) ownerGone(ctx context.Context) <-chan struct{} {
+	ch := make(chan struct{})
+	if s.opts.OwnerPID == 0 {
+		return ch
+	}
+	go func() {
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if !processAlive(s.opts.OwnerPID, s.opts.OwnerStartTime) {
+					close(ch)
+					return
+				}
+			}
+		}
+	}()
+	return ch
+}
+
+// teardown stops every VM and removes every network and record.
+func (s *Supervisor) teardown() {
+	s.mu.Lock()
+	addrs := make([]string, 0, len(s.vms))
+	for a := range s.vms {
+		addrs = append(addrs, a)
+	}
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, a := range addrs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.stopVM(context.Background(), a, s.opts.StopTimeout); err != nil {
+				s.log.Error("stop vm", "vm", a, "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+	s.mu.Lock()
+	names := make([]string, 0, len(s.nets))
+	for n := range s.nets {
+		names = append(names, n)
+	}
+	s.mu.Unlock()
+	for _, n := range names {
+		s.removeNetwork(n)
+	}
+}
+
+// release lets go of everything without stopping VMs: the VMMs keep running
+// and the next supervisor re-adopts them from their records.
+func (s *Supervisor) release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, v := range s.vms {
+		v.release()
+	}
+	for _, n := range s.nets {
+		if n.gw != nil {
+			n.gw.Close()
+		}
+		n.sw.Close()
+	}
+}
+
+func (s *Supervisor) serveConn(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	dec := json.NewDecoder(bufio.NewReader(c))
+	var req Request
+	if err := dec.Decode(&req); err != nil {
+		return
+	}
+	enc := json.NewEncoder(c)
+	if req.Op == OpWatch {
+		s.watch(ctx, c, enc)
+		return
+	}
+	resp := s.handle(ctx, &req)
+	_ = enc.Encode(resp)
+}
+
+func (s *Supervisor) handle(ctx context.Context, req *Request) Response {
+	var err error
+	var resp Response
+	switch req.Op {
+	case OpPing:
+		resp.PID = os.Getpid()
+	case OpEnsureNetwork:
+		if req.Network == nil {
+			err = errors.New("ensure-network without a network")
+			break
+		}
+		err = s.ensureNetwork(*req.Network)
+	case OpRemoveNetwork:
+		err = s.removeNetwork(req.Address)
+		s.checkIdle()
+	case OpStartVM:
+		if req.VM == nil {
+			err = errors.New("start-vm without a vm")
+			break
+		}
+		resp.Process, err = s.startVM(ctx, *req.VM)
+	case OpUpdateVM:
+		if req.VM == nil {
+			err = errors.New("update-vm without a vm")
+			break
+		}
+		err = s.updateVM(*req.VM)
+	case OpStopVM:
+		timeout := time.Duration(req.Timeout)
+		if timeout == 0 {
+			timeout = s.opts.StopTimeout
+		}
+		err = s.stopVM(ctx, req.Address, timeout)
+		s.checkIdle()
+	case OpStatus:
+		resp.VMs = s.status()
+	case OpShutdown:
+		s.once.Do(func() { close(s.shutdown) })
+	default:
+		err = fmt.Errorf("unknown operation %q", req.Op)
+	}
+	if err != nil {
+		resp.Error = err.Error()
+	}
+	return resp
+}
+
+func (s *Supervisor) watch(ctx context.Context, c net.Conn, enc *json.Encoder) {
+	ch := make(chan Event, 256)
+	s.mu.Lock()
+	s.subs[ch] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.subs, ch)
+		s.mu.Unlock()
+	}()
+	// Acknowledge the subscription so the client knows no event is missed
+	// from here on.
+	if enc.Encode(Event{Time: time.Now(), Phase: "watching"}) != nil {
+		return
+	}
+	closed := make(chan struct{})
+	go func() {
+		buf := make([]byte, 1)
+		c.Read(buf) // returns when the client hangs up
+		close(closed)
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-closed:
+			return
+		case ev := <-ch:
+			if enc.Encode(ev) != nil {
+				return
+			}
+		}
+	}
+}
+
+// emit sends an event to every watcher; a watcher that cannot keep up
+// misses events rather than stalling the supervisor.
+func (s *Supervisor) emit(address, phase, msg string) {
+	ev := Event{Time: time.Now(), Address: address, Phase: phase, Message: msg}
+	s.log.Info(msg, "address", address, "phase", phase)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ch := range s.subs {
+		select {
+		case ch <- ev:
+		default:
+		}
+	}
+}
+
+func (s *Supervisor) status() []VMStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]VMStatus, 0, len(s.vms))
+	for _, v := range s.vms {
+		out = append(out, v.snapshot())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Address < out[j].Address })
+	return out
+}

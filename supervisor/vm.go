@@ -1,0 +1,709 @@
+package supervisor
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/stackvm/stack/guestproto"
+	"github.com/stackvm/stack/hypervisor"
+	"github.com/stackvm/stack/hypervisor/console"
+	"github.com/stackvm/stack/hypervisor/proc"
+	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/state"
+)
+
+// vmRun is one supervised VM. Its fields are guarded by the supervisor's mu,
+// except spec, which is fixed at start (update-vm replaces the parts that
+// may change in place under mu).
+type vmRun struct {
+	s      *Supervisor
+	spec   VMSpec
+	runDir string
+
+	inst  hypervisor.Instance
+	relay *console.Relay
+	st    VMStatus
+
+	stopping   bool
+	guestExit  *int          // the workload's exit code, as the guest reported it
+	guestReady bool          // the guest init reported ready
+	guestErr   string        // the guest init reported a bring-up failure
+	loopDone   chan struct{} // closed when the supervising loop ends
+	loopCtx    context.Context
+	cancel     context.CancelFunc
+}
+
+// record is what the supervisor keeps on disk for each VM so that a later
+// supervisor can re-adopt it.
+type record struct {
+	Spec    VMSpec         `json:"spec"`
+	Process *state.Process `json:"process,omitempty"`
+	Status  VMStatus       `json:"status"`
+}
+
+func recordPath(spec *VMSpec) string { return filepath.Join(spec.StateDir, filenames.VMRecord) }
+
+// ReadRecord reads the supervisor's record of a VM from its state directory
+// (for `ps` and the planner when no supervisor answers).
+func ReadRecord(vmStateDir string) (*VMStatus, *state.Process, error) {
+	data, err := os.ReadFile(filepath.Join(vmStateDir, filenames.VMRecord))
+	if err != nil {
+		return nil, nil, err
+	}
+	var r record
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, nil, fmt.Errorf("read vm record: %w", err)
+	}
+	return &r.Status, r.Process, nil
+}
+
+func (v *vmRun) writeRecordLocked() {
+	r := record{Spec: v.spec, Status: v.st}
+	if v.inst != nil {
+		id := v.inst.Identity()
+		r.Process = &state.Process{Driver: id.Driver, PID: id.PID, StartTime: id.StartTime, RunDir: id.RunDir}
+	}
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err == nil {
+		err = state.WriteFileAtomic(recordPath(&v.spec), data)
+	}
+	if err != nil {
+		v.s.log.Error("write vm record", "vm", v.spec.Address, "err", err)
+	}
+}
+
+func (v *vmRun) snapshot() VMStatus {
+	st := v.st
+	st.Addresses = map[string]string{}
+	for _, n := range v.spec.NICs {
+		st.Addresses[n.Network] = n.IP.String()
+	}
+	st.Ports = append([]PublishSpec{}, v.spec.Publish...)
+	return st
+}
+
+func (s *Supervisor) setState(v *vmRun, stateName, reason string, exit *int) {
+	s.mu.Lock()
+	v.st.State, v.st.Reason, v.st.ExitCode = stateName, reason, exit
+	v.writeRecordLocked()
+	s.mu.Unlock()
+}
+
+// startVM starts (or restarts from scratch) one VM and returns its identity.
+// Readiness is reported later through events.
+func (s *Supervisor) startVM(ctx context.Context, spec VMSpec) (*state.Process, error) {
+	s.mu.Lock()
+	_, exists := s.vms[spec.Address]
+	s.mu.Unlock()
+	if exists {
+		if err := s.stopVM(ctx, spec.Address, s.opts.StopTimeout); err != nil {
+			return nil, err
+		}
+	}
+	v := &vmRun{s: s, spec: spec, runDir: filenames.VMRuntime(s.opts.RuntimeRoot, s.opts.Namespace, spec.Name)}
+	v.st = VMStatus{Address: spec.Address, Name: spec.Name, State: state.StatusCreating}
+	for _, dir := range []string{v.runDir, spec.StateDir} {
+		if err := os.MkdirAll(dir, filenames.DirMode); err != nil {
+			return nil, fmt.Errorf("start %s: %w", spec.Address, err)
+		}
+	}
+	if err := s.wire(v); err != nil {
+		s.unwire(v)
+		return nil, fmt.Errorf("start %s: %w", spec.Address, err)
+	}
+	s.mu.Lock()
+	s.vms[spec.Address] = v
+	s.mu.Unlock()
+	if err := s.launch(ctx, v); err != nil {
+		s.mu.Lock()
+		delete(s.vms, spec.Address)
+		s.mu.Unlock()
+		s.unwire(v)
+		os.Remove(recordPath(&v.spec))
+		return nil, err
+	}
+	id := v.inst.Identity()
+	return &state.Process{Driver: id.Driver, PID: id.PID, StartTime: id.StartTime, RunDir: id.RunDir}, nil
+}
+
+// wire connects the VM's NICs to their switches and registers it with the
+// gateways (DHCP lease, DNS name, published ports).
+func (s *Supervisor) wire(v *vmRun) error {
+	v.spec.Config.NICs = nil
+	for i, nic := range v.spec.NICs {
+		s.mu.Lock()
+		n := s.nets[nic.Network]
+		s.mu.Unlock()
+		if n == nil {
+			return fmt.Errorf("network %q is not running", nic.Network)
+		}
+		vmmPath := filepath.Join(v.runDir, filenames.NICSocket(i))
+		swPath, err := n.sw.AddDgramPort(portName(v.spec.Name, i), vmmPath)
+		if err != nil {
+			return err
+		}
+		v.spec.Config.NICs = append(v.spec.Config.NICs, hypervisor.NIC{MAC: nic.MAC, DgramLocal: vmmPath, DgramRemote: swPath})
+		if n.gw != nil {
+			if err := n.gw.AddHost(v.spec.Name, nic.IP.String(), nic.MAC); err != nil {
+				return err
+			}
+			if i == 0 {
+				for _, p := range v.spec.Publish {
+					if err := n.gw.Publish(p, nic.IP.String()); err != nil {
+						return err
+					}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (s *Supervisor) unwire(v *vmRun) {
+	for i, nic := range v.spec.NICs {
+		s.mu.Lock()
+		n := s.nets[nic.Network]
+		s.mu.Unlock()
+		if n == nil {
+			continue
+		}
+		n.sw.RemovePort(portName(v.spec.Name, i))
+		if n.gw != nil {
+			n.gw.RemoveHost(v.spec.Name)
+			if i == 0 {
+				for _, p := range v.spec.Publish {
+					n.gw.Unpublish(p)
+				}
+			}
+		}
+	}
+}
+
+func portName(vm string, i int) string { return vm + "-" + strconv.Itoa(i) }
+
+// launch starts the VMM and the goroutine that supervises it.
+func (s *Supervisor) launch(ctx context.Context, v *vmRun) error {
+	cfg := v.spec.Config
+	cfg.RunDir = v.runDir
+	loopCtx, cancel := context.WithCancel(context.Background())
+	s.mu.Lock()
+	if v.relay != nil {
+		v.relay.Close() // the previous VMM's console (restart)
+		v.relay = nil
+	}
+	v.loopCtx, v.cancel = loopCtx, cancel
+	s.booting[v.runDir] = v
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.booting, v.runDir)
+		s.mu.Unlock()
+	}()
+	s.emit(v.spec.Address, PhaseVMMStart, "starting the VMM")
+	inst, err := s.opts.Driver.Start(ctx, &cfg)
+	if err != nil {
+		cancel()
+		s.emit(v.spec.Address, PhaseFailed, err.Error())
+		return fmt.Errorf("start %s: %w", v.spec.Address, err)
+	}
+	s.adopt(v, inst, false)
+	return nil
+}
+
+// BeforeBoot is the driver hook that runs while the VMM is up but its CPUs
+// have not started: the console relay connects here, so the log has the
+// guest's first line. Wire it into the driver's options.
+func (s *Supervisor) BeforeBoot(ctx context.Context, cfg *hypervisor.Config) error {
+	s.mu.Lock()
+	v := s.booting[cfg.RunDir]
+	s.mu.Unlock()
+	if v == nil {
+		return nil
+	}
+	relay, err := s.startRelay(v)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	v.relay = relay
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *Supervisor) startRelay(v *vmRun) (*console.Relay, error) {
+	return console.Start(v.loopCtx, console.Options{
+		VMMSocket: filepath.Join(v.runDir, filenames.ConsoleVMMSocket),
+		Socket:    filepath.Join(v.runDir, filenames.ConsoleSocket),
+		LogPath:   filepath.Join(v.spec.StateDir, filenames.ConsoleLog),
+		Logger:    s.log,
+	})
+}
+
+// adopt takes over a running VMM: console relay (unless BeforeBoot already
+// started it), readiness, exit.
+func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
+	if readopted {
+		v.loopCtx, v.cancel = context.WithCancel(context.Background())
+	}
+	s.mu.Lock()
+	relay := v.relay
+	s.mu.Unlock()
+	if relay == nil {
+		r, err := s.startRelay(v)
+		if err != nil {
+			s.log.Warn("console relay", "vm", v.spec.Address, "err", err)
+		}
+		relay = r
+	}
+	s.mu.Lock()
+	v.inst, v.relay = inst, relay
+	v.loopDone = make(chan struct{})
+	if !readopted {
+		v.st.State, v.st.Reason, v.st.ExitCode = state.StatusBooting, "", nil
+		v.st.StartedAt = time.Now().UTC()
+		v.guestExit, v.guestReady, v.guestErr = nil, false, ""
+	}
+	v.st.PID = inst.Identity().PID
+	v.writeRecordLocked()
+	s.mu.Unlock()
+	if !readopted {
+		s.emit(v.spec.Address, PhaseBooting, fmt.Sprintf("VMM running (pid %d); booting", inst.Identity().PID))
+	}
+	go s.superviseLoop(v.loopCtx, v, inst, readopted)
+}
+
+// superviseLoop waits for readiness and for the VMM's exit, and applies the
+// restart policy.
+func (s *Supervisor) superviseLoop(ctx context.Context, v *vmRun, inst hypervisor.Instance, readopted bool) {
+	defer close(v.loopDone)
+	go s.guestEvents(ctx, v, inst)
+	if !readopted || v.st.State != state.StatusReady {
+		go s.awaitReady(ctx, v, inst)
+	}
+	status, err := inst.Wait(ctx)
+	if ctx.Err() != nil {
+		return // released: the VMM keeps running without us
+	}
+	if v.relay != nil {
+		// Give the relay a moment to drain the last console lines.
+		select {
+		case <-v.relay.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	s.mu.Lock()
+	stopping := v.stopping
+	guestExit := v.guestExit
+	s.mu.Unlock()
+	code, reason := exitOf(status, err, guestExit)
+	switch {
+	case stopping:
+		s.setState(v, state.StatusStopped, "stopped by request", &code)
+		s.emit(v.spec.Address, PhaseStopped, "stopped")
+		return
+	case code == 0:
+		s.setState(v, state.StatusStopped, reason, &code)
+		s.emit(v.spec.Address, PhaseExited, "exited: "+reason)
+	default:
+		s.setState(v, state.StatusFailed, reason, &code)
+		s.emit(v.spec.Address, PhaseFailed, reason)
+	}
+	restart := v.spec.Restart == "always" || (v.spec.Restart == "on-failure" && code != 0)
+	if !restart {
+		return
+	}
+	s.mu.Lock()
+	v.st.Restarts++
+	n := v.st.Restarts
+	s.mu.Unlock()
+	delay := min(time.Duration(1<<min(n-1, 5))*time.Second, 30*time.Second)
+	s.emit(v.spec.Address, PhaseRestart, fmt.Sprintf("restarting in %s (restart = %q, restart %d)", delay, v.spec.Restart, n))
+	select {
+	case <-time.After(delay):
+	case <-ctx.Done():
+		return
+	}
+	s.mu.Lock()
+	stopping = v.stopping
+	s.mu.Unlock()
+	if stopping {
+		return
+	}
+	if err := s.launch(context.Background(), v); err != nil {
+		s.setState(v, state.StatusFailed, "restart failed: "+err.Error(), &code)
+	}
+}
+
+// exitOf turns a VMM exit into the exit code `ps` shows and its reason.
+// The workload's own exit code, as the guest reported it, wins over the
+// VMM's: the guest powers off after a one-shot workload, and QEMU exits 0.
+func exitOf(st hypervisor.ExitStatus, err error, guestExit *int) (int, string) {
+	switch {
+	case err != nil:
+		return -1, "lost track of the VMM: " + err.Error()
+	case st.Signal != 0:
+		return 128 + int(st.Signal), fmt.Sprintf("the VMM was killed by signal %d (%s)", int(st.Signal), st.Signal)
+	case guestExit != nil:
+		return *guestExit, fmt.Sprintf("the workload exited with status %d", *guestExit)
+	case !st.Known:
+		return -1, "the VMM exited while unwatched; its status is unknown"
+	case st.Code != 0:
+		return st.Code, fmt.Sprintf("the VMM exited with status %d", st.Code)
+	case st.GuestShutdown:
+		return 0, "the guest powered off"
+	}
+	return 0, "the VMM exited"
+}
+
+// guestEvents follows the guest agent channel: readiness, the workload's
+// exit and bring-up errors.
+func (s *Supervisor) guestEvents(ctx context.Context, v *vmRun, inst hypervisor.Instance) {
+	g := inst.Guest()
+	if g == nil {
+		return
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case line, ok := <-g.Events():
+			if !ok {
+				return
+			}
+			var m guestproto.Message
+			if json.Unmarshal(line, &m) != nil {
+				continue
+			}
+			s.onGuestMessage(v, &m)
+		}
+	}
+}
+
+func (s *Supervisor) onGuestMessage(v *vmRun, m *guestproto.Message) {
+	st := m.Status
+	switch m.Type {
+	case guestproto.TypeExit:
+		if st != nil {
+			code := st.ExitCode
+			s.mu.Lock()
+			v.guestExit = &code
+			s.mu.Unlock()
+			s.emit(v.spec.Address, PhaseExited, fmt.Sprintf("the workload exited with status %d", code))
+		}
+	case guestproto.TypeError:
+		s.mu.Lock()
+		v.guestErr = m.Error
+		s.mu.Unlock()
+	case guestproto.TypeReady:
+		s.mu.Lock()
+		v.guestReady = true
+		s.mu.Unlock()
+	case guestproto.TypeHello:
+		s.mu.Lock()
+		if st != nil && st.Ready {
+			v.guestReady = true
+		}
+		if st != nil && st.Exited {
+			code := st.ExitCode
+			v.guestExit = &code
+		}
+		s.mu.Unlock()
+	}
+	if st != nil && st.Error != "" {
+		s.mu.Lock()
+		v.st.Reason = st.Error
+		s.mu.Unlock()
+	}
+}
+
+// awaitReady decides when the VM is ready: the probe when one is set, else
+// the guest's own report (guest init or cloud-init's console line). A VM
+// that is not ready in time is marked failed but left running, so that its
+// console can be inspected; the next `up` replaces it.
+func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.Instance) {
+	spec := v.spec.Ready
+	timeout := time.Duration(spec.Timeout)
+	if timeout <= 0 {
+		timeout = 2 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var what string
+	var err error
+	switch {
+	case spec.TCP != 0 || spec.HTTP != "":
+		what, err = s.probe(ctx, v)
+	case spec.ConsoleLine != "":
+		what, err = s.waitConsoleLine(ctx, v, spec.ConsoleLine, spec.ConsoleFailLine)
+	case spec.Guest:
+		what, err = s.waitGuestReady(ctx, v, inst)
+	default:
+		what = "the VMM is running"
+	}
+	if ctx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) && err != nil {
+		return // released or stopped
+	}
+	s.mu.Lock()
+	stopping := v.stopping
+	exited := v.st.State == state.StatusStopped || v.st.State == state.StatusFailed
+	s.mu.Unlock()
+	if stopping || exited {
+		return
+	}
+	if err != nil {
+		reason := err.Error()
+		if errors.Is(err, context.DeadlineExceeded) {
+			reason = fmt.Sprintf("not ready after %s (%s)", timeout, readyWhat(spec))
+		}
+		s.setState(v, state.StatusFailed, reason, nil)
+		s.emit(v.spec.Address, PhaseFailed, reason)
+		return
+	}
+	s.setState(v, state.StatusReady, "", nil)
+	s.emit(v.spec.Address, PhaseReady, "ready: "+what)
+}
+
+func readyWhat(r ReadySpec) string {
+	switch {
+	case r.TCP != 0:
+		return fmt.Sprintf("waiting for TCP port %d", r.TCP)
+	case r.HTTP != "":
+		return "waiting for " + r.HTTP
+	case r.ConsoleLine != "":
+		return "waiting for cloud-init to finish"
+	}
+	return "waiting for the guest init's ready report"
+}
+
+func (s *Supervisor) waitGuestReady(ctx context.Context, v *vmRun, inst hypervisor.Instance) (string, error) {
+	// guestEvents consumes the channel and leaves what it saw in v; poll
+	// it at the probe cadence.
+	return s.pollUntil(ctx, v, func() (string, bool, error) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		switch {
+		case v.guestErr != "":
+			return "", false, errors.New("guest init: " + v.guestErr)
+		case v.guestReady:
+			return "the guest init reported ready", true, nil
+		}
+		return "", false, nil
+	})
+}
+
+// pollUntil calls check at a 200 ms cadence until it reports done, errs,
+// the VM stops, or ctx ends.
+func (s *Supervisor) pollUntil(ctx context.Context, v *vmRun, check func() (string, bool, error)) (string, error) {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		what, done, err := check()
+		if err != nil {
+			return "", err
+		}
+		if done {
+			return what, nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Supervisor) waitConsoleLine(ctx context.Context, v *vmRun, marker, failMarker string) (string, error) {
+	logPath := filepath.Join(v.spec.StateDir, filenames.ConsoleLog)
+	var off int64
+	var partial string
+	return s.pollUntil(ctx, v, func() (string, bool, error) {
+		f, err := os.Open(logPath)
+		if err != nil {
+			return "", false, nil
+		}
+		defer f.Close()
+		if fi, err := f.Stat(); err == nil && fi.Size() < off {
+			off = 0 // rotated
+		}
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
+			return "", false, nil
+		}
+		data, _ := io.ReadAll(f)
+		off += int64(len(data))
+		text := partial + string(data)
+		cut := strings.LastIndexByte(text, '\n') + 1
+		partial = text[cut:] // a line still being written
+		sc := bufio.NewScanner(strings.NewReader(text[:cut]))
+		sc.Buffer(make([]byte, 64*1024), 1<<20)
+		for sc.Scan() {
+			line := strings.TrimRight(sc.Text(), "\r")
+			if strings.Contains(line, marker) {
+				return "cloud-init finished", true, nil
+			}
+			if failMarker != "" && strings.Contains(line, failMarker) {
+				return "", false, errors.New("cloud-init finished with errors (see the console log)")
+			}
+		}
+		return "", false, nil
+	})
+}
+
+// probe runs the VM's tcp or http readiness probe through the gateway of
+// its first network.
+func (s *Supervisor) probe(ctx context.Context, v *vmRun) (string, error) {
+	if len(v.spec.NICs) == 0 {
+		return "", errors.New("a tcp or http readiness probe needs a network")
+	}
+	nic := v.spec.NICs[0]
+	s.mu.Lock()
+	n := s.nets[nic.Network]
+	s.mu.Unlock()
+	if n == nil || n.gw == nil {
+		return "", fmt.Errorf("network %q has no gateway to probe through", nic.Network)
+	}
+	spec := v.spec.Ready
+	if spec.TCP != 0 {
+		addr := nic.IP.String() + ":" + strconv.Itoa(spec.TCP)
+		return s.pollUntil(ctx, v, func() (string, bool, error) {
+			pctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			c, err := n.gw.DialContext(pctx, "tcp", addr)
+			if err != nil {
+				return "", false, nil
+			}
+			c.Close()
+			return "TCP port " + strconv.Itoa(spec.TCP) + " accepts connections", true, nil
+		})
+	}
+	client := &http.Client{
+		Timeout:   time.Second,
+		Transport: &http.Transport{DialContext: guestDialer(n.gw, nic.IP.String())},
+	}
+	return s.pollUntil(ctx, v, func() (string, bool, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, spec.HTTP, nil)
+		if err != nil {
+			return "", false, fmt.Errorf("ready probe %q: %w", spec.HTTP, err)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return "", false, nil
+		}
+		resp.Body.Close()
+		if resp.StatusCode >= 200 && resp.StatusCode < 400 {
+			return fmt.Sprintf("%s answered %d", spec.HTTP, resp.StatusCode), true, nil
+		}
+		return "", false, nil
+	})
+}
+
+// guestDialer dials "localhost" in probe URLs as the guest itself.
+func guestDialer(gw Gateway, guestIP string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, port, ok := strings.Cut(addr, ":")
+		if ok && (host == "localhost" || host == "127.0.0.1") {
+			addr = guestIP + ":" + port
+		}
+		return gw.DialContext(ctx, network, addr)
+	}
+}
+
+// updateVM applies the attributes that change in place: publish and restart.
+func (s *Supervisor) updateVM(spec VMSpec) error {
+	s.mu.Lock()
+	v := s.vms[spec.Address]
+	s.mu.Unlock()
+	if v == nil {
+		return fmt.Errorf("update %s: not running", spec.Address)
+	}
+	if len(v.spec.NICs) > 0 {
+		s.mu.Lock()
+		n := s.nets[v.spec.NICs[0].Network]
+		s.mu.Unlock()
+		if n != nil && n.gw != nil {
+			for _, p := range v.spec.Publish {
+				n.gw.Unpublish(p)
+			}
+			for _, p := range spec.Publish {
+				if err := n.gw.Publish(p, v.spec.NICs[0].IP.String()); err != nil {
+					return fmt.Errorf("update %s: %w", spec.Address, err)
+				}
+			}
+		}
+	}
+	s.mu.Lock()
+	v.spec.Publish, v.spec.Restart, v.spec.Ready = spec.Publish, spec.Restart, spec.Ready
+	v.writeRecordLocked()
+	s.mu.Unlock()
+	return nil
+}
+
+// stopVM stops a VM gracefully (then forcibly after timeout) and removes
+// everything the supervisor made for it.
+func (s *Supervisor) stopVM(ctx context.Context, address string, timeout time.Duration) error {
+	s.mu.Lock()
+	v := s.vms[address]
+	if v != nil {
+		v.stopping = true
+	}
+	s.mu.Unlock()
+	if v == nil {
+		return nil // already gone: stopping is idempotent
+	}
+	var err error
+	if v.inst != nil {
+		err = v.inst.Stop(ctx, timeout)
+		if v.loopDone != nil {
+			<-v.loopDone
+		}
+		v.inst.Close()
+	}
+	if v.cancel != nil {
+		v.cancel()
+	}
+	if v.relay != nil {
+		v.relay.Close()
+	}
+	s.unwire(v)
+	s.mu.Lock()
+	delete(s.vms, address)
+	s.mu.Unlock()
+	os.Remove(recordPath(&v.spec))
+	os.RemoveAll(v.runDir)
+	s.emit(address, PhaseStopped, "stopped and removed")
+	if err != nil {
+		return fmt.Errorf("stop %s: %w", address, err)
+	}
+	return nil
+}
+
+// release lets go of the VM without stopping it.
+func (v *vmRun) release() {
+	if v.cancel != nil {
+		v.cancel()
+	}
+	if v.relay != nil {
+		v.relay.Close()
+	}
+	if v.inst != nil {
+		v.inst.Close()
+	}
+}
+
+func processAlive(pid int, start uint64) bool {
+	if start == 0 {
+		return syscall.Kill(pid, 0) == nil
+	}
+	return proc.Alive(pid, start)
+}

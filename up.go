@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/stackvm/stack/engine"
@@ -157,10 +158,15 @@ func (p *Project) Down(ctx context.Context, opts DownOptions) error {
 		if err := store.Remove(); err != nil {
 			return err
 		}
-		// Leave nothing behind but the lock we hold (removed with the
-		// directory when it is empty otherwise).
-		os.RemoveAll(filenames.NamespaceRuntime(filenames.RuntimeRoot(), p.Stack.Namespace))
+		// Leave nothing behind but the lock file, which another command may
+		// be waiting on (removing it would let two commands lock two files).
+		nsDir := filenames.NamespaceState(p.StateDir, p.Stack.Namespace)
+		for _, name := range []string{filenames.NetworkDir, filenames.VMDir, filenames.VolumeDir, filenames.SupervisorLog} {
+			os.RemoveAll(filepath.Join(nsDir, name))
+		}
 	}
+	// The supervisor removed its sockets; the directory goes too.
+	os.Remove(filenames.NamespaceRuntime(filenames.RuntimeRoot(), p.Stack.Namespace))
 	return nil
 }
 

@@ -51,8 +51,8 @@ type Engine struct {
 	StopTimeout time.Duration
 	Logger      *slog.Logger
 
-	mu    sync.Mutex // guards st and its writes
-	st    *state.State
+	mu  sync.Mutex // guards st and its writes
+	st  *state.State
 	img struct {
 		once              sync.Once
 		kernel, initramfs string

@@ -74,6 +74,9 @@ func (e *Engine) removeVMFiles(name string, all bool) error {
 }
 
 func (e *Engine) createVM(ctx context.Context, plan *planner.Plan, a *planner.Action, vm *stackfile.VM, desired *stackfile.Stack, w *waiters, release func()) error {
+	if err := e.awaitDependencies(ctx, plan, vm, desired); err != nil {
+		return fmt.Errorf("%s: %w", a.Address, err)
+	}
 	spec, err := e.vmSpec(ctx, plan, vm, desired)
 	if err != nil {
 		e.emit(a.Address, supervisor.PhaseFailed, err.Error())
@@ -133,6 +136,55 @@ func (e *Engine) createVM(ctx context.Context, plan *planner.Plan, a *planner.Ac
 				})
 				return e.vmFailure(a.Address, vm.Name, reason)
 			}
+		}
+	}
+}
+
+// awaitDependencies waits until the VMs that vm depends on and that this
+// plan leaves alone are ready: the plan's edges cover those it creates, but
+// an unchanged VM can still be booting (an earlier, interrupted up).
+func (e *Engine) awaitDependencies(ctx context.Context, plan *planner.Plan, vm *stackfile.VM, desired *stackfile.Stack) error {
+	want := map[string]bool{}
+	for _, other := range desired.VMs {
+		for _, blk := range vm.DependsOn {
+			if "vm."+other.Block == blk {
+				if a := plan.Action(other.Address); a != nil && a.Kind == planner.NoOp {
+					want[other.Address] = true
+				}
+			}
+		}
+	}
+	if len(want) == 0 {
+		return nil
+	}
+	e.emit(vm.Address, PhaseWaiting, "waiting for its dependencies to be ready")
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		resp, err := e.Supervisor.Call(ctx, &supervisor.Request{Op: supervisor.OpStatus})
+		if err != nil {
+			return err
+		}
+		pending := 0
+		for _, v := range resp.VMs {
+			if !want[v.Address] {
+				continue
+			}
+			switch v.State {
+			case state.StatusReady:
+			case state.StatusFailed, state.StatusStopped:
+				return fmt.Errorf("its dependency %s is %s: %s", v.Address, v.State, v.Reason)
+			default:
+				pending++
+			}
+		}
+		if pending == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
 		}
 	}
 }

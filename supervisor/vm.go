@@ -258,17 +258,27 @@ func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
 		v.loopCtx, v.cancel = context.WithCancel(context.Background())
 	}
 	s.mu.Lock()
-	relay := v.relay
-	s.mu.Unlock()
-	if relay == nil {
-		r, err := s.startRelay(v)
-		if err != nil {
-			s.log.Warn("console relay", "vm", v.spec.Address, "err", err)
-		}
-		relay = r
+	if v.relay == nil {
+		// A re-adopted VM: connect the relay in the background (it retries
+		// until the VMM's console socket answers or the VM goes away).
+		go func(ctx context.Context) {
+			r, err := s.startRelay(v)
+			if err != nil {
+				if ctx.Err() == nil {
+					s.log.Warn("console relay", "vm", v.spec.Address, "err", err)
+				}
+				return
+			}
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if v.relay != nil || ctx.Err() != nil {
+				r.Close()
+				return
+			}
+			v.relay = r
+		}(v.loopCtx)
 	}
-	s.mu.Lock()
-	v.inst, v.relay = inst, relay
+	v.inst = inst
 	v.loopDone = make(chan struct{})
 	if !readopted {
 		v.st.State, v.st.Reason, v.st.ExitCode = state.StatusBooting, "", nil
@@ -296,10 +306,13 @@ func (s *Supervisor) superviseLoop(ctx context.Context, v *vmRun, inst hyperviso
 	if ctx.Err() != nil {
 		return // released: the VMM keeps running without us
 	}
-	if v.relay != nil {
+	s.mu.Lock()
+	relay := v.relay
+	s.mu.Unlock()
+	if relay != nil {
 		// Give the relay a moment to drain the last console lines.
 		select {
-		case <-v.relay.Done():
+		case <-relay.Done():
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
@@ -672,8 +685,11 @@ func (s *Supervisor) stopVM(ctx context.Context, address string, timeout time.Du
 	if v.cancel != nil {
 		v.cancel()
 	}
-	if v.relay != nil {
-		v.relay.Close()
+	s.mu.Lock()
+	relay := v.relay
+	s.mu.Unlock()
+	if relay != nil {
+		relay.Close()
 	}
 	s.unwire(v)
 	s.mu.Lock()

@@ -1,0 +1,5 @@
+# Already canonical: Format must not change it.
+vm "db" {
+  cpus      = 2
+  memory_mb = 512
+}

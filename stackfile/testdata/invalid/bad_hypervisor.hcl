@@ -1,0 +1,4 @@
+# want: 3: Invalid hypervisor
+vm "web" {
+  hypervisor = "kvmtool"
+}

@@ -1,0 +1,4 @@
+# want: 3: Invalid machine
+vm "web" {
+  machine = "pc"
+}

@@ -1,0 +1,4 @@
+# want: 3: Invalid restart
+vm "web" {
+  restart = "sometimes"
+}

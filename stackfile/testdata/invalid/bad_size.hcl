@@ -1,0 +1,4 @@
+# want: 3: Invalid size
+volume "data" {
+  size = "1 gigabyte"
+}

@@ -1,0 +1,4 @@
+# want: 3: Invalid count
+vm "web" {
+  count = -1
+}

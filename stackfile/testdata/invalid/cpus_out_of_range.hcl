@@ -1,0 +1,4 @@
+# want: 3: cpus out of range
+vm "web" {
+  cpus = 0
+}

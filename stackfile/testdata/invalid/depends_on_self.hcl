@@ -1,0 +1,4 @@
+# want: 3: Dependency cycle
+vm "a" {
+  depends_on = [vm.a]
+}

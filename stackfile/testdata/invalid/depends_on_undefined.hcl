@@ -1,0 +1,4 @@
+# want: 3: Reference to undeclared vm
+vm "web" {
+  depends_on = [vm.db]
+}

@@ -1,0 +1,6 @@
+# want: 3: Invalid disk
+vm "web" {
+  disk "data" {
+    guest_path = "/data"
+  }
+}

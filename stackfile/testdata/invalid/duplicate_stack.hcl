@@ -1,0 +1,3 @@
+# want: 3: Duplicate stack block
+stack "a" {}
+stack "b" {}

@@ -1,0 +1,4 @@
+# want: 4: Duplicate vm block
+vm "web" {}
+
+vm "web" {}

@@ -1,0 +1,4 @@
+# want: 3: Invalid for_each argument
+vm "web" {
+  for_each = toset(["a", null])
+}

@@ -1,0 +1,6 @@
+# want: 4: Invalid http probe
+vm "web" {
+  ready {
+    http = "localhost:80/health"
+  }
+}

@@ -1,0 +1,9 @@
+# want: 7: IP address is the broadcast address
+network "lan" {
+  subnet = "10.42.0.0/24"
+}
+vm "web" {
+  network "lan" {
+    ip = "10.42.0.255"
+  }
+}

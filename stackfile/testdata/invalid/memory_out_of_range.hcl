@@ -1,0 +1,4 @@
+# want: 3: memory_mb out of range
+vm "web" {
+  memory_mb = 32
+}

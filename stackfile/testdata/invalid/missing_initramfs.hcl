@@ -1,0 +1,4 @@
+# want: 3: Missing initramfs file
+vm "web" {
+  initramfs = "../files/no-such-initrd"
+}

@@ -1,0 +1,3 @@
+# want: 2: Missing required argument
+network "lan" {
+}

@@ -1,0 +1,2 @@
+# want: 2: Invalid vm name
+vm "Web_1" {}

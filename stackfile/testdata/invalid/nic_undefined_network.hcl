@@ -1,0 +1,7 @@
+# want: 6: Reference to undeclared network
+network "lan" {
+  subnet = "10.42.0.0/24"
+}
+vm "web" {
+  network "lna" {}
+}

@@ -1,0 +1,2 @@
+# want: 2: Invalid stack name
+stack "My Stack" {}

@@ -1,0 +1,4 @@
+# want: 3: Invalid subnet
+network "lan" {
+  subnet = "10.42.0.0"
+}

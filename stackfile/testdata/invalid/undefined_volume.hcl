@@ -1,0 +1,6 @@
+# want: 4: Reference to undeclared volume
+vm "web" {
+  disk "data" {
+    volume = volume.pgdata
+  }
+}

@@ -1,0 +1,4 @@
+# want: 3: Call to unknown function
+vm "web" {
+  cmdline = timestamp()
+}

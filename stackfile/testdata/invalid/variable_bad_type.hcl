@@ -1,0 +1,4 @@
+# want: 3: Invalid type specification
+variable "replicas" {
+  type = integer
+}

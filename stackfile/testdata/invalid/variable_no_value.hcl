@@ -1,0 +1,4 @@
+# want: 2: No value for required variable
+variable "image" {
+  type = string
+}

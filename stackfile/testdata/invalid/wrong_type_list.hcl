@@ -1,0 +1,4 @@
+# want: 3: Incorrect attribute value type
+vm "web" {
+  command = "httpd -f"
+}

@@ -1,0 +1,259 @@
+package supervisor
+
+import (
+	"context"
+	"encoding/json"
+	"net/netip"
+	"os"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stackvm/stack/guestproto"
+	"github.com/stackvm/stack/hypervisor"
+	"github.com/stackvm/stack/internal/filenames"
+)
+
+// fakeDriver stands in for QEMU below this unit test: its instances report
+// what the test tells them to. The real driver is exercised by the
+// integration tests in cmd/stack/app.
+type fakeDriver struct {
+	mu      sync.Mutex
+	started []*fakeInst
+	nextPID int
+}
+
+type fakeInst struct {
+	id     hypervisor.Identity
+	events chan []byte
+	exit   chan hypervisor.ExitStatus
+	once   sync.Once
+}
+
+func (d *fakeDriver) Name() string { return "fake" }
+
+func (d *fakeDriver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.Instance, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.nextPID++
+	in := &fakeInst{id: hypervisor.Identity{Driver: "fake", PID: 100000 + d.nextPID, RunDir: cfg.RunDir},
+		events: make(chan []byte, 16), exit: make(chan hypervisor.ExitStatus, 1)}
+	d.started = append(d.started, in)
+	return in, nil
+}
+
+func (d *fakeDriver) Attach(ctx context.Context, id hypervisor.Identity) (hypervisor.Instance, error) {
+	return nil, hypervisor.ErrGone
+}
+
+func (d *fakeDriver) last() *fakeInst {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.started[len(d.started)-1]
+}
+
+func (d *fakeDriver) count() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.started)
+}
+
+func (f *fakeInst) Identity() hypervisor.Identity { return f.id }
+func (f *fakeInst) State(context.Context) (hypervisor.RunState, error) {
+	return hypervisor.StateRunning, nil
+}
+func (f *fakeInst) Stop(ctx context.Context, _ time.Duration) error {
+	f.end(hypervisor.ExitStatus{Code: 0, GuestShutdown: true, Known: true})
+	return nil
+}
+func (f *fakeInst) Kill() error {
+	f.end(hypervisor.ExitStatus{Code: -1, Signal: syscall.SIGKILL, Known: true})
+	return nil
+}
+func (f *fakeInst) end(st hypervisor.ExitStatus) { f.once.Do(func() { f.exit <- st; close(f.events) }) }
+func (f *fakeInst) Wait(ctx context.Context) (hypervisor.ExitStatus, error) {
+	select {
+	case st := <-f.exit:
+		return st, nil
+	case <-ctx.Done():
+		return hypervisor.ExitStatus{}, ctx.Err()
+	}
+}
+func (f *fakeInst) Guest() hypervisor.GuestChannel { return f }
+func (f *fakeInst) Close() error                   { return nil }
+func (f *fakeInst) Events() <-chan []byte          { return f.events }
+func (f *fakeInst) Send(context.Context, []byte) error {
+	return nil
+}
+
+func (f *fakeInst) say(t *testing.T, m guestproto.Message) {
+	t.Helper()
+	b, _ := json.Marshal(m)
+	f.events <- b
+}
+
+func newTestSupervisor(t *testing.T) (*Supervisor, *fakeDriver, *Client) {
+	t.Helper()
+	drv := &fakeDriver{}
+	root := t.TempDir()
+	// Unix socket paths must stay short: keep the runtime root in /tmp.
+	run, err := os.MkdirTemp("", "sv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(run) })
+	s := New(Options{Namespace: "t", StateRoot: root, RuntimeRoot: run, Driver: drv, StopTimeout: time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	var c *Client
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if c, err = Dial(ctx, run, "t"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("supervisor did not come up: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return s, drv, c
+}
+
+func startSpec(t *testing.T, s *Supervisor, restart string) VMSpec {
+	return VMSpec{Address: "vm.a", Name: "a", Restart: restart, StateDir: filenames.VMState(s.opts.StateRoot, "t", "a"),
+		Ready: ReadySpec{Guest: true, Timeout: Duration(5 * time.Second)}}
+}
+
+func waitPhase(t *testing.T, events <-chan Event, phase string) Event {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case ev := <-events:
+			if ev.Phase == phase {
+				return ev
+			}
+		case <-timeout:
+			t.Fatalf("no %q event", phase)
+		}
+	}
+}
+
+func TestReadyExitAndStatus(t *testing.T) {
+	s, drv, c := newTestSupervisor(t)
+	ctx := context.Background()
+	events, err := c.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := startSpec(t, s, "no")
+	resp, err := c.Call(ctx, &Request{Op: OpStartVM, VM: &spec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Process == nil || resp.Process.PID != drv.last().id.PID {
+		t.Fatalf("start-vm returned %+v", resp.Process)
+	}
+	drv.last().say(t, guestproto.Message{Type: guestproto.TypeReady, Status: &guestproto.Status{Ready: true}})
+	waitPhase(t, events, PhaseReady)
+	st, _ := c.Call(ctx, &Request{Op: OpStatus})
+	if len(st.VMs) != 1 || st.VMs[0].State != "ready" {
+		t.Fatalf("status after ready: %+v", st.VMs)
+	}
+	// The workload exits 3: the guest reports it, then powers off.
+	drv.last().say(t, guestproto.Message{Type: guestproto.TypeExit, Status: &guestproto.Status{Exited: true, ExitCode: 3}})
+	time.Sleep(50 * time.Millisecond)
+	drv.last().end(hypervisor.ExitStatus{Code: 0, GuestShutdown: true, Known: true})
+	waitPhase(t, events, PhaseFailed)
+	st, _ = c.Call(ctx, &Request{Op: OpStatus})
+	if v := st.VMs[0]; v.State != "failed" || v.ExitCode == nil || *v.ExitCode != 3 {
+		t.Fatalf("after exit 3: %+v", v)
+	}
+	// The record on disk says the same, for ps without a supervisor.
+	rec, _, err := ReadRecord(spec.StateDir)
+	if err != nil || rec.State != "failed" || *rec.ExitCode != 3 {
+		t.Fatalf("record: %+v, %v", rec, err)
+	}
+	if drv.count() != 1 {
+		t.Fatal("restart = no restarted the VM")
+	}
+}
+
+func TestRestartOnFailureAndKill(t *testing.T) {
+	s, drv, c := newTestSupervisor(t)
+	ctx := context.Background()
+	events, _ := c.Watch(ctx)
+	spec := startSpec(t, s, "on-failure")
+	if _, err := c.Call(ctx, &Request{Op: OpStartVM, VM: &spec}); err != nil {
+		t.Fatal(err)
+	}
+	drv.last().Kill()
+	ev := waitPhase(t, events, PhaseFailed)
+	if ev.Message == "" {
+		t.Fatal("failure without a reason")
+	}
+	waitPhase(t, events, PhaseRestart)
+	waitPhase(t, events, PhaseBooting)
+	if drv.count() != 2 {
+		t.Fatalf("%d starts, want 2", drv.count())
+	}
+	// A clean exit is not restarted under on-failure.
+	drv.last().end(hypervisor.ExitStatus{Code: 0, GuestShutdown: true, Known: true})
+	waitPhase(t, events, PhaseExited)
+	time.Sleep(1500 * time.Millisecond)
+	if drv.count() != 2 {
+		t.Fatal("on-failure restarted a clean exit")
+	}
+	// stop-vm is idempotent and removes the record.
+	for i := 0; i < 2; i++ {
+		if _, err := c.Call(ctx, &Request{Op: OpStopVM, Address: "vm.a"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := ReadRecord(spec.StateDir); !os.IsNotExist(err) {
+		t.Fatalf("record left after stop: %v", err)
+	}
+}
+
+func TestNetworkWiringAndReadoptOfDeadVM(t *testing.T) {
+	s, drv, c := newTestSupervisor(t)
+	ctx := context.Background()
+	net := NetworkSpec{Name: "lan", Subnet: netip.MustParsePrefix("10.9.0.0/24"), Gateway: netip.MustParseAddr("10.9.0.1")}
+	if _, err := c.Call(ctx, &Request{Op: OpEnsureNetwork, Network: &net}); err != nil {
+		t.Fatal(err)
+	}
+	spec := startSpec(t, s, "no")
+	spec.NICs = []NICSpec{{Network: "lan", MAC: "52:54:00:00:00:01", IP: netip.MustParseAddr("10.9.0.2")}}
+	if _, err := c.Call(ctx, &Request{Op: OpStartVM, VM: &spec}); err != nil {
+		t.Fatal(err)
+	}
+	ports := s.nets["lan"].sw.Stats()
+	if len(ports.Ports) != 1 {
+		t.Fatalf("switch ports after start: %+v", ports)
+	}
+	// A VM on a network that is not running is refused, and leaves nothing.
+	bad := spec
+	bad.Address, bad.Name = "vm.b", "b"
+	bad.NICs = []NICSpec{{Network: "nope", MAC: "52:54:00:00:00:02"}}
+	if _, err := c.Call(ctx, &Request{Op: OpStartVM, VM: &bad}); err == nil {
+		t.Fatal("start on a missing network succeeded")
+	}
+	// A second supervisor on the same state finds the VM's record; the fake
+	// driver says its process is gone, so it shows as failed.
+	s.release()
+	s2 := New(Options{Namespace: "t", StateRoot: s.opts.StateRoot, RuntimeRoot: s.opts.RuntimeRoot, Driver: drv})
+	s2.readopt(ctx)
+	defer s2.release()
+	if v := s2.vms["vm.a"]; v == nil || v.st.State != "failed" {
+		t.Fatalf("re-adopted dead VM: %+v", v)
+	}
+	if s2.nets["lan"] == nil {
+		t.Fatal("network not restored from its record")
+	}
+}

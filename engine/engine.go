@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -118,6 +119,23 @@ func (e *Engine) Apply(ctx context.Context, plan *planner.Plan, desired *stackfi
 		emu  sync.Mutex
 		errs []error
 	)
+	// A barrier is done when all its members are, and failed when any is.
+	for key := range plan.Barriers {
+		done[key] = make(chan struct{})
+	}
+	for key, members := range plan.Barriers {
+		go func() {
+			defer close(done[key])
+			for _, m := range members {
+				<-done[m]
+			}
+			emu.Lock()
+			for _, m := range members {
+				failed[key] = failed[key] || failed[m]
+			}
+			emu.Unlock()
+		}()
+	}
 	// Every action gets its own goroutine that first waits for its
 	// dependencies and only then takes a slot: a goroutine blocked on a
 	// dependency never holds a slot, so the limit cannot deadlock.
@@ -136,7 +154,7 @@ func (e *Engine) Apply(ctx context.Context, plan *planner.Plan, desired *stackfi
 			var blocked string
 			for _, d := range a.DependsOn {
 				if failed[d] {
-					blocked = d
+					blocked = strings.TrimSuffix(strings.TrimSuffix(d, planner.BarrierReady), planner.BarrierDeleted)
 				}
 			}
 			emu.Unlock()

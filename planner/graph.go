@@ -1,30 +1,58 @@
 package planner
 
 import (
+	"container/heap"
 	"sort"
 	"strconv"
 	"strings"
 )
 
-// edges fills every action's DependsOn with the actions that must finish
-// before it starts:
+// Barriers stand for a group of actions, so that `depends_on = [vm.db]` on a
+// block with N instances, naming a block with M instances, costs N+M edges
+// rather than N×M. A barrier is done when every member action is done.
+// Barrier keys never collide with resource addresses: they end in
+// BarrierReady (the block's instances that this plan creates, replaces or
+// updates) or BarrierDeleted (those it deletes).
+const (
+	BarrierReady   = "/ready"
+	BarrierDeleted = "/deleted"
+)
+
+// IsBarrier reports whether a DependsOn entry names a barrier.
+func IsBarrier(key string) bool {
+	return strings.HasSuffix(key, BarrierReady) || strings.HasSuffix(key, BarrierDeleted)
+}
+
+// edges fills every action's DependsOn with what must finish before it
+// starts:
 //   - a VM that is created, replaced or updated waits for the networks and
-//     volumes it uses and for every instance of the VM blocks in its
-//     depends_on, when those are planned too;
-//   - deletions run in reverse: a VM is deleted before what it depended on,
-//     and a network or volume only once the VMs that used it are gone
-//     (deleted or replaced).
+//     volumes it uses and for the instances of the VM blocks in its
+//     depends_on that this plan touches (through the block's ready barrier);
+//   - deletions run in reverse: a VM is deleted after the VMs that depended
+//     on it (their block's deleted barrier), and a network or volume only
+//     once the VMs that used it are gone.
 //
 // No-ops are never waited for: they are done before the plan starts.
 func (b *builder) edges() {
+	p := b.plan
+	p.Barriers = map[string][]string{}
+	member := func(key, addr string) {
+		p.Barriers[key] = append(p.Barriers[key], addr)
+	}
+	for _, a := range p.Actions {
+		if a.Type != TypeVM {
+			continue
+		}
+		switch a.Kind {
+		case Create, Replace, Update:
+			member(blockOf(a.Address)+BarrierReady, a.Address)
+		case Delete:
+			member(blockOf(a.Address)+BarrierDeleted, a.Address)
+		}
+	}
 	live := func(addr string) bool {
 		a := b.byAddr[addr]
 		return a != nil && a.Kind != NoOp && a.Kind != Delete
-	}
-	instances := map[string][]string{} // vm block address → instance addresses
-	for _, vm := range b.desired.VMs {
-		blk := "vm." + vm.Block
-		instances[blk] = append(instances[blk], vm.Address)
 	}
 	for _, vm := range b.desired.VMs {
 		a := b.byAddr[vm.Address]
@@ -38,71 +66,78 @@ func (b *builder) edges() {
 			}
 		}
 		for _, d := range vm.Disks {
-			if d.Volume == "" {
-				continue
-			}
-			if addr := "volume." + d.Volume; live(addr) {
+			if addr := "volume." + d.Volume; d.Volume != "" && live(addr) {
 				deps[addr] = true
 			}
 		}
 		for _, blk := range vm.DependsOn {
-			for _, inst := range instances[blk] {
-				if live(inst) {
-					deps[inst] = true
-				}
+			if key := blk + BarrierReady; len(p.Barriers[key]) > 0 && blk != blockOf(vm.Address) {
+				deps[key] = true
 			}
 		}
 		a.DependsOn = sortedSet(deps)
 	}
 
 	// Reverse edges for what goes away. A replaced VM's old instance goes
-	// away too, so it counts as "gone" for the networks and volumes it used.
+	// away too, so it counts as gone for the networks and volumes it used.
 	gone := func(addr string) bool {
 		a := b.byAddr[addr]
 		return a != nil && (a.Kind == Delete || a.Kind == Replace)
 	}
-	users := map[string]map[string]bool{} // network/volume/vm address → VMs that used it
-	use := func(res, vm string) {
-		if users[res] == nil {
-			users[res] = map[string]bool{}
-		}
-		users[res][vm] = true
-	}
-	recordedBlocks := map[string][]string{}
+	users := map[string]map[string]bool{}      // network/volume address → VMs that used it
+	dependents := map[string]map[string]bool{} // vm block → blocks that depended on it
 	for addr, rec := range b.st.VMs {
-		recordedBlocks[blockOf(addr)] = append(recordedBlocks[blockOf(addr)], addr)
+		if !gone(addr) {
+			continue
+		}
 		for _, n := range rec.NICs {
-			use("network."+n.Network, addr)
+			addTo(users, "network."+n.Network, addr)
 		}
 		for _, v := range RecordedVolumes(rec.Attributes) {
-			use("volume."+v, addr)
+			addTo(users, "volume."+v, addr)
 		}
-	}
-	for addr, rec := range b.st.VMs {
 		for _, blk := range RecordedDependsOn(rec.Attributes) {
-			for _, dep := range recordedBlocks[blk] {
-				use(dep, addr)
-			}
+			addTo(dependents, blk, blockOf(addr))
 		}
 	}
-	for _, a := range b.plan.Actions {
-		if a.Kind != Delete && !(a.Kind == Replace && a.Type == TypeNetwork) {
+	for _, a := range p.Actions {
+		if a.Kind != Delete {
 			continue
 		}
 		deps := map[string]bool{}
-		for _, d := range a.DependsOn {
-			deps[d] = true
-		}
 		for u := range users[a.Address] {
-			if u == a.Address {
-				continue
-			}
-			if gone(u) && b.byAddr[u].Kind == Delete {
+			if b.byAddr[u].Kind == Delete {
 				deps[u] = true
+			}
+		}
+		if a.Type == TypeVM {
+			for blk := range dependents[blockOf(a.Address)] {
+				if key := blk + BarrierDeleted; len(p.Barriers[key]) > 0 && blk != blockOf(a.Address) {
+					deps[key] = true
+				}
 			}
 		}
 		a.DependsOn = sortedSet(deps)
 	}
+	// Only barriers that something waits for are kept.
+	used := map[string]bool{}
+	for _, a := range p.Actions {
+		for _, d := range a.DependsOn {
+			used[d] = true
+		}
+	}
+	for k := range p.Barriers {
+		if !used[k] {
+			delete(p.Barriers, k)
+		}
+	}
+}
+
+func addTo(m map[string]map[string]bool, key, v string) {
+	if m[key] == nil {
+		m[key] = map[string]bool{}
+	}
+	m[key][v] = true
 }
 
 // blockOf returns the block address of a VM instance address:
@@ -135,17 +170,26 @@ func CompareAddress(a, b string) int {
 	if ab != bb {
 		return strings.Compare(ab, bb)
 	}
-	an, aerr := strconv.Atoi(ai)
-	bn, berr := strconv.Atoi(bi)
+	an, aok := index(ai)
+	bn, bok := index(bi)
 	switch {
-	case aerr == nil && berr == nil:
+	case aok && bok:
 		return an - bn
-	case aerr == nil:
+	case aok:
 		return -1
-	case berr == nil:
+	case bok:
 		return 1
 	}
 	return strings.Compare(ai, bi)
+}
+
+// index parses a count index without allocating on for_each keys.
+func index(s string) (int, bool) {
+	if s == "" || len(s) > 9 || s[0] == '"' {
+		return 0, false
+	}
+	n, err := strconv.Atoi(s)
+	return n, err == nil
 }
 
 func splitIndex(addr string) (block, index string) {
@@ -156,41 +200,57 @@ func splitIndex(addr string) (block, index string) {
 	return addr[:i], addr[i+1 : len(addr)-1]
 }
 
-// Order returns the actions in an order that respects DependsOn (a
-// topological order, ties broken by address). The engine runs them in
-// parallel; this order is for callers that need one sequence.
+// Order returns the actions in an order that respects DependsOn and the
+// barriers (a topological order, ties broken by address). The engine runs
+// them in parallel; this order is for callers that need one sequence.
 func (p *Plan) Order() []*Action {
+	byAddr := make(map[string]*Action, len(p.Actions))
 	indeg := map[string]int{}
 	next := map[string][]string{}
 	for _, a := range p.Actions {
-		indeg[a.Address] += 0
+		byAddr[a.Address] = a
+		indeg[a.Address] = len(a.DependsOn)
 		for _, d := range a.DependsOn {
-			indeg[a.Address]++
 			next[d] = append(next[d], a.Address)
 		}
 	}
-	var ready []string
-	for _, a := range p.Actions {
-		if indeg[a.Address] == 0 {
-			ready = append(ready, a.Address)
+	for key, members := range p.Barriers {
+		indeg[key] = len(members)
+		for _, m := range members {
+			next[m] = append(next[m], key)
 		}
 	}
-	byAddr := make(map[string]*Action, len(p.Actions))
-	for _, a := range p.Actions {
-		byAddr[a.Address] = a
+	ready := &addrHeap{}
+	for k, n := range indeg {
+		if n == 0 {
+			heap.Push(ready, k)
+		}
 	}
-	var out []*Action
-	for len(ready) > 0 {
-		sort.Slice(ready, func(i, j int) bool { return CompareAddress(ready[i], ready[j]) < 0 })
-		cur := ready[0]
-		ready = ready[1:]
-		out = append(out, byAddr[cur])
+	out := make([]*Action, 0, len(p.Actions))
+	for ready.Len() > 0 {
+		cur := heap.Pop(ready).(string)
+		if a := byAddr[cur]; a != nil {
+			out = append(out, a)
+		}
 		for _, n := range next[cur] {
 			indeg[n]--
 			if indeg[n] == 0 {
-				ready = append(ready, n)
+				heap.Push(ready, n)
 			}
 		}
 	}
 	return out
+}
+
+type addrHeap []string
+
+func (h addrHeap) Len() int           { return len(h) }
+func (h addrHeap) Less(i, j int) bool { return CompareAddress(h[i], h[j]) < 0 }
+func (h addrHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *addrHeap) Push(x any)        { *h = append(*h, x.(string)) }
+func (h *addrHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
 }

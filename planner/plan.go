@@ -68,8 +68,8 @@ type Action struct {
 	// After holds the attributes the resource will have once the action is
 	// applied (nil for deletions). The engine records them in state.
 	After state.Attributes `json:"-"`
-	// DependsOn lists the addresses of actions in this plan that must be
-	// done first (no-ops are never waited for).
+	// DependsOn lists the addresses of actions in this plan, or barriers
+	// (Plan.Barriers), that must be done first. No-ops are never waited for.
 	DependsOn []string `json:"depends_on,omitempty"`
 }
 
@@ -80,6 +80,9 @@ type Plan struct {
 	Actions []*Action
 	// NICs are the resolved attachments of every desired VM, by address.
 	NICs map[string][]state.NIC
+	// Barriers maps a barrier key found in DependsOn to its member actions
+	// (see IsBarrier).
+	Barriers map[string][]string
 	// StateSerial and StateLineage identify the state the plan was made
 	// against; a saved plan is stale once either has moved.
 	StateSerial  uint64

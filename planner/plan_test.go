@@ -228,7 +228,8 @@ func TestPlans(t *testing.T) {
 			t.Fatal("down without --volumes must keep volumes")
 		}
 		// Reverse order: web before db, db before the network.
-		if !contains(p.Action("vm.db").DependsOn, "vm.web[0]") || !contains(p.Action("network.lan").DependsOn, "vm.db") {
+		if !contains(p.Action("vm.db").DependsOn, "vm.web"+BarrierDeleted) || !contains(p.Barriers["vm.web"+BarrierDeleted], "vm.web[1]") ||
+			!contains(p.Action("network.lan").DependsOn, "vm.db") {
 			t.Fatalf("deletion order: db %v, lan %v", p.Action("vm.db").DependsOn, p.Action("network.lan").DependsOn)
 		}
 		pv := mustPlan(t, Input{State: applied, Destroy: true, DeleteVolumes: true})
@@ -380,20 +381,41 @@ func TestSavedPlanRefusedWhenStale(t *testing.T) {
 }
 
 func TestOrderRespectsDependencies(t *testing.T) {
-	p := mustPlan(t, Input{Desired: baseFixture().stack()})
-	pos := map[string]int{}
-	for i, a := range p.Order() {
-		pos[a.Address] = i
-	}
-	if len(pos) != len(p.Actions) {
-		t.Fatalf("order lost actions")
-	}
-	for _, a := range p.Actions {
-		for _, d := range a.DependsOn {
-			if pos[d] > pos[a.Address] {
-				t.Errorf("%s ordered before its dependency %s", a.Address, d)
+	f := baseFixture()
+	f.webCount = 3
+	created := mustPlan(t, Input{Desired: f.stack()})
+	applied := record(t, created, state.New("demo"))
+	for name, p := range map[string]*Plan{"create": created, "destroy": mustPlan(t, Input{State: applied, Destroy: true, DeleteVolumes: true})} {
+		pos := map[string]int{}
+		for i, a := range p.Order() {
+			pos[a.Address] = i
+		}
+		if len(pos) != len(p.Actions) {
+			t.Fatalf("%s: order lost actions", name)
+		}
+		for _, a := range p.Actions {
+			for _, d := range a.DependsOn {
+				deps := []string{d}
+				if IsBarrier(d) {
+					deps = p.Barriers[d]
+					if len(deps) == 0 {
+						t.Fatalf("%s: %s waits for an empty barrier %s", name, a.Address, d)
+					}
+				}
+				for _, dep := range deps {
+					if pos[dep] > pos[a.Address] {
+						t.Errorf("%s: %s ordered before its dependency %s", name, a.Address, dep)
+					}
+				}
 			}
 		}
+	}
+	// Creation: every web waits for db's barrier; db is its only member.
+	if got := created.Barriers["vm.db"+BarrierReady]; len(got) != 1 || got[0] != "vm.db" {
+		t.Fatalf("vm.db ready barrier: %v", got)
+	}
+	if !contains(created.Action("vm.web[2]").DependsOn, "vm.db"+BarrierReady) {
+		t.Fatalf("vm.web[2] does not wait for vm.db: %v", created.Action("vm.web[2]").DependsOn)
 	}
 }
 

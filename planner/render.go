@@ -157,10 +157,11 @@ type jsonAction struct {
 }
 
 type jsonPlan struct {
-	FormatVersion string       `json:"format_version"`
-	Namespace     string       `json:"namespace"`
-	Actions       []jsonAction `json:"actions"`
-	Summary       Counts       `json:"summary"`
+	FormatVersion string              `json:"format_version"`
+	Namespace     string              `json:"namespace"`
+	Actions       []jsonAction        `json:"actions"`
+	Barriers      map[string][]string `json:"barriers,omitempty"`
+	Summary       Counts              `json:"summary"`
 }
 
 func (p *Plan) jsonActions() []jsonAction {
@@ -174,7 +175,7 @@ func (p *Plan) jsonActions() []jsonAction {
 // MarshalJSON gives the `plan --json` document: {"format_version": "1",
 // "actions": [...]} with every action, no-ops included.
 func (p *Plan) MarshalJSON() ([]byte, error) {
-	return json.Marshal(jsonPlan{JSONFormatVersion, p.Namespace, p.jsonActions(), p.Counts()})
+	return json.Marshal(jsonPlan{JSONFormatVersion, p.Namespace, p.jsonActions(), p.Barriers, p.Counts()})
 }
 
 // Counts is also part of the JSON output.
@@ -192,6 +193,7 @@ type Saved struct {
 	StateLineage  string                 `json:"state_lineage"`
 	Stack         *stackfile.Stack       `json:"stack"`
 	Actions       []jsonAction           `json:"actions"`
+	Barriers      map[string][]string    `json:"barriers,omitempty"`
 	NICs          map[string][]state.NIC `json:"nics"`
 }
 
@@ -200,7 +202,7 @@ var ErrStalePlan = errors.New("saved plan is stale")
 
 // Save encodes the plan with the stack it was made from.
 func (p *Plan) Save(desired *stackfile.Stack) ([]byte, error) {
-	data, err := json.MarshalIndent(Saved{JSONFormatVersion, p.Namespace, p.StateSerial, p.StateLineage, desired, p.jsonActions(), p.NICs}, "", "  ")
+	data, err := json.MarshalIndent(Saved{JSONFormatVersion, p.Namespace, p.StateSerial, p.StateLineage, desired, p.jsonActions(), p.Barriers, p.NICs}, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("encode saved plan: %w", err)
 	}
@@ -224,7 +226,7 @@ func LoadSaved(data []byte, current *state.State) (*Plan, *stackfile.Stack, erro
 		return nil, nil, fmt.Errorf("%w: it was made against state serial %d (lineage %.8s), the state is now at serial %d (lineage %.8s); run `stack plan` again",
 			ErrStalePlan, s.StateSerial, s.StateLineage, current.Serial, current.Lineage)
 	}
-	p := &Plan{Namespace: s.Namespace, NICs: s.NICs, StateSerial: s.StateSerial, StateLineage: s.StateLineage}
+	p := &Plan{Namespace: s.Namespace, NICs: s.NICs, Barriers: s.Barriers, StateSerial: s.StateSerial, StateLineage: s.StateLineage}
 	for _, a := range s.Actions {
 		p.Actions = append(p.Actions, &Action{Address: a.Address, Type: a.Type, Name: a.Name, Kind: a.Action, Reason: a.Reason,
 			Detail: a.Detail, Changes: a.Changes, DependsOn: a.DependsOn, After: a.After})

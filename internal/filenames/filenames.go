@@ -102,8 +102,9 @@ const (
 // builder (package guestimage) writes them; the init (package guestinit)
 // reads them.
 const (
-	// GuestModuleList lists the absolute paths of the kernel modules to
-	// load, one per line, dependencies first.
+	// GuestModuleList lists the kernel modules to load as "<group> <absolute
+	// path>" lines, each group's lines in load order (dependencies first);
+	// # starts a comment.
 	GuestModuleList = "/etc/stack/modules.load"
 )
 
@@ -189,6 +190,12 @@ func SwitchStreamSocket(port string) string {
 // hash of its inputs.
 func GuestImage(cacheRoot, key string) string {
 	return filepath.Join(cacheRoot, "guest", key)
+}
+
+// Image is the cache directory of a prebuilt VM image, such as the Debian
+// cloud image that scripts/build-debian-image.sh makes (images/debian-12).
+func Image(cacheRoot, name string) string {
+	return filepath.Join(cacheRoot, "images", name)
 }
 
 // KernelCache is the directory of one unpacked kernel package.

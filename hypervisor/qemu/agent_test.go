@@ -1,0 +1,99 @@
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestAgentChannel runs the host side of the agent channel against a fake
+// QEMU chardev socket that appears only after the channel starts dialling.
+func TestAgentChannel(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.sock")
+	exited, closed := make(chan struct{}), make(chan struct{})
+	a := newAgentChannel(path, exited, closed, slog.Default())
+
+	// Send before the guest side exists waits for the connection.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	if err := a.Send(ctx, []byte(`{"type":"poweroff"}`)); err == nil {
+		t.Error("send without a connection succeeded")
+	}
+	cancel()
+
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	conn, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if line, err := r.ReadString('\n'); err != nil || line != `{"type":"hello"}`+"\n" {
+		t.Fatalf("first host line %q, %v; want a hello request", line, err)
+	}
+
+	long := `{"type":"log","text":"` + strings.Repeat("x", 100<<10) + `"}`
+	conn.Write([]byte(`{"type":"hello","status":{"ready":true,"exited":false,"exit_code":0}}` + "\n\n" + long + "\n" + `{"type":"exit"`))
+	want := []string{`{"type":"hello","status":{"ready":true,"exited":false,"exit_code":0}}`, long}
+	for i, w := range want {
+		select {
+		case got := <-a.Events():
+			if string(got) != w {
+				t.Fatalf("event %d = %.80q..., want %.80q...", i, got, w)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("event %d never came", i)
+		}
+	}
+
+	if err := a.Send(context.Background(), []byte("{\n  \"type\": \"poweroff\"\n}")); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := r.ReadString('\n'); err != nil || line != `{"type":"poweroff"}`+"\n" {
+		t.Fatalf("guest got %q, %v; want one compact line", line, err)
+	}
+	if err := a.Send(context.Background(), []byte("not json\n{}")); err == nil {
+		t.Error("non-JSON message sent")
+	}
+
+	// The VMM exiting closes Events (after the unterminated last line).
+	conn.Close()
+	select {
+	case got := <-a.Events():
+		if string(got) != `{"type":"exit"` {
+			t.Errorf("last partial line = %q", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("partial last line never came")
+	}
+	close(exited)
+	select {
+	case _, ok := <-a.Events():
+		if ok {
+			t.Error("unexpected event after EOF")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("events not closed after the guest side went away")
+	}
+	<-a.done
+	if err := a.Send(context.Background(), []byte(`{}`)); err == nil {
+		t.Error("send after close succeeded")
+	}
+	close(closed)
+}
+
+func TestLineReaderLimit(t *testing.T) {
+	r := newLineReader(strings.NewReader(strings.Repeat("y", 5000)+"\nok\n"), 4096)
+	if _, err := r.next(); err == nil {
+		t.Fatal("over-long line accepted")
+	}
+}

@@ -1,0 +1,474 @@
+package qemu
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/stackvm/stack/guestproto"
+	"github.com/stackvm/stack/hypervisor"
+	"github.com/stackvm/stack/internal/filenames"
+)
+
+// Support is a yes/no/unknown answer about the host or guest kernel.
+type Support int
+
+const (
+	Unknown Support = iota
+	Yes
+	No
+)
+
+// Version is a QEMU version.
+type Version struct{ Major, Minor, Micro int }
+
+// AtLeast reports whether v >= major.minor.
+func (v Version) AtLeast(major, minor int) bool {
+	return v.Major > major || (v.Major == major && v.Minor >= minor)
+}
+
+// HostInfo is what BuildArgs needs to know about the host and the guest
+// kernel; DetectHost and ProbeKernel fill it in, tests set it by hand.
+type HostInfo struct {
+	KVM bool // /dev/kvm can be opened read-write
+	// TSCkHz is the host TSC frequency. Under TCG the guest's TSC is the
+	// host's, and microvm (no PIT/HPET to calibrate against reliably) hangs
+	// now and then in calibration unless told with tsc_early_khz.
+	TSCkHz  int64
+	Version Version // zero: unknown, assumed recent enough
+	// GuestMicrovm says whether the guest kernel can find microvm's
+	// virtio-mmio devices (CONFIG_VIRTIO_MMIO plus ACPI or
+	// CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES).
+	GuestMicrovm Support
+}
+
+// Machine and accelerator names.
+const (
+	MachineMicrovm = "microvm"
+	MachineQ35     = "q35"
+	AccelKVM       = "kvm"
+	AccelTCG       = "tcg"
+)
+
+// ResolveMachine applies "auto": microvm for initramfs-mode guests (those
+// with the agent channel) unless the guest kernel is known not to support
+// it, and q35 for cloud-init mode, whose distribution initrd may not carry
+// the virtio-mmio driver.
+func ResolveMachine(cfg *hypervisor.Config, host HostInfo) (string, error) {
+	switch cfg.Machine {
+	case MachineMicrovm, MachineQ35:
+		return cfg.Machine, nil
+	case "", "auto":
+		if cfg.GuestAgent && host.GuestMicrovm != No {
+			return MachineMicrovm, nil
+		}
+		return MachineQ35, nil
+	default:
+		return "", fmt.Errorf("resolve machine: unknown machine %q (want auto, microvm or q35)", cfg.Machine)
+	}
+}
+
+// ResolveAccel applies "auto": KVM when usable, else TCG.
+func ResolveAccel(cfg *hypervisor.Config, host HostInfo) (string, error) {
+	switch cfg.Accel {
+	case "", "auto":
+		if host.KVM {
+			return AccelKVM, nil
+		}
+		return AccelTCG, nil
+	case AccelKVM:
+		if !host.KVM {
+			return "", errors.New("resolve accel: kvm requested but /dev/kvm is not usable")
+		}
+		return AccelKVM, nil
+	case AccelTCG:
+		return AccelTCG, nil
+	default:
+		return "", fmt.Errorf("resolve accel: unknown accel %q (want auto, kvm or tcg)", cfg.Accel)
+	}
+}
+
+// Socket and file paths the driver uses inside a VM's runtime directory.
+func qmpPath(runDir string) string        { return filepath.Join(runDir, filenames.QMPSocket) }
+func consoleVMMPath(runDir string) string { return filepath.Join(runDir, filenames.ConsoleVMMSocket) }
+func agentPath(runDir string) string      { return filepath.Join(runDir, filenames.AgentSocket) }
+func configDiskPath(runDir string) string { return filepath.Join(runDir, filenames.RunConfigDisk) }
+
+// ConsoleVMMSocket is where QEMU serves the serial console for cfg (the
+// console relay connects to it).
+func ConsoleVMMSocket(runDir string) string { return consoleVMMPath(runDir) }
+
+// maxSocketPath is sun_path's size less its terminating NUL.
+const maxSocketPath = 107
+
+// maxSerial is the virtio-blk serial length (VIRTIO_BLK_ID_BYTES).
+const maxSerial = 20
+
+// esc makes s safe as a QEMU option value: commas are doubled.
+func esc(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// BuildArgs returns QEMU's arguments (without the program name) for cfg on
+// host. It is pure: files it refers to (the config disk image) are written
+// by Start. NICs with an FD get fds 3, 4, ... in NIC order, which is the
+// order of ExtraFiles.
+func BuildArgs(cfg *hypervisor.Config, host HostInfo) ([]string, error) {
+	if err := validate(cfg); err != nil {
+		return nil, err
+	}
+	machine, err := ResolveMachine(cfg, host)
+	if err != nil {
+		return nil, err
+	}
+	accel, err := ResolveAccel(cfg, host)
+	if err != nil {
+		return nil, err
+	}
+	// virtio-*-device are the virtio-mmio transports microvm provides;
+	// q35 takes PCI devices.
+	dev := func(kind string) string {
+		if machine == MachineMicrovm {
+			return "virtio-" + kind + "-device"
+		}
+		return "virtio-" + kind + "-pci"
+	}
+
+	a := []string{
+		"-name", "guest=" + esc(cfg.Name) + ",debug-threads=on",
+		"-nodefaults", "-no-user-config", "-display", "none",
+		// A guest reboot ends the VMM: restarting is the supervisor's
+		// decision (restart policy), and panic=-1 below turns a kernel
+		// panic into a reboot, hence an exit.
+		"-no-reboot",
+	}
+	switch machine {
+	case MachineMicrovm:
+		// ACPI stays on: the Debian kernels find the virtio-mmio devices
+		// through it (they lack CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES) and
+		// power off through it.
+		a = append(a, "-machine", "microvm,acpi=on,rtc=on")
+	default:
+		a = append(a, "-machine", "q35")
+	}
+	a = append(a, "-accel", accel)
+	if accel == AccelKVM {
+		a = append(a, "-cpu", "host")
+	} else {
+		a = append(a, "-cpu", "max")
+	}
+	a = append(a,
+		"-smp", strconv.Itoa(cfg.CPUs),
+		"-m", strconv.Itoa(cfg.MemoryMB),
+		"-kernel", cfg.Kernel,
+	)
+	if cfg.Initramfs != "" {
+		a = append(a, "-initrd", cfg.Initramfs)
+	}
+	cmdline := []string{"console=ttyS0", "panic=-1"}
+	if machine == MachineMicrovm && accel == AccelTCG && host.TSCkHz > 0 {
+		cmdline = append(cmdline, "tsc_early_khz="+strconv.FormatInt(host.TSCkHz, 10))
+	}
+	if c := strings.TrimSpace(cfg.Cmdline); c != "" {
+		cmdline = append(cmdline, c) // last, so the user's settings win
+	}
+	a = append(a, "-append", strings.Join(cmdline, " "))
+
+	// Control and console: unix sockets that QEMU serves; wait=off so QEMU
+	// does not block for a client.
+	a = append(a,
+		"-chardev", "socket,id=qmp,path="+esc(qmpPath(cfg.RunDir))+",server=on,wait=off",
+		"-mon", "chardev=qmp,mode=control",
+		"-chardev", "socket,id=con0,path="+esc(consoleVMMPath(cfg.RunDir))+",server=on,wait=off",
+		"-serial", "chardev:con0",
+	)
+
+	for i, d := range cfg.Disks {
+		a = append(a, driveArgs(fmt.Sprintf("d%d", i), d, dev("blk"))...)
+	}
+	if len(cfg.GuestConfig) > 0 {
+		a = append(a, driveArgs("cfg", hypervisor.Disk{
+			Path: configDiskPath(cfg.RunDir), Format: "raw", ReadOnly: true,
+			Serial: guestproto.ConfigDiskSerial,
+		}, dev("blk"))...)
+	}
+
+	fd := 3
+	for i, n := range cfg.NICs {
+		id := fmt.Sprintf("n%d", i)
+		var nd string
+		switch {
+		case n.DgramLocal != "":
+			nd = "dgram,id=" + id + ",local.type=unix,local.path=" + esc(n.DgramLocal) +
+				",remote.type=unix,remote.path=" + esc(n.DgramRemote)
+		case n.StreamPath != "":
+			nd = "stream,id=" + id + ",server=off,addr.type=unix,addr.path=" + esc(n.StreamPath)
+		case n.FD != nil:
+			nd = "dgram,id=" + id + ",local.type=fd,local.str=" + strconv.Itoa(fd)
+			fd++
+		case n.TAP != "":
+			nd = "tap,id=" + id + ",ifname=" + esc(n.TAP) + ",script=no,downscript=no"
+		}
+		a = append(a, "-netdev", nd,
+			"-device", dev("net")+",netdev="+id+",mac="+n.MAC)
+	}
+
+	// Shared directories use 9p (virtio-9p). virtio-fs would be faster and
+	// closer to native semantics, but needs a virtiofsd process per share
+	// and shared memory backing for all guest RAM; not done yet.
+	// security_model=none: files keep the host user's ownership, and
+	// failed chown/chmod from the guest are ignored rather than reported.
+	for i, s := range cfg.SharedDirs {
+		id := fmt.Sprintf("fs%d", i)
+		fsdev := "local,id=" + id + ",path=" + esc(s.HostPath) + ",security_model=none"
+		if s.ReadOnly {
+			fsdev += ",readonly=on"
+		}
+		a = append(a, "-fsdev", fsdev,
+			"-device", dev("9p")+",fsdev="+id+",mount_tag="+esc(s.Tag))
+	}
+
+	if cfg.GuestAgent {
+		a = append(a,
+			"-device", dev("serial")+",id=vser0",
+			"-chardev", "socket,id=agent,path="+esc(agentPath(cfg.RunDir))+",server=on,wait=off",
+			"-device", "virtserialport,bus=vser0.0,chardev=agent,name="+guestproto.AgentPort,
+		)
+	}
+	return a, nil
+}
+
+func driveArgs(id string, d hypervisor.Disk, device string) []string {
+	drive := "if=none,id=" + id + ",file=" + esc(d.Path) + ",format=" + d.Format
+	if d.ReadOnly {
+		drive += ",readonly=on"
+	} else {
+		drive += ",discard=unmap"
+	}
+	devArg := device + ",drive=" + id
+	if d.Serial != "" {
+		devArg += ",serial=" + d.Serial
+	}
+	return []string{"-drive", drive, "-device", devArg}
+}
+
+// validate rejects configs that would give QEMU ambiguous or broken options.
+func validate(cfg *hypervisor.Config) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("build qemu args for %q: "+format, append([]any{cfg.Name}, args...)...)
+	}
+	if cfg.Name == "" {
+		return errors.New("build qemu args: empty VM name")
+	}
+	if !filepath.IsAbs(cfg.RunDir) {
+		return bad("run dir %q is not absolute", cfg.RunDir)
+	}
+	for _, p := range []string{qmpPath(cfg.RunDir), consoleVMMPath(cfg.RunDir), agentPath(cfg.RunDir)} {
+		if len(p) > maxSocketPath {
+			return bad("socket path %s is longer than %d bytes", p, maxSocketPath)
+		}
+	}
+	if cfg.CPUs < 1 || cfg.CPUs > 255 {
+		return bad("cpus %d out of range 1..255", cfg.CPUs)
+	}
+	if cfg.MemoryMB < 32 {
+		return bad("memory %d MB is below 32", cfg.MemoryMB)
+	}
+	if !filepath.IsAbs(cfg.Kernel) {
+		return bad("kernel path %q is not absolute", cfg.Kernel)
+	}
+	if cfg.Initramfs != "" && !filepath.IsAbs(cfg.Initramfs) {
+		return bad("initramfs path %q is not absolute", cfg.Initramfs)
+	}
+	for i, d := range cfg.Disks {
+		if !filepath.IsAbs(d.Path) {
+			return bad("disk %d path %q is not absolute", i, d.Path)
+		}
+		if d.Format != "raw" && d.Format != "qcow2" {
+			return bad("disk %d format %q (want raw or qcow2)", i, d.Format)
+		}
+		if err := checkSerial(d.Serial); err != nil {
+			return bad("disk %d: %v", i, err)
+		}
+		if d.Serial == guestproto.ConfigDiskSerial {
+			return bad("disk %d uses the reserved serial %q", i, d.Serial)
+		}
+	}
+	for i, n := range cfg.NICs {
+		set := 0
+		if n.DgramLocal != "" || n.DgramRemote != "" {
+			set++
+			if n.DgramLocal == "" || n.DgramRemote == "" {
+				return bad("nic %d: datagram transport needs both local and remote paths", i)
+			}
+		}
+		if n.StreamPath != "" {
+			set++
+		}
+		if n.FD != nil {
+			set++
+		}
+		if n.TAP != "" {
+			set++
+		}
+		if set != 1 {
+			return bad("nic %d has %d transports, want exactly one", i, set)
+		}
+		if mac, err := net.ParseMAC(n.MAC); err != nil || len(mac) != 6 {
+			return bad("nic %d: bad MAC %q", i, n.MAC)
+		}
+	}
+	for i, s := range cfg.SharedDirs {
+		if s.Tag == "" || strings.ContainsAny(s.Tag, ", =") || len(s.Tag) > 31 {
+			return bad("shared dir %d: bad tag %q (1-31 bytes, no comma, space or '=')", i, s.Tag)
+		}
+		if !filepath.IsAbs(s.HostPath) {
+			return bad("shared dir %d path %q is not absolute", i, s.HostPath)
+		}
+	}
+	if strings.ContainsAny(cfg.Cmdline, "\n\x00") {
+		return bad("kernel cmdline contains a newline or NUL")
+	}
+	return nil
+}
+
+func checkSerial(s string) error {
+	if len(s) > maxSerial {
+		return fmt.Errorf("serial %q longer than %d bytes", s, maxSerial)
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return fmt.Errorf("serial %q: only letters, digits, '-', '_' and '.' allowed", s)
+		}
+	}
+	return nil
+}
+
+// extraFiles are the fds BuildArgs numbered from 3, in the same order.
+func extraFiles(cfg *hypervisor.Config) []*os.File {
+	var fs []*os.File
+	for _, n := range cfg.NICs {
+		if n.FD != nil {
+			fs = append(fs, n.FD)
+		}
+	}
+	return fs
+}
+
+// ConfigDiskImage pads the guest config with zeros to a multiple of 512
+// bytes, the shape the guest init reads (it stops at the first NUL).
+func ConfigDiskImage(guestConfig []byte) []byte {
+	n := (len(guestConfig) + 511) / 512 * 512
+	if n == 0 {
+		n = 512
+	}
+	img := make([]byte, n)
+	copy(img, guestConfig)
+	return img
+}
+
+// DetectTSCkHz reads the host TSC frequency without dmesg: the "cpu MHz" of
+// the first CPU in /proc/cpuinfo. On hosts with constant_tsc (all x86 made
+// in the last decade, and the ones we run on) that is the TSC rate, to a few
+// kHz; tsc_early_khz only needs to be close, since the kernel refines the
+// value later against other clocks. Returns 0 when unknown.
+func DetectTSCkHz() int64 {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	return parseCPUInfoKHz(b)
+}
+
+func parseCPUInfoKHz(b []byte) int64 {
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok || strings.TrimSpace(k) != "cpu MHz" {
+			continue
+		}
+		mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil || !(mhz > 0 && mhz < 100000) {
+			return 0
+		}
+		return int64(mhz*1000 + 0.5)
+	}
+	return 0
+}
+
+// KVMUsable reports whether /dev/kvm can be opened read-write.
+func KVMUsable() bool {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
+}
+
+// ParseVersion reads the first line of `qemu-system-x86_64 --version`.
+func ParseVersion(out []byte) (Version, error) {
+	line, _, _ := bytes.Cut(out, []byte("\n"))
+	const marker = "version "
+	i := bytes.Index(line, []byte(marker))
+	if i < 0 {
+		return Version{}, fmt.Errorf("parse qemu version: no version in %q", line)
+	}
+	f := strings.FieldsFunc(string(line[i+len(marker):]), func(r rune) bool { return r == ' ' || r == '(' })
+	if len(f) == 0 {
+		return Version{}, fmt.Errorf("parse qemu version: no version in %q", line)
+	}
+	parts := strings.SplitN(f[0], ".", 3)
+	var v [3]int
+	for j, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil {
+			return Version{}, fmt.Errorf("parse qemu version %q: %w", f[0], err)
+		}
+		v[j] = n
+	}
+	return Version{v[0], v[1], v[2]}, nil
+}
+
+// ProbeKernel decides whether the guest kernel can run on microvm by reading
+// its build config, looked for next to it the way Debian installs kernels
+// (vmlinuz-<release> beside config-<release>) or as <kernel>.config. Without
+// a config file the answer is Unknown, and "auto" then picks microvm for
+// initramfs guests (our own guest image's kernel supports it).
+func ProbeKernel(kernel string) Support {
+	dir, base := filepath.Split(kernel)
+	candidates := []string{kernel + ".config"}
+	if rel, ok := strings.CutPrefix(base, "vmlinuz-"); ok {
+		candidates = append(candidates, filepath.Join(dir, "config-"+rel))
+	}
+	for _, c := range candidates {
+		b, err := os.ReadFile(c)
+		if err != nil {
+			continue
+		}
+		return kernelConfigMicrovm(b)
+	}
+	return Unknown
+}
+
+func kernelConfigMicrovm(config []byte) Support {
+	opts := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(config))
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), "="); ok && strings.HasPrefix(k, "CONFIG_") {
+			opts[k] = v
+		}
+	}
+	mmio := opts["CONFIG_VIRTIO_MMIO"]
+	if mmio != "y" && mmio != "m" {
+		return No
+	}
+	if opts["CONFIG_ACPI"] == "y" || opts["CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES"] == "y" {
+		return Yes
+	}
+	return No
+}

@@ -1,0 +1,263 @@
+package qemu
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stackvm/stack/hypervisor"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+const runDir = "/run/user/0/stack/0123456789ab/vm-ba9876543210"
+
+func baseConfig() *hypervisor.Config {
+	return &hypervisor.Config{
+		Name:        "web-0",
+		RunDir:      runDir,
+		CPUs:        1,
+		MemoryMB:    256,
+		Kernel:      "/cache/guest/k/vmlinuz",
+		Initramfs:   "/cache/guest/k/initramfs.cpio.gz",
+		Cmdline:     "quiet",
+		Machine:     "auto",
+		Accel:       "auto",
+		GuestAgent:  true,
+		GuestConfig: []byte(`{"version":1,"hostname":"web-0"}`),
+		NICs: []hypervisor.NIC{{
+			MAC:        "52:54:00:12:34:56",
+			DgramLocal: runDir + "/n0.sock", DgramRemote: "/run/user/0/stack/0123456789ab/net-aaaaaaaaaaaa/p0.sock",
+		}},
+	}
+}
+
+var tcgHost = HostInfo{TSCkHz: 2096016, Version: Version{7, 2, 22}}
+
+func TestBuildArgsGolden(t *testing.T) {
+	cases := []struct {
+		name string
+		host HostInfo
+		cfg  func(c *hypervisor.Config)
+	}{
+		{"initramfs-microvm-tcg", tcgHost, func(c *hypervisor.Config) {}},
+		{"initramfs-q35-tcg", tcgHost, func(c *hypervisor.Config) { c.Machine = "q35" }},
+		{"initramfs-microvm-kvm", HostInfo{KVM: true, TSCkHz: 2096016}, func(c *hypervisor.Config) { c.CPUs = 2; c.MemoryMB = 512 }},
+		{"kernel-without-mmio-gets-q35", HostInfo{TSCkHz: 2096016, GuestMicrovm: No}, func(c *hypervisor.Config) {}},
+		{"tsc-unknown", HostInfo{}, func(c *hypervisor.Config) { c.Cmdline = "" }},
+		{"cloudinit-q35", tcgHost, func(c *hypervisor.Config) {
+			c.Name = "db"
+			c.Initramfs = "/images/initrd.img"
+			c.Cmdline = "root=/dev/vda1 ro"
+			c.GuestAgent = false
+			c.GuestConfig = nil
+			c.Disks = []hypervisor.Disk{
+				{Path: "/state/ns/vms/db/root.qcow2", Format: "qcow2", Serial: "root"},
+				{Path: "/state/ns/vms/db/seed.iso", Format: "raw", ReadOnly: true, Serial: "cidata"},
+				{Path: "/state/ns/volumes/pgdata.img", Format: "raw", Serial: "vol-pgdata"},
+			}
+			c.NICs = []hypervisor.NIC{{MAC: "52:54:00:00:00:02", StreamPath: "/run/sw/p1.sock"}}
+		}},
+		{"nics-all-transports", tcgHost, func(c *hypervisor.Config) {
+			c.NICs = []hypervisor.NIC{
+				{MAC: "52:54:00:00:00:01", DgramLocal: runDir + "/n0.sock", DgramRemote: "/run/sw/p0.sock"},
+				{MAC: "52:54:00:00:00:02", StreamPath: "/run/sw/p1.sock"},
+				{MAC: "52:54:00:00:00:03", FD: os.Stdin},
+				{MAC: "52:54:00:00:00:04", TAP: "stk0"},
+				{MAC: "52:54:00:00:00:05", FD: os.Stdout},
+			}
+		}},
+		{"shared-dirs", tcgHost, func(c *hypervisor.Config) {
+			c.Machine = "q35"
+			c.SharedDirs = []hypervisor.SharedDir{
+				{Tag: "src", HostPath: "/home/u/my,project/src", ReadOnly: true},
+				{Tag: "out", HostPath: "/home/u/out"},
+			}
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := baseConfig()
+			c.cfg(cfg)
+			args, err := BuildArgs(cfg, c.host)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := strings.Join(args, "\n") + "\n"
+			golden := filepath.Join("testdata", c.name+".args")
+			if *update {
+				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("read golden (run with -update to create): %v", err)
+			}
+			if got != string(want) {
+				t.Errorf("args differ from %s (run with -update if intended):\n%s", golden, got)
+			}
+		})
+	}
+}
+
+func TestBuildArgsRejects(t *testing.T) {
+	cases := map[string]func(c *hypervisor.Config){
+		"no name":          func(c *hypervisor.Config) { c.Name = "" },
+		"relative run dir": func(c *hypervisor.Config) { c.RunDir = "run" },
+		"long run dir":     func(c *hypervisor.Config) { c.RunDir = "/" + strings.Repeat("x", 100) },
+		"zero cpus":        func(c *hypervisor.Config) { c.CPUs = 0 },
+		"tiny memory":      func(c *hypervisor.Config) { c.MemoryMB = 8 },
+		"relative kernel":  func(c *hypervisor.Config) { c.Kernel = "vmlinuz" },
+		"bad machine":      func(c *hypervisor.Config) { c.Machine = "pc" },
+		"kvm without kvm":  func(c *hypervisor.Config) { c.Accel = "kvm" },
+		"bad accel":        func(c *hypervisor.Config) { c.Accel = "hvf" },
+		"bad disk format":  func(c *hypervisor.Config) { c.Disks = []hypervisor.Disk{{Path: "/d", Format: "vmdk"}} },
+		"long serial": func(c *hypervisor.Config) {
+			c.Disks = []hypervisor.Disk{{Path: "/d", Format: "raw", Serial: strings.Repeat("s", 21)}}
+		},
+		"serial with comma": func(c *hypervisor.Config) { c.Disks = []hypervisor.Disk{{Path: "/d", Format: "raw", Serial: "a,b"}} },
+		"reserved serial": func(c *hypervisor.Config) {
+			c.Disks = []hypervisor.Disk{{Path: "/d", Format: "raw", Serial: "stack-config"}}
+		},
+		"nic two transports": func(c *hypervisor.Config) { c.NICs[0].TAP = "tap0" },
+		"nic no transport":   func(c *hypervisor.Config) { c.NICs = []hypervisor.NIC{{MAC: "52:54:00:00:00:01"}} },
+		"nic half dgram":     func(c *hypervisor.Config) { c.NICs[0].DgramRemote = "" },
+		"bad mac":            func(c *hypervisor.Config) { c.NICs[0].MAC = "52:54:00:00:00:01,x=y" },
+		"bad tag":            func(c *hypervisor.Config) { c.SharedDirs = []hypervisor.SharedDir{{Tag: "a,b", HostPath: "/x"}} },
+		"newline cmdline":    func(c *hypervisor.Config) { c.Cmdline = "a\nb" },
+	}
+	for name, mut := range cases {
+		cfg := baseConfig()
+		mut(cfg)
+		if args, err := BuildArgs(cfg, tcgHost); err == nil {
+			t.Errorf("%s: accepted: %q", name, args)
+		}
+	}
+}
+
+func FuzzBuildArgs(f *testing.F) {
+	f.Add("web", "quiet", "/k", "52:54:00:00:00:01", "raw", "ser", "tag", "/p", "auto", "auto", 1, 256)
+	f.Add("a,b", "x=y,z", "/k,", "zz", "qcow2", "", "", "", "q35", "kvm", 0, 0)
+	f.Fuzz(func(t *testing.T, name, cmdline, kernel, mac, format, serial, tag, path, machine, accel string, cpus, mem int) {
+		cfg := &hypervisor.Config{
+			Name: name, RunDir: "/run/x", CPUs: cpus, MemoryMB: mem, Kernel: kernel, Cmdline: cmdline,
+			Machine: machine, Accel: accel, GuestAgent: true, GuestConfig: []byte("{}"),
+			NICs:       []hypervisor.NIC{{MAC: mac, TAP: "t0"}},
+			Disks:      []hypervisor.Disk{{Path: path, Format: format, Serial: serial}},
+			SharedDirs: []hypervisor.SharedDir{{Tag: tag, HostPath: path}},
+		}
+		args, err := BuildArgs(cfg, tcgHost)
+		if err != nil {
+			return
+		}
+		// Every option value that QEMU parses as key=value lists must not
+		// let a config value inject another key: after undoing comma
+		// escapes, each -drive/-device/-netdev/-fsdev/-chardev value has
+		// only the keys we put there.
+		for i := 0; i+1 < len(args); i++ {
+			switch args[i] {
+			case "-drive", "-device", "-netdev", "-fsdev", "-chardev":
+				for _, kv := range splitOpts(args[i+1]) {
+					k, _, _ := strings.Cut(kv, "=")
+					if !knownKey[k] && !strings.HasPrefix(k, "virtio-") && k != "virtserialport" && k != "socket" && k != "tap" && k != "local" && k != "dgram" && k != "stream" {
+						t.Fatalf("unexpected key %q in %q", k, args[i+1])
+					}
+				}
+			}
+		}
+	})
+}
+
+var knownKey = map[string]bool{
+	"if": true, "id": true, "file": true, "format": true, "readonly": true, "discard": true,
+	"drive": true, "serial": true, "netdev": true, "mac": true, "fsdev": true, "mount_tag": true,
+	"local.type": true, "local.path": true, "remote.type": true, "remote.path": true, "local.str": true,
+	"server": true, "addr.type": true, "addr.path": true, "ifname": true, "script": true, "downscript": true,
+	"path": true, "security_model": true, "wait": true, "bus": true, "chardev": true, "name": true,
+}
+
+// splitOpts splits a QEMU option string at single commas (",," is an
+// escaped comma).
+func splitOpts(s string) []string {
+	var out []string
+	var cur strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == ',' {
+			if i+1 < len(s) && s[i+1] == ',' {
+				cur.WriteByte(',')
+				i++
+				continue
+			}
+			out = append(out, cur.String())
+			cur.Reset()
+			continue
+		}
+		cur.WriteByte(s[i])
+	}
+	return append(out, cur.String())
+}
+
+func TestHostParsers(t *testing.T) {
+	v, err := ParseVersion([]byte("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright"))
+	if err != nil || v != (Version{7, 2, 22}) {
+		t.Errorf("ParseVersion = %v, %v", v, err)
+	}
+	if v, err := ParseVersion([]byte("QEMU emulator version 9.1.0\n")); err != nil || v != (Version{9, 1, 0}) || !v.AtLeast(7, 2) {
+		t.Errorf("ParseVersion 9.1.0 = %v, %v", v, err)
+	}
+	if _, err := ParseVersion([]byte("garbage")); err == nil {
+		t.Error("garbage version accepted")
+	}
+	if (Version{7, 1, 0}).AtLeast(7, 2) {
+		t.Error("7.1 >= 7.2")
+	}
+	info := []byte("processor\t: 0\nmodel name\t: AMD EPYC\ncpu MHz\t\t: 2096.016\ncache size\t: 512 KB\nprocessor\t: 1\ncpu MHz\t\t: 1000.0\n")
+	if k := parseCPUInfoKHz(info); k != 2096016 {
+		t.Errorf("tsc kHz = %d", k)
+	}
+	if k := parseCPUInfoKHz([]byte("cpu MHz : nan\n")); k != 0 {
+		t.Errorf("bad MHz gave %d", k)
+	}
+	if k := parseCPUInfoKHz(nil); k != 0 {
+		t.Errorf("empty gave %d", k)
+	}
+}
+
+func TestProbeKernel(t *testing.T) {
+	dir := t.TempDir()
+	k := filepath.Join(dir, "vmlinuz-6.1.0-56-cloud-amd64")
+	os.WriteFile(k, []byte("kernel"), 0o644)
+	if s := ProbeKernel(k); s != Unknown {
+		t.Errorf("no config: %v", s)
+	}
+	cfgPath := filepath.Join(dir, "config-6.1.0-56-cloud-amd64")
+	os.WriteFile(cfgPath, []byte("CONFIG_ACPI=y\nCONFIG_VIRTIO_MMIO=m\n# CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES is not set\n"), 0o644)
+	if s := ProbeKernel(k); s != Yes {
+		t.Errorf("cloud kernel config: %v", s)
+	}
+	os.WriteFile(cfgPath, []byte("CONFIG_ACPI=y\n# CONFIG_VIRTIO_MMIO is not set\n"), 0o644)
+	if s := ProbeKernel(k); s != No {
+		t.Errorf("no mmio: %v", s)
+	}
+	other := filepath.Join(dir, "bzImage")
+	os.WriteFile(other+".config", []byte("CONFIG_VIRTIO_MMIO=y\nCONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y\n"), 0o644)
+	if s := ProbeKernel(other); s != Yes {
+		t.Errorf("<kernel>.config: %v", s)
+	}
+}
+
+func TestConfigDiskImage(t *testing.T) {
+	for _, n := range []int{0, 1, 511, 512, 513} {
+		img := ConfigDiskImage(make([]byte, n))
+		if len(img)%512 != 0 || len(img) < n || len(img) == 0 || len(img)-n >= 512 && n > 0 {
+			t.Errorf("len %d -> %d", n, len(img))
+		}
+	}
+	img := ConfigDiskImage([]byte(`{"a":1}`))
+	if string(img[:7]) != `{"a":1}` || img[7] != 0 || img[511] != 0 {
+		t.Error("config not copied then zero-padded")
+	}
+}

@@ -38,10 +38,9 @@ vet:
 examples: build
 	@for f in examples/stacks/*.hcl; do echo "validate $$f"; STACK_VAR_debian_image_dir=$(DEBIAN_IMAGE_DIR) $(BIN)/stack -f $$f validate || exit 1; done
 
-# Each fuzz target runs briefly; `make fuzz FUZZTIME=5m` digs deeper.
+# Every fuzz target runs briefly; `make fuzz FUZZTIME=5m` digs deeper.
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./stackfile/
-	$(GO) test -run '^$$' -fuzz '^FuzzFormat$$' -fuzztime $(FUZZTIME) ./stackfile/
+	FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
 
 test: deps guest-image debian-image vet examples
 	$(GO) test -count=1 -timeout 30m ./...
@@ -55,6 +54,7 @@ demo: deps build guest-image
 
 bench: deps guest-image
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./stackfile/ ./planner/
+	$(GO) test -run '^$$' -bench Boot -benchtime 6x ./hypervisor/qemu/
 
 bench-switch: deps
 	$(GO) run ./cmd/bench-switch

@@ -1,0 +1,96 @@
+package guestimage
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stackvm/stack/guestproto"
+	"github.com/stackvm/stack/hypervisor"
+	"github.com/stackvm/stack/hypervisor/qemu"
+)
+
+// Boot 4: the default image through the QEMU driver (hypervisor/qemu), the
+// way the engine boots it: the driver's agent channel sees the guest's
+// ready report with the NIC's address, and Stop (the agent's poweroff) ends
+// in a guest power-off.
+func TestBootThroughQEMUDriver(t *testing.T) {
+	img := testImage(t)
+	runDir, err := os.MkdirTemp("", "stack-drv-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(runDir) })
+	hostSock := filepath.Join(runDir, "nic.sock")
+	nic, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: hostSock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nic.Close() })
+	const mac = "52:54:00:00:00:01"
+	gc, err := json.Marshal(guestproto.Config{
+		Version:  guestproto.Version,
+		Hostname: "drv",
+		NICs:     []guestproto.NIC{{MAC: mac, Address: "10.42.0.7/24", Gateway: "10.42.0.1"}},
+		Command:  []string{"sleep", "1000"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*bootTimeout)
+	defer cancel()
+	d := qemu.New(qemu.Options{})
+	inst, err := d.Start(ctx, &hypervisor.Config{
+		Name: "drv", RunDir: runDir, CPUs: 1, MemoryMB: 256,
+		Kernel: img.Kernel, Initramfs: img.Initramfs, Cmdline: "quiet",
+		Machine: "auto", Accel: "auto",
+		NICs:       []hypervisor.NIC{{MAC: mac, DgramLocal: filepath.Join(runDir, "q.sock"), DgramRemote: hostSock}},
+		GuestAgent: true, GuestConfig: gc,
+	})
+	if err != nil {
+		t.Fatalf("driver Start: %v", err)
+	}
+	t.Cleanup(func() {
+		inst.Kill()
+		inst.Close()
+	})
+	var ready *guestproto.Status
+	timeout := time.After(bootTimeout)
+	for ready == nil {
+		select {
+		case line, ok := <-inst.Guest().Events():
+			if !ok {
+				t.Fatal("agent channel closed before ready")
+			}
+			var m guestproto.Message
+			if err := json.Unmarshal(line, &m); err != nil {
+				t.Fatalf("guest sent %q: %v", line, err)
+			}
+			if m.Type == guestproto.TypeError {
+				t.Fatalf("guest error: %s", m.Error)
+			}
+			if isReady(m) {
+				ready = m.Status
+			}
+		case <-timeout:
+			t.Fatal("no ready report through the driver")
+		}
+	}
+	if ready.Addresses[mac] != "10.42.0.7" {
+		t.Errorf("addresses = %v", ready.Addresses)
+	}
+	if err := inst.Stop(ctx, time.Minute); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	st, err := inst.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.GuestShutdown || st.Code != 0 {
+		t.Errorf("exit status %+v, want a guest power-off with code 0", st)
+	}
+}

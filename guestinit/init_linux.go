@@ -1,0 +1,610 @@
+//go:build linux
+
+package guestinit
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stackvm/stack/guestproto"
+	"github.com/stackvm/stack/internal/filenames"
+)
+
+// Timeouts of the bring-up and shutdown steps.
+const (
+	deviceWait   = 5 * time.Second // for the config disk, agent port, NICs
+	stopGrace    = 5 * time.Second // SIGTERM to SIGKILL for the workload
+	killAllGrace = 500 * time.Millisecond
+	flushWait    = time.Second
+)
+
+// Init is the running guest init.
+type Init struct {
+	log     *slog.Logger
+	start   time.Time
+	console *os.File
+	reaper  *Reaper
+	agent   atomic.Pointer[Agent]
+	modules *ModuleLoader
+	level   slog.LevelVar
+
+	mu       sync.Mutex
+	status   guestproto.Status
+	cfg      *guestproto.Config
+	workPID  int
+	mounted  []string // mount points to unmount at power-off, in mount order
+	stopping bool
+
+	workDone chan struct{}
+	stopOnce sync.Once
+}
+
+// Main is PID 1's whole life; it never returns. Failures are reported and
+// the VM idles (or powers off when asked), because an init that exits makes
+// the kernel panic.
+func Main() {
+	console := os.Stdout
+	if f, err := os.OpenFile("/dev/console", os.O_WRONLY, 0); err == nil {
+		console = f
+	}
+	in := &Init{
+		start:    time.Now(),
+		console:  console,
+		workDone: make(chan struct{}),
+	}
+	in.level.Set(slog.LevelInfo)
+	in.log = slog.New(slog.NewTextHandler(console, &slog.HandlerOptions{
+		Level: &in.level,
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.String("t", fmt.Sprintf("%.3fs", time.Since(in.start).Seconds()))
+			}
+			return a
+		},
+	})).With("src", "stack-init")
+	defer func() {
+		if r := recover(); r != nil {
+			in.fail(fmt.Errorf("init panicked: %v", r))
+			in.idle()
+		}
+	}()
+	in.run()
+	in.idle()
+}
+
+func (in *Init) run() {
+	if err := mountBase(); err != nil {
+		in.fail(err)
+	}
+	// stack.debug on the kernel command line turns on step timings.
+	if b, err := os.ReadFile("/proc/cmdline"); err == nil && hasWord(string(b), "stack.debug") {
+		in.level.Set(slog.LevelDebug)
+	}
+	// The kernel's uptime when the init got going, to tell kernel boot time
+	// from init time in the console log.
+	if b, err := os.ReadFile("/proc/uptime"); err == nil {
+		in.log.Info("stack-init started", "kernel_uptime", strings.Fields(string(b))[0])
+	}
+	os.Setenv("PATH", DefaultPath)
+	in.reaper = StartReaper()
+	in.handleSignals()
+
+	ml, err := NewModuleLoader(filenames.GuestModuleList)
+	if err != nil {
+		in.log.Warn("modules", "err", err)
+	}
+	in.modules = ml
+	in.loadModules("boot")
+	if hasPCI() {
+		in.loadModules("pci")
+	}
+	in.log.Info("modules loaded")
+
+	// The agent comes up in the background: bring-up does not wait for
+	// it, and whatever it missed, its first hello reports.
+	go in.startAgent()
+
+	cfg, err := in.readConfig()
+	if err != nil {
+		in.fail(err)
+		return
+	}
+	in.log.Debug("config read")
+	in.mu.Lock()
+	in.cfg = cfg
+	in.mu.Unlock()
+	if err := in.bringUp(cfg); err != nil {
+		in.fail(err)
+		return
+	}
+	if len(cfg.Command) == 0 {
+		in.setReady()
+		in.log.Info("ready; no command, idling")
+		return
+	}
+	if err := in.startWorkload(cfg); err != nil {
+		in.fail(err)
+		return
+	}
+}
+
+func hasWord(s, w string) bool {
+	for _, f := range strings.Fields(s) {
+		if f == w {
+			return true
+		}
+	}
+	return false
+}
+
+func (in *Init) startAgent() {
+	port, err := waitFor(deviceWait, func() (string, error) { return FindPort("/sys/class/virtio-ports", guestproto.AgentPort) })
+	if err != nil {
+		in.log.Warn("no agent port; running without host reports", "err", err)
+		return
+	}
+	a, err := NewAgent(port, in.currentStatus, in.onMessage, func(f string, args ...any) { in.log.Warn(fmt.Sprintf(f, args...)) })
+	if err != nil {
+		in.log.Warn("agent", "err", err)
+		return
+	}
+	in.log.Debug("agent port found", "port", port)
+	in.agent.Store(a)
+	if err := a.Run(); err != nil {
+		in.log.Error("agent port failed", "err", err)
+	}
+}
+
+func (in *Init) loadModules(group string) {
+	for _, e := range in.modules.Load(group) {
+		in.log.Warn("load module", "group", group, "err", e)
+	}
+}
+
+// hasPCI reports whether the machine has PCI devices (q35 does; microvm's
+// devices are all virtio-mmio).
+func hasPCI() bool {
+	ents, err := os.ReadDir("/sys/bus/pci/devices")
+	return err == nil && len(ents) > 0
+}
+
+func (in *Init) readConfig() (*guestproto.Config, error) {
+	dev, err := waitFor(deviceWait, func() (string, error) { return FindDiskBySerial("/sys/block", guestproto.ConfigDiskSerial) })
+	if err != nil {
+		return nil, fmt.Errorf("find config disk: %w", err)
+	}
+	f, err := os.Open(dev)
+	if err != nil {
+		return nil, fmt.Errorf("open config disk: %w", err)
+	}
+	defer f.Close()
+	data, err := readUntilNUL(f, MaxConfigSize)
+	if err != nil {
+		return nil, fmt.Errorf("read config disk: %w", err)
+	}
+	return ParseConfig(data)
+}
+
+func (in *Init) bringUp(cfg *guestproto.Config) error {
+	if cfg.Hostname != "" {
+		if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
+			return fmt.Errorf("set hostname: %w", err)
+		}
+	}
+	if err := os.WriteFile("/etc/hosts", RenderHosts(cfg), 0o644); err != nil {
+		return fmt.Errorf("write /etc/hosts: %w", err)
+	}
+	in.log.Debug("hostname and hosts set")
+	addrs, dns, err := configureNetwork(context.Background(), cfg.NICs, in.log)
+	if err != nil {
+		return err
+	}
+	if len(cfg.DNS) > 0 {
+		dns = cfg.DNS
+	}
+	if err := os.WriteFile("/etc/resolv.conf", RenderResolvConf(dns, cfg.Search), 0o644); err != nil {
+		return fmt.Errorf("write /etc/resolv.conf: %w", err)
+	}
+	in.mu.Lock()
+	in.status.Addresses = addrs
+	in.mu.Unlock()
+	for _, m := range cfg.Mounts {
+		switch {
+		case m.FSType != "":
+			in.loadModules("fs-" + m.FSType)
+		case strings.HasPrefix(m.Source, "share:"):
+			in.loadModules("fs-virtiofs")
+			in.loadModules("fs-9p")
+		}
+		if err := mountOne(m); err != nil {
+			return err
+		}
+		in.mu.Lock()
+		in.mounted = append(in.mounted, m.Target)
+		in.mu.Unlock()
+	}
+	in.log.Info("configured", "hostname", cfg.Hostname, "addresses", addrs, "mounts", len(cfg.Mounts))
+	return nil
+}
+
+func (in *Init) startWorkload(cfg *guestproto.Config) error {
+	cmd := exec.Command(cfg.Command[0], cfg.Command[1:]...)
+	env := WorkloadEnv(cfg.Env)
+	cmd.Env = env
+	// exec.Command looked the name up in the init's PATH; honour the
+	// workload's own PATH instead.
+	for _, kv := range env {
+		if p, ok := strings.CutPrefix(kv, "PATH="); ok && !strings.Contains(cfg.Command[0], "/") {
+			if lp, err := lookPath(cfg.Command[0], p); err == nil {
+				cmd.Path = lp
+				cmd.Err = nil
+			}
+		}
+	}
+	cmd.Dir = "/"
+	cmd.Stdout = in.console
+	cmd.Stderr = in.console
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	pid, statusCh, err := in.reaper.Start(cmd)
+	if err != nil {
+		return fmt.Errorf("start workload %q: %w", cfg.Command[0], err)
+	}
+	in.mu.Lock()
+	in.workPID = pid
+	in.mu.Unlock()
+	in.setReady()
+	in.log.Info("workload started", "pid", pid, "command", cfg.Command)
+	go func() {
+		ws := <-statusCh
+		code := ExitCode(ws.Exited(), ws.ExitStatus(), ws.Signaled(), int(ws.Signal()))
+		in.mu.Lock()
+		in.workPID = 0
+		in.status.Exited = true
+		in.status.ExitCode = code
+		st := in.status
+		stopping := in.stopping
+		in.mu.Unlock()
+		in.log.Info("workload exited", "code", code)
+		// Queue the exit report before poweroff (waiting on workDone)
+		// flushes the agent, so that the report is not lost.
+		in.send(guestproto.Message{Type: guestproto.TypeExit, Status: &st})
+		close(in.workDone)
+		if cfg.OneShot && !stopping {
+			in.poweroff("one-shot workload exited")
+		}
+	}()
+	return nil
+}
+
+func (in *Init) setReady() {
+	in.mu.Lock()
+	in.status.Ready = true
+	st := in.status
+	in.mu.Unlock()
+	in.log.Info("ready", "addresses", st.Addresses)
+	in.send(guestproto.Message{Type: guestproto.TypeReady, Status: &st})
+	// What no bring-up step needs loads after the ready report.
+	go in.loadModules("late")
+}
+
+func (in *Init) currentStatus() guestproto.Status {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	st := in.status
+	if st.Addresses != nil {
+		m := make(map[string]string, len(st.Addresses))
+		for k, v := range st.Addresses {
+			m[k] = v
+		}
+		st.Addresses = m
+	}
+	return st
+}
+
+func (in *Init) send(m guestproto.Message) {
+	if a := in.agent.Load(); a != nil {
+		a.Send(m)
+	}
+}
+
+// fail reports a bring-up failure on the console and to the host.
+func (in *Init) fail(err error) {
+	in.log.Error("bring-up failed", "err", err)
+	in.mu.Lock()
+	if in.status.Error == "" {
+		in.status.Error = err.Error()
+	}
+	in.mu.Unlock()
+	in.send(guestproto.Message{Type: guestproto.TypeError, Error: err.Error()})
+}
+
+func (in *Init) onMessage(m guestproto.Message) {
+	switch m.Type {
+	case guestproto.TypePoweroff:
+		go in.poweroff("host asked")
+	default:
+		in.log.Warn("agent: ignoring message", "type", m.Type)
+	}
+}
+
+func (in *Init) handleSignals() {
+	// busybox poweroff/halt/reboot signal PID 1 (USR2, USR1, TERM); the
+	// kernel sends SIGINT for ctrl-alt-del and SIGPWR on ACPI power events.
+	ch := make(chan os.Signal, 4)
+	signal.Notify(ch, unix.SIGTERM, unix.SIGINT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGPWR)
+	go func() {
+		for s := range ch {
+			go in.poweroff("signal " + s.String())
+		}
+	}()
+}
+
+// idle blocks forever; power-off happens from other goroutines.
+func (in *Init) idle() {
+	select {}
+}
+
+// poweroff stops the workload (SIGTERM, then SIGKILL after stopGrace),
+// ends every other process, flushes the agent, syncs and unmounts, and
+// powers the machine off. It runs once.
+func (in *Init) poweroff(reason string) {
+	in.stopOnce.Do(func() {
+		in.log.Info("powering off", "reason", reason)
+		in.mu.Lock()
+		in.stopping = true
+		pid := in.workPID
+		in.mu.Unlock()
+		if pid > 0 {
+			_ = unix.Kill(-pid, unix.SIGTERM)
+			_ = unix.Kill(pid, unix.SIGTERM)
+			select {
+			case <-in.workDone:
+			case <-time.After(stopGrace):
+				in.log.Warn("workload ignored SIGTERM; killing it")
+				_ = unix.Kill(-pid, unix.SIGKILL)
+				_ = unix.Kill(pid, unix.SIGKILL)
+				select {
+				case <-in.workDone:
+				case <-time.After(time.Second):
+				}
+			}
+		}
+		if a := in.agent.Load(); a != nil {
+			a.Flush(flushWait)
+		}
+		// kill(-1) reaches every process but the init; ESRCH means there
+		// was none left, so no grace period is needed.
+		if unix.Kill(-1, unix.SIGTERM) == nil {
+			time.Sleep(killAllGrace)
+			_ = unix.Kill(-1, unix.SIGKILL)
+		}
+		unix.Sync()
+		in.mu.Lock()
+		mounted := append([]string(nil), in.mounted...)
+		in.mu.Unlock()
+		for i := len(mounted) - 1; i >= 0; i-- {
+			if err := unix.Unmount(mounted[i], 0); err != nil {
+				in.log.Warn("unmount", "target", mounted[i], "err", err)
+				_ = unix.Unmount(mounted[i], unix.MNT_DETACH)
+			}
+		}
+		unix.Sync()
+		in.log.Info("power off")
+		if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
+			in.log.Error("power off failed", "err", err)
+		}
+	})
+}
+
+// mountBase mounts the pseudo filesystems every guest needs.
+func mountBase() error {
+	type mnt struct {
+		src, target, fstype string
+		flags               uintptr
+		data                string
+	}
+	var errs []error
+	for _, m := range []mnt{
+		{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+		{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "gid=5,mode=0620,ptmxmode=0666"},
+		{"tmpfs", "/dev/shm", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+		{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
+		{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+	} {
+		if err := os.MkdirAll(m.target, 0o755); err != nil {
+			errs = append(errs, fmt.Errorf("create %s: %w", m.target, err))
+			continue
+		}
+		if err := unix.Mount(m.src, m.target, m.fstype, m.flags, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
+			errs = append(errs, fmt.Errorf("mount %s: %w", m.target, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ModuleLoader loads the image's kernel modules by group (see
+// guestimage.DefaultModules for the groups), each file once.
+type ModuleLoader struct {
+	mu      sync.Mutex
+	entries []ModuleEntry
+	loaded  map[string]bool
+	groups  map[string]bool
+}
+
+// NewModuleLoader reads the module list; a missing list means no modules
+// (a custom initramfs).
+func NewModuleLoader(listPath string) (*ModuleLoader, error) {
+	l := &ModuleLoader{loaded: map[string]bool{}, groups: map[string]bool{}}
+	data, err := os.ReadFile(listPath)
+	if os.IsNotExist(err) {
+		return l, nil
+	}
+	if err != nil {
+		return l, fmt.Errorf("read module list: %w", err)
+	}
+	l.entries = ParseModuleList(data)
+	return l, nil
+}
+
+// Load loads group's modules in order, once per group.
+func (l *ModuleLoader) Load(group string) []error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.groups[group] {
+		return nil
+	}
+	l.groups[group] = true
+	var paths []string
+	for _, e := range l.entries {
+		if e.Group == group && !l.loaded[e.Path] {
+			paths = append(paths, e.Path)
+			l.loaded[e.Path] = true
+		}
+	}
+	return LoadModules(paths)
+}
+
+// LoadModules loads the modules at paths in order with finit_module; a
+// module that is already loaded is fine. It returns one error per failure
+// and carries on, so one bad module does not cost the rest.
+func LoadModules(paths []string) []error {
+	var errs []error
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("open module: %w", err))
+			continue
+		}
+		err = unix.FinitModule(int(f.Fd()), "", 0)
+		f.Close()
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			errs = append(errs, fmt.Errorf("load module %s: %w", filepath.Base(p), err))
+		}
+	}
+	return errs
+}
+
+// mountOne mounts a disk (by serial) or a shared directory.
+func mountOne(m guestproto.Mount) error {
+	kind, name, err := ParseMountSource(m.Source)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(m.Target, 0o755); err != nil {
+		return fmt.Errorf("create mount point %s: %w", m.Target, err)
+	}
+	var flags uintptr
+	if m.ReadOnly {
+		flags |= unix.MS_RDONLY
+	}
+	switch kind {
+	case "disk":
+		dev, err := waitFor(deviceWait, func() (string, error) { return FindDiskBySerial("/sys/block", name) })
+		if err != nil {
+			return fmt.Errorf("mount %s: %w", m.Target, err)
+		}
+		fstype := m.FSType
+		if fstype == "" {
+			fstype = "ext4"
+		}
+		if strings.HasPrefix(fstype, "ext") {
+			f, err := os.Open(dev)
+			if err != nil {
+				return fmt.Errorf("mount %s: open %s: %w", m.Target, dev, err)
+			}
+			ok, err := HasExtFilesystem(f)
+			f.Close()
+			if err != nil {
+				return fmt.Errorf("mount %s: check %s: %w", m.Target, dev, err)
+			}
+			if !ok {
+				// Volumes are formatted on the host before boot
+				// (disks.EnsureVolume); the guest never runs mkfs.
+				return fmt.Errorf("mount %s: disk %s (%s) has no ext filesystem; it should have been formatted on the host before boot", m.Target, name, dev)
+			}
+		}
+		if err := unix.Mount(dev, m.Target, fstype, flags, ""); err != nil {
+			return fmt.Errorf("mount %s on %s: %w", dev, m.Target, err)
+		}
+	case "share":
+		fstypes := []string{m.FSType}
+		if m.FSType == "" {
+			fstypes = []string{"virtiofs", "9p"}
+		}
+		var errs []error
+		for _, t := range fstypes {
+			data := ""
+			if t == "9p" {
+				data = "trans=virtio,version=9p2000.L,msize=262144"
+			}
+			err := unix.Mount(name, m.Target, t, flags, data)
+			if err == nil {
+				return nil
+			}
+			errs = append(errs, fmt.Errorf("%s: %w", t, err))
+		}
+		return fmt.Errorf("mount share %s on %s: %w", name, m.Target, errors.Join(errs...))
+	}
+	return nil
+}
+
+// waitFor retries f until it succeeds or timeout passes (devices appear
+// asynchronously after their driver loads).
+func waitFor(timeout time.Duration, f func() (string, error)) (string, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		s, err := f()
+		if err == nil || time.Now().After(deadline) {
+			return s, err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// readUntilNUL reads 4 KiB blocks until a NUL byte (the end of the
+// config's JSON), EOF, or max bytes.
+func readUntilNUL(r io.Reader, max int) ([]byte, error) {
+	var out []byte
+	buf := make([]byte, 4096)
+	for len(out) < max {
+		n, err := io.ReadFull(r, buf)
+		out = append(out, buf[:n]...)
+		if bytes.IndexByte(buf[:n], 0) >= 0 || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func lookPath(file, path string) (string, error) {
+	for _, dir := range filepath.SplitList(path) {
+		if dir == "" {
+			dir = "."
+		}
+		p := filepath.Join(dir, file)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", exec.ErrNotFound
+}

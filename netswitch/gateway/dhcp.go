@@ -1,0 +1,129 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/stackvm/stack/netswitch"
+)
+
+// startDHCP serves DHCP on UDP port 67 of the gateway. Clients get the
+// address the engine assigned to their MAC (static leases only); unknown
+// clients get no answer, so that two servers on one segment cannot fight
+// over them and an unexpected guest stays visible as unconfigured.
+func (g *Gateway) startDHCP() error {
+	var wq waiter.Queue
+	ep, terr := g.s.NewEndpoint(udp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	if terr != nil {
+		return fmt.Errorf("open dhcp socket: %s", terr)
+	}
+	ep.SocketOptions().SetBroadcast(true)
+	if terr := ep.Bind(tcpip.FullAddress{NIC: nicID, Port: 67}); terr != nil {
+		ep.Close()
+		return fmt.Errorf("bind dhcp socket: %s", terr)
+	}
+	conn := gonet.NewUDPConn(&wq, ep)
+	g.addCloser(conn.Close)
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		buf := make([]byte, 1500)
+		for {
+			n, _, err := conn.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			reply, dst, err := g.dhcpReply(buf[:n])
+			if err != nil {
+				g.log.Debug("dhcp request ignored", "err", err)
+				continue
+			}
+			if _, err := conn.WriteTo(reply.ToBytes(), dst); err != nil {
+				g.log.Warn("send dhcp reply", "err", err)
+			}
+		}
+	}()
+	return nil
+}
+
+var errNoLease = errors.New("no lease for client")
+
+// dhcpReply answers one DHCP message: OFFER for DISCOVER, ACK or NAK for
+// REQUEST, ACK without an address for INFORM. It returns where to send it.
+func (g *Gateway) dhcpReply(b []byte) (*dhcpv4.DHCPv4, *net.UDPAddr, error) {
+	req, err := dhcpv4.FromBytes(b)
+	if err != nil {
+		return nil, nil, fmt.Errorf("parse dhcp message: %w", err)
+	}
+	if req.OpCode != dhcpv4.OpcodeBootRequest || len(req.ClientHWAddr) != 6 {
+		return nil, nil, fmt.Errorf("parse dhcp message: not an ethernet boot request")
+	}
+	mac := netswitch.MAC(req.ClientHWAddr)
+	ip, host, ok := g.lease(mac)
+	if !ok {
+		return nil, nil, fmt.Errorf("dhcp from %s: %w", mac, errNoLease)
+	}
+	gw := net.IP(g.gw4[:])
+	mods := []dhcpv4.Modifier{
+		dhcpv4.WithServerIP(gw),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(gw)),
+		dhcpv4.WithNetmask(net.CIDRMask(g.cfg.Subnet.Bits(), 32)),
+		dhcpv4.WithRouter(gw),
+		dhcpv4.WithLeaseTime(uint32(g.cfg.LeaseTime.Seconds())),
+		dhcpv4.WithOption(dhcpv4.OptIPAddressLeaseTime(g.cfg.LeaseTime)),
+		dhcpv4.WithGeneric(dhcpv4.OptionInterfaceMTU, []byte{byte(g.cfg.MTU >> 8), byte(g.cfg.MTU)}),
+	}
+	if g.cfg.DNS {
+		mods = append(mods,
+			dhcpv4.WithDNS(gw),
+			dhcpv4.WithOption(dhcpv4.OptDomainName(g.cfg.Namespace+".internal")))
+	}
+	if host != "" {
+		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptHostName(host)))
+	}
+	yours := net.IP(ip.AsSlice())
+	switch req.MessageType() {
+	case dhcpv4.MessageTypeDiscover:
+		mods = append(mods, dhcpv4.WithMessageType(dhcpv4.MessageTypeOffer), dhcpv4.WithYourIP(yours))
+	case dhcpv4.MessageTypeRequest:
+		want := req.RequestedIPAddress()
+		if want == nil || want.IsUnspecified() {
+			want = req.ClientIPAddr
+		}
+		if sid := req.ServerIdentifier(); sid != nil && !sid.Equal(gw) {
+			return nil, nil, fmt.Errorf("dhcp request from %s: for another server %v", mac, sid)
+		}
+		if !want.Equal(yours) {
+			mods = []dhcpv4.Modifier{
+				dhcpv4.WithServerIP(gw),
+				dhcpv4.WithOption(dhcpv4.OptServerIdentifier(gw)),
+				dhcpv4.WithMessageType(dhcpv4.MessageTypeNak),
+			}
+		} else {
+			mods = append(mods, dhcpv4.WithMessageType(dhcpv4.MessageTypeAck), dhcpv4.WithYourIP(yours))
+		}
+	case dhcpv4.MessageTypeInform:
+		mods = append(mods, dhcpv4.WithMessageType(dhcpv4.MessageTypeAck))
+	default:
+		return nil, nil, fmt.Errorf("dhcp %s from %s: nothing to answer", req.MessageType(), mac)
+	}
+	reply, err := dhcpv4.NewReplyFromRequest(req, mods...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("build dhcp reply: %w", err)
+	}
+	// A client with an address (renewing, informing) is answered at it;
+	// one without has no address to answer at, so broadcast.
+	dst := &net.UDPAddr{IP: net.IPv4bcast, Port: 68}
+	if !req.ClientIPAddr.IsUnspecified() && req.ClientIPAddr != nil && reply.MessageType() != dhcpv4.MessageTypeNak {
+		dst.IP = req.ClientIPAddr
+	}
+	return reply, dst, nil
+}

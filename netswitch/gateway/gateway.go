@@ -1,0 +1,400 @@
+// Package gateway owns the services at a network's gateway address: ARP,
+// DHCP (static leases given by the engine), DNS for the namespace's VMs,
+// published ports (host 127.0.0.1:port to guest ip:port) and, when egress is
+// on, NAT to the host's network. It needs no root.
+//
+// The IP layer is gVisor's netstack (gvisor.dev/gvisor/pkg/tcpip), attached
+// to the network's switch as one in-process port: frames from the switch
+// are injected into the stack, frames the stack sends are injected into the
+// switch. DHCP is answered with the insomniacslk/dhcp codec on a netstack
+// UDP socket and DNS with miekg/dns on netstack UDP and TCP sockets, so the
+// policy (who gets which address, which names exist) is ours while TCP,
+// ARP, ICMP echo and IP are the well-tested stack's.
+package gateway
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/stackvm/stack/netswitch"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
+	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
+	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+)
+
+// Forward publishes a guest port on the host's loopback.
+type Forward struct {
+	Protocol  string     `json:"protocol"` // "tcp" (default) or "udp"
+	HostPort  int        `json:"host_port"`
+	GuestIP   netip.Addr `json:"guest_ip"`
+	GuestPort int        `json:"guest_port"`
+}
+
+func (f Forward) key() string { return fmt.Sprintf("%s/%d", f.proto(), f.HostPort) }
+func (f Forward) proto() string {
+	if f.Protocol == "" {
+		return "tcp"
+	}
+	return f.Protocol
+}
+
+// Config configures one network's gateway.
+type Config struct {
+	Namespace string
+	Network   string
+	Subnet    netip.Prefix
+	GatewayIP netip.Addr
+	// MAC is the gateway's Ethernet address; zero derives a stable
+	// locally administered one from namespace and network.
+	MAC netswitch.MAC
+	MTU int // default netswitch.DefaultMTU
+
+	DHCP   bool
+	DNS    bool
+	Egress bool
+
+	// Hosts maps VM names to addresses: "<vm>" and
+	// "<vm>.<namespace>.internal" resolve to them.
+	Hosts map[string]netip.Addr
+	// Leases maps MAC addresses ("aa:bb:cc:dd:ee:ff") to the address DHCP
+	// gives them. Unknown clients get no answer.
+	Leases  map[string]netip.Addr
+	Publish []Forward
+
+	// LeaseTime is the DHCP lease time (default 1 h).
+	LeaseTime time.Duration
+	// Upstream DNS servers ("ip:port") for other names when Egress is on;
+	// default from /etc/resolv.conf.
+	Upstream []string
+	// Dial opens egress connections on the host (default net.Dialer). Tests
+	// point it at loopback.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// PublishHost is the host address published ports listen on (default
+	// 127.0.0.1).
+	PublishHost netip.Addr
+
+	Logger *slog.Logger
+}
+
+// Update is what may change while the gateway runs.
+type Update struct {
+	Hosts   map[string]netip.Addr
+	Leases  map[string]netip.Addr
+	Publish []Forward
+}
+
+const nicID tcpip.NICID = 1
+
+// PortName is the gateway's port on the switch. The "@" keeps it apart
+// from port names made of VM names (DNS labels).
+const PortName = "@gateway"
+
+// Gateway is one network's gateway.
+type Gateway struct {
+	cfg Config
+	log *slog.Logger
+	mac netswitch.MAC
+	gw4 [4]byte
+
+	s    *stack.Stack
+	ch   *channel.Endpoint
+	port *netswitch.InternalPort
+	sw   *netswitch.Switch
+
+	mu      sync.RWMutex
+	hosts   map[string]netip.Addr // lower-case name -> address
+	leases  map[netswitch.MAC]netip.Addr
+	publish map[string]*publisher
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	closer []func() error // service sockets
+	once   sync.Once
+}
+
+// New builds the gateway's stack and services; it sees no traffic until
+// Attach.
+func New(cfg Config) (*Gateway, error) {
+	if !cfg.Subnet.IsValid() || !cfg.Subnet.Addr().Is4() {
+		return nil, fmt.Errorf("create gateway for %s: subnet %v is not IPv4", cfg.Network, cfg.Subnet)
+	}
+	cfg.Subnet = cfg.Subnet.Masked()
+	if !cfg.GatewayIP.Is4() || !cfg.Subnet.Contains(cfg.GatewayIP) {
+		return nil, fmt.Errorf("create gateway for %s: address %v not in %v", cfg.Network, cfg.GatewayIP, cfg.Subnet)
+	}
+	if cfg.MTU == 0 {
+		cfg.MTU = netswitch.DefaultMTU
+	}
+	if cfg.LeaseTime == 0 {
+		cfg.LeaseTime = time.Hour
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Dial == nil {
+		var d net.Dialer
+		cfg.Dial = d.DialContext
+	}
+	if !cfg.PublishHost.IsValid() {
+		cfg.PublishHost = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	}
+	if cfg.MAC == (netswitch.MAC{}) {
+		h := sha256.Sum256([]byte("stack-gateway\x00" + cfg.Namespace + "\x00" + cfg.Network))
+		cfg.MAC = netswitch.MAC{0x02, h[0], h[1], h[2], h[3], h[4]}
+	}
+	g := &Gateway{
+		cfg:     cfg,
+		log:     cfg.Logger.With("network", cfg.Network, "gateway", cfg.GatewayIP),
+		mac:     cfg.MAC,
+		gw4:     cfg.GatewayIP.As4(),
+		publish: map[string]*publisher{},
+	}
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	if err := g.setHosts(cfg.Hosts, cfg.Leases); err != nil {
+		return nil, fmt.Errorf("create gateway for %s: %w", cfg.Network, err)
+	}
+	if err := g.buildStack(); err != nil {
+		return nil, fmt.Errorf("create gateway for %s: %w", cfg.Network, err)
+	}
+	return g, nil
+}
+
+// MAC is the gateway's Ethernet address.
+func (g *Gateway) MAC() netswitch.MAC { return g.mac }
+
+func (g *Gateway) buildStack() error {
+	g.s = stack.New(stack.Options{
+		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
+		HandleLocal:        false,
+	})
+	g.ch = channel.New(512, uint32(g.cfg.MTU+header.EthernetMinimumSize), tcpip.LinkAddress(g.mac[:]))
+	if err := g.s.CreateNIC(nicID, ethernet.New(g.ch)); err != nil {
+		return fmt.Errorf("create nic: %s", err)
+	}
+	bits := g.cfg.Subnet.Bits()
+	if err := g.s.AddProtocolAddress(nicID, tcpip.ProtocolAddress{
+		Protocol:          ipv4.ProtocolNumber,
+		AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpip.AddrFrom4(g.gw4), PrefixLen: bits},
+	}, stack.AddressProperties{}); err != nil {
+		return fmt.Errorf("add address: %s", err)
+	}
+	sub, err := tcpip.NewSubnet(tcpip.AddrFrom4(g.cfg.Subnet.Addr().As4()), tcpip.MaskFromBytes(net.CIDRMask(bits, 32)))
+	if err != nil {
+		return fmt.Errorf("subnet: %w", err)
+	}
+	routes := []tcpip.Route{{Destination: sub, NIC: nicID}}
+	// The limited broadcast address (DHCP replies) goes out of the NIC.
+	bc, _ := tcpip.NewSubnet(tcpip.AddrFrom4([4]byte{255, 255, 255, 255}), tcpip.MaskFromBytes(net.CIDRMask(32, 32)))
+	routes = append(routes, tcpip.Route{Destination: bc, NIC: nicID})
+	g.s.SetRouteTable(routes)
+	if g.cfg.Egress {
+		// Accept and answer for any destination: the forwarders below
+		// terminate the guests' connections and open them again from the
+		// host. ARP is filtered in fromSwitch so that the gateway never
+		// claims another VM's address.
+		g.s.SetPromiscuousMode(nicID, true)
+		g.s.SetSpoofing(nicID, true)
+		tf := tcp.NewForwarder(g.s, 0, 1024, g.egressTCP)
+		g.s.SetTransportProtocolHandler(tcp.ProtocolNumber, tf.HandlePacket)
+		uf := udp.NewForwarder(g.s, g.egressUDP)
+		g.s.SetTransportProtocolHandler(udp.ProtocolNumber, uf.HandlePacket)
+	}
+	return nil
+}
+
+// Attach adds the gateway to sw as an internal port and starts its
+// services.
+func (g *Gateway) Attach(sw *netswitch.Switch) error {
+	p, err := sw.AddInternal(PortName, g.fromSwitch)
+	if err != nil {
+		return fmt.Errorf("attach gateway to %s: %w", g.cfg.Network, err)
+	}
+	g.port, g.sw = p, sw
+	g.wg.Add(1)
+	go g.toSwitch()
+	if g.cfg.DHCP {
+		if err := g.startDHCP(); err != nil {
+			g.Close()
+			return fmt.Errorf("attach gateway to %s: %w", g.cfg.Network, err)
+		}
+	}
+	if g.cfg.DNS {
+		if err := g.startDNS(); err != nil {
+			g.Close()
+			return fmt.Errorf("attach gateway to %s: %w", g.cfg.Network, err)
+		}
+	}
+	g.mu.Lock()
+	err = g.setPublishLocked(g.cfg.Publish)
+	g.mu.Unlock()
+	if err != nil {
+		g.Close()
+		return fmt.Errorf("attach gateway to %s: %w", g.cfg.Network, err)
+	}
+	return nil
+}
+
+// fromSwitch takes a frame from the switch into the stack. Only frames for
+// the gateway's own MAC, broadcasts and multicasts go in (the switch floods
+// unknown unicast, and the stack is promiscuous when egress is on), and
+// only ARP requests for the gateway's address: a promiscuous stack would
+// answer ARP for every address.
+func (g *Gateway) fromSwitch(f []byte) {
+	if len(f) < header.EthernetMinimumSize {
+		return
+	}
+	if f[0]&1 == 0 && [6]byte(f[0:6]) != g.mac {
+		return
+	}
+	if header.Ethernet(f).Type() == header.ARPProtocolNumber {
+		a := header.ARP(f[header.EthernetMinimumSize:])
+		if !a.IsValid() {
+			return
+		}
+		if a.Op() == header.ARPRequest && [4]byte(a.ProtocolAddressTarget()) != g.gw4 {
+			return
+		}
+	}
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(f)})
+	g.ch.InjectInbound(0, pkt)
+	pkt.DecRef()
+}
+
+// toSwitch moves the stack's outgoing frames into the switch.
+func (g *Gateway) toSwitch() {
+	defer g.wg.Done()
+	buf := make([]byte, 0, 65536)
+	for {
+		pkt := g.ch.ReadContext(g.ctx)
+		if pkt == nil {
+			return
+		}
+		buf = buf[:0]
+		for _, s := range pkt.AsSlices() {
+			buf = append(buf, s...)
+		}
+		pkt.DecRef()
+		g.port.Inject(buf)
+	}
+}
+
+// Update replaces the hosts, leases and published ports.
+func (g *Gateway) Update(u Update) error {
+	if err := g.setHosts(u.Hosts, u.Leases); err != nil {
+		return fmt.Errorf("update gateway %s: %w", g.cfg.Network, err)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err := g.setPublishLocked(u.Publish); err != nil {
+		return fmt.Errorf("update gateway %s: %w", g.cfg.Network, err)
+	}
+	return nil
+}
+
+func (g *Gateway) setHosts(hosts map[string]netip.Addr, leases map[string]netip.Addr) error {
+	h := make(map[string]netip.Addr, len(hosts))
+	for n, a := range hosts {
+		if !a.Is4() {
+			return fmt.Errorf("host %q: address %v is not IPv4", n, a)
+		}
+		h[strings.ToLower(n)] = a
+	}
+	l := make(map[netswitch.MAC]netip.Addr, len(leases))
+	for m, a := range leases {
+		mac, err := netswitch.ParseMAC(m)
+		if err != nil {
+			return fmt.Errorf("lease: %w", err)
+		}
+		if !a.Is4() || !g.cfg.Subnet.Contains(a) || a == g.cfg.GatewayIP {
+			return fmt.Errorf("lease for %s: address %v not usable in %v", m, a, g.cfg.Subnet)
+		}
+		l[mac] = a
+	}
+	g.mu.Lock()
+	g.hosts, g.leases = h, l
+	g.mu.Unlock()
+	return nil
+}
+
+// Close stops every service, the stack, and removes the switch port.
+func (g *Gateway) Close() error {
+	var err error
+	g.once.Do(func() {
+		g.cancel()
+		g.mu.Lock()
+		for k, p := range g.publish {
+			p.close()
+			delete(g.publish, k)
+		}
+		closers := g.closer
+		g.closer = nil
+		g.mu.Unlock()
+		for _, c := range closers {
+			c()
+		}
+		if g.sw != nil {
+			err = g.sw.RemovePort(g.port.Name())
+			if errors.Is(err, netswitch.ErrNoPort) {
+				err = nil // the switch was closed first
+			}
+		}
+		g.s.Close()
+		g.ch.Close()
+		g.wg.Wait()
+		g.s.Wait()
+	})
+	return err
+}
+
+// addCloser registers a service socket to close on Close.
+func (g *Gateway) addCloser(c func() error) {
+	g.mu.Lock()
+	g.closer = append(g.closer, c)
+	g.mu.Unlock()
+}
+
+func (g *Gateway) lookupHost(name string) (netip.Addr, bool) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	a, ok := g.hosts[name]
+	return a, ok
+}
+
+func (g *Gateway) lease(m netswitch.MAC) (netip.Addr, string, bool) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	a, ok := g.leases[m]
+	if !ok {
+		return a, "", false
+	}
+	host := ""
+	for n, h := range g.hosts {
+		if h == a && (host == "" || n < host) {
+			host = n
+		}
+	}
+	return a, host, true
+}
+
+func fullAddr(a netip.Addr, port int) tcpip.FullAddress {
+	return tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(a.As4()), Port: uint16(port)}
+}

@@ -1,0 +1,103 @@
+package netswitch
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// macEntry says behind which port an address was last seen. The port never
+// changes while the entry is in the map (a move replaces the entry's port
+// under the write lock); seen is refreshed under the read lock.
+type macEntry struct {
+	port *port
+	seen atomic.Int64 // unix nanoseconds
+}
+
+// macTable is the learning table. Lookups take the read lock once per
+// batch; learning a new or moved address takes the write lock.
+type macTable struct {
+	mu      sync.RWMutex
+	m       map[MAC]*macEntry
+	maxAge  int64
+	perPort int
+	max     int
+	refused atomic.Uint64
+}
+
+// refreshEvery limits how often a busy address's timestamp is rewritten, so
+// that forwarding does not write a shared cache line per frame.
+const refreshEvery = int64(time.Second)
+
+func (t *macTable) init(maxAge time.Duration, perPort, max int) {
+	t.m = make(map[MAC]*macEntry)
+	t.maxAge = int64(maxAge)
+	t.perPort = perPort
+	t.max = max
+}
+
+// lookupLocked returns the live entry for m; the caller holds mu (either).
+func (t *macTable) lookupLocked(m MAC, now int64) *macEntry {
+	e := t.m[m]
+	if e == nil || now-e.seen.Load() > t.maxAge {
+		return nil
+	}
+	return e
+}
+
+// learn records that m was seen behind p. It reports false when a limit
+// refused it.
+func (t *macTable) learn(m MAC, p *port, now int64) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := t.m[m]
+	if e != nil && e.port == p {
+		e.seen.Store(now)
+		return true
+	}
+	if p.learned >= t.perPort || (e == nil && len(t.m) >= t.max) {
+		t.refused.Add(1)
+		return false
+	}
+	if e != nil {
+		// The address moved (a VM restarted behind another port, or an
+		// entry expired and the address reappeared elsewhere).
+		e.port.learned--
+		ne := &macEntry{port: p}
+		ne.seen.Store(now)
+		t.m[m] = ne
+	} else {
+		ne := &macEntry{port: p}
+		ne.seen.Store(now)
+		t.m[m] = ne
+	}
+	p.learned++
+	return true
+}
+
+// forget drops every address behind p (the port is being removed).
+func (t *macTable) forget(p *port) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for m, e := range t.m {
+		if e.port == p {
+			delete(t.m, m)
+		}
+	}
+	p.learned = 0
+}
+
+// expire drops entries older than maxAge and returns how many.
+func (t *macTable) expire(now int64) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for m, e := range t.m {
+		if now-e.seen.Load() > t.maxAge {
+			e.port.learned--
+			delete(t.m, m)
+			n++
+		}
+	}
+	return n
+}

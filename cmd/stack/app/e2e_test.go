@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -163,6 +164,8 @@ func TestQuickstartLifecycle(t *testing.T) {
 	}
 	// client fetches http://web/ by name.
 	c.waitConsole("client", "hello from web", 60*time.Second)
+	c.checkLogsFollow("client", "hello from web")
+	c.checkConsole("client", "hello from web")
 
 	// A second up touches nothing and says so.
 	r := c.mustRun("-f", file, "up")
@@ -237,6 +240,105 @@ func TestQuickstartLifecycle(t *testing.T) {
 	}
 	if r := c.mustRun("ps", "--json"); strings.TrimSpace(r.stdout) != "[]" {
 		t.Fatalf("ps after down: %s", r.stdout)
+	}
+}
+
+// checkLogsFollow runs `logs -f VM` for a few seconds and expects a new
+// line containing want (the quickstart's client prints one every 2 s).
+func (c *cli) checkLogsFollow(vm, want string) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Second)
+	defer cancel()
+	var out, errb strings.Builder
+	err := Run(ctx, Streams{In: strings.NewReader(""), Out: &out, Err: &errb},
+		[]string{"-p", c.ns, "--state-dir", c.stateDir, "logs", "-f", "--tail", "0", vm})
+	if err != nil {
+		c.t.Fatalf("logs -f: %v\n%s", err, errb.String())
+	}
+	if !strings.Contains(out.String(), vm+" | "+want) {
+		c.t.Fatalf("logs -f printed no new %q line in 6s:\n%s", want, out.String())
+	}
+}
+
+// checkConsole attaches to VM's console, expects live output containing
+// want, and detaches with Ctrl-].
+func (c *cli) checkConsole(vm, want string) {
+	c.t.Helper()
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	done := make(chan int, 1)
+	var errb strings.Builder
+	go func() {
+		done <- Main(context.Background(), Streams{In: inR, Out: outW, Err: &errb},
+			[]string{"-p", c.ns, "--state-dir", c.stateDir, "console", vm})
+		outW.Close()
+	}()
+	seen := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(outR)
+		found := false
+		for sc.Scan() {
+			if !found && strings.Contains(sc.Text(), want) {
+				found = true
+				seen <- true
+			}
+		}
+		if !found {
+			seen <- false
+		}
+	}()
+	select {
+	case ok := <-seen:
+		if !ok {
+			c.t.Fatalf("console of %s ended without %q: %s", vm, want, errb.String())
+		}
+	case <-time.After(15 * time.Second):
+		c.t.Fatalf("console of %s showed no %q in 15s", vm, want)
+	}
+	inW.Write([]byte{0x1d}) // Ctrl-]
+	select {
+	case code := <-done:
+		if code != 0 || !strings.Contains(errb.String(), "Detached") {
+			c.t.Fatalf("console detach: exit %d, %s", code, errb.String())
+		}
+	case <-time.After(5 * time.Second):
+		c.t.Fatal("console did not detach on Ctrl-]")
+	}
+}
+
+const notReady = `network "lan" {
+  subnet = "10.56.0.0/24"
+}
+
+vm "deaf" {
+  command = ["sh", "-c", "echo deaf-is-up; exec sleep 100000"]
+  network "lan" {}
+  ready {
+    tcp     = 81
+    timeout = "20s"
+  }
+}
+`
+
+// TestUpReportsReadinessFailure: a VM that never gets ready makes up exit 1
+// with the reason and the end of its console.
+func TestUpReportsReadinessFailure(t *testing.T) {
+	requireVMs(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "stack.hcl")
+	writeFile(t, file, notReady)
+	c := newCLI(t, fmt.Sprintf("deaf-%d", os.Getpid()))
+	r := c.run("-f", file, "up", "--progress", "plain")
+	if r.code != 1 {
+		t.Fatalf("up of a VM that is never ready: exit %d\n%s", r.code, r.stderr)
+	}
+	for _, want := range []string{"vm.deaf failed: not ready after 20s (waiting for TCP port 81)", "lines of its console", "| deaf-is-up"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("up's error output lacks %q:\n%s", want, r.stderr)
+		}
+	}
+	if got := c.ps()["deaf"]; got.State != "failed" {
+		t.Fatalf("ps after the failure: %+v", got)
 	}
 }
 

@@ -45,8 +45,14 @@ func (p *Project) Status(ctx context.Context) ([]VMStatus, error) {
 		}
 		v := VMStatus{Address: addr, Name: rec.Name, State: rec.Status, ExitCode: rec.ExitCode, Reason: rec.Reason,
 			Addresses: map[string]string{}, Ports: []supervisor.PublishSpec{}, StartedAt: rec.StartedAt}
-		if r, _, err := supervisor.ReadRecord(filenames.VMState(p.StateDir, p.Stack.Namespace, rec.Name)); err == nil {
-			v.State, v.ExitCode, v.Reason, v.Ports = r.State, r.ExitCode, r.Reason, r.Ports
+		if rec.Process != nil {
+			v.PID = rec.Process.PID
+		}
+		if r, proc, err := supervisor.ReadRecord(filenames.VMState(p.StateDir, p.Stack.Namespace, rec.Name)); err == nil {
+			v.State, v.ExitCode, v.Reason, v.Ports, v.StartedAt = r.State, r.ExitCode, r.Reason, r.Ports, r.StartedAt
+			if proc != nil {
+				v.PID = proc.PID
+			}
 		}
 		for _, n := range rec.NICs {
 			v.Addresses[n.Network] = n.IP.String()

@@ -721,3 +721,59 @@ func TestYAML11Words(t *testing.T) {
 		}
 	}
 }
+
+// TestHostsScript runs the /etc/hosts script on a file: the block is
+// replaced on each run, and lines outside it (the user's, cloud-init's)
+// stay.
+func TestHostsScript(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "hosts")
+	if err := os.WriteFile(f, []byte("127.0.0.1 localhost\n192.0.2.7 mine # user\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run := func(lines ...string) string {
+		t.Helper()
+		cmd := exec.Command("sh", append([]string{"-c", hostsScript, "stack-hosts"}, lines...)...)
+		cmd.Env = append(os.Environ(), "STACK_HOSTS_FILE="+f)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("hosts script: %v\n%s", err, out)
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	got := run("10.0.0.2 db db.ns.internal", "10.0.0.3 web web.ns.internal")
+	want := "127.0.0.1 localhost\n192.0.2.7 mine # user\n# BEGIN stack-managed hosts\n10.0.0.2 db db.ns.internal\n10.0.0.3 web web.ns.internal\n# END stack-managed hosts\n"
+	if got != want {
+		t.Fatalf("first run:\n%s\nwant:\n%s", got, want)
+	}
+	// cloud-init's manage_etc_hosts: localhost appends its line after ours.
+	if err := os.WriteFile(f, []byte(got+"127.0.1.1\tvm.ns.internal\tvm\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got = run("10.0.0.9 db db.ns.internal")
+	want = "127.0.0.1 localhost\n192.0.2.7 mine # user\n127.0.1.1\tvm.ns.internal\tvm\n# BEGIN stack-managed hosts\n10.0.0.9 db db.ns.internal\n# END stack-managed hosts\n"
+	if got != want {
+		t.Fatalf("second run:\n%s\nwant:\n%s", got, want)
+	}
+	if got = run(); !strings.HasSuffix(got, "vm\n# BEGIN stack-managed hosts\n# END stack-managed hosts\n") {
+		t.Fatalf("run without hosts:\n%s", got)
+	}
+}
+
+// TestReadyScriptSyntax checks the ready script, and the waiter it writes,
+// with the shell's parser; the boot test runs them for real.
+func TestReadyScriptSyntax(t *testing.T) {
+	if out, err := exec.Command("sh", "-n", "-c", readyScript).CombinedOutput(); err != nil {
+		t.Fatalf("ready script: %v\n%s", err, out)
+	}
+	_, rest, ok := strings.Cut(readyScript, "<<'WAITER'\n")
+	waiter, _, ok2 := strings.Cut(rest, "\nWAITER\n")
+	if !ok || !ok2 {
+		t.Fatal("no WAITER here-document in the ready script")
+	}
+	if out, err := exec.Command("sh", "-n", "-c", waiter).CombinedOutput(); err != nil {
+		t.Fatalf("waiter: %v\n%s", err, out)
+	}
+}

@@ -51,8 +51,9 @@ const maxNodes = 100000
 // block is refreshed on every boot; its arguments are the lines. cloud-init's
 // own /etc/hosts edit (manage_etc_hosts: localhost) keeps comment lines
 // verbatim, so the markers survive it.
+// STACK_HOSTS_FILE exists for the package's tests only.
 const hostsScript = `set -e
-f=/etc/hosts
+f=${STACK_HOSTS_FILE:-/etc/hosts}
 tmp="$f.stack-tmp"
 touch "$f"
 sed '/^# BEGIN stack-managed hosts$/,/^# END stack-managed hosts$/d' "$f" >"$tmp"
@@ -76,25 +77,37 @@ rm -f "$tmp"
 // (errors) or, from 23.4 on, 2 (done with warnings, counted as ready).
 //
 // It runs from bootcmd, which cloud-init runs on every boot, so a restarted
-// VM reports again. Under systemd the waiter is a transient unit
-// (--no-block: cloud-init.service is ordered before sysinit.target, which a
-// transient unit waits for; --description: systemd prints a unit's
-// description on the console, and the default one is the command line,
-// which holds the failed line); elsewhere it is a detached process.
-const readyScript = `waiter='while [ ! -e /run/cloud-init/result.json ]; do sleep 0.5 || sleep 1; done
-cloud-init status >/dev/null 2>&1
-case $? in
-0|2) printf "\n%s\n" "$1" >/dev/console ;;
-*)
-  cloud-init status --long 2>&1 | sed "s/^/stack: cloud-init: /" >/dev/console
-  printf "\n%s\n" "$2" >/dev/console ;;
-esac'
+// VM reports again. The waiter is written to /run/stack/ready-wait first and
+// run as "/bin/sh FILE LINE LINE": systemd re-reads a transient unit from
+// its unit file on daemon-reload (cloud-init's mounts module reloads), and
+// that round trip mangles shell code given inline (";;" lost), while plain
+// words survive it. Under systemd the waiter is a transient unit without
+// default dependencies, so it starts at once instead of waiting for
+// sysinit.target (which waits for cloud-init.service, which runs bootcmd),
+// with its own description (systemd prints it on the console, and the
+// default one is the command line, which holds the failed line); without
+// systemd it is a detached process.
+const readyScript = `set -e
+umask 077
+mkdir -p /run/stack
+cat >/run/stack/ready-wait <<'WAITER'
+while [ ! -e /run/cloud-init/result.json ]; do sleep 0.5 || sleep 1; done
+rc=0
+cloud-init status >/dev/null 2>&1 || rc=$?
+if [ "$rc" -eq 0 ] || [ "$rc" -eq 2 ]; then
+  printf '\n%s\n' "$1" >/dev/console
+else
+  cloud-init status --long 2>&1 | sed 's/^/stack: cloud-init: /' >/dev/console
+  printf '\n%s\n' "$2" >/dev/console
+fi
+WAITER
 if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
   systemd-run --no-block --quiet --collect --unit=stack-ready \
+    --property=DefaultDependencies=no \
     --description="stack: report the end of cloud-init on the console" \
-    -- sh -c "$waiter" stack-ready "$1" "$2"
+    /bin/sh /run/stack/ready-wait "$1" "$2"
 else
-  setsid sh -c "$waiter" stack-ready "$1" "$2" </dev/null >/dev/null 2>&1 &
+  setsid /bin/sh /run/stack/ready-wait "$1" "$2" </dev/null >/dev/null 2>&1 &
 fi
 `
 

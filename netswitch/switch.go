@@ -10,6 +10,20 @@
 // goroutine that receives a batch, looks every frame up in the MAC table
 // under one read lock, queues it for its destination ports and sends each
 // destination its share in one call.
+//
+// There are no output queues: a reader sends to its destinations itself.
+// A destination that cannot take a frame (a VMM whose socket queue is full)
+// is waited for up to Config.StallTimeout, then marked stalled; while
+// stalled it gets what fits and the rest is dropped (counted as tx drops)
+// without waiting, until a send succeeds again. So a paused VM costs the
+// others at most one stall timeout, not a blocked switch.
+//
+// Use from the engine, per network:
+//
+//	sw, _ := netswitch.New(netswitch.Config{Name: net, Dir: filenames.NetworkRuntime(run, ns, net)})
+//	swPath, _ := sw.AddDgramPort(portName, vmmPath) // NIC{DgramLocal: vmmPath, DgramRemote: swPath}
+//	...
+//	sw.RemovePort(portName); sw.Close()
 package netswitch
 
 import (

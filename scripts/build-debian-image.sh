@@ -127,11 +127,12 @@ cat >"$root/etc/cloud/cloud.cfg.d/90_stack.cfg" <<'EOF'
 # Written by stack's build-debian-image.sh: read the seed from a NoCloud
 # volume (label cidata) only, never probe network metadata services.
 datasource_list: [ NoCloud, None ]
-# minbase has no locales package: cc_locale's update-locale would fail.
-locale: false
-# No openssh-server in this image, so no host keys to generate.
-ssh_genkeytypes: []
 EOF
+
+# minbase has no locales package: with LANG unset, cloud-init's locale module
+# would run update-locale for en_US.UTF-8 and fail. C.UTF-8 is built into
+# glibc, and a system locale equal to cloud-init's default needs no change.
+printf 'LANG=C.UTF-8\n' >"$root/etc/default/locale"
 
 cat >"$root/etc/fstab" <<EOF
 LABEL=$ROOT_LABEL / ext4 defaults,errors=remount-ro 0 1

@@ -15,6 +15,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"flag"
@@ -24,6 +25,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,10 +43,11 @@ import (
 const batch = 32
 
 var (
-	duration = flag.Duration("duration", 2*time.Second, "measuring time per case")
+	duration = flag.Duration("duration", time.Second, "measuring time per case and round")
 	warmup   = flag.Duration("warmup", 300*time.Millisecond, "traffic before measuring starts")
 	skipVDE  = flag.Bool("no-vde", false, "skip vde_switch")
 	skipBr   = flag.Bool("no-bridge", false, "skip the kernel bridge")
+	rounds   = flag.Int("rounds", 3, "runs of every case; the median is reported")
 )
 
 var (
@@ -63,6 +68,9 @@ type result struct {
 	ports  int
 	size   int
 	frames float64 // per second
+	cpu    float64 // CPU ns per frame
+	// Spread over the rounds.
+	min, max float64
 }
 
 func main() {
@@ -74,42 +82,65 @@ func main() {
 }
 
 func run() error {
-	var results []result
 	dir, err := os.MkdirTemp("", "bench-switch-")
 	if err != nil {
 		return fmt.Errorf("create temp dir: %w", err)
 	}
 	defer os.RemoveAll(dir)
 
+	// The cases run round-robin, *rounds times, and each reports its
+	// median: the machine's load changes during a run, and interleaving
+	// spreads that over every switch alike.
+	type bcase struct {
+		name string
+		run  func(round int) (result, error)
+	}
+	var cases []bcase
 	for _, idle := range []int{0, 8} {
 		for _, size := range []int{64, 1500} {
-			r, err := benchNetswitch(filepath.Join(dir, fmt.Sprintf("ns%d-%d", idle, size)), idle, size)
-			if err != nil {
-				return err
-			}
-			results = append(results, r)
+			idle, size := idle, size
+			cases = append(cases, bcase{"netswitch", func(r int) (result, error) {
+				return benchNetswitch(filepath.Join(dir, fmt.Sprintf("ns%d-%d-%d", idle, size, r)), idle, size)
+			}})
 		}
 	}
-	if !*skipBr {
-		for _, size := range []int{64, 1500} {
-			r, err := benchBridge(size)
-			if err != nil {
-				return err
-			}
-			results = append(results, r)
+	for _, size := range []int{64, 1500} {
+		size := size
+		if !*skipBr {
+			cases = append(cases, bcase{"bridge", func(int) (result, error) { return benchBridge(size) }})
+		}
+		if !*skipVDE {
+			cases = append(cases, bcase{"vde_switch", func(r int) (result, error) {
+				return benchVDE(filepath.Join(dir, fmt.Sprintf("vde-%d-%d", size, r)), size)
+			}})
 		}
 	}
-	if !*skipVDE {
-		for _, size := range []int{64, 1500} {
-			r, err := benchVDE(filepath.Join(dir, fmt.Sprintf("vde-%d", size)), size)
+	samples := make([][]result, len(cases))
+	for round := 0; round < *rounds; round++ {
+		for i, c := range cases {
+			r, err := c.run(round)
 			if err != nil {
-				return err
+				return fmt.Errorf("%s: %w", c.name, err)
 			}
-			results = append(results, r)
+			samples[i] = append(samples[i], r)
 		}
+	}
+	var results []result
+	for _, ss := range samples {
+		sort.Slice(ss, func(a, b int) bool { return ss[a].frames < ss[b].frames })
+		m := ss[len(ss)/2]
+		m.min, m.max = ss[0].frames, ss[len(ss)-1].frames
+		cpus := make([]float64, len(ss))
+		for i, r := range ss {
+			cpus[i] = r.cpu
+		}
+		sort.Float64s(cpus)
+		m.cpu = cpus[len(cpus)/2]
+		results = append(results, m)
 	}
 
-	fmt.Printf("%-12s %6s %6s %14s %10s\n", "switch", "ports", "bytes", "frames/s", "Gbit/s")
+	fmt.Printf("median of %d rounds of %v each, GOMAXPROCS=%d\n", *rounds, *duration, runtime.GOMAXPROCS(0))
+	fmt.Printf("%-12s %6s %6s %14s %10s %22s %14s\n", "switch", "ports", "bytes", "frames/s", "Gbit/s", "min..max frames/s", "cpu ns/frame")
 	get := func(name string, ports, size int) float64 {
 		for _, r := range results {
 			if r.name == name && r.ports == ports && r.size == size {
@@ -119,11 +150,21 @@ func run() error {
 		return 0
 	}
 	for _, r := range results {
-		fmt.Printf("%-12s %6d %6d %14.0f %10.3f\n", r.name, r.ports, r.size, r.frames, r.frames*float64(r.size)*8/1e9)
+		fmt.Printf("%-12s %6d %6d %14.0f %10.3f %22s %14.0f\n", r.name, r.ports, r.size, r.frames, r.frames*float64(r.size)*8/1e9,
+			fmt.Sprintf("%.0f..%.0f", r.min, r.max), r.cpu)
 	}
 	ours := get("netswitch", 2, 1500)
 	idle := get("netswitch", 10, 1500)
-	fmt.Printf("idle_port_cost=%.1f%%\n", 100*(1-idle/ours))
+	cpuOf := func(name string, ports, size int) float64 {
+		for _, r := range results {
+			if r.name == name && r.ports == ports && r.size == size {
+				return r.cpu
+			}
+		}
+		return 0
+	}
+	fmt.Printf("idle_port_cost=%.1f%% (frames/s) %.1f%% (cpu/frame)\n", 100*(1-idle/ours),
+		100*(cpuOf("netswitch", 10, 1500)/cpuOf("netswitch", 2, 1500)-1))
 	ratio := func(theirs float64) string {
 		if theirs == 0 {
 			return "n/a"
@@ -134,8 +175,13 @@ func run() error {
 	return nil
 }
 
-// measure drives traffic from a to b and returns frames/s received at b.
-func measure(a, b endpoint, size int) (float64, error) {
+// measure drives traffic from a to b and returns frames/s received at b and
+// the CPU time spent per received frame by this process (generator and, for
+// netswitch, the switch; for the bridge the kernel's forwarding, which runs
+// in the generator's system calls) plus, when extPID is set, that process's
+// (vde_switch). CPU per frame depends far less on the machine's other load
+// than frames/s does.
+func measure(a, b endpoint, size int, extPID int) (float64, float64, error) {
 	frames := make([][]byte, batch)
 	for i := range frames {
 		frames[i] = makeFrame(macB, macA, size)
@@ -176,16 +222,45 @@ func measure(a, b endpoint, size int) (float64, error) {
 		}
 	}()
 	time.Sleep(*warmup)
-	start, n0 := time.Now(), received.Load()
+	start, n0, c0 := time.Now(), received.Load(), cpuTime(extPID)
 	time.Sleep(*duration)
-	el, n1 := time.Since(start), received.Load()
+	el, n1, c1 := time.Since(start), received.Load(), cpuTime(extPID)
 	stop.Store(true)
 	wg.Wait()
 	if sendErr != nil {
-		return 0, fmt.Errorf("send: %w", sendErr)
+		return 0, 0, fmt.Errorf("send: %w", sendErr)
 	}
-	return float64(n1-n0) / el.Seconds(), nil
+	if n1 == n0 {
+		return 0, 0, fmt.Errorf("no frames arrived")
+	}
+	return float64(n1-n0) / el.Seconds(), float64(c1-c0) / float64(n1-n0), nil
 }
+
+// cpuTime is this process's CPU time in ns, plus pid's when pid > 0.
+func cpuTime(pid int) int64 {
+	var ru unix.Rusage
+	unix.Getrusage(unix.RUSAGE_SELF, &ru)
+	t := ru.Utime.Nano() + ru.Stime.Nano()
+	if pid > 0 {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err == nil {
+			// Fields after the command name (which may hold spaces):
+			// utime and stime are fields 14 and 15, in clock ticks.
+			if i := bytes.LastIndexByte(b, ')'); i > 0 {
+				f := strings.Fields(string(b[i+1:]))
+				if len(f) > 13 {
+					ut, _ := strconv.ParseInt(f[11], 10, 64)
+					st, _ := strconv.ParseInt(f[12], 10, 64)
+					t += (ut + st) * int64(time.Second) / clockTicks
+				}
+			}
+		}
+	}
+	return t
+}
+
+// clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
+const clockTicks = 100
 
 func makeFrame(dst, src [6]byte, size int) []byte {
 	f := make([]byte, size)
@@ -332,7 +407,7 @@ func benchNetswitch(dir string, idle, size int) (result, error) {
 	if err := learn(ends[1]); err != nil {
 		return res, err
 	}
-	res.frames, err = measure(ends[0], ends[1], size)
+	res.frames, res.cpu, err = measure(ends[0], ends[1], size, 0)
 	return res, err
 }
 
@@ -427,7 +502,7 @@ func benchBridge(size int) (res result, err error) {
 	if err := learn(ends[1]); err != nil {
 		return res, err
 	}
-	res.frames, err = measure(ends[0], ends[1], size)
+	res.frames, res.cpu, err = measure(ends[0], ends[1], size, 0)
 	return res, err
 }
 
@@ -445,7 +520,8 @@ func benchVDE(dir string, size int) (res result, err error) {
 	}
 	ctl := filepath.Join(dir, "ctl")
 	cmd := exec.Command(bin, "--sock", ctl)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	var out bytes.Buffer // shown only when vde_switch fails us
+	cmd.Stdout, cmd.Stderr = &out, &out
 	// vde_switch reads commands from stdin and exits at its end: hand it
 	// a pipe that stays open while it runs.
 	stdin, err := cmd.StdinPipe()
@@ -465,7 +541,7 @@ func benchVDE(dir string, size int) (res result, err error) {
 			break
 		}
 		if i > 200 {
-			return res, fmt.Errorf("vde_switch did not create %s", ctl)
+			return res, fmt.Errorf("vde_switch did not create %s: %s", ctl, out.String())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -498,7 +574,7 @@ func benchVDE(dir string, size int) (res result, err error) {
 	if err := learn(ends[1]); err != nil {
 		return res, err
 	}
-	res.frames, err = measure(ends[0], ends[1], size)
+	res.frames, res.cpu, err = measure(ends[0], ends[1], size, cmd.Process.Pid)
 	return res, err
 }
 

@@ -93,8 +93,8 @@ const (
 	// GuestKernelConfig is the kernel's build config, where the QEMU
 	// driver's ProbeKernel looks for it (<kernel>.config).
 	GuestKernelConfig = "vmlinuz.config"
-	GuestInitramfs    = "initramfs.cpio.gz"
-	GuestInitBuild    = "init-build" // <cache>/guest/init-build/: stack-init built from source
+	GuestInitramfs    = "initramfs.cpio" // + ".gz" when built compressed
+	GuestInitBuild    = "init-build"     // <cache>/guest/init-build/: stack-init built from source
 	GuestManifest     = "manifest.json"
 )
 

@@ -13,6 +13,13 @@ import (
 )
 
 // startDNS serves DNS on UDP and TCP port 53 of the gateway address.
+//
+// UDP queries for the gateway's own names are answered in arrival order by
+// the reading goroutine. Order matters: resolvers send A and AAAA back to
+// back, and some (busybox nslookup on a guest whose clock is coarse, as
+// under TCG) give both the same ID and match replies by ID alone, so an
+// AAAA answer overtaking the A answer reads as "no address". Queries that
+// go upstream are answered concurrently.
 func (g *Gateway) startDNS() error {
 	addr := fullAddr(g.cfg.GatewayIP, 53)
 	pc, err := gonet.DialUDP(g.s, &addr, nil, ipv4.ProtocolNumber)
@@ -24,68 +31,114 @@ func (g *Gateway) startDNS() error {
 		pc.Close()
 		return fmt.Errorf("listen dns tcp: %w", err)
 	}
-	h := dns.HandlerFunc(g.serveDNS)
-	udpSrv := &dns.Server{PacketConn: pc, Handler: h}
-	tcpSrv := &dns.Server{Listener: ln, Handler: h}
-	for _, srv := range []*dns.Server{udpSrv, tcpSrv} {
-		srv := srv
-		started := make(chan struct{})
-		srv.NotifyStartedFunc = func() { close(started) }
-		g.wg.Add(1)
-		go func() {
-			defer g.wg.Done()
-			if err := srv.ActivateAndServe(); err != nil && g.ctx.Err() == nil {
-				g.log.Warn("dns server stopped", "err", err)
-			}
-		}()
-		<-started
-		g.addCloser(srv.Shutdown)
-	}
+	g.addCloser(pc.Close)
+	g.wg.Add(1)
+	go g.serveDNSUDP(pc)
+
+	tcpSrv := &dns.Server{Listener: ln, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+		w.WriteMsg(g.answerDNS(req, "tcp"))
+	})}
+	started := make(chan struct{})
+	tcpSrv.NotifyStartedFunc = func() { close(started) }
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		if err := tcpSrv.ActivateAndServe(); err != nil && g.ctx.Err() == nil {
+			g.log.Warn("dns tcp server stopped", "err", err)
+		}
+	}()
+	<-started
+	g.addCloser(tcpSrv.Shutdown)
 	return nil
 }
 
-// Names the gateway owns: "<vm>" (one label) and "<vm>.<namespace>.internal".
-// Everything under ".internal" and every single label is answered here and
-// nowhere else; other names go upstream when egress is on and are refused
+func (g *Gateway) serveDNSUDP(pc *gonet.UDPConn) {
+	defer g.wg.Done()
+	buf := make([]byte, 65535)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		req := new(dns.Msg)
+		if req.Unpack(buf[:n]) != nil || req.Response {
+			continue // not a query: no answer, as the RFC allows for garbage
+		}
+		reply := func() {
+			resp := g.answerDNS(req, "udp")
+			size := dns.MinMsgSize
+			if o := req.IsEdns0(); o != nil {
+				size = int(o.UDPSize())
+			}
+			resp.Truncate(size)
+			b, err := resp.Pack()
+			if err != nil {
+				return
+			}
+			pc.WriteTo(b, from)
+		}
+		if g.isLocalName(req) {
+			reply()
+			continue
+		}
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			reply()
+		}()
+	}
+}
+
+// isLocalName reports whether req is answered without going upstream.
+func (g *Gateway) isLocalName(req *dns.Msg) bool {
+	if len(req.Question) != 1 {
+		return true
+	}
+	_, _, forward := g.classify(req.Question[0].Name)
+	return !forward
+}
+
+// classify sorts a query name: a VM name (local != ""), a name in a zone
+// the gateway owns with no such VM (nx), or a name to forward.
+func (g *Gateway) classify(qname string) (local string, nx bool, forward bool) {
+	name := strings.ToLower(strings.TrimSuffix(qname, "."))
+	zone := strings.ToLower(g.cfg.Namespace) + ".internal"
+	switch {
+	case !strings.Contains(name, "."):
+		return name, false, false
+	case strings.HasSuffix(name, "."+zone):
+		l := strings.TrimSuffix(name, "."+zone)
+		if strings.Contains(l, ".") {
+			return "", true, false // no names below a VM
+		}
+		return l, false, false
+	case name == "internal" || strings.HasSuffix(name, ".internal"):
+		return "", true, false // other namespaces' zones do not exist here
+	}
+	return "", false, true
+}
+
+// answerDNS answers one query. Names the gateway owns: "<vm>" (one label)
+// and "<vm>.<namespace>.internal"; everything else under ".internal" does
+// not exist. Other names go upstream when egress is on and are refused
 // when it is off (the guests could not reach the answer anyway).
-func (g *Gateway) serveDNS(w dns.ResponseWriter, req *dns.Msg) {
+func (g *Gateway) answerDNS(req *dns.Msg, network string) *dns.Msg {
 	m := new(dns.Msg)
 	if len(req.Question) != 1 || req.Opcode != dns.OpcodeQuery {
 		m.SetRcode(req, dns.RcodeNotImplemented)
-		w.WriteMsg(m)
-		return
+		return m
 	}
 	q := req.Question[0]
-	name := strings.ToLower(strings.TrimSuffix(q.Name, "."))
-	zone := strings.ToLower(g.cfg.Namespace) + ".internal"
-	local := ""
-	switch {
-	case !strings.Contains(name, "."):
-		local = name
-	case strings.HasSuffix(name, "."+zone):
-		local = strings.TrimSuffix(name, "."+zone)
-		if strings.Contains(local, ".") {
-			local = "" // no such name below a VM
-			m.SetRcode(req, dns.RcodeNameError)
-			w.WriteMsg(m)
-			return
-		}
-	case name == zone || name == "internal" || strings.HasSuffix(name, ".internal"):
-		m.SetRcode(req, dns.RcodeNameError)
-		m.Authoritative = true
-		w.WriteMsg(m)
-		return
-	default:
-		g.forwardDNS(w, req)
-		return
+	local, nx, forward := g.classify(q.Name)
+	if forward {
+		return g.forwardDNS(req, network)
 	}
 	m.SetReply(req)
 	m.Authoritative = true
 	a, ok := g.lookupHost(local)
-	if !ok {
+	if nx || !ok {
 		m.SetRcode(req, dns.RcodeNameError)
-		w.WriteMsg(m)
-		return
+		return m
 	}
 	if q.Qclass == dns.ClassINET && (q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY) {
 		m.Answer = append(m.Answer, &dns.A{
@@ -94,16 +147,15 @@ func (g *Gateway) serveDNS(w dns.ResponseWriter, req *dns.Msg) {
 		})
 	}
 	// Other types for a known name: NOERROR with no data.
-	w.WriteMsg(m)
+	return m
 }
 
 // forwardDNS relays a query for an outside name to the host's resolvers.
-func (g *Gateway) forwardDNS(w dns.ResponseWriter, req *dns.Msg) {
+func (g *Gateway) forwardDNS(req *dns.Msg, network string) *dns.Msg {
+	m := new(dns.Msg)
 	if !g.cfg.Egress {
-		m := new(dns.Msg)
 		m.SetRcode(req, dns.RcodeRefused)
-		w.WriteMsg(m)
-		return
+		return m
 	}
 	servers := g.cfg.Upstream
 	if len(servers) == 0 {
@@ -112,10 +164,6 @@ func (g *Gateway) forwardDNS(w dns.ResponseWriter, req *dns.Msg) {
 				servers = append(servers, net.JoinHostPort(s, cc.Port))
 			}
 		}
-	}
-	network := "udp"
-	if _, ok := w.RemoteAddr().(*net.TCPAddr); ok {
-		network = "tcp"
 	}
 	c := &dns.Client{Net: network, Timeout: 3 * time.Second}
 	ctx, cancel := context.WithTimeout(g.ctx, 5*time.Second)
@@ -128,11 +176,9 @@ func (g *Gateway) forwardDNS(w dns.ResponseWriter, req *dns.Msg) {
 		resp, _, err := c.ExchangeWithConnContext(ctx, req, &dns.Conn{Conn: conn})
 		conn.Close()
 		if err == nil {
-			w.WriteMsg(resp)
-			return
+			return resp
 		}
 	}
-	m := new(dns.Msg)
 	m.SetRcode(req, dns.RcodeServerFailure)
-	w.WriteMsg(m)
+	return m
 }

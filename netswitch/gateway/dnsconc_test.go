@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"net"
 	"testing"
 	"time"
 
@@ -10,9 +11,10 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 )
 
-// TestDNSParallelQueries sends A and AAAA back to back from one socket, as
-// resolvers (busybox nslookup, glibc) do, and expects both answers.
-func TestDNSParallelQueries(t *testing.T) {
+// TestDNSAnswersInOrder sends A and AAAA back to back with the same ID, as
+// busybox nslookup does when the guest clock is coarse, and expects the
+// answers in the order asked: such clients match replies by ID alone.
+func TestDNSAnswersInOrder(t *testing.T) {
 	sw, _ := setup(t, nil)
 	gs := newGuest(t, sw, "vm-a", macA, ipA)
 	raddr := tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFrom4(gwIP.As4()), Port: 53}
@@ -26,6 +28,7 @@ func TestDNSParallelQueries(t *testing.T) {
 		qa, qaaaa := new(dns.Msg), new(dns.Msg)
 		qa.SetQuestion("db.demo.internal.", dns.TypeA)
 		qaaaa.SetQuestion("db.demo.internal.", dns.TypeAAAA)
+		qaaaa.Id = qa.Id
 		c.SetDeadline(time.Now().Add(5 * time.Second))
 		if err := dc.WriteMsg(qa); err != nil {
 			t.Fatal(err)
@@ -33,16 +36,48 @@ func TestDNSParallelQueries(t *testing.T) {
 		if err := dc.WriteMsg(qaaaa); err != nil {
 			t.Fatal(err)
 		}
-		got := map[uint16]*dns.Msg{}
-		for len(got) < 2 {
+		for _, want := range []uint16{dns.TypeA, dns.TypeAAAA} {
 			r, err := dc.ReadMsg()
 			if err != nil {
-				t.Fatalf("round %d: got %d of 2 answers: %v", i, len(got), err)
+				t.Fatalf("round %d: %v", i, err)
 			}
-			got[r.Id] = r
+			if r.Question[0].Qtype != want {
+				t.Fatalf("round %d: answer for type %d came before type %d", i, r.Question[0].Qtype, want)
+			}
 		}
-		if r := got[qa.Id]; r == nil || len(r.Answer) != 1 {
-			t.Fatalf("round %d: A answer %v", i, r)
-		}
+	}
+}
+
+// TestDNSForwardsWithEgress: outside names go to the upstream resolver
+// (here a server on the host's loopback) only when egress is on.
+func TestDNSForwardsWithEgress(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	upstream := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 7)})
+		w.WriteMsg(m)
+	})}
+	started := make(chan struct{})
+	upstream.NotifyStartedFunc = func() { close(started) }
+	go upstream.ActivateAndServe()
+	<-started
+	defer upstream.Shutdown()
+
+	sw, _ := setup(t, func(c *Config) {
+		c.Egress = true
+		c.Upstream = []string{pc.LocalAddr().String()}
+	})
+	gs := newGuest(t, sw, "vm-a", macA, ipA)
+	resp := dnsQuery(t, gs, "example.com", dns.TypeA)
+	if len(resp.Answer) != 1 || resp.Answer[0].(*dns.A).A.String() != "192.0.2.7" {
+		t.Fatalf("forwarded answer %v", resp)
+	}
+	// Own names are still answered locally.
+	if resp := dnsQuery(t, gs, "db", dns.TypeA); len(resp.Answer) != 1 || resp.Answer[0].(*dns.A).A.String() != ipB.String() {
+		t.Fatalf("local answer %v", resp)
 	}
 }

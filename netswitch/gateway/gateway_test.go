@@ -439,6 +439,26 @@ func TestPublishedPorts(t *testing.T) {
 		t.Fatalf("published udp port answered %q (%v)", b[:n], err)
 	}
 
+	// The host dials the guest through the gateway (readiness probes).
+	dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer dcancel()
+	dc, err := g.DialGuest(dctx, "tcp", netip.AddrPortFrom(ipA, 80).String())
+	if err != nil {
+		t.Fatalf("dial guest: %v", err)
+	}
+	dc.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(dc, "probe")
+	dc.(interface{ CloseWrite() error }).CloseWrite()
+	got, err = io.ReadAll(dc)
+	dc.Close()
+	if err != nil || string(got) != "hello probe" {
+		t.Fatalf("dial guest read %q (%v)", got, err)
+	}
+	if c, err := g.DialGuest(dctx, "tcp", "192.0.2.1:80"); err == nil {
+		c.Close()
+		t.Fatalf("dialed an address outside the network")
+	}
+
 	// Unpublishing closes the host listener.
 	if err := g.Update(Update{Hosts: map[string]netip.Addr{}, Leases: map[string]netip.Addr{}}); err != nil {
 		t.Fatal(err)

@@ -342,15 +342,11 @@ func TestTwoGuests(t *testing.T) {
 	if got, _ := b.waitMark(t, "resolved ", 0, time.Minute); got != "vm-a "+ipA.String() {
 		t.Fatalf("vm-b resolved %q, want vm-a %s", got, ipA)
 	}
-	// nslookup makes one attempt per run; a retry is reported, not failed.
 	got, _ = b.waitMark(t, "resolved-fqdn", 0, time.Minute)
-	if !strings.HasPrefix(got, ipA.String()+" ") {
+	if got != ipA.String()+" tries=1" {
 		t.Fatalf("vm-b resolved vm-a.demo.internal to %q", got)
 	}
 	t.Logf("vm-a.demo.internal resolved (%s)", got)
-	b.mu.Lock()
-	t.Logf("DEBUG console:\n%s", strings.Join(b.lines, "\n"))
-	b.mu.Unlock()
 	if got, _ := b.waitMark(t, "ping", 0, time.Minute); got != "ok" {
 		t.Fatalf("vm-b ping vm-a: %s", got)
 	}
@@ -385,8 +381,11 @@ func TestTwoGuests(t *testing.T) {
 	// Restart the switch and gateway; the guests keep their sockets.
 	down(sw, g)
 	closed = true
+	// Pings that were answered before the switch went down have been
+	// reported after 2 s (ping -W 1, then sleep 1); later reports are of
+	// pings through the new switch.
+	time.Sleep(2 * time.Second)
 	restartLine := b.lineCount()
-	time.Sleep(500 * time.Millisecond)
 	sw, g, _ = up()
 	closed = false
 	restarted := time.Now()

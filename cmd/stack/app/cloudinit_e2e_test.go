@@ -1,0 +1,151 @@
+package app
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stackvm/stack/internal/filenames"
+)
+
+// debianImageDir is where scripts/build-debian-image.sh put the Debian
+// image (`make debian-image`; the Makefile exports STACK_DEBIAN_IMAGE_DIR).
+func debianImageDir(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("STACK_DEBIAN_IMAGE_DIR")
+	if dir == "" {
+		dir = filepath.Join(filenames.CacheRoot(), "images", "debian-12")
+	}
+	for _, f := range []string{"vmlinuz", "initrd.img", "debian-12.raw"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Fatalf("the Debian test image is missing (%v): run `make debian-image`", err)
+		}
+	}
+	return dir
+}
+
+// Each VM reports what it sees from inside on its console: its hostname,
+// its address, whether /etc/hosts names its peer, the peer's answer to a
+// ping by name, and a stamp kept on the volume (written on first boot only).
+const cloudInitStack = `variable "image" {
+  type = string
+}
+
+network "lan" {
+  subnet = "10.71.0.0/24"
+}
+
+volume "data" {
+  size = "64MiB"
+}
+
+locals {
+  report = <<-EOT
+    test -f /data/stamp || cat /proc/sys/kernel/random/uuid > /data/stamp 2>/dev/null
+    ok=fail
+    for i in $(seq 90); do if ping -c1 -W1 "$PEER" >/dev/null 2>&1; then ok=ok; break; fi; sleep 1; done
+    echo "CHECK host=$(hostname) addr=$(ip -4 -o addr show eth0 | awk '{print $4}') hosts=$(grep -c "$PEER" /etc/hosts) ping=$ok stamp=$(cat /data/stamp 2>/dev/null || echo none) marker=$(cat /run/marker)" > /dev/ttyS0
+  EOT
+}
+
+vm "alpha" {
+  kernel    = "${var.image}/vmlinuz"
+  initramfs = "${var.image}/initrd.img"
+  root_disk = "${var.image}/debian-12.raw"
+  memory_mb = 512
+  network "lan" {
+    ip = "10.71.0.10"
+  }
+  disk "data" {
+    volume     = volume.data
+    guest_path = "/data"
+  }
+  cloud_init {
+    user_data = "#cloud-config\n${yamlencode({
+      runcmd = [["sh", "-c", "echo from-runcmd > /run/marker"], ["env", "PEER=beta", "sh", "-c", local.report]]
+    })}"
+  }
+  ready {
+    timeout = "8m"
+  }
+}
+
+vm "beta" {
+  kernel    = "${var.image}/vmlinuz"
+  initramfs = "${var.image}/initrd.img"
+  root_disk = "${var.image}/debian-12.raw"
+  memory_mb = 512
+  network "lan" {}
+  cloud_init {
+    user_data = "#cloud-config\n${yamlencode({
+      runcmd = [["sh", "-c", "mkdir -p /data; echo from-runcmd > /run/marker"], ["env", "PEER=alpha", "sh", "-c", local.report]]
+    })}"
+  }
+  ready {
+    timeout = "8m"
+  }
+}
+`
+
+var checkLine = regexp.MustCompile(`CHECK host=(\S*) addr=(\S*) hosts=(\S*) ping=(\S*) stamp=(\S*) marker=(\S*)`)
+
+func (c *cli) check(t *testing.T, vm string) []string {
+	t.Helper()
+	r := c.mustRun("logs", vm)
+	m := checkLine.FindStringSubmatch(r.stdout)
+	if m == nil {
+		tail := r.stdout
+		if len(tail) > 4000 {
+			tail = tail[len(tail)-4000:]
+		}
+		t.Fatalf("%s printed no CHECK line; console tail:\n%s", vm, tail)
+	}
+	return m[1:]
+}
+
+// TestCloudInitStack boots two VMs from the Debian image built by
+// scripts/build-debian-image.sh and checks, inside the guests, what the
+// seed configured; then down and up again, and the volume kept its data.
+func TestCloudInitStack(t *testing.T) {
+	requireVMs(t)
+	image := debianImageDir(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "stack.hcl")
+	writeFile(t, file, cloudInitStack)
+	c := newCLI(t, fmt.Sprintf("ci-%d", os.Getpid()))
+	args := []string{"-f", file, "--var", "image=" + image}
+
+	start := time.Now()
+	c.mustRun(append(args, "up", "--progress", "plain")...)
+	t.Logf("two cloud-init VMs ready in %s", time.Since(start).Round(time.Second))
+	ps := c.ps()
+	if ps["alpha"].Addresses["lan"] != "10.71.0.10" || ps["beta"].Addresses["lan"] == "" {
+		t.Fatalf("ps: %+v", ps)
+	}
+	a, b := c.check(t, "alpha"), c.check(t, "beta")
+	// host, addr, hosts, ping, stamp, marker
+	if a[0] != "alpha" || a[1] != "10.71.0.10/24" || a[2] == "0" || a[3] != "ok" || a[5] != "from-runcmd" {
+		t.Fatalf("alpha sees %v", a)
+	}
+	if b[0] != "beta" || b[1] != ps["beta"].Addresses["lan"]+"/24" || b[2] == "0" || b[3] != "ok" || b[5] != "from-runcmd" {
+		t.Fatalf("beta sees %v", b)
+	}
+	stamp := a[4]
+	if len(stamp) < 30 {
+		t.Fatalf("alpha wrote no stamp on its volume: %v", a)
+	}
+
+	c.mustRun(append(args, "down")...)
+	c.mustRun(append(args, "up", "--progress", "plain")...)
+	if again := c.check(t, "alpha"); again[4] != stamp {
+		t.Fatalf("the volume lost its data across down and up: stamp %q, then %q", stamp, again[4])
+	}
+	r := c.mustRun(append(args, "down", "--volumes")...)
+	if strings.Contains(r.stderr, "Error") {
+		t.Fatalf("down --volumes: %s", r.stderr)
+	}
+}

@@ -19,7 +19,7 @@ deps:
 
 build:
 	$(GO) build -o $(BIN)/stack ./cmd/stack
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(BIN)/stack-init ./cmd/stack-init
+	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags=-s -o $(BIN)/stack-init ./cmd/stack-init
 
 # The built-in guest image (Debian cloud kernel + our initramfs), cached
 # under $(CACHE)/guest by the hash of its inputs.

@@ -59,6 +59,7 @@ func TestBootThroughQEMUDriver(t *testing.T) {
 		inst.Close()
 	})
 	var ready *guestproto.Status
+	hellos := 0
 	timeout := time.After(bootTimeout)
 	for ready == nil {
 		select {
@@ -70,6 +71,9 @@ func TestBootThroughQEMUDriver(t *testing.T) {
 			if err := json.Unmarshal(line, &m); err != nil {
 				t.Fatalf("guest sent %q: %v", line, err)
 			}
+			if m.Type == guestproto.TypeHello {
+				hellos++
+			}
 			if m.Type == guestproto.TypeError {
 				t.Fatalf("guest error: %s", m.Error)
 			}
@@ -79,6 +83,12 @@ func TestBootThroughQEMUDriver(t *testing.T) {
 		case <-timeout:
 			t.Fatal("no ready report through the driver")
 		}
+	}
+	// The guest's own hello when it opened the port, and its answer to the
+	// hello the driver sent on connecting, before the guest was up (QEMU
+	// holds host input until the guest opens the port).
+	if hellos < 2 {
+		t.Errorf("%d hellos before ready, want 2", hellos)
 	}
 	if ready.Addresses[mac] != "10.42.0.7" {
 		t.Errorf("addresses = %v", ready.Addresses)

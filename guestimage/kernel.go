@@ -199,6 +199,10 @@ func fetchKernel(ctx context.Context, cacheRoot string, k *kernelPkg, deb string
 			return nil, fmt.Errorf("write modules.dep: %w", err)
 		}
 	}
+	// Private like the rest of the cache; images hard-link the kernel.
+	if err := os.Chmod(uk.Vmlinuz, filenames.FileMode); err != nil {
+		return nil, fmt.Errorf("chmod kernel: %w", err)
+	}
 	if err := os.Rename(root, dir); err != nil {
 		// Another builder may have won the race; its tree is as good.
 		if uk, err2 := inspectKernel(dir); err2 == nil {

@@ -27,7 +27,7 @@ func TestParseControl(t *testing.T) {
 }
 
 func TestCompressionLevel(t *testing.T) {
-	for in, want := range map[string]int{"": 1, "none": -1, "gzip1": 1, "gzip9": 9} {
+	for in, want := range map[string]int{"": -1, "none": -1, "gzip1": 1, "gzip9": 9} {
 		if got, err := compressionLevel(in); err != nil || got != want {
 			t.Errorf("compressionLevel(%q) = %d, %v; want %d", in, got, err, want)
 		}

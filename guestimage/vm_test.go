@@ -55,7 +55,11 @@ func testImage(tb testing.TB) *Image {
 }
 
 type vmSpec struct {
-	cmdline   string // appended to the kernel command line
+	cmdline string // appended to the kernel command line
+	// icount runs the guest with -icount shift=0: its clock counts
+	// instructions (1 ns each) plus idle time, so guest-side durations do
+	// not depend on the host's load.
+	icount    bool
 	cfg       guestproto.Config
 	initramfs string   // default: the image's
 	nicMACs   []string // one NIC per MAC, each on its own datagram socket
@@ -123,14 +127,21 @@ func bootVM(tb testing.TB, img *Image, spec vmSpec) *testVM {
 	if initrd == "" {
 		initrd = img.Initramfs
 	}
+	khz := tscKHz(tb)
+	if spec.icount {
+		khz = 1000000 // the virtual TSC of -icount shift=0 runs at 1 GHz
+	}
 	args := []string{
 		"-M", "microvm,rtc=on", "-accel", "tcg", "-cpu", "max", "-m", "256", "-smp", "1",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-kernel", img.Kernel, "-initrd", initrd,
-		"-append", fmt.Sprintf("console=ttyS0 tsc_early_khz=%d panic=-1 quiet %s", tscKHz(tb), spec.cmdline),
+		"-append", fmt.Sprintf("console=ttyS0 tsc_early_khz=%d panic=-1 quiet %s", khz, spec.cmdline),
 		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
 		"-drive", "id=cfg,file=" + cfgPath + ",format=raw,if=none,readonly=on",
 		"-device", "virtio-blk-device,drive=cfg,serial=" + guestproto.ConfigDiskSerial,
+	}
+	if spec.icount {
+		args = append(args, "-icount", "shift=0,sleep=on")
 	}
 	for i, d := range spec.disks {
 		args = append(args,

@@ -117,7 +117,7 @@ func (in *Init) run() {
 
 	// The agent comes up in the background: bring-up does not wait for
 	// it, and whatever it missed, its first hello reports.
-	go in.startAgent()
+	in.goSafe("agent", in.startAgent)
 
 	cfg, err := in.readConfig()
 	if err != nil {
@@ -141,6 +141,16 @@ func (in *Init) run() {
 		in.fail(err)
 		return
 	}
+}
+
+// bootSeconds is the time since the kernel booted (CLOCK_BOOTTIME), as
+// "1.234": with -icount it measures guest work independent of host load.
+func bootSeconds() string {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return "?"
+	}
+	return fmt.Sprintf("%.3f", float64(ts.Nano())/1e9)
 }
 
 func hasWord(s, w string) bool {
@@ -269,7 +279,7 @@ func (in *Init) startWorkload(cfg *guestproto.Config) error {
 	in.mu.Unlock()
 	in.setReady()
 	in.log.Info("workload started", "pid", pid, "command", cfg.Command)
-	go func() {
+	in.goSafe("workload waiter", func() {
 		ws := <-statusCh
 		code := ExitCode(ws.Exited(), ws.ExitStatus(), ws.Signaled(), int(ws.Signal()))
 		in.mu.Lock()
@@ -287,8 +297,21 @@ func (in *Init) startWorkload(cfg *guestproto.Config) error {
 		if cfg.OneShot && !stopping {
 			in.poweroff("one-shot workload exited")
 		}
-	}()
+	})
 	return nil
+}
+
+// goSafe runs f in a goroutine that reports a panic instead of crashing:
+// PID 1 exiting panics the kernel.
+func (in *Init) goSafe(what string, f func()) {
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				in.fail(fmt.Errorf("init panicked in %s: %v", what, r))
+			}
+		}()
+		f()
+	}()
 }
 
 func (in *Init) setReady() {
@@ -296,10 +319,10 @@ func (in *Init) setReady() {
 	in.status.Ready = true
 	st := in.status
 	in.mu.Unlock()
-	in.log.Info("ready", "addresses", st.Addresses)
+	in.log.Info("ready", "addresses", st.Addresses, "uptime", bootSeconds())
 	in.send(guestproto.Message{Type: guestproto.TypeReady, Status: &st})
 	// What no bring-up step needs loads after the ready report.
-	go in.loadModules("late")
+	in.goSafe("late modules", func() { in.loadModules("late") })
 }
 
 func (in *Init) currentStatus() guestproto.Status {
@@ -336,7 +359,7 @@ func (in *Init) fail(err error) {
 func (in *Init) onMessage(m guestproto.Message) {
 	switch m.Type {
 	case guestproto.TypePoweroff:
-		go in.poweroff("host asked")
+		in.goSafe("poweroff", func() { in.poweroff("host asked") })
 	default:
 		in.log.Warn("agent: ignoring message", "type", m.Type)
 	}
@@ -345,11 +368,12 @@ func (in *Init) onMessage(m guestproto.Message) {
 func (in *Init) handleSignals() {
 	// busybox poweroff/halt/reboot signal PID 1 (USR2, USR1, TERM); the
 	// kernel sends SIGINT for ctrl-alt-del and SIGPWR on ACPI power events.
+	// All of them power off: restarting a VM is the host's business.
 	ch := make(chan os.Signal, 4)
 	signal.Notify(ch, unix.SIGTERM, unix.SIGINT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGPWR)
 	go func() {
 		for s := range ch {
-			go in.poweroff("signal " + s.String())
+			in.goSafe("poweroff", func() { in.poweroff("signal " + s.String()) })
 		}
 	}()
 }

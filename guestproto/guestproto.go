@@ -22,8 +22,10 @@
 // hello with a hello carrying its Status. Hosts must therefore accept a
 // hello at any time, and possibly two after one connect. The guest drops
 // messages produced while no host is connected; the next hello carries the
-// state they described. Until the guest's agent is up (early boot) nothing
-// is answered; the guest's own hello follows once it opens the port.
+// state they described. A host hello sent before the guest's agent is up
+// (early boot) waits in QEMU, which passes no host input to the port until
+// the guest opens it, and is answered then (checked by guestimage's
+// TestBootThroughQEMUDriver: two hellos arrive before "ready").
 package guestproto
 
 import "encoding/json"

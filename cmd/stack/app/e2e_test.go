@@ -177,35 +177,6 @@ func TestQuickstartLifecycle(t *testing.T) {
 		t.Fatalf("second up restarted VMs: %v -> %v", ps, again)
 	}
 
-	// Killing the supervisor loses no VM: the next command starts a new
-	// one, which re-adopts both VMMs and brings the switch back on the same
-	// socket, and the client keeps reaching web by name.
-	sv, err := supervisor.Dial(context.Background(), filenames.RuntimeRoot(), c.ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pong, err := sv.Call(context.Background(), &supervisor.Request{Op: supervisor.OpPing})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Kill(pong.PID, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	for syscall.Kill(pong.PID, 0) == nil {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if got := c.ps(); got["web"].State != "ready" || got["web"].PID != ps["web"].PID {
-		t.Fatalf("ps without a supervisor: %+v", got)
-	}
-	r = c.mustRun("-f", file, "up")
-	if !strings.Contains(r.stderr+r.stdout, "Nothing to do") {
-		t.Fatalf("up after the supervisor died: %+v", r)
-	}
-	if again := c.ps(); again["web"].PID != ps["web"].PID || again["client"].PID != ps["client"].PID {
-		t.Fatalf("re-adoption restarted VMs: %v -> %v", ps, again)
-	}
-	c.checkLogsFollow("client", "hello from web")
-
 	// A changed memory_mb replaces that VM alone.
 	edited := strings.Replace(string(src), "vm \"client\" {", "vm \"client\" {\n  memory_mb = 320", 1)
 	writeFile(t, file, edited)
@@ -259,6 +230,36 @@ func TestQuickstartLifecycle(t *testing.T) {
 	}
 	c.mustRun("-f", file, "up", "--progress", "plain")
 	c.waitConsole("client", "hello from web", 60*time.Second)
+
+	// Killing the supervisor loses no VM: the next command starts a new
+	// one, which re-adopts both VMMs and brings the switch back on the same
+	// socket, and the client keeps reaching web by name.
+	ps = c.ps()
+	sv, err := supervisor.Dial(context.Background(), filenames.RuntimeRoot(), c.ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pong, err := sv.Call(context.Background(), &supervisor.Request{Op: supervisor.OpPing})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pong.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for syscall.Kill(pong.PID, 0) == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := c.ps(); got["web"].State != "ready" || got["web"].PID != ps["web"].PID {
+		t.Fatalf("ps without a supervisor: %+v", got)
+	}
+	r = c.mustRun("-f", file, "up")
+	if !strings.Contains(r.stderr+r.stdout, "Nothing to do") {
+		t.Fatalf("up after the supervisor died: %+v", r)
+	}
+	if again := c.ps(); again["web"].PID != ps["web"].PID || again["client"].PID != ps["client"].PID {
+		t.Fatalf("re-adoption restarted VMs: %v -> %v", ps, again)
+	}
+	c.checkLogsFollow("client", "hello from web")
 
 	// down leaves no process, socket or runtime file; the state has no VM.
 	c.mustRun("-f", file, "down")

@@ -360,6 +360,8 @@ func (in *Init) onMessage(m guestproto.Message) {
 	switch m.Type {
 	case guestproto.TypePoweroff:
 		in.goSafe("poweroff", func() { in.poweroff("host asked") })
+	case guestproto.TypeExec:
+		in.goSafe("exec", func() { in.exec(m) })
 	default:
 		in.log.Warn("agent: ignoring message", "type", m.Type)
 	}

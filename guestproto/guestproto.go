@@ -90,7 +90,34 @@ const (
 	TypeError    = "error"    // guest → host: bring-up failed, Error says why
 	TypeLog      = "log"      // guest → host: a line from the init for the host's log
 	TypePoweroff = "poweroff" // host → guest: stop the workload and power off
+	// Exec sessions: the host sends TypeExec with an ID and an ExecRequest
+	// body; the guest answers with any number of TypeExecOutput messages
+	// (ExecOutput bodies) and one TypeExecExit (ExecExit), all with that ID.
+	TypeExec       = "exec"
+	TypeExecOutput = "exec-output"
+	TypeExecExit   = "exec-exit"
 )
+
+// ExecRequest runs a command in the guest beside the workload.
+type ExecRequest struct {
+	Argv  []string          `json:"argv"`
+	Env   map[string]string `json:"env,omitempty"` // added to the workload's environment
+	Dir   string            `json:"dir,omitempty"` // default /
+	Stdin []byte            `json:"stdin,omitempty"`
+}
+
+// ExecOutput is a chunk of a command's output.
+type ExecOutput struct {
+	Stream string `json:"stream"` // "stdout" or "stderr"
+	Data   []byte `json:"data"`
+}
+
+// ExecExit ends an exec session: the exit code (128+signal when killed), or
+// Error when the command could not start (Code is then 127 or 126).
+type ExecExit struct {
+	Code  int    `json:"code"`
+	Error string `json:"error,omitempty"`
+}
 
 // Message is one line on the agent port.
 type Message struct {

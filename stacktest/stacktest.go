@@ -192,6 +192,25 @@ func (vm *VM) WaitLog(want string, timeout time.Duration) {
 	vm.s.t.Fatalf("stacktest: %s's console never showed %q", vm.Name, want)
 }
 
+// ExecResult is what a command run with Exec printed and how it ended.
+type ExecResult struct {
+	Stdout, Stderr string
+	Code           int
+}
+
+// Exec runs argv in the VM and returns its output and exit code. A command
+// that cannot be run at all (the VM is gone) fails the test; a non-zero exit
+// is returned for the test to judge.
+func (vm *VM) Exec(ctx context.Context, argv ...string) ExecResult {
+	vm.s.t.Helper()
+	var out, errb strings.Builder
+	code, err := vm.s.Project.Exec(ctx, vm.Name, argv, stack.ExecOptions{Stdout: &out, Stderr: &errb})
+	if err != nil {
+		vm.s.t.Fatalf("stacktest: exec %v in %s: %v", argv, vm.Name, err)
+	}
+	return ExecResult{Stdout: out.String(), Stderr: errb.String(), Code: code}
+}
+
 func (s *Stack) dumpConsoles() {
 	names, err := s.Project.VMNames()
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -150,4 +151,43 @@ func Ensure(ctx context.Context, o SpawnOptions) (*Client, error) {
 		}
 	}
 	return nil, fmt.Errorf("start supervisor: no answer on its socket after 10s; see %s", logf.Name())
+}
+
+// Exec runs argv in the VM at address and copies its output to stdout and
+// stderr as it comes. It returns the command's exit code.
+func (c *Client) Exec(ctx context.Context, address string, spec ExecSpec, stdout, stderr io.Writer) (int, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.path)
+	if err != nil {
+		return -1, fmt.Errorf("%w (%v)", ErrNotRunning, err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	defer stop()
+	if err := json.NewEncoder(conn).Encode(&Request{Op: OpExec, Address: address, Exec: &spec}); err != nil {
+		return -1, fmt.Errorf("exec in %s: %w", address, err)
+	}
+	dec := json.NewDecoder(bufio.NewReader(conn))
+	for {
+		var ev ExecEvent
+		if err := dec.Decode(&ev); err != nil {
+			if ctx.Err() != nil {
+				return -1, ctx.Err()
+			}
+			return -1, fmt.Errorf("exec in %s: the supervisor hung up: %w", address, err)
+		}
+		switch {
+		case ev.Exit != nil && ev.Error != "" && *ev.Exit < 0:
+			return -1, fmt.Errorf("exec in %s: %s", address, ev.Error)
+		case ev.Exit != nil:
+			if ev.Error != "" {
+				fmt.Fprintln(stderr, ev.Error)
+			}
+			return *ev.Exit, nil
+		case ev.Stream == "stderr":
+			stderr.Write(ev.Data)
+		default:
+			stdout.Write(ev.Data)
+		}
+	}
 }

@@ -31,6 +31,7 @@ const (
 	OpUpdateVM      = "update-vm"
 	OpStatus        = "status"
 	OpWatch         = "watch"
+	OpExec          = "exec"
 	OpShutdown      = "shutdown"
 )
 
@@ -39,8 +40,25 @@ type Request struct {
 	Op      string       `json:"op"`
 	Network *NetworkSpec `json:"network,omitempty"`
 	VM      *VMSpec      `json:"vm,omitempty"`
-	Address string       `json:"address,omitempty"` // remove-network: network name; stop-vm: VM address
+	Address string       `json:"address,omitempty"` // remove-network: network name; stop-vm, exec: VM address
 	Timeout Duration     `json:"timeout,omitempty"`
+	Exec    *ExecSpec    `json:"exec,omitempty"`
+}
+
+// ExecSpec is a command to run in a VM (exec). The reply is a stream of
+// ExecEvents ending with one that has Exit set.
+type ExecSpec struct {
+	Argv  []string          `json:"argv"`
+	Env   map[string]string `json:"env,omitempty"`
+	Stdin []byte            `json:"stdin,omitempty"`
+}
+
+// ExecEvent is one step of an exec: output, or the end.
+type ExecEvent struct {
+	Stream string `json:"stream,omitempty"` // stdout | stderr
+	Data   []byte `json:"data,omitempty"`
+	Exit   *int   `json:"exit,omitempty"`
+	Error  string `json:"error,omitempty"`
 }
 
 // Response answers a Request. Error is a user-facing message.

@@ -274,8 +274,12 @@ func (s *Supervisor) serveConn(ctx context.Context, c net.Conn) {
 		return
 	}
 	enc := json.NewEncoder(c)
-	if req.Op == OpWatch {
+	switch req.Op {
+	case OpWatch:
 		s.watch(ctx, c, enc)
+		return
+	case OpExec:
+		s.exec(ctx, c, enc, &req)
 		return
 	}
 	resp := s.handle(ctx, &req)

@@ -37,10 +37,11 @@ type vmRun struct {
 	st    VMStatus
 
 	stopping   bool
-	guestExit  *int          // the workload's exit code, as the guest reported it
-	guestReady bool          // the guest init reported ready
-	guestErr   string        // the guest init reported a bring-up failure
-	loopDone   chan struct{} // closed when the supervising loop ends
+	guestExit  *int                               // the workload's exit code, as the guest reported it
+	guestReady bool                               // the guest init reported ready
+	guestErr   string                             // the guest init reported a bring-up failure
+	execs      map[string]chan guestproto.Message // open exec sessions by ID
+	loopDone   chan struct{}                      // closed when the supervising loop ends
 	loopCtx    context.Context
 	cancel     context.CancelFunc
 }
@@ -407,6 +408,18 @@ func (s *Supervisor) guestEvents(ctx context.Context, v *vmRun, inst hypervisor.
 func (s *Supervisor) onGuestMessage(v *vmRun, m *guestproto.Message) {
 	st := m.Status
 	switch m.Type {
+	case guestproto.TypeExecOutput, guestproto.TypeExecExit:
+		s.mu.Lock()
+		ch := v.execs[m.ID]
+		s.mu.Unlock()
+		if ch != nil {
+			select {
+			case ch <- *m: // the session drains it until exec-exit
+			default:
+				s.log.Warn("exec session not keeping up; output dropped", "vm", v.spec.Address, "id", m.ID)
+			}
+		}
+		return
 	case guestproto.TypeExit:
 		if st != nil {
 			code := st.ExitCode

@@ -127,6 +127,7 @@ func newRoot(s Streams) *cobra.Command {
 		newLsCmd(g, s),
 		newLogsCmd(g, s),
 		newConsoleCmd(g, s),
+		newExecCmd(g, s),
 	)
 	return root
 }

@@ -1,0 +1,120 @@
+package stacktest
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stackvm/stack/internal/filenames"
+)
+
+const childEnv = "STACKTEST_CHILD"
+
+const solo = `network "lan" {
+  subnet = "10.57.0.0/24"
+}
+
+vm "solo" {
+  command = ["sleep", "100000"]
+  network "lan" {}
+}
+`
+
+// TestChild is the test binary's child role for TestVMsDieWithTestBinary:
+// it brings a stack up, says so, and waits to be killed.
+func TestChild(t *testing.T) {
+	file := os.Getenv(childEnv)
+	if file == "" {
+		t.Skip("runs only as TestVMsDieWithTestBinary's child")
+	}
+	s := Up(t, file)
+	os.Stdout.WriteString("UP " + s.Project.Stack.Namespace + "\n")
+	time.Sleep(10 * time.Minute)
+}
+
+// TestVMsDieWithTestBinary: a test binary killed by SIGKILL (no cleanup
+// runs) leaves no VM behind: its namespace's supervisor watches it.
+func TestVMsDieWithTestBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a VM")
+	}
+	file := filepath.Join(t.TempDir(), "stack.hcl")
+	if err := os.WriteFile(file, []byte(solo), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestChild$", "-test.v")
+	cmd.Env = append(os.Environ(), childEnv+"="+file)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ns := ""
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "UP "); ok {
+			ns = rest
+			break
+		}
+	}
+	if ns == "" {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatal("the child test never brought its stack up")
+	}
+	if n := len(vmms(ns)); n != 1 {
+		t.Fatalf("%d QEMU processes for %s while the child runs, want 1", n, ns)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for len(vmms(ns)) > 0 {
+		if ctx.Err() != nil {
+			for _, pid := range vmms(ns) {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+			t.Fatalf("VMs of %s outlived the killed test binary by a minute", ns)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// vmms lists the QEMU processes of namespace ns.
+func vmms(ns string) []int {
+	dir := filenames.NamespaceRuntime(filenames.RuntimeRoot(), ns) + "/"
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !strings.Contains(string(b), "qemu-system") || !strings.Contains(string(b), dir) {
+			continue
+		}
+		var pid int
+		for _, c := range e.Name() {
+			pid = pid*10 + int(c-'0')
+		}
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+func TestNamespaceIsALabel(t *testing.T) {
+	ns := Namespace(t)
+	if len(ns) > 63 || strings.ToLower(ns) != ns || strings.ContainsAny(ns, "_/ ") {
+		t.Fatalf("namespace %q is not a DNS label", ns)
+	}
+	t.Run("sub/test with spaces", func(t *testing.T) {
+		if Namespace(t) == ns {
+			t.Fatal("subtests share a namespace")
+		}
+	})
+}

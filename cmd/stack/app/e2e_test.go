@@ -167,6 +167,11 @@ func TestQuickstartLifecycle(t *testing.T) {
 	c.waitConsole("client", "hello from web", 60*time.Second)
 	c.checkLogsFollow("client", "hello from web")
 	c.checkConsole("client", "hello from web")
+	// exec: output, and the command's exit code as stack's own.
+	if r := c.run("exec", "web", "--", "sh", "-c", "cat /www/index.html; echo to-stderr >&2; exit 5"); r.code != 5 ||
+		r.stdout != "hello from web\n" || r.stderr != "to-stderr\n" {
+		t.Fatalf("stack exec: %+v", r)
+	}
 
 	// A second up touches nothing and says so.
 	r := c.mustRun("-f", file, "up")

@@ -21,13 +21,16 @@ import (
 	"encoding/hex"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stackvm/stack"
 	"github.com/stackvm/stack/hypervisor/console"
+	"github.com/stackvm/stack/internal/filenames"
 )
 
 // Option tunes Up.
@@ -223,4 +226,24 @@ func (s *Stack) dumpConsoles() {
 		}
 		s.t.Logf("stacktest: console of %s (last %d lines):\n%s", n, len(lines), strings.Join(lines, "\n"))
 	}
+}
+
+// Processes lists the pids of the VMM processes of namespace ns (found by
+// their runtime directory on the command line): a test can assert that none
+// is left.
+func Processes(ns string) []int {
+	dir := filenames.NamespaceRuntime(filenames.RuntimeRoot(), ns) + "/"
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(b), "qemu-system") && strings.Contains(string(b), dir) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

@@ -10,8 +10,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/stackvm/stack/internal/filenames"
 )
 
 const childEnv = "STACKTEST_CHILD"
@@ -70,41 +68,22 @@ func TestVMsDieWithTestBinary(t *testing.T) {
 		cmd.Wait()
 		t.Fatal("the child test never brought its stack up")
 	}
-	if n := len(vmms(ns)); n != 1 {
+	if n := len(Processes(ns)); n != 1 {
 		t.Fatalf("%d QEMU processes for %s while the child runs, want 1", n, ns)
 	}
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	for len(vmms(ns)) > 0 {
+	for len(Processes(ns)) > 0 {
 		if ctx.Err() != nil {
-			for _, pid := range vmms(ns) {
+			for _, pid := range Processes(ns) {
 				syscall.Kill(pid, syscall.SIGKILL)
 			}
 			t.Fatalf("VMs of %s outlived the killed test binary by a minute", ns)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-// vmms lists the QEMU processes of namespace ns.
-func vmms(ns string) []int {
-	dir := filenames.NamespaceRuntime(filenames.RuntimeRoot(), ns) + "/"
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !strings.Contains(string(b), "qemu-system") || !strings.Contains(string(b), dir) {
-			continue
-		}
-		var pid int
-		for _, c := range e.Name() {
-			pid = pid*10 + int(c-'0')
-		}
-		pids = append(pids, pid)
-	}
-	return pids
 }
 
 func TestNamespaceIsALabel(t *testing.T) {

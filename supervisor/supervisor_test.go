@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/stackvm/stack/guestproto"
 	"github.com/stackvm/stack/hypervisor"
+	"github.com/stackvm/stack/hypervisor/console"
 	"github.com/stackvm/stack/internal/filenames"
 )
 
@@ -256,4 +258,30 @@ func TestNetworkWiringAndReadoptOfDeadVM(t *testing.T) {
 	if s2.nets["lan"] == nil {
 		t.Fatal("network not restored from its record")
 	}
+}
+
+// A replaced cloud-init VM keeps its console log: the ready line of the VM
+// before must not make the new one ready.
+func TestConsoleReadyLineOnlyFromThisBoot(t *testing.T) {
+	s, _, c := newTestSupervisor(t)
+	ctx := context.Background()
+	events, _ := c.Watch(ctx)
+	spec := startSpec(t, s, "no")
+	spec.Ready = ReadySpec{ConsoleLine: "STACK-READY id-1", ConsoleFailLine: "STACK-FAILED id-1", Timeout: Duration(10 * time.Second)}
+	logPath := filepath.Join(spec.StateDir, filenames.ConsoleLog)
+	os.MkdirAll(spec.StateDir, 0o700)
+	if err := os.WriteFile(logPath, []byte("previous boot\nSTACK-READY id-1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Call(ctx, &Request{Op: OpStartVM, VM: &spec}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * console.FollowInterval)
+	if st, _ := c.Call(ctx, &Request{Op: OpStatus}); st.VMs[0].State == "ready" {
+		t.Fatal("ready from the previous boot's line")
+	}
+	f, _ := os.OpenFile(logPath, os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString("[  31.0] cloud-init: STACK-READY id-1\r\n")
+	f.Close()
+	waitPhase(t, events, PhaseReady)
 }

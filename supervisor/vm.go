@@ -1,12 +1,10 @@
 package supervisor
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -43,7 +41,11 @@ type vmRun struct {
 	execs      map[string]chan guestproto.Message // open exec sessions by ID
 	loopDone   chan struct{}                      // closed when the supervising loop ends
 	loopCtx    context.Context
-	cancel     context.CancelFunc
+	// logStart is the console log's size when the current VMM started: a
+	// replaced VM keeps its log, and the ready line of the VMM before must
+	// not count for this one.
+	logStart int64
+	cancel   context.CancelFunc
 }
 
 // record is what the supervisor keeps on disk for each VM so that a later
@@ -205,6 +207,10 @@ func (s *Supervisor) launch(ctx context.Context, v *vmRun) error {
 		v.relay = nil
 	}
 	v.loopCtx, v.cancel = loopCtx, cancel
+	v.logStart = 0
+	if fi, err := os.Stat(filepath.Join(v.spec.StateDir, filenames.ConsoleLog)); err == nil {
+		v.logStart = fi.Size()
+	}
 	s.booting[v.runDir] = v
 	s.mu.Unlock()
 	defer func() {
@@ -552,38 +558,27 @@ func (s *Supervisor) pollUntil(ctx context.Context, v *vmRun, check func() (stri
 
 func (s *Supervisor) waitConsoleLine(ctx context.Context, v *vmRun, marker, failMarker string) (string, error) {
 	logPath := filepath.Join(v.spec.StateDir, filenames.ConsoleLog)
-	var off int64
-	var partial string
-	return s.pollUntil(ctx, v, func() (string, bool, error) {
-		f, err := os.Open(logPath)
-		if err != nil {
-			return "", false, nil
+	var failed bool
+	found := false
+	s.mu.Lock()
+	from := v.logStart
+	s.mu.Unlock()
+	err := console.Follow(ctx, logPath, from, func(line string) bool {
+		switch {
+		case strings.Contains(line, marker):
+			found = true
+		case failMarker != "" && strings.Contains(line, failMarker):
+			failed = true
 		}
-		defer f.Close()
-		if fi, err := f.Stat(); err == nil && fi.Size() < off {
-			off = 0 // rotated
-		}
-		if _, err := f.Seek(off, io.SeekStart); err != nil {
-			return "", false, nil
-		}
-		data, _ := io.ReadAll(f)
-		off += int64(len(data))
-		text := partial + string(data)
-		cut := strings.LastIndexByte(text, '\n') + 1
-		partial = text[cut:] // a line still being written
-		sc := bufio.NewScanner(strings.NewReader(text[:cut]))
-		sc.Buffer(make([]byte, 64*1024), 1<<20)
-		for sc.Scan() {
-			line := strings.TrimRight(sc.Text(), "\r")
-			if strings.Contains(line, marker) {
-				return "cloud-init finished", true, nil
-			}
-			if failMarker != "" && strings.Contains(line, failMarker) {
-				return "", false, errors.New("cloud-init finished with errors (see the console log)")
-			}
-		}
-		return "", false, nil
+		return !found && !failed
 	})
+	switch {
+	case found:
+		return "cloud-init finished", nil
+	case failed:
+		return "", errors.New("cloud-init finished with errors (see the console log)")
+	}
+	return "", err
 }
 
 // probe runs the VM's tcp or http readiness probe through the gateway of

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/stacktest"
 	"github.com/stackvm/stack/supervisor"
 )
 
@@ -57,7 +58,7 @@ func newCLI(t *testing.T, ns string) *cli {
 		if r.code != 0 {
 			t.Logf("cleanup down: %s", r.stderr)
 		}
-		if procs := vmmProcesses(ns); len(procs) > 0 {
+		if procs := stacktest.Processes(ns); len(procs) > 0 {
 			t.Errorf("QEMU processes of namespace %s left after down: %v", ns, procs)
 			for _, pid := range procs {
 				syscall.Kill(pid, syscall.SIGKILL)
@@ -111,28 +112,6 @@ func (c *cli) waitConsole(vm, want string, timeout time.Duration) {
 	}
 	r := c.run("logs", "--tail", "30", vm)
 	c.t.Fatalf("%s's console never showed %q; last lines:\n%s", vm, want, r.stdout)
-}
-
-// vmmProcesses lists the QEMU processes started for namespace ns, found by
-// their runtime directory in the command line.
-func vmmProcesses(ns string) []int {
-	dir := filenames.NamespaceRuntime(filenames.RuntimeRoot(), ns)
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		var pid int
-		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		if strings.Contains(string(cmdline), "qemu-system") && strings.Contains(string(cmdline), dir+"/") {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
 }
 
 func writeFile(t *testing.T, path, content string) {
@@ -268,7 +247,7 @@ func TestQuickstartLifecycle(t *testing.T) {
 
 	// down leaves no process, socket or runtime file; the state has no VM.
 	c.mustRun("-f", file, "down")
-	if procs := vmmProcesses(c.ns); len(procs) > 0 {
+	if procs := stacktest.Processes(c.ns); len(procs) > 0 {
 		t.Fatalf("QEMU processes left after down: %v", procs)
 	}
 	if _, err := os.Stat(filenames.NamespaceRuntime(filenames.RuntimeRoot(), c.ns)); !os.IsNotExist(err) {
@@ -479,11 +458,11 @@ func TestKilledUpConverges(t *testing.T) {
 	if ps["web"].State != "ready" || ps["client"].State != "ready" {
 		t.Fatalf("after the second up: %+v", ps)
 	}
-	if n := len(vmmProcesses(ns)); n != 2 {
+	if n := len(stacktest.Processes(ns)); n != 2 {
 		t.Fatalf("%d QEMU processes for the namespace, want 2 (one per VM, no orphan)", n)
 	}
 	c.mustRun("down")
-	if procs := vmmProcesses(ns); len(procs) > 0 {
+	if procs := stacktest.Processes(ns); len(procs) > 0 {
 		t.Fatalf("orphans after down: %v", procs)
 	}
 }

@@ -1,14 +1,10 @@
 package app
 
 import (
-	"bufio"
-	"context"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -68,7 +64,7 @@ func newLogsCmd(g *globals, s Streams) *cobra.Command {
 					wg.Add(1)
 					go func() {
 						defer wg.Done()
-						followFile(cmd.Context(), path, func(l string) { printLine(n, l) })
+						console.Follow(cmd.Context(), path, -1, func(l string) bool { printLine(n, l); return true })
 					}()
 				}
 			}
@@ -86,43 +82,4 @@ func tailCount(n int) int {
 		return 1 << 30
 	}
 	return n
-}
-
-// followFile prints lines appended to path from its current end, across
-// rotations, until ctx ends.
-func followFile(ctx context.Context, path string, emit func(string)) {
-	var off int64 = -1
-	var partial string
-	t := time.NewTicker(200 * time.Millisecond)
-	defer t.Stop()
-	for {
-		if f, err := os.Open(path); err == nil {
-			fi, _ := f.Stat()
-			switch {
-			case off < 0:
-				off = fi.Size()
-			case fi.Size() < off:
-				off = 0 // rotated: the new file is read from its start
-			}
-			f.Seek(off, io.SeekStart)
-			data, _ := io.ReadAll(f)
-			f.Close()
-			off += int64(len(data))
-			text := partial + string(data)
-			cut := strings.LastIndexByte(text, '\n') + 1
-			partial = text[cut:]
-			sc := bufio.NewScanner(strings.NewReader(text[:cut]))
-			sc.Buffer(make([]byte, 64*1024), 1<<20)
-			for sc.Scan() {
-				emit(strings.TrimRight(sc.Text(), "\r"))
-			}
-		} else if off < 0 {
-			off = 0
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }

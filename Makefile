@@ -10,7 +10,7 @@ DEBIAN_IMAGE_DIR ?= $(CACHE)/images/debian-12
 export STACK_DEBIAN_IMAGE_DIR := $(DEBIAN_IMAGE_DIR)
 FUZZTIME ?= 10s
 
-.PHONY: all deps build guest-image debian-image test test-short vet fuzz examples demo bench bench-switch clean
+.PHONY: all deps build guest-image debian-image test test-short vet fuzz examples demo bench bench-switch bench-up bench-cloud-init clean
 
 all: build
 
@@ -58,6 +58,18 @@ bench: deps guest-image
 
 bench-switch: deps
 	$(GO) run ./cmd/bench-switch
+
+# `up` of the quickstart against bare QEMU booting the same VMs, and `up` of
+# an unchanged 10-VM stack.
+bench-up: deps build guest-image
+	$(GO) build -o $(BIN)/bench-up ./cmd/bench-up
+	$(BIN)/bench-up -runs 5
+
+# `up` to ready of one cloud-init VM against bare QEMU with the same image
+# and seed.
+bench-cloud-init: deps build debian-image
+	$(GO) build -o $(BIN)/bench-up ./cmd/bench-up
+	$(BIN)/bench-up -runs 3 -f examples/stacks/cloud-init.hcl --var debian_image_dir=$(DEBIAN_IMAGE_DIR)
 
 clean:
 	rm -rf $(BIN)

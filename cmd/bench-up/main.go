@@ -25,7 +25,11 @@ import (
 	"syscall"
 	"time"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/stackvm/stack"
+	"github.com/stackvm/stack/cloudinit"
+	"github.com/stackvm/stack/disks"
 	"github.com/stackvm/stack/guestproto"
 	"github.com/stackvm/stack/internal/filenames"
 )
@@ -33,28 +37,39 @@ import (
 func main() {
 	runs := flag.Int("runs", 5, "measured runs of each variant")
 	file := flag.String("f", "examples/stacks/quickstart.hcl", "the stack to bring up")
+	var vars varList
+	flag.Var(&vars, "var", "a stack variable NAME=VALUE (repeatable)")
 	flag.Parse()
-	if err := run(*runs, *file); err != nil {
+	if err := run(*runs, *file, vars); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-up:", err)
 		os.Exit(1)
 	}
 }
 
 type vmm struct {
-	name   string
-	argv   []string
-	runDir string
-	config []byte
+	name     string
+	argv     []string
+	runDir   string
+	config   []byte // initramfs mode: the guest config disk
+	stateDir string // cloud-init mode: where the overlay and seed were
+	seed     []byte
+	rootDisk string // cloud-init mode: the base image
+	ready    string // cloud-init mode: the console line that says ready
 }
 
-func run(runs int, file string) error {
+type varList []string
+
+func (v *varList) String() string     { return strings.Join(*v, ",") }
+func (v *varList) Set(s string) error { *v = append(*v, s); return nil }
+
+func run(runs int, file string, vars []string) error {
 	ctx := context.Background()
 	stateDir, err := os.MkdirTemp("", "bench-up-state")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(stateDir)
-	p, diags := stack.Load(stack.Options{Files: []string{file}, Namespace: "bench-up", StateDir: stateDir})
+	p, diags := stack.Load(stack.Options{Files: []string{file}, Namespace: "bench-up", StateDir: stateDir, Vars: vars})
 	if diags.HasErrors() {
 		return diags
 	}
@@ -109,7 +124,7 @@ func run(runs int, file string) error {
 	return nil
 }
 
-// capture reads the argv and config disk of every running VM of p.
+// capture reads the argv and boot inputs of every running VM of p.
 func capture(p *stack.Project) ([]vmm, error) {
 	names, err := p.VMNames()
 	if err != nil {
@@ -122,15 +137,36 @@ func capture(p *stack.Project) ([]vmm, error) {
 		if err != nil {
 			return nil, fmt.Errorf("capture %s: %w", n, err)
 		}
-		var argv []string
-		if err := json.Unmarshal(raw, &argv); err != nil {
+		v := vmm{name: n, runDir: dir, stateDir: filenames.VMState(p.StateDir, p.Stack.Namespace, n)}
+		if err := json.Unmarshal(raw, &v.argv); err != nil {
 			return nil, fmt.Errorf("capture %s: %w", n, err)
 		}
-		cfg, err := os.ReadFile(filepath.Join(dir, filenames.RunConfigDisk))
-		if err != nil {
-			return nil, fmt.Errorf("capture %s: %w", n, err)
+		for _, sv := range p.Stack.VMs {
+			if sv.Name == n {
+				v.rootDisk = sv.RootDisk
+			}
 		}
-		out = append(out, vmm{name: n, argv: argv, runDir: dir, config: cfg})
+		if v.rootDisk == "" {
+			if v.config, err = os.ReadFile(filepath.Join(dir, filenames.RunConfigDisk)); err != nil {
+				return nil, fmt.Errorf("capture %s: %w", n, err)
+			}
+		} else {
+			if v.seed, err = os.ReadFile(filepath.Join(v.stateDir, filenames.SeedISO)); err != nil {
+				return nil, fmt.Errorf("capture %s: %w", n, err)
+			}
+			_, files, err := cloudinit.ReadISO(filepath.Join(v.stateDir, filenames.SeedISO))
+			if err != nil {
+				return nil, fmt.Errorf("capture %s: %w", n, err)
+			}
+			var meta struct {
+				InstanceID string `yaml:"instance-id"`
+			}
+			if err := yaml.Unmarshal(files[cloudinit.FileMetaData], &meta); err != nil {
+				return nil, fmt.Errorf("capture %s: meta-data: %w", n, err)
+			}
+			v.ready = cloudinit.ReadyLine(meta.InstanceID)
+		}
+		out = append(out, v)
 	}
 	// web first: the order depends_on imposes on the quickstart.
 	sort.Slice(out, func(i, j int) bool { return out[i].name == "web" })
@@ -149,7 +185,16 @@ func bare(vmms []vmm, parallel bool) (time.Duration, error) {
 			return
 		}
 		defer os.RemoveAll(dir)
-		if err := os.WriteFile(filepath.Join(dir, filenames.RunConfigDisk), v.config, 0o600); err != nil {
+		replace := strings.NewReplacer(v.runDir, dir, v.stateDir, dir)
+		if v.rootDisk == "" {
+			err = os.WriteFile(filepath.Join(dir, filenames.RunConfigDisk), v.config, 0o600)
+		} else {
+			err = os.WriteFile(filepath.Join(dir, filenames.SeedISO), v.seed, 0o600)
+			if err == nil {
+				err = disks.CreateOverlay(context.Background(), v.rootDisk, filepath.Join(dir, filenames.OverlayDisk))
+			}
+		}
+		if err != nil {
 			errs <- err
 			return
 		}
@@ -158,7 +203,7 @@ func bare(vmms []vmm, parallel bool) (time.Duration, error) {
 			if a == "-S" { // the driver starts paused for its console relay
 				continue
 			}
-			argv = append(argv, strings.ReplaceAll(a, v.runDir, dir))
+			argv = append(argv, replace.Replace(a))
 		}
 		cmd := exec.Command(v.argv[0], argv...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -167,7 +212,11 @@ func bare(vmms []vmm, parallel bool) (time.Duration, error) {
 			return
 		}
 		defer func() { cmd.Process.Kill(); cmd.Wait() }()
-		errs <- waitReady(filepath.Join(dir, filenames.AgentSocket), 2*time.Minute)
+		if v.rootDisk == "" {
+			errs <- waitReady(filepath.Join(dir, filenames.AgentSocket), 2*time.Minute)
+		} else {
+			errs <- waitConsole(filepath.Join(dir, filenames.ConsoleVMMSocket), v.ready, 10*time.Minute)
+		}
 	}
 	if parallel {
 		for _, v := range vmms {
@@ -219,6 +268,32 @@ func waitReady(sock string, timeout time.Duration) error {
 		}
 	}
 	return fmt.Errorf("no ready report on %s: %v", sock, sc.Err())
+}
+
+// waitConsole reads the serial console socket until a line contains want.
+func waitConsole(sock, want string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var c net.Conn
+	var err error
+	for time.Now().Before(deadline) {
+		if c, err = net.Dial("unix", sock); err == nil {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if c == nil {
+		return fmt.Errorf("console socket %s: %v", sock, err)
+	}
+	defer c.Close()
+	c.SetDeadline(deadline)
+	sc := bufio.NewScanner(c)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), want) {
+			return nil
+		}
+	}
+	return fmt.Errorf("no %q on the console: %v", want, sc.Err())
 }
 
 // unchanged10 times `up` of a 10-VM stack that is already up.

@@ -144,20 +144,28 @@ func (e *Engine) Apply(ctx context.Context, plan *planner.Plan, desired *stackfi
 		go func() {
 			defer wg.Done()
 			defer close(done[a.Address])
-			for _, d := range a.DependsOn {
-				select {
-				case <-done[d]:
-				case <-ctx.Done():
+			// A VM that boots early waits here only for its networks and
+			// volumes; its VM dependencies are awaited once its VMM runs
+			// (see createVM), so that dependents boot in parallel.
+			early := bootsEarly(a, vms[a.Address])
+			now, later := splitDeps(a.DependsOn, early)
+			wait := func(deps []string) string {
+				for _, d := range deps {
+					select {
+					case <-done[d]:
+					case <-ctx.Done():
+					}
 				}
-			}
-			emu.Lock()
-			var blocked string
-			for _, d := range a.DependsOn {
-				if failed[d] {
-					blocked = strings.TrimSuffix(strings.TrimSuffix(d, planner.BarrierReady), planner.BarrierDeleted)
+				emu.Lock()
+				defer emu.Unlock()
+				for _, d := range deps {
+					if failed[d] {
+						return strings.TrimSuffix(strings.TrimSuffix(d, planner.BarrierReady), planner.BarrierDeleted)
+					}
 				}
+				return ""
 			}
-			emu.Unlock()
+			blocked := wait(now)
 			fail := func(err error) {
 				emu.Lock()
 				failed[a.Address] = true
@@ -168,6 +176,12 @@ func (e *Engine) Apply(ctx context.Context, plan *planner.Plan, desired *stackfi
 				e.emit(a.Address, supervisor.PhaseFailed, "not applied: "+blocked+" failed")
 				fail(fmt.Errorf("%s: not applied because %s failed", a.Address, blocked))
 				return
+			}
+			waitLater := func() error {
+				if b := wait(later); b != "" {
+					return fmt.Errorf("%s: its dependency %s failed", a.Address, b)
+				}
+				return ctx.Err()
 			}
 			if ctx.Err() != nil {
 				fail(fmt.Errorf("%s: %w", a.Address, ctx.Err()))
@@ -188,7 +202,7 @@ func (e *Engine) Apply(ctx context.Context, plan *planner.Plan, desired *stackfi
 			case planner.TypeVolume:
 				err = e.applyVolume(ctx, plan, a, vols[a.Name])
 			case planner.TypeVM:
-				err = e.applyVM(ctx, plan, a, vms[a.Address], desired, w, release)
+				err = e.applyVM(ctx, plan, a, vms[a.Address], desired, w, release, waitLater)
 			}
 			release()
 			if err != nil {
@@ -198,6 +212,31 @@ func (e *Engine) Apply(ctx context.Context, plan *planner.Plan, desired *stackfi
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// bootsEarly reports whether a VM action starts its VMM before the VMs it
+// depends on are ready: initramfs-mode VMs with depends_on boot at once with
+// their workload held, and the engine releases it once the dependencies are
+// ready. (A cloud-init guest cannot hold its workload; it waits.)
+func bootsEarly(a *planner.Action, vm *stackfile.VM) bool {
+	return a.Type == planner.TypeVM && (a.Kind == planner.Create || a.Kind == planner.Replace) &&
+		vm != nil && len(vm.DependsOn) > 0 && vm.Mode() == stackfile.ModeInitramfs
+}
+
+// splitDeps separates the VM dependencies (ready barriers) that an early
+// booter awaits after its VMM starts from those it needs first.
+func splitDeps(deps []string, early bool) (now, later []string) {
+	if !early {
+		return deps, nil
+	}
+	for _, d := range deps {
+		if strings.HasSuffix(d, planner.BarrierReady) {
+			later = append(later, d)
+		} else {
+			now = append(now, d)
+		}
+	}
+	return now, later
 }
 
 func (e *Engine) emit(address, phase, msg string) {

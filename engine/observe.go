@@ -30,6 +30,11 @@ func Observe(stateRoot string, st *state.State) map[string]planner.Liveness {
 // ObserveVM reports whether one recorded VM is still running.
 func ObserveVM(stateRoot, namespace string, vm *state.VM) planner.Liveness {
 	if status, process, err := supervisor.ReadRecord(filenames.VMState(stateRoot, namespace, vm.Name)); err == nil {
+		if status.Held {
+			// Booted early, but the up that was to release its workload
+			// was interrupted: nothing would ever start it.
+			return planner.Liveness{Detail: "its workload is still held for its dependencies (an interrupted up)"}
+		}
 		merged := *vm
 		merged.Status, merged.ExitCode, merged.Reason = status.State, status.ExitCode, status.Reason
 		if process != nil {

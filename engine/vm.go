@@ -23,7 +23,7 @@ import (
 	"github.com/stackvm/stack/supervisor"
 )
 
-func (e *Engine) applyVM(ctx context.Context, plan *planner.Plan, a *planner.Action, vm *stackfile.VM, desired *stackfile.Stack, w *waiters, release func()) error {
+func (e *Engine) applyVM(ctx context.Context, plan *planner.Plan, a *planner.Action, vm *stackfile.VM, desired *stackfile.Stack, w *waiters, release func(), waitDeps func() error) error {
 	switch a.Kind {
 	case planner.NoOp:
 		return nil
@@ -47,7 +47,7 @@ func (e *Engine) applyVM(ctx context.Context, plan *planner.Plan, a *planner.Act
 			return e.record(plan, a, nil)
 		}
 	}
-	return e.createVM(ctx, plan, a, vm, desired, w, release)
+	return e.createVM(ctx, plan, a, vm, desired, w, release, waitDeps)
 }
 
 // removeVMFiles removes what a VM owned on disk: its overlay, seed, scratch
@@ -73,11 +73,14 @@ func (e *Engine) removeVMFiles(name string, all bool) error {
 	return nil
 }
 
-func (e *Engine) createVM(ctx context.Context, plan *planner.Plan, a *planner.Action, vm *stackfile.VM, desired *stackfile.Stack, w *waiters, release func()) error {
-	if err := e.awaitDependencies(ctx, plan, vm, desired); err != nil {
-		return fmt.Errorf("%s: %w", a.Address, err)
+func (e *Engine) createVM(ctx context.Context, plan *planner.Plan, a *planner.Action, vm *stackfile.VM, desired *stackfile.Stack, w *waiters, release func(), waitDeps func() error) error {
+	early := bootsEarly(a, vm)
+	if !early {
+		if err := e.awaitDependencies(ctx, plan, vm, desired); err != nil {
+			return fmt.Errorf("%s: %w", a.Address, err)
+		}
 	}
-	spec, err := e.vmSpec(ctx, plan, vm, desired)
+	spec, err := e.vmSpec(ctx, plan, vm, desired, early)
 	if err != nil {
 		e.emit(a.Address, supervisor.PhaseFailed, err.Error())
 		return fmt.Errorf("%s: %w", a.Address, err)
@@ -109,11 +112,31 @@ func (e *Engine) createVM(ctx context.Context, plan *planner.Plan, a *planner.Ac
 	}); err != nil {
 		return err
 	}
+	// Waiting holds no slot: other VMs start meanwhile.
+	release()
+	if early {
+		// The VM boots; its workload starts once what it depends on is
+		// ready: those in this plan, then those it leaves alone.
+		err := waitDeps()
+		if err == nil {
+			err = e.awaitDependencies(ctx, plan, vm, desired)
+		}
+		if err == nil {
+			_, err = e.Supervisor.Call(ctx, &supervisor.Request{Op: supervisor.OpRelease, Address: a.Address})
+		}
+		if err != nil {
+			e.Supervisor.Call(context.WithoutCancel(ctx), &supervisor.Request{Op: supervisor.OpStopVM, Address: a.Address, Timeout: supervisor.Duration(5 * time.Second)})
+			e.record(nil, nil, func(st *state.State) {
+				v := st.VMs[a.Address]
+				v.Status, v.Reason, v.Process = state.StatusFailed, err.Error(), nil
+			})
+			e.emit(a.Address, supervisor.PhaseFailed, err.Error())
+			return err
+		}
+	}
 	if e.NoWait {
 		return nil
 	}
-	// Waiting for readiness holds no slot: other VMs start meanwhile.
-	release()
 	deadline := time.NewTimer(vm.Ready.Timeout + 30*time.Second)
 	defer deadline.Stop()
 	for {
@@ -203,7 +226,7 @@ func (e *Engine) image(ctx context.Context) (string, string, error) {
 
 // vmSpec prepares everything a VM needs on disk and describes it for the
 // supervisor.
-func (e *Engine) vmSpec(ctx context.Context, plan *planner.Plan, vm *stackfile.VM, desired *stackfile.Stack) (*supervisor.VMSpec, error) {
+func (e *Engine) vmSpec(ctx context.Context, plan *planner.Plan, vm *stackfile.VM, desired *stackfile.Stack, hold bool) (*supervisor.VMSpec, error) {
 	dir := filenames.VMState(e.StateRoot, e.Namespace, vm.Name)
 	if err := os.MkdirAll(dir, filenames.DirMode); err != nil {
 		return nil, err
@@ -312,7 +335,7 @@ func (e *Engine) vmSpec(ctx context.Context, plan *planner.Plan, vm *stackfile.V
 	}
 	gc := guestproto.Config{
 		Version: guestproto.Version, Hostname: vm.Name, Hosts: guestHosts(vm, plan, desired, e.Namespace),
-		Mounts: mounts, Command: vm.Command, Env: vm.Env, OneShot: len(vm.Command) > 0,
+		Mounts: mounts, Command: vm.Command, Env: vm.Env, OneShot: len(vm.Command) > 0, HoldWorkload: hold,
 		Search: []string{cloudinit.HostsDomain(e.Namespace)},
 	}
 	for i, n := range nics {
@@ -331,6 +354,7 @@ func (e *Engine) vmSpec(ctx context.Context, plan *planner.Plan, vm *stackfile.V
 		return nil, err
 	}
 	cfg.GuestAgent, cfg.GuestConfig = true, raw
+	spec.Hold = hold
 	spec.Ready = readySpec(vm, "")
 	spec.Config = cfg
 	return spec, nil

@@ -51,6 +51,8 @@ type Init struct {
 	stopping bool
 
 	workDone chan struct{}
+	release  chan struct{} // closed by the host's TypeStart (HoldWorkload)
+	released sync.Once
 	stopOnce sync.Once
 }
 
@@ -66,6 +68,7 @@ func Main() {
 		start:    time.Now(),
 		console:  console,
 		workDone: make(chan struct{}),
+		release:  make(chan struct{}),
 	}
 	in.level.Set(slog.LevelInfo)
 	in.log = slog.New(slog.NewTextHandler(console, &slog.HandlerOptions{
@@ -136,6 +139,22 @@ func (in *Init) run() {
 		in.setReady()
 		in.log.Info("ready; no command, idling")
 		return
+	}
+	if cfg.HoldWorkload {
+		in.mu.Lock()
+		in.status.Held = true
+		st := in.status
+		in.mu.Unlock()
+		in.log.Info("bring-up done; the workload waits for the host's start")
+		in.send(guestproto.Message{Type: guestproto.TypeHello, Status: &st})
+		<-in.release
+		in.mu.Lock()
+		in.status.Held = false
+		stopping := in.stopping
+		in.mu.Unlock()
+		if stopping {
+			return
+		}
 	}
 	if err := in.startWorkload(cfg); err != nil {
 		in.fail(err)
@@ -362,6 +381,8 @@ func (in *Init) onMessage(m guestproto.Message) {
 		in.goSafe("poweroff", func() { in.poweroff("host asked") })
 	case guestproto.TypeExec:
 		in.goSafe("exec", func() { in.exec(m) })
+	case guestproto.TypeStart:
+		in.released.Do(func() { close(in.release) })
 	default:
 		in.log.Warn("agent: ignoring message", "type", m.Type)
 	}

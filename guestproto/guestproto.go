@@ -52,6 +52,11 @@ type Config struct {
 	Env      map[string]string `json:"env,omitempty"`
 	// OneShot powers the VM off when the workload exits.
 	OneShot bool `json:"one_shot,omitempty"`
+	// HoldWorkload makes the guest finish its bring-up and then wait for
+	// the host's TypeStart before it starts the workload (and reports
+	// ready): a VM can boot while the VMs it depends on are still getting
+	// ready, and its workload still starts after them.
+	HoldWorkload bool `json:"hold_workload,omitempty"`
 }
 
 // Host is one /etc/hosts line.
@@ -90,6 +95,7 @@ const (
 	TypeError    = "error"    // guest → host: bring-up failed, Error says why
 	TypeLog      = "log"      // guest → host: a line from the init for the host's log
 	TypePoweroff = "poweroff" // host → guest: stop the workload and power off
+	TypeStart    = "start"    // host → guest: start the held workload (HoldWorkload)
 	// Exec sessions: the host sends TypeExec with an ID and an ExecRequest
 	// body; the guest answers with any number of TypeExecOutput messages
 	// (ExecOutput bodies) and one TypeExecExit (ExecExit), all with that ID.
@@ -132,7 +138,9 @@ type Message struct {
 
 // Status is the guest's current state.
 type Status struct {
-	Ready     bool              `json:"ready"`
+	Ready bool `json:"ready"`
+	// Held: bring-up is done and the workload waits for TypeStart.
+	Held      bool              `json:"held,omitempty"`
 	Addresses map[string]string `json:"addresses,omitempty"` // MAC → IPv4 address
 	// Exited and ExitCode describe the workload; a signalled workload has
 	// ExitCode 128+signal, as a shell would report it.

@@ -29,6 +29,7 @@ const (
 	OpStartVM       = "start-vm"
 	OpStopVM        = "stop-vm"
 	OpUpdateVM      = "update-vm"
+	OpRelease       = "release-vm"
 	OpStatus        = "status"
 	OpWatch         = "watch"
 	OpExec          = "exec"
@@ -119,6 +120,10 @@ type VMSpec struct {
 	Ready    ReadySpec         `json:"ready"`
 	Restart  string            `json:"restart"`
 	StateDir string            `json:"state_dir"` // where the console log and status file go
+	// Hold: the guest config holds the workload until release-vm (the
+	// engine releases it once the VM's dependencies are ready). A released
+	// VM that restarts is released again at once.
+	Hold bool `json:"hold,omitempty"`
 }
 
 // VMStatus is one VM as `ps` shows it.
@@ -132,7 +137,9 @@ type VMStatus struct {
 	Ports     []PublishSpec     `json:"ports"`
 	StartedAt time.Time         `json:"started_at,omitzero"`
 	Restarts  int               `json:"restarts,omitempty"`
-	PID       int               `json:"pid,omitempty"`
+	// Held: booted, its workload waiting for release-vm.
+	Held bool `json:"held,omitempty"`
+	PID  int  `json:"pid,omitempty"`
 }
 
 // Event is one step of a VM's or network's life, streamed by Watch.

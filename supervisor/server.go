@@ -313,6 +313,8 @@ func (s *Supervisor) handle(ctx context.Context, req *Request) Response {
 			break
 		}
 		err = s.updateVM(*req.VM)
+	case OpRelease:
+		err = s.releaseVM(ctx, req.Address)
 	case OpStopVM:
 		timeout := time.Duration(req.Timeout)
 		if timeout == 0 {

@@ -35,6 +35,7 @@ type vmRun struct {
 	st    VMStatus
 
 	stopping   bool
+	released   bool                               // release-vm was asked for (Hold)
 	guestExit  *int                               // the workload's exit code, as the guest reported it
 	guestReady bool                               // the guest init reported ready
 	guestErr   string                             // the guest init reported a bring-up failure
@@ -289,6 +290,7 @@ func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
 	v.loopDone = make(chan struct{})
 	if !readopted {
 		v.st.State, v.st.Reason, v.st.ExitCode = state.StatusBooting, "", nil
+		v.st.Held = v.spec.Hold && !v.released
 		v.st.StartedAt = time.Now().UTC()
 		v.guestExit, v.guestReady, v.guestErr = nil, false, ""
 	}
@@ -297,6 +299,12 @@ func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
 	s.mu.Unlock()
 	if !readopted {
 		s.emit(v.spec.Address, PhaseBooting, fmt.Sprintf("VMM running (pid %d); booting", inst.Identity().PID))
+	}
+	s.mu.Lock()
+	resend := v.spec.Hold && v.released
+	s.mu.Unlock()
+	if resend {
+		s.sendStart(v, inst)
 	}
 	go s.superviseLoop(v.loopCtx, v, inst, readopted)
 }
@@ -638,6 +646,38 @@ func guestDialer(gw Gateway, guestIP string) func(ctx context.Context, network, 
 		}
 		return gw.DialContext(ctx, network, addr)
 	}
+}
+
+// releaseVM starts a held VM's workload (see VMSpec.Hold).
+func (s *Supervisor) releaseVM(ctx context.Context, address string) error {
+	s.mu.Lock()
+	v := s.vms[address]
+	var inst hypervisor.Instance
+	if v != nil {
+		v.released, v.st.Held = true, false
+		v.writeRecordLocked()
+		inst = v.inst
+	}
+	s.mu.Unlock()
+	if v == nil || inst == nil {
+		return fmt.Errorf("release %s: not running", address)
+	}
+	return s.sendStart(v, inst)
+}
+
+func (s *Supervisor) sendStart(v *vmRun, inst hypervisor.Instance) error {
+	g := inst.Guest()
+	if g == nil {
+		return nil
+	}
+	msg, _ := json.Marshal(guestproto.Message{Type: guestproto.TypeStart})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := g.Send(ctx, msg); err != nil {
+		return fmt.Errorf("release %s: %w", v.spec.Address, err)
+	}
+	s.emit(v.spec.Address, PhaseBooting, "its dependencies are ready; starting the workload")
+	return nil
 }
 
 // updateVM applies the attributes that change in place: publish and restart.

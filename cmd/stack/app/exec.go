@@ -37,7 +37,14 @@ func newExecCmd(g *globals, s Streams) *cobra.Command {
 					return fmt.Errorf("read stdin: %w", err)
 				}
 			}
-			code, err := p.Exec(cmd.Context(), args[0], args[1:], opts)
+			argv := args[1:]
+			if len(argv) > 0 && argv[0] == "--" { // kept by non-interspersed parsing
+				argv = argv[1:]
+			}
+			if len(argv) == 0 {
+				return fmt.Errorf("exec %s: no command (stack exec VM -- COMMAND [ARG...])", args[0])
+			}
+			code, err := p.Exec(cmd.Context(), args[0], argv, opts)
 			if err != nil {
 				return err
 			}

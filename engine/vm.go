@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -94,6 +95,11 @@ func (e *Engine) createVM(ctx context.Context, plan *planner.Plan, a *planner.Ac
 	}); err != nil {
 		return err
 	}
+	// Events of the VM this one replaces can still be on their way: only
+	// those of this incarnation count.
+	var tok [8]byte
+	rand.Read(tok[:])
+	spec.Instance = hex.EncodeToString(tok[:])
 	events := w.expect(a.Address)
 	defer w.forget(a.Address)
 	resp, err := e.Supervisor.Call(ctx, &supervisor.Request{Op: supervisor.OpStartVM, VM: spec})
@@ -148,6 +154,9 @@ func (e *Engine) createVM(ctx context.Context, plan *planner.Plan, a *planner.Ac
 		case <-deadline.C:
 			return e.vmFailure(a.Address, vm.Name, fmt.Sprintf("no readiness report after %s", vm.Ready.Timeout+30*time.Second))
 		case ev := <-events:
+			if ev.Instance != spec.Instance {
+				continue
+			}
 			switch ev.Phase {
 			case supervisor.PhaseReady:
 				return e.record(nil, nil, func(st *state.State) { st.VMs[a.Address].Status = state.StatusReady })

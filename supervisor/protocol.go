@@ -112,7 +112,10 @@ type ReadySpec struct {
 // VMSpec is a VM to start. NICs are wired to the networks' switches by the
 // supervisor; Config carries everything else.
 type VMSpec struct {
-	Address  string            `json:"address"`
+	Address string `json:"address"`
+	// Instance is a token the caller picks for this incarnation of the VM;
+	// the supervisor tags the VM's events with it.
+	Instance string            `json:"instance,omitempty"`
 	Name     string            `json:"name"`
 	Config   hypervisor.Config `json:"config"`
 	NICs     []NICSpec         `json:"nics"`
@@ -146,8 +149,11 @@ type VMStatus struct {
 type Event struct {
 	Time    time.Time `json:"time"`
 	Address string    `json:"address"`
-	Phase   string    `json:"phase"`
-	Message string    `json:"message,omitempty"`
+	// Instance is the VMSpec.Instance of the VM incarnation the event is
+	// about ("" for networks).
+	Instance string `json:"instance,omitempty"`
+	Phase    string `json:"phase"`
+	Message  string `json:"message,omitempty"`
 }
 
 // Phases reported in Events (the engine adds its own for disks and seeds).

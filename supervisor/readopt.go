@@ -72,7 +72,7 @@ func (s *Supervisor) readoptVM(ctx context.Context, r *record) {
 		v.st.State, v.st.Reason = state.StatusFailed, reason
 		v.writeRecordLocked()
 		s.mu.Unlock()
-		s.emit(v.spec.Address, PhaseFailed, reason)
+		s.emitVM(v, PhaseFailed, reason)
 		return
 	}
 	if err := s.wire(v); err != nil {

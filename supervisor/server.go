@@ -306,7 +306,11 @@ func (s *Supervisor) handle(ctx context.Context, req *Request) Response {
 			err = errors.New("start-vm without a vm")
 			break
 		}
-		resp.Process, err = s.startVM(ctx, *req.VM)
+		// A client that hangs up (a killed `up`) must not abort a start
+		// half-way: the VM is started or cleanly not.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		resp.Process, err = s.startVM(sctx, *req.VM)
+		cancel()
 	case OpUpdateVM:
 		if req.VM == nil {
 			err = errors.New("update-vm without a vm")
@@ -370,11 +374,20 @@ func (s *Supervisor) watch(ctx context.Context, c net.Conn, enc *json.Encoder) {
 	}
 }
 
+// emitVM emits an event of one VM incarnation, tagged with its instance
+// token so that a waiter tells it from the events of the VM it replaced.
+func (s *Supervisor) emitVM(v *vmRun, phase, msg string) {
+	s.send(Event{Time: time.Now(), Address: v.spec.Address, Instance: v.spec.Instance, Phase: phase, Message: msg})
+}
+
 // emit sends an event to every watcher; a watcher that cannot keep up
 // misses events rather than stalling the supervisor.
 func (s *Supervisor) emit(address, phase, msg string) {
-	ev := Event{Time: time.Now(), Address: address, Phase: phase, Message: msg}
-	s.log.Info(msg, "address", address, "phase", phase)
+	s.send(Event{Time: time.Now(), Address: address, Phase: phase, Message: msg})
+}
+
+func (s *Supervisor) send(ev Event) {
+	s.log.Info(ev.Message, "address", ev.Address, "phase", ev.Phase)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for ch := range s.subs {

@@ -219,11 +219,11 @@ func (s *Supervisor) launch(ctx context.Context, v *vmRun) error {
 		delete(s.booting, v.runDir)
 		s.mu.Unlock()
 	}()
-	s.emit(v.spec.Address, PhaseVMMStart, "starting the VMM")
+	s.emitVM(v, PhaseVMMStart, "starting the VMM")
 	inst, err := s.opts.Driver.Start(ctx, &cfg)
 	if err != nil {
 		cancel()
-		s.emit(v.spec.Address, PhaseFailed, err.Error())
+		s.emitVM(v, PhaseFailed, err.Error())
 		return fmt.Errorf("start %s: %w", v.spec.Address, err)
 	}
 	s.adopt(v, inst, false)
@@ -298,7 +298,7 @@ func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
 	v.writeRecordLocked()
 	s.mu.Unlock()
 	if !readopted {
-		s.emit(v.spec.Address, PhaseBooting, fmt.Sprintf("VMM running (pid %d); booting", inst.Identity().PID))
+		s.emitVM(v, PhaseBooting, fmt.Sprintf("VMM running (pid %d); booting", inst.Identity().PID))
 	}
 	s.mu.Lock()
 	resend := v.spec.Hold && v.released
@@ -339,14 +339,14 @@ func (s *Supervisor) superviseLoop(ctx context.Context, v *vmRun, inst hyperviso
 	switch {
 	case stopping:
 		s.setState(v, state.StatusStopped, "stopped by request", &code)
-		s.emit(v.spec.Address, PhaseStopped, "stopped")
+		s.emitVM(v, PhaseStopped, "stopped")
 		return
 	case code == 0:
 		s.setState(v, state.StatusStopped, reason, &code)
-		s.emit(v.spec.Address, PhaseExited, "exited: "+reason)
+		s.emitVM(v, PhaseExited, "exited: "+reason)
 	default:
 		s.setState(v, state.StatusFailed, reason, &code)
-		s.emit(v.spec.Address, PhaseFailed, reason)
+		s.emitVM(v, PhaseFailed, reason)
 	}
 	restart := v.spec.Restart == "always" || (v.spec.Restart == "on-failure" && code != 0)
 	if !restart {
@@ -357,7 +357,7 @@ func (s *Supervisor) superviseLoop(ctx context.Context, v *vmRun, inst hyperviso
 	n := v.st.Restarts
 	s.mu.Unlock()
 	delay := min(time.Duration(1<<min(n-1, 5))*time.Second, 30*time.Second)
-	s.emit(v.spec.Address, PhaseRestart, fmt.Sprintf("restarting in %s (restart = %q, restart %d)", delay, v.spec.Restart, n))
+	s.emitVM(v, PhaseRestart, fmt.Sprintf("restarting in %s (restart = %q, restart %d)", delay, v.spec.Restart, n))
 	select {
 	case <-time.After(delay):
 	case <-ctx.Done():
@@ -440,7 +440,7 @@ func (s *Supervisor) onGuestMessage(v *vmRun, m *guestproto.Message) {
 			s.mu.Lock()
 			v.guestExit = &code
 			s.mu.Unlock()
-			s.emit(v.spec.Address, PhaseExited, fmt.Sprintf("the workload exited with status %d", code))
+			s.emitVM(v, PhaseExited, fmt.Sprintf("the workload exited with status %d", code))
 		}
 	case guestproto.TypeError:
 		s.mu.Lock()
@@ -508,11 +508,11 @@ func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.I
 			reason = fmt.Sprintf("not ready after %s (%s)", timeout, readyWhat(spec))
 		}
 		s.setState(v, state.StatusFailed, reason, nil)
-		s.emit(v.spec.Address, PhaseFailed, reason)
+		s.emitVM(v, PhaseFailed, reason)
 		return
 	}
 	s.setState(v, state.StatusReady, "", nil)
-	s.emit(v.spec.Address, PhaseReady, "ready: "+what)
+	s.emitVM(v, PhaseReady, "ready: "+what)
 }
 
 func readyWhat(r ReadySpec) string {
@@ -676,7 +676,7 @@ func (s *Supervisor) sendStart(v *vmRun, inst hypervisor.Instance) error {
 	if err := g.Send(ctx, msg); err != nil {
 		return fmt.Errorf("release %s: %w", v.spec.Address, err)
 	}
-	s.emit(v.spec.Address, PhaseBooting, "its dependencies are ready; starting the workload")
+	s.emitVM(v, PhaseBooting, "its dependencies are ready; starting the workload")
 	return nil
 }
 
@@ -745,7 +745,7 @@ func (s *Supervisor) stopVM(ctx context.Context, address string, timeout time.Du
 	s.mu.Unlock()
 	os.Remove(recordPath(&v.spec))
 	os.RemoveAll(v.runDir)
-	s.emit(address, PhaseStopped, "stopped and removed")
+	s.emitVM(v, PhaseStopped, "stopped and removed")
 	if err != nil {
 		return fmt.Errorf("stop %s: %w", address, err)
 	}

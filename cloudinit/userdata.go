@@ -306,6 +306,11 @@ func expand(n *yaml.Node, budget *int) (*yaml.Node, error) {
 		if n.Kind == yaml.MappingNode && i%2 == 0 && (e.Kind == yaml.SequenceNode || e.Kind == yaml.MappingNode) {
 			return nil, &UserDataError{Line: ch.Line, Msg: "a mapping key must be a scalar, not a " + kindName(e)}
 		}
+		// A null or custom-tagged key does not survive a decode and
+		// re-encode (it comes back as ""); cloud-config keys are strings.
+		if n.Kind == yaml.MappingNode && i%2 == 0 && (e.ShortTag() == "!!null" || !strings.HasPrefix(e.ShortTag(), "!!")) {
+			return nil, &UserDataError{Line: ch.Line, Msg: fmt.Sprintf("a mapping key must be a string, not %q", e.ShortTag())}
+		}
 		c.Content = append(c.Content, e)
 	}
 	return c, nil

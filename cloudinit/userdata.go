@@ -297,6 +297,11 @@ func expand(n *yaml.Node, budget *int) (*yaml.Node, error) {
 	}
 	// Tags and styles are kept, so scalars are written back as the user
 	// wrote them (yes stays a YAML 1.1 boolean, '0755' a string).
+	// A custom tag (!foo) means nothing to cloud-init and does not survive
+	// a decode and re-encode.
+	if n.Kind != yaml.DocumentNode && !strings.HasPrefix(n.ShortTag(), "!!") {
+		return nil, &UserDataError{Line: n.Line, Msg: fmt.Sprintf("unsupported YAML tag %q", n.Tag)}
+	}
 	c := &yaml.Node{Kind: n.Kind, Style: n.Style, Tag: n.Tag, Value: n.Value, Line: n.Line, Column: n.Column}
 	for i, ch := range n.Content {
 		e, err := expand(ch, budget)

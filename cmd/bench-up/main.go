@@ -238,23 +238,31 @@ func bare(vmms []vmm, parallel bool) (time.Duration, error) {
 	return time.Since(t0), nil
 }
 
-// waitReady connects to the guest agent socket and waits for the guest
-// init's ready report.
-func waitReady(sock string, timeout time.Duration) error {
+// dialRetry connects to a unix socket that QEMU is about to create, every
+// 5 ms until timeout; the connection's deadline is the same timeout.
+func dialRetry(sock string, timeout time.Duration) (net.Conn, error) {
 	deadline := time.Now().Add(timeout)
-	var c net.Conn
-	var err error
-	for time.Now().Before(deadline) {
-		if c, err = net.Dial("unix", sock); err == nil {
-			break
+	for {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			c.SetDeadline(deadline)
+			return c, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("dial %s: %w", sock, err)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if c == nil {
-		return fmt.Errorf("agent socket %s: %v", sock, err)
+}
+
+// waitReady connects to the guest agent socket and waits for the guest
+// init's ready report.
+func waitReady(sock string, timeout time.Duration) error {
+	c, err := dialRetry(sock, timeout)
+	if err != nil {
+		return fmt.Errorf("agent socket: %w", err)
 	}
 	defer c.Close()
-	c.SetDeadline(deadline)
 	hello, _ := json.Marshal(guestproto.Message{Type: guestproto.TypeHello})
 	c.Write(append(hello, '\n'))
 	sc := bufio.NewScanner(c)
@@ -272,20 +280,11 @@ func waitReady(sock string, timeout time.Duration) error {
 
 // waitConsole reads the serial console socket until a line contains want.
 func waitConsole(sock, want string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	var c net.Conn
-	var err error
-	for time.Now().Before(deadline) {
-		if c, err = net.Dial("unix", sock); err == nil {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	if c == nil {
-		return fmt.Errorf("console socket %s: %v", sock, err)
+	c, err := dialRetry(sock, timeout)
+	if err != nil {
+		return fmt.Errorf("console socket: %w", err)
 	}
 	defer c.Close()
-	c.SetDeadline(deadline)
 	sc := bufio.NewScanner(c)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {

@@ -441,6 +441,10 @@ func TestUserDataErrors(t *testing.T) {
 		{"billion laughs", laughs, 0, "too large"},
 		{"list as key", "#cloud-config\na:\n  ? [x, y]\n  : z\n", 3, "mapping key must be a scalar"},
 		{"undefined alias", "#cloud-config\na: *nope\n", 0, "unknown anchor"}, // yaml.v3 gives no line
+		// The node parser accepts these; cloud-init (and a value decoder)
+		// would not (fuzz findings).
+		{"bad base64", "#cloud-config\nruncmd: [a]\nx: !!binary 0\n", 3, "invalid YAML"},
+		{"same integer key", "#cloud-config\nwrite_files:\n  - {0: a, 00: b}\n", 3, "same key as \"0\" at line 3"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

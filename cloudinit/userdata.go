@@ -1,12 +1,14 @@
 package cloudinit
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"regexp"
 	"strconv"
 	"strings"
+	"unicode"
 
 	"gopkg.in/yaml.v3"
 )
@@ -178,11 +180,14 @@ func argvFlow(args ...string) *yaml.Node {
 	return n
 }
 
-var yamlLineRe = regexp.MustCompile(`line (\d+)`)
+var (
+	yamlLineRe       = regexp.MustCompile(`line (\d+)`)
+	yamlLinePrefixRe = regexp.MustCompile(`^line \d+: `)
+)
 
 // parseUserData checks the header and parses the document into a mapping
 // node with aliases expanded, anchors, comments and top-level merge keys
-// resolved, and duplicate top-level keys refused.
+// resolved, and duplicate keys refused.
 func parseUserData(src, file string) (*yaml.Node, error) {
 	if strings.TrimSpace(src) == "" {
 		return &yaml.Node{Kind: yaml.MappingNode}, nil
@@ -235,16 +240,13 @@ func parseUserData(src, file string) (*yaml.Node, error) {
 	if err := resolveTopMerge(root); err != nil {
 		return nil, err.(*UserDataError).withFile(file)
 	}
-	seen := map[string]int{}
-	for i := 0; i+1 < len(root.Content); i += 2 {
-		k := root.Content[i]
-		if k.Kind != yaml.ScalarNode {
-			continue
-		}
-		if first, dup := seen[k.Value]; dup {
-			return nil, uerr(k.Line, "key %q is already set at line %d", k.Value, first)
-		}
-		seen[k.Value] = k.Line
+	// The node parser accepts what a value decoder refuses (a !!binary
+	// scalar that is not base64, keys such as 0 and 00 that are the same
+	// integer): such a document would be written back verbatim and fail in
+	// cloud-init, so it is refused here, where the line is the user's.
+	var values any
+	if err := root.Decode(&values); err != nil {
+		return nil, yamlError(err, file)
 	}
 	return root, nil
 }
@@ -261,6 +263,12 @@ func yamlError(err error, file string) error {
 		line, _ = strconv.Atoi(m[1])
 	}
 	msg = strings.TrimPrefix(msg, "yaml: ")
+	// A value decoder's *yaml.TypeError: "unmarshal errors:\n  line N: ...";
+	// the first one is enough.
+	if rest, ok := strings.CutPrefix(msg, "unmarshal errors:\n"); ok {
+		first, _, _ := strings.Cut(strings.TrimSpace(rest), "\n")
+		msg = yamlLinePrefixRe.ReplaceAllString(first, "")
+	}
 	return &UserDataError{File: file, Line: line, Msg: "invalid YAML: " + msg}
 }
 
@@ -302,7 +310,28 @@ func expand(n *yaml.Node, budget *int) (*yaml.Node, error) {
 	if n.Kind != yaml.DocumentNode && !strings.HasPrefix(n.ShortTag(), "!!") {
 		return nil, &UserDataError{Line: n.Line, Msg: fmt.Sprintf("unsupported YAML tag %q", n.Tag)}
 	}
+	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!binary" {
+		// Checked here because yaml.v3's decoder reports it without a line.
+		clean := strings.Map(func(r rune) rune {
+			if unicode.IsSpace(r) {
+				return -1
+			}
+			return r
+		}, n.Value)
+		if _, err := base64.StdEncoding.DecodeString(clean); err != nil {
+			return nil, &UserDataError{Line: n.Line, Msg: "invalid YAML: a !!binary value must be base64"}
+		}
+	}
 	c := &yaml.Node{Kind: n.Kind, Style: n.Style, Tag: n.Tag, Value: n.Value, Line: n.Line, Column: n.Column}
+	if c.Kind == yaml.ScalarNode && c.ShortTag() == "!!null" && c.Value == "" {
+		// yaml.v3 writes an empty null inside a flow mapping ({a}) as ''.
+		c.Value = "null"
+	}
+	if c.Kind == yaml.ScalarNode && strings.HasPrefix(c.Value, "\n") && c.Style&^(yaml.LiteralStyle|yaml.FoldedStyle) == 0 {
+		// yaml.v3 drops the leading empty lines of a block scalar it writes
+		// (| or >, its choice for any multi-line value left unstyled).
+		c.Style = yaml.DoubleQuotedStyle
+	}
 	for i, ch := range n.Content {
 		e, err := expand(ch, budget)
 		if err != nil {
@@ -318,7 +347,37 @@ func expand(n *yaml.Node, budget *int) (*yaml.Node, error) {
 		}
 		c.Content = append(c.Content, e)
 	}
+	if c.Kind == yaml.MappingNode {
+		if err := uniqueKeys(c); err != nil {
+			return nil, err
+		}
+	}
 	return c, nil
+}
+
+// uniqueKeys refuses two keys of one mapping that are the same value once
+// resolved (0 and 00, 1 and 0x1, null and ~): yaml.v3 compares keys as
+// written, while PyYAML would silently keep the last one.
+func uniqueKeys(m *yaml.Node) error {
+	seen := map[string]*yaml.Node{}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		k := m.Content[i]
+		if k.Kind != yaml.ScalarNode || k.ShortTag() == "!!merge" {
+			continue
+		}
+		var v any
+		if err := k.Decode(&v); err != nil {
+			return &UserDataError{Line: k.Line, Msg: fmt.Sprintf("invalid YAML: key %q: %v", k.Value, err)}
+		}
+		id := fmt.Sprintf("%T %v", v, v)
+		if first, dup := seen[id]; dup && first.Value == k.Value {
+			return &UserDataError{Line: k.Line, Msg: fmt.Sprintf("key %q is already set at line %d", k.Value, first.Line)}
+		} else if dup {
+			return &UserDataError{Line: k.Line, Msg: fmt.Sprintf("key %q is the same key as %q at line %d", k.Value, first.Value, first.Line)}
+		}
+		seen[id] = k
+	}
+	return nil
 }
 
 // resolveTopMerge applies "<<" merge keys of the top-level mapping, so that

@@ -274,6 +274,14 @@ func waitReady(sock string, timeout time.Duration) error {
 		if m.Type == guestproto.TypeReady || (m.Status != nil && m.Status.Ready) {
 			return nil
 		}
+		// The captured config of a VM that stack booted early holds its
+		// workload until the host says start; bare QEMU starts it at once.
+		if m.Status != nil && m.Status.Held {
+			start, _ := json.Marshal(guestproto.Message{Type: guestproto.TypeStart})
+			if _, err := c.Write(append(start, '\n')); err != nil {
+				return fmt.Errorf("start held workload on %s: %w", sock, err)
+			}
+		}
 	}
 	return fmt.Errorf("no ready report on %s: %v", sock, sc.Err())
 }

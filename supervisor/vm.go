@@ -35,13 +35,16 @@ type vmRun struct {
 	st    VMStatus
 
 	stopping   bool
-	released   bool                               // release-vm was asked for (Hold)
-	guestExit  *int                               // the workload's exit code, as the guest reported it
-	guestReady bool                               // the guest init reported ready
-	guestErr   string                             // the guest init reported a bring-up failure
-	execs      map[string]chan guestproto.Message // open exec sessions by ID
-	loopDone   chan struct{}                      // closed when the supervising loop ends
-	loopCtx    context.Context
+	released   bool   // release-vm was asked for (Hold)
+	guestExit  *int   // the workload's exit code, as the guest reported it
+	guestReady bool   // the guest init reported ready
+	guestErr   string // the guest init reported a bring-up failure
+	// guestNews is closed (and replaced) when guestReady or guestErr
+	// changes, so that waiters wake at once instead of at a poll tick.
+	guestNews chan struct{}
+	execs     map[string]chan guestproto.Message // open exec sessions by ID
+	loopDone  chan struct{}                      // closed when the supervising loop ends
+	loopCtx   context.Context
 	// logStart is the console log's size when the current VMM started: a
 	// replaced VM keeps its log, and the ready line of the VMM before must
 	// not count for this one.
@@ -445,15 +448,18 @@ func (s *Supervisor) onGuestMessage(v *vmRun, m *guestproto.Message) {
 	case guestproto.TypeError:
 		s.mu.Lock()
 		v.guestErr = m.Error
+		v.guestNewsLocked()
 		s.mu.Unlock()
 	case guestproto.TypeReady:
 		s.mu.Lock()
 		v.guestReady = true
+		v.guestNewsLocked()
 		s.mu.Unlock()
 	case guestproto.TypeHello:
 		s.mu.Lock()
 		if st != nil && st.Ready {
 			v.guestReady = true
+			v.guestNewsLocked()
 		}
 		if st != nil && st.Exited {
 			code := st.ExitCode
@@ -527,26 +533,53 @@ func readyWhat(r ReadySpec) string {
 	return "waiting for the guest init's ready report"
 }
 
-func (s *Supervisor) waitGuestReady(ctx context.Context, v *vmRun, inst hypervisor.Instance) (string, error) {
-	// guestEvents consumes the channel and leaves what it saw in v; poll
-	// it at the probe cadence.
-	return s.pollUntil(ctx, v, func() (string, bool, error) {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		switch {
-		case v.guestErr != "":
-			return "", false, errors.New("guest init: " + v.guestErr)
-		case v.guestReady:
-			return "the guest init reported ready", true, nil
-		}
-		return "", false, nil
-	})
+// guestNewsLocked wakes the waiters on the guest's ready report.
+func (v *vmRun) guestNewsLocked() {
+	if v.guestNews != nil {
+		close(v.guestNews)
+	}
+	v.guestNews = make(chan struct{})
 }
 
-// pollUntil calls check at a 200 ms cadence until it reports done, errs,
+// guestNewsChan returns the channel closed at the guest's next report.
+func (v *vmRun) guestNewsChan() <-chan struct{} {
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	if v.guestNews == nil {
+		v.guestNews = make(chan struct{})
+	}
+	return v.guestNews
+}
+
+func (s *Supervisor) waitGuestReady(ctx context.Context, v *vmRun, inst hypervisor.Instance) (string, error) {
+	// guestEvents consumes the channel and leaves what it saw in v.
+	for {
+		news := v.guestNewsChan()
+		s.mu.Lock()
+		ready, gerr := v.guestReady, v.guestErr
+		s.mu.Unlock()
+		switch {
+		case gerr != "":
+			return "", errors.New("guest init: " + gerr)
+		case ready:
+			return "the guest init reported ready", nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-news:
+		}
+	}
+}
+
+// probeInterval is the readiness probes' cadence (the spec asks for 100 to
+// 250 ms).
+const probeInterval = 100 * time.Millisecond
+
+// pollUntil calls check at the probe cadence until it reports done, errs,
 // the VM stops, or ctx ends.
 func (s *Supervisor) pollUntil(ctx context.Context, v *vmRun, check func() (string, bool, error)) (string, error) {
-	t := time.NewTicker(200 * time.Millisecond)
+	t := time.NewTicker(probeInterval)
 	defer t.Stop()
 	for {
 		what, done, err := check()
@@ -603,10 +636,24 @@ func (s *Supervisor) probe(ctx context.Context, v *vmRun) (string, error) {
 		return "", fmt.Errorf("network %q has no gateway to probe through", nic.Network)
 	}
 	spec := v.spec.Ready
+	// A VM with a guest init starts its workload only after it reported
+	// ready: probing before that finds nothing to connect to, and a dial
+	// sent before the guest answers ARP stalls in the gateway's neighbour
+	// resolution for about a second.
+	s.mu.Lock()
+	inst := v.inst
+	s.mu.Unlock()
+	if inst != nil && inst.Guest() != nil {
+		if _, err := s.waitGuestReady(ctx, v, inst); err != nil {
+			return "", err
+		}
+	}
 	if spec.TCP != 0 {
 		addr := nic.IP.String() + ":" + strconv.Itoa(spec.TCP)
 		return s.pollUntil(ctx, v, func() (string, bool, error) {
-			pctx, cancel := context.WithTimeout(ctx, time.Second)
+			// Shorter than a TCP retransmission: a lost SYN is sent
+			// again by the next probe instead.
+			pctx, cancel := context.WithTimeout(ctx, 2*probeInterval)
 			defer cancel()
 			c, err := n.gw.DialContext(pctx, "tcp", addr)
 			if err != nil {

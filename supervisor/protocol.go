@@ -28,6 +28,8 @@ const (
 	OpRemoveNetwork = "remove-network"
 	OpStartVM       = "start-vm"
 	OpStopVM        = "stop-vm"
+	OpHaltVM        = "halt-vm"
+	OpBootVM        = "boot-vm"
 	OpUpdateVM      = "update-vm"
 	OpRelease       = "release-vm"
 	OpStatus        = "status"
@@ -41,9 +43,11 @@ type Request struct {
 	Op      string       `json:"op"`
 	Network *NetworkSpec `json:"network,omitempty"`
 	VM      *VMSpec      `json:"vm,omitempty"`
-	Address string       `json:"address,omitempty"` // remove-network: network name; stop-vm, exec: VM address
+	Address string       `json:"address,omitempty"` // remove-network: network name; stop-vm, halt-vm, boot-vm, exec: VM address
 	Timeout Duration     `json:"timeout,omitempty"`
 	Exec    *ExecSpec    `json:"exec,omitempty"`
+	// Instance is boot-vm's token for the new incarnation (VMSpec.Instance).
+	Instance string `json:"instance,omitempty"`
 }
 
 // ExecSpec is a command to run in a VM (exec). The reply is a stream of
@@ -143,6 +147,10 @@ type VMStatus struct {
 	// Held: booted, its workload waiting for release-vm.
 	Held bool `json:"held,omitempty"`
 	PID  int  `json:"pid,omitempty"`
+	// Halted: stopped on request by halt-vm (`stack stop`). The VM is kept,
+	// spec and disks, and its restart policy does not apply; boot-vm (or the
+	// next `up`) starts it again.
+	Halted bool `json:"halted,omitempty"`
 }
 
 // Event is one step of a VM's or network's life, streamed by Watch.

@@ -320,12 +320,18 @@ func (s *Supervisor) handle(ctx context.Context, req *Request) Response {
 	case OpRelease:
 		err = s.releaseVM(ctx, req.Address)
 	case OpStopVM:
-		timeout := time.Duration(req.Timeout)
-		if timeout == 0 {
-			timeout = s.opts.StopTimeout
-		}
-		err = s.stopVM(ctx, req.Address, timeout)
+		err = s.stopVM(ctx, req.Address, s.stopTimeout(req))
 		s.checkIdle()
+	case OpHaltVM:
+		// Like a start, a stop is carried through when the client hangs up.
+		timeout := s.stopTimeout(req)
+		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout+time.Minute)
+		err = s.haltVM(hctx, req.Address, timeout)
+		cancel()
+	case OpBootVM:
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		resp.Process, err = s.bootVM(bctx, req.Address, req.Instance)
+		cancel()
 	case OpStatus:
 		resp.VMs = s.status()
 	case OpShutdown:

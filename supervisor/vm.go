@@ -50,6 +50,8 @@ type vmRun struct {
 	// not count for this one.
 	logStart int64
 	cancel   context.CancelFunc
+	// wake is closed by quiesce: it cuts a pending restart delay short.
+	wake chan struct{}
 }
 
 // record is what the supervisor keeps on disk for each VM so that a later
@@ -291,6 +293,7 @@ func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
 	}
 	v.inst = inst
 	v.loopDone = make(chan struct{})
+	v.wake = make(chan struct{})
 	if !readopted {
 		v.st.State, v.st.Reason, v.st.ExitCode = state.StatusBooting, "", nil
 		v.st.Held = v.spec.Hold && !v.released
@@ -316,6 +319,9 @@ func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
 // restart policy.
 func (s *Supervisor) superviseLoop(ctx context.Context, v *vmRun, inst hypervisor.Instance, readopted bool) {
 	defer close(v.loopDone)
+	s.mu.Lock()
+	wake := v.wake
+	s.mu.Unlock()
 	go s.guestEvents(ctx, v, inst)
 	if !readopted || v.st.State != state.StatusReady {
 		go s.awaitReady(ctx, v, inst)
@@ -365,6 +371,7 @@ func (s *Supervisor) superviseLoop(ctx context.Context, v *vmRun, inst hyperviso
 	case <-time.After(delay):
 	case <-ctx.Done():
 		return
+	case <-wake:
 	}
 	s.mu.Lock()
 	stopping = v.stopping
@@ -735,7 +742,10 @@ func (s *Supervisor) updateVM(spec VMSpec) error {
 	if v == nil {
 		return fmt.Errorf("update %s: not running", spec.Address)
 	}
-	if len(v.spec.NICs) > 0 {
+	s.mu.Lock()
+	halted := v.st.Halted // unwired: boot-vm publishes its ports again
+	s.mu.Unlock()
+	if len(v.spec.NICs) > 0 && !halted {
 		s.mu.Lock()
 		n := s.nets[v.spec.NICs[0].Network]
 		s.mu.Unlock()
@@ -754,48 +764,6 @@ func (s *Supervisor) updateVM(spec VMSpec) error {
 	v.spec.Publish, v.spec.Restart, v.spec.Ready = spec.Publish, spec.Restart, spec.Ready
 	v.writeRecordLocked()
 	s.mu.Unlock()
-	return nil
-}
-
-// stopVM stops a VM gracefully (then forcibly after timeout) and removes
-// everything the supervisor made for it.
-func (s *Supervisor) stopVM(ctx context.Context, address string, timeout time.Duration) error {
-	s.mu.Lock()
-	v := s.vms[address]
-	if v != nil {
-		v.stopping = true
-	}
-	s.mu.Unlock()
-	if v == nil {
-		return nil // already gone: stopping is idempotent
-	}
-	var err error
-	if v.inst != nil {
-		err = v.inst.Stop(ctx, timeout)
-		if v.loopDone != nil {
-			<-v.loopDone
-		}
-		v.inst.Close()
-	}
-	if v.cancel != nil {
-		v.cancel()
-	}
-	s.mu.Lock()
-	relay := v.relay
-	s.mu.Unlock()
-	if relay != nil {
-		relay.Close()
-	}
-	s.unwire(v)
-	s.mu.Lock()
-	delete(s.vms, address)
-	s.mu.Unlock()
-	os.Remove(recordPath(&v.spec))
-	os.RemoveAll(v.runDir)
-	s.emitVM(v, PhaseStopped, "stopped and removed")
-	if err != nil {
-		return fmt.Errorf("stop %s: %w", address, err)
-	}
 	return nil
 }
 

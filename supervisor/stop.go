@@ -1,0 +1,168 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/state"
+)
+
+// Three ways a VM stops:
+//   - stop-vm (stopVM) stops it and forgets it: record and runtime files go;
+//     the engine uses it to delete and replace VMs.
+//   - halt-vm (haltVM) stops it and keeps it, record, spec and disks, marked
+//     Halted: `stack stop`. The restart policy does not apply to it, and
+//     boot-vm or the next `up` starts it again as it was.
+//   - the VM stops by itself (its workload exits, it powers off, its VMM is
+//     killed): the restart policy decides.
+
+// stopTimeout is the request's graceful stop timeout, or the default.
+func (s *Supervisor) stopTimeout(req *Request) time.Duration {
+	if req.Timeout > 0 {
+		return time.Duration(req.Timeout)
+	}
+	return s.opts.StopTimeout
+}
+
+// quiesce brings v to rest: its VMM, if one runs, is stopped (gracefully,
+// then forcibly after timeout), its supervising loop has ended without
+// restarting it, and its console relay, switch ports, gateway entries and
+// runtime directory are gone. v stays in s.vms with its record; the caller
+// decides what becomes of it. v.stopping stays set until the caller clears
+// it (boot-vm).
+func (s *Supervisor) quiesce(ctx context.Context, v *vmRun, timeout time.Duration) error {
+	var err error
+	for {
+		s.mu.Lock()
+		v.stopping = true
+		if v.wake != nil {
+			close(v.wake) // a loop waiting to restart the VM looks at stopping now
+			v.wake = nil
+		}
+		inst, done := v.inst, v.loopDone
+		s.mu.Unlock()
+		if inst == nil {
+			break
+		}
+		if err = inst.Stop(ctx, timeout); err == nil && done != nil {
+			<-done
+		}
+		inst.Close()
+		s.mu.Lock()
+		// The loop may have launched a restart just before it saw stopping:
+		// then the VM has a new VMM to stop.
+		again := err == nil && v.inst != inst
+		s.mu.Unlock()
+		if !again {
+			break
+		}
+	}
+	s.mu.Lock()
+	cancel, relay := v.cancel, v.relay
+	v.relay = nil
+	s.mu.Unlock()
+	if cancel != nil {
+		cancel() // ends the readiness wait and the guest event reader
+	}
+	if relay != nil {
+		relay.Close()
+	}
+	s.unwire(v)
+	os.RemoveAll(v.runDir)
+	return err
+}
+
+// stopVM stops a VM gracefully (then forcibly after timeout) and removes
+// everything the supervisor made for it.
+func (s *Supervisor) stopVM(ctx context.Context, address string, timeout time.Duration) error {
+	s.mu.Lock()
+	v := s.vms[address]
+	s.mu.Unlock()
+	if v == nil {
+		return nil // already gone: stopping is idempotent
+	}
+	err := s.quiesce(ctx, v, timeout)
+	s.mu.Lock()
+	delete(s.vms, address)
+	s.mu.Unlock()
+	os.Remove(recordPath(&v.spec))
+	s.emitVM(v, PhaseStopped, "stopped and removed")
+	if err != nil {
+		return fmt.Errorf("stop %s: %w", address, err)
+	}
+	return nil
+}
+
+// haltVM stops a VM and keeps it (halt-vm, `stack stop`): its record says
+// Halted, with the state and exit code of its last run, and the next `ps`,
+// plan and supervisor see it so. Halting a halted VM does nothing more.
+func (s *Supervisor) haltVM(ctx context.Context, address string, timeout time.Duration) error {
+	s.mu.Lock()
+	v := s.vms[address]
+	s.mu.Unlock()
+	if v == nil {
+		return fmt.Errorf("stop %s: no such VM", address)
+	}
+	if err := s.quiesce(ctx, v, timeout); err != nil {
+		return fmt.Errorf("stop %s: %w", address, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v.st.Halted, v.st.Held, v.st.PID = true, false, 0
+	if v.st.State != state.StatusStopped && v.st.State != state.StatusFailed {
+		// No loop saw it exit: it never ran, or was re-adopted without a VMM.
+		v.st.State, v.st.Reason = state.StatusStopped, "stopped by request"
+	}
+	v.writeRecordLocked()
+	return nil
+}
+
+// bootVM starts a VM that does not run again, from the spec it was started
+// with and with the disks it left (boot-vm, `stack start`, and `up` for a
+// halted VM). instance tags the new incarnation's events. A VM that runs is
+// refused; a failed one whose VMM is still up (not ready in time) is stopped
+// first. Its workload is not held: what it depends on was ready when it
+// first started.
+func (s *Supervisor) bootVM(ctx context.Context, address, instance string) (*state.Process, error) {
+	s.mu.Lock()
+	v := s.vms[address]
+	var st VMStatus
+	if v != nil {
+		st = v.st
+	}
+	s.mu.Unlock()
+	if v == nil {
+		return nil, fmt.Errorf("start %s: no such VM", address)
+	}
+	if !st.Halted && st.State != state.StatusStopped && st.State != state.StatusFailed {
+		return nil, fmt.Errorf("start %s: it is %s", address, st.State)
+	}
+	if err := s.quiesce(ctx, v, s.opts.StopTimeout); err != nil {
+		return nil, fmt.Errorf("start %s: %w", address, err)
+	}
+	s.mu.Lock()
+	v.stopping, v.st.Halted, v.released = false, false, true
+	if instance != "" {
+		v.spec.Instance = instance
+	}
+	s.mu.Unlock()
+	if err := os.MkdirAll(v.runDir, filenames.DirMode); err != nil {
+		return nil, fmt.Errorf("start %s: %w", address, err)
+	}
+	fail := func(err error) (*state.Process, error) {
+		s.unwire(v)
+		s.setState(v, state.StatusFailed, err.Error(), nil)
+		return nil, err
+	}
+	if err := s.wire(v); err != nil {
+		return fail(fmt.Errorf("start %s: %w", address, err))
+	}
+	if err := s.launch(ctx, v); err != nil {
+		return fail(err)
+	}
+	id := v.inst.Identity()
+	return &state.Process{Driver: id.Driver, PID: id.PID, StartTime: id.StartTime, RunDir: id.RunDir}, nil
+}

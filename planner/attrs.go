@@ -145,6 +145,15 @@ func RecordedVolumes(a state.Attributes) []string {
 	return out
 }
 
+// RecordedPublish returns the ports a recorded VM publishes.
+func RecordedPublish(a state.Attributes) []stackfile.Publish {
+	var out []stackfile.Publish
+	if raw := a["publish"]; raw != nil {
+		_ = json.Unmarshal(raw, &out) // written by vmAttributes; unreadable means none
+	}
+	return out
+}
+
 // RecordedDependsOn returns the VM block addresses a recorded VM waited for.
 func RecordedDependsOn(a state.Attributes) []string {
 	var out []string

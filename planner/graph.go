@@ -25,7 +25,7 @@ func IsBarrier(key string) bool {
 
 // edges fills every action's DependsOn with what must finish before it
 // starts:
-//   - a VM that is created, replaced or updated waits for the networks and
+//   - a VM that is created, replaced, updated or started waits for the networks and
 //     volumes it uses and for the instances of the VM blocks in its
 //     depends_on that this plan touches (through the block's ready barrier);
 //   - deletions run in reverse: a VM is deleted after the VMs that depended
@@ -44,7 +44,7 @@ func (b *builder) edges() {
 			continue
 		}
 		switch a.Kind {
-		case Create, Replace, Update:
+		case Create, Replace, Update, Start:
 			member(blockOf(a.Address)+BarrierReady, a.Address)
 		case Delete:
 			member(blockOf(a.Address)+BarrierDeleted, a.Address)

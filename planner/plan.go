@@ -26,6 +26,9 @@ const (
 	Replace Kind = "replace"
 	Delete  Kind = "delete"
 	NoOp    Kind = "no-op"
+	// Start boots a VM that was stopped on request (`stack stop`) again,
+	// with its disks; in-place changes are applied before it boots.
+	Start Kind = "start"
 )
 
 // Reason is why an action is planned.
@@ -37,6 +40,7 @@ const (
 	ReasonDrift     Reason = "drift"     // recorded VM whose process is gone
 	ReasonOrphan    Reason = "orphan"    // in state, no longer in the files
 	ReasonUnchanged Reason = "unchanged" // nothing to do
+	ReasonStopped   Reason = "stopped"   // recorded VM stopped on request (stack stop)
 )
 
 // Resource types, the first element of an address.
@@ -95,6 +99,10 @@ type Liveness struct {
 	// Detail says why it is not alive ("exited with status 3",
 	// "killed by signal 9", "process gone").
 	Detail string
+	// Stopped: it is not alive because it was stopped on request (`stack
+	// stop`); its disks are intact, so it is started again rather than
+	// re-created.
+	Stopped bool
 }
 
 // Input is everything the planner looks at.
@@ -111,7 +119,7 @@ type Input struct {
 }
 
 // Counts tallies actions by kind.
-type Counts struct{ Create, Update, Replace, Delete int }
+type Counts struct{ Create, Start, Update, Replace, Delete int }
 
 // Counts returns how many actions of each kind the plan has.
 func (p *Plan) Counts() Counts {
@@ -120,6 +128,8 @@ func (p *Plan) Counts() Counts {
 		switch a.Kind {
 		case Create:
 			c.Create++
+		case Start:
+			c.Start++
 		case Update:
 			c.Update++
 		case Replace:
@@ -134,7 +144,7 @@ func (p *Plan) Counts() Counts {
 // HasChanges reports whether applying the plan would change anything.
 func (p *Plan) HasChanges() bool {
 	c := p.Counts()
-	return c.Create+c.Update+c.Replace+c.Delete > 0
+	return c.Create+c.Start+c.Update+c.Replace+c.Delete > 0
 }
 
 // Action returns the action for address, or nil.
@@ -290,7 +300,12 @@ func (b *builder) vms() error {
 		a := diff(vm.Address, TypeVM, old, vmAttributes(vm, nics[vm.Address], nets), vmForces)
 		a.Name = vm.Name
 		if rec != nil && a.Kind != Replace {
-			if live, ok := b.in.Observed[vm.Address]; ok && !live.Alive {
+			live, ok := b.in.Observed[vm.Address]
+			switch {
+			case ok && !live.Alive && live.Stopped:
+				// Its in-place changes, if any, stay with it.
+				a.Kind, a.Reason, a.Detail = Start, ReasonStopped, live.Detail
+			case ok && !live.Alive:
 				a.Kind, a.Reason, a.Detail = Replace, ReasonDrift, live.Detail
 				if a.Detail == "" {
 					a.Detail = "its process is gone"

@@ -202,6 +202,43 @@ func TestPlans(t *testing.T) {
 			t.Fatalf("only the dead VM is re-created: %s", kinds(p))
 		}
 	})
+	t.Run("stopped", func(t *testing.T) {
+		stopped := Liveness{Stopped: true, Detail: "it was stopped (stack stop)"}
+		p := mustPlan(t, Input{Desired: base.stack(), State: applied,
+			Observed: map[string]Liveness{"vm.db": stopped, "vm.web[0]": {Alive: true}, "vm.web[1]": {Alive: true}}})
+		golden(t, "stopped", p)
+		a := p.Action("vm.db")
+		if a.Kind != Start || a.Reason != ReasonStopped || len(a.Changes) != 0 {
+			t.Fatalf("vm.db: %s/%s %+v, want start/stopped without changes", a.Kind, a.Reason, a.Changes)
+		}
+		if c := p.Counts(); c.Start != 1 || c.Create+c.Update+c.Replace+c.Delete != 0 || !p.HasChanges() {
+			t.Fatalf("counts %+v: only the stopped VM is started", c)
+		}
+		if !strings.Contains(p.Summary(), "1 to start") {
+			t.Fatalf("summary %q does not count the start", p.Summary())
+		}
+		// An in-place change goes with the start; a forcing one replaces.
+		f := base
+		f.restart, f.dbMem = "always", 1024
+		p = mustPlan(t, Input{Desired: f.stack(), State: applied,
+			Observed: map[string]Liveness{"vm.db": stopped, "vm.web[0]": stopped, "vm.web[1]": {Alive: true}}})
+		if a := p.Action("vm.web[0]"); a.Kind != Start || len(a.Changes) != 1 || a.Changes[0].Attribute != "restart" {
+			t.Fatalf("stopped vm.web[0] with a restart change: %s %+v, want start with the change", a.Kind, a.Changes)
+		}
+		if a := p.Action("vm.db"); a.Kind != Replace {
+			t.Fatalf("stopped vm.db with a memory change: %s, want replace", a.Kind)
+		}
+		// What depends on a started VM waits for it, as for a created one.
+		f.dbMem = base.dbMem
+		p = mustPlan(t, Input{Desired: f.stack(), State: applied,
+			Observed: map[string]Liveness{"vm.db": stopped, "vm.web[0]": {Alive: true}, "vm.web[1]": {Alive: true}}})
+		if deps := p.Action("vm.web[1]").DependsOn; len(deps) != 1 || deps[0] != "vm.db"+BarrierReady {
+			t.Fatalf("vm.web[1] waits for %v, want vm.db's ready barrier", deps)
+		}
+		if m := p.Barriers["vm.db"+BarrierReady]; len(m) != 1 || m[0] != "vm.db" {
+			t.Fatalf("vm.db's ready barrier has %v, want the started vm.db", m)
+		}
+	})
 	t.Run("count-grow", func(t *testing.T) {
 		f := base
 		f.webCount = 4

@@ -14,7 +14,7 @@ import (
 // Styles colours parts of the rendered plan. A nil func leaves its text
 // plain; the CLI fills them with lipgloss styles on a TTY.
 type Styles struct {
-	Create, Update, Replace, Delete, Comment func(string) string
+	Create, Start, Update, Replace, Delete, Comment func(string) string
 }
 
 func apply(f func(string) string, s string) string {
@@ -53,9 +53,14 @@ func (p *Plan) Render(s Styles) string {
 }
 
 // Summary is the closing line: "Plan: N to create, N to update, ...".
+// "N to start" appears only when the plan starts stopped VMs.
 func (p *Plan) Summary() string {
 	c := p.Counts()
-	return fmt.Sprintf("Plan: %d to create, %d to update, %d to replace, %d to delete.", c.Create, c.Update, c.Replace, c.Delete)
+	start := ""
+	if c.Start > 0 {
+		start = fmt.Sprintf("%d to start, ", c.Start)
+	}
+	return fmt.Sprintf("Plan: %d to create, %s%d to update, %d to replace, %d to delete.", c.Create, start, c.Update, c.Replace, c.Delete)
 }
 
 func headline(a *Action) string {
@@ -64,6 +69,10 @@ func headline(a *Action) string {
 		return "will be created"
 	case a.Kind == Update:
 		return "will be updated in place"
+	case a.Kind == Start && len(a.Changes) > 0:
+		return "will be updated in place and started: " + a.Detail
+	case a.Kind == Start:
+		return "will be started: " + a.Detail
 	case a.Kind == Replace && a.Reason == ReasonDrift:
 		return "must be replaced: " + a.Detail
 	case a.Kind == Replace:
@@ -84,6 +93,8 @@ func symbol(k Kind, s Styles) (string, func(string) string) {
 	switch k {
 	case Create:
 		return "  +", s.Create
+	case Start:
+		return "  >", s.Start
 	case Update:
 		return "  ~", s.Update
 	case Replace:
@@ -102,7 +113,7 @@ func writeAttrs(b *strings.Builder, a *Action, s Styles) {
 		for _, name := range sortedKeys(a.After) {
 			lines = append(lines, line{"+", name, compact(a.After[name]), ""})
 		}
-	case Update, Replace:
+	case Update, Replace, Start:
 		for _, c := range a.Changes {
 			l := line{sym: "~", name: c.Attribute}
 			switch {
@@ -180,7 +191,7 @@ func (p *Plan) MarshalJSON() ([]byte, error) {
 
 // Counts is also part of the JSON output.
 func (c Counts) MarshalJSON() ([]byte, error) {
-	return json.Marshal(map[string]int{"create": c.Create, "update": c.Update, "replace": c.Replace, "delete": c.Delete})
+	return json.Marshal(map[string]int{"create": c.Create, "start": c.Start, "update": c.Update, "replace": c.Replace, "delete": c.Delete})
 }
 
 // Saved is a plan written by `plan --out FILE` for `up --plan FILE`: the

@@ -79,5 +79,5 @@ func planStyles(s Streams) planner.Styles {
 		st := r.NewStyle().Foreground(lipgloss.Color(c))
 		return func(x string) string { return st.Render(x) }
 	}
-	return planner.Styles{Create: fg("2"), Update: fg("3"), Replace: fg("5"), Delete: fg("1"), Comment: fg("8")}
+	return planner.Styles{Create: fg("2"), Start: fg("2"), Update: fg("3"), Replace: fg("5"), Delete: fg("1"), Comment: fg("8")}
 }

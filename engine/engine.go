@@ -78,21 +78,10 @@ func (e *VMError) Error() string { return fmt.Sprintf("%s: %s", e.Address, e.Rea
 // plan continues from. Every failure is reported (errors.Join); one failed
 // VM stops only what depends on it.
 func (e *Engine) Apply(ctx context.Context, plan *planner.Plan, desired *stackfile.Stack, st *state.State) error {
-	if e.Concurrency <= 0 {
-		e.Concurrency = 8
-	}
-	if e.StopTimeout <= 0 {
-		e.StopTimeout = 30 * time.Second
-	}
-	if e.Logger == nil {
-		e.Logger = slog.Default()
-	}
-	e.st = st
-	events, err := e.Supervisor.Watch(ctx)
+	w, err := e.begin(ctx, st)
 	if err != nil {
 		return err
 	}
-	w := newWaiters(events, e.emit)
 	defer w.close()
 
 	vms := map[string]*stackfile.VM{}
@@ -202,6 +191,10 @@ func (e *Engine) Apply(ctx context.Context, plan *planner.Plan, desired *stackfi
 			case planner.TypeVolume:
 				err = e.applyVolume(ctx, plan, a, vols[a.Name])
 			case planner.TypeVM:
+				if a.Kind == planner.Start {
+					err = e.startVM(ctx, plan, a, vms[a.Address], desired, w, release)
+					break
+				}
 				err = e.applyVM(ctx, plan, a, vms[a.Address], desired, w, release, waitLater)
 			}
 			release()
@@ -212,6 +205,27 @@ func (e *Engine) Apply(ctx context.Context, plan *planner.Plan, desired *stackfi
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// begin fills in the defaults, takes st as the state to record into, and
+// subscribes to the supervisor's events (before anything is started, so
+// that none is missed).
+func (e *Engine) begin(ctx context.Context, st *state.State) (*waiters, error) {
+	if e.Concurrency <= 0 {
+		e.Concurrency = 8
+	}
+	if e.StopTimeout <= 0 {
+		e.StopTimeout = 30 * time.Second
+	}
+	if e.Logger == nil {
+		e.Logger = slog.Default()
+	}
+	e.st = st
+	events, err := e.Supervisor.Watch(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return newWaiters(events, e.emit), nil
 }
 
 // bootsEarly reports whether a VM action starts its VMM before the VMs it

@@ -30,6 +30,10 @@ func Observe(stateRoot string, st *state.State) map[string]planner.Liveness {
 // ObserveVM reports whether one recorded VM is still running.
 func ObserveVM(stateRoot, namespace string, vm *state.VM) planner.Liveness {
 	if status, process, err := supervisor.ReadRecord(filenames.VMState(stateRoot, namespace, vm.Name)); err == nil {
+		if status.Halted {
+			// `stack stop`: kept with its disks, to be started again.
+			return planner.Liveness{Stopped: true, Detail: "it was stopped (stack stop)"}
+		}
 		if status.Held {
 			// Booted early, but the up that was to release its workload
 			// was interrupted: nothing would ever start it.

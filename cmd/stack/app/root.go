@@ -128,6 +128,8 @@ func newRoot(s Streams) *cobra.Command {
 		newLogsCmd(g, s),
 		newConsoleCmd(g, s),
 		newExecCmd(g, s),
+		newStopCmd(g, s),
+		newStartCmd(g, s),
 	)
 	return root
 }

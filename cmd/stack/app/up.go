@@ -53,7 +53,11 @@ func newUpCmd(g *globals, s Streams) *cobra.Command {
 				return nil
 			}
 			c := plan.Counts()
-			pr.say("Namespace %q is up: %d created, %d updated, %d replaced, %d deleted.", p.Stack.Namespace, c.Create, c.Update, c.Replace, c.Delete)
+			started := ""
+			if c.Start > 0 {
+				started = fmt.Sprintf("%d started, ", c.Start)
+			}
+			pr.say("Namespace %q is up: %d created, %s%d updated, %d replaced, %d deleted.", p.Stack.Namespace, c.Create, started, c.Update, c.Replace, c.Delete)
 			return nil
 		},
 	}

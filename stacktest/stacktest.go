@@ -5,6 +5,7 @@
 //		s := stacktest.Up(t, "testdata/stack.hcl")
 //		web := s.VM("web")
 //		// ... talk to web.Addresses["lan"], read web.Logs() ...
+//		web.Stop(ctx)  // kept with its disks; web.Start(ctx) boots it again
 //	}
 //
 // Up gives each test its own namespace (from t.Name()), so parallel tests
@@ -60,12 +61,17 @@ type Stack struct {
 	vms     map[string]stack.VMStatus
 }
 
-// VM is one running VM of the stack.
+// VM is one VM of the stack. Its methods fail the test when the VM cannot
+// be acted on at all, and return what the test should judge.
 type VM struct {
 	s    *Stack
 	Name string
 	// Addresses maps each network the VM is on to its IPv4 address.
 	Addresses map[string]string
+	// Handle is the VM in package stack's API (typed addresses, published
+	// ports, Logs with follow, and the rest) for what this type does not
+	// wrap.
+	Handle *stack.VM
 }
 
 // Up brings the stack in file up for the test and returns once every VM is
@@ -162,7 +168,38 @@ func (s *Stack) VM(name string) *VM {
 		}
 		s.t.Fatalf("stacktest: no VM named %q (the stack has: %s)", name, strings.Join(names, ", "))
 	}
-	return &VM{s: s, Name: name, Addresses: v.Addresses}
+	h, err := s.Project.VM(name)
+	if err != nil {
+		s.t.Fatalf("stacktest: %v", err)
+	}
+	return &VM{s: s, Name: name, Addresses: v.Addresses, Handle: h}
+}
+
+// Stop stops the VM and keeps it (stack stop): its disks and addresses
+// stay, its restart policy does not bring it back, and Start boots it
+// again. A VM that cannot be stopped fails the test.
+func (vm *VM) Stop(ctx context.Context) {
+	vm.s.t.Helper()
+	if err := vm.Handle.Stop(ctx, stack.StopOptions{Timeout: 10 * time.Second}); err != nil {
+		vm.s.t.Fatalf("stacktest: stop %s: %v", vm.Name, err)
+	}
+}
+
+// Start boots the stopped VM again (stack start) and returns once it is
+// ready; a VM that does not come up fails the test, with its console.
+func (vm *VM) Start(ctx context.Context) {
+	vm.s.t.Helper()
+	if err := vm.Handle.Start(ctx, stack.StartOptions{}); err != nil {
+		vm.s.dumpConsoles()
+		vm.s.t.Fatalf("stacktest: start %s: %v", vm.Name, err)
+	}
+}
+
+// Wait blocks until the VM is ready and returns nil, or returns the
+// *stack.NotReadyError of a VM that stopped or failed instead (with its
+// exit code), or ctx's error.
+func (vm *VM) Wait(ctx context.Context) error {
+	return vm.Handle.Wait(ctx)
 }
 
 // Status returns the VM's current status (state, exit code, ports).

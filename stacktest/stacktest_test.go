@@ -3,6 +3,7 @@ package stacktest
 import (
 	"bufio"
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stackvm/stack"
 )
 
 const childEnv = "STACKTEST_CHILD"
@@ -96,4 +99,53 @@ func TestNamespaceIsALabel(t *testing.T) {
 			t.Fatal("subtests share a namespace")
 		}
 	})
+}
+
+// TestStopStart drives one VM through the handle: typed addresses, logs
+// followed across a stop and a start, Wait on a stopped VM, and exec after
+// the start.
+func TestStopStart(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "stack.hcl")
+	if err := os.WriteFile(file, []byte(strings.Replace(solo, `command = ["sleep", "100000"]`,
+		`command = ["sh", "-c", "echo solo-up; exec sleep 100000"]`, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := Up(t, file)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	vm := s.VM("solo")
+	if ip := vm.Handle.Addresses["lan"]; !ip.IsValid() || ip.String() != vm.Addresses["lan"] || vm.Handle.Address != "vm.solo" {
+		t.Fatalf("handle %+v does not match the VM's addresses %v", vm.Handle, vm.Addresses)
+	}
+	logs, err := vm.Handle.Logs(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logs.Close()
+
+	vm.Stop(ctx)
+	if st := vm.Status(); st.State != "stopped" || st.ExitCode == nil {
+		t.Fatalf("after Stop: %+v, want stopped with an exit code", st)
+	}
+	var nre *stack.NotReadyError
+	if err := vm.Wait(ctx); !errors.As(err, &nre) || nre.State != "stopped" {
+		t.Fatalf("Wait on a stopped VM: %v, want a NotReadyError saying stopped", err)
+	}
+	vm.Start(ctx)
+	if err := vm.Wait(ctx); err != nil {
+		t.Fatalf("Wait after Start: %v", err)
+	}
+	if r := vm.Exec(ctx, "cat", "/proc/uptime"); r.Code != 0 {
+		t.Fatalf("exec after Start: %+v", r)
+	}
+	// Both boots' workloads, in order, on the followed console.
+	sc := bufio.NewScanner(logs)
+	for seen := 0; seen < 2; {
+		if !sc.Scan() {
+			t.Fatalf("followed console ended after %d of 2 workload starts: %v", seen, sc.Err())
+		}
+		if strings.Contains(sc.Text(), "solo-up") {
+			seen++
+		}
+	}
 }

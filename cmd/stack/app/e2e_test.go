@@ -160,6 +160,8 @@ func TestQuickstartLifecycle(t *testing.T) {
 	if again := c.ps(); again["web"].PID != ps["web"].PID || again["client"].PID != ps["client"].PID {
 		t.Fatalf("second up restarted VMs: %v -> %v", ps, again)
 	}
+	c.checkStopStart(file, ps["web"])
+	ps = c.ps()
 
 	// A changed memory_mb replaces that VM alone.
 	edited := strings.Replace(string(src), "vm \"client\" {", "vm \"client\" {\n  memory_mb = 320", 1)
@@ -255,6 +257,48 @@ func TestQuickstartLifecycle(t *testing.T) {
 	}
 	if r := c.mustRun("ps", "--json"); strings.TrimSpace(r.stdout) != "[]" {
 		t.Fatalf("ps after down: %s", r.stdout)
+	}
+}
+
+// checkStopStart: `stop web` keeps web (ps shows it stopped with its exit
+// code and address, its QEMU is gone), `start web` boots it again and exec
+// works in it, and after another stop, `up` starts web again rather than
+// re-creating it.
+func (c *cli) checkStopStart(file string, web psEntry) {
+	c.t.Helper()
+	c.mustRun("stop", "web")
+	got := c.ps()["web"]
+	if got.State != "stopped" || got.ExitCode == nil || got.Addresses["lan"] != web.Addresses["lan"] {
+		c.t.Fatalf("after stop, ps shows web as %+v, want stopped with an exit code and its address", got)
+	}
+	if syscall.Kill(web.PID, 0) == nil {
+		c.t.Fatalf("web's QEMU (pid %d) still runs after stop", web.PID)
+	}
+	if r := c.run("exec", "web", "--", "true"); r.code == 0 {
+		c.t.Fatal("exec in a stopped VM succeeded")
+	}
+	c.mustRun("start", "web", "--progress", "plain")
+	if got := c.ps()["web"]; got.State != "ready" || got.PID == web.PID || got.Addresses["lan"] != web.Addresses["lan"] {
+		c.t.Fatalf("after start, ps shows web as %+v", got)
+	}
+	if r := c.run("exec", "web", "--", "cat", "/www/index.html"); r.code != 0 || r.stdout != "hello from web\n" {
+		c.t.Fatalf("exec after start: %+v", r)
+	}
+
+	c.mustRun("stop", "web")
+	r := c.mustRun("-f", file, "plan", "--json")
+	var plan jsonPlan
+	json.Unmarshal([]byte(r.stdout), &plan)
+	kinds := map[string]string{}
+	for _, a := range plan.Actions {
+		kinds[a.Address] = a.Action
+	}
+	if kinds["vm.web"] != "start" || kinds["vm.client"] != "no-op" || kinds["network.lan"] != "no-op" {
+		c.t.Fatalf("plan after stop: %v, want web started and nothing else", kinds)
+	}
+	r = c.mustRun("-f", file, "up", "--progress", "plain")
+	if !strings.Contains(r.stderr, "1 started") || c.ps()["web"].State != "ready" {
+		c.t.Fatalf("up after stop: %+v\nps: %+v", r, c.ps()["web"])
 	}
 }
 

@@ -3,6 +3,8 @@ package cloudinit
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -20,11 +22,18 @@ import (
 // the files meta-data, network-config and user-data at its root (plain ISO
 // 9660 names, which Linux shows without the ";1" version suffix). The image
 // replaces path atomically (write to a temporary file in the same
-// directory, then rename) and is private (0600).
+// directory, then rename) and is private (0600). It is not fsync'd: see
+// EnsureISO for why a seed need not be durable.
 func WriteISO(s *Seed, path string) error {
+	_, err := writeISO(s, path)
+	return err
+}
+
+// writeISO is WriteISO that also returns the SHA-256 of the image written.
+func writeISO(s *Seed, path string) (digest string, err error) {
 	w, err := iso9660.NewWriter()
 	if err != nil {
-		return fmt.Errorf("create iso writer: %w", err)
+		return "", fmt.Errorf("create iso writer: %w", err)
 	}
 	defer w.Cleanup()
 	for _, f := range []struct {
@@ -36,18 +45,25 @@ func WriteISO(s *Seed, path string) error {
 		{FileUserData, s.UserData},
 	} {
 		if err := w.AddFile(bytes.NewReader(f.data), f.name); err != nil {
-			return fmt.Errorf("add %s to seed: %w", f.name, err)
+			return "", fmt.Errorf("add %s to seed: %w", f.name, err)
 		}
 	}
-	return writeAtomic(path, func(out io.Writer) error {
-		return w.WriteTo(out, VolumeID)
+	h := sha256.New()
+	err = writeAtomic(path, func(out io.Writer) error {
+		return w.WriteTo(io.MultiWriter(out, h), VolumeID)
 	})
+	return hex.EncodeToString(h.Sum(nil)), err
 }
 
 // EnsureISO builds the seed for in and writes it to path unless the image
 // there was made from the same inputs: the inputs' hash is kept in a
 // sidecar file (path + filenames.HashSuffix), because the ISO's bytes carry
-// timestamps and are not reproducible. It always returns the seed, whose
+// timestamps and are not reproducible.
+//
+// The sidecar also holds the SHA-256 of the image, checked before an image
+// is reused. Neither file is fsync'd (an fsync costs more than generating
+// the seed): after a crash, an image or sidecar that did not reach the
+// disk fails the check and is written again. It always returns the seed, whose
 // InstanceID the caller needs for the ready line, and whose Warnings it
 // reports. A user-data problem is a *UserDataError.
 func EnsureISO(in Input, path string) (seed *Seed, rebuilt bool, err error) {
@@ -56,20 +72,22 @@ func EnsureISO(in Input, path string) (seed *Seed, rebuilt bool, err error) {
 		return nil, false, err
 	}
 	sidecar := path + filenames.HashSuffix
-	if old, err := os.ReadFile(sidecar); err == nil && strings.TrimSpace(string(old)) == seed.Hash {
-		if st, err := os.Stat(path); err == nil && st.Mode().IsRegular() && st.Size() > 0 {
+	if old, err := os.ReadFile(sidecar); err == nil {
+		inputs, digest, _ := strings.Cut(strings.TrimSpace(string(old)), " ")
+		if inputs == seed.Hash && fileDigest(path) == digest {
 			return seed, false, nil
 		}
-	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, false, fmt.Errorf("read seed hash: %w", err)
 	}
 	// The image first, then its hash: a crash in between leaves a stale
 	// hash, which only causes one more rebuild.
-	if err := WriteISO(seed, path); err != nil {
+	digest, err := writeISO(seed, path)
+	if err != nil {
 		return nil, false, err
 	}
 	if err := writeAtomic(sidecar, func(w io.Writer) error {
-		_, err := io.WriteString(w, seed.Hash+"\n")
+		_, err := io.WriteString(w, seed.Hash+" "+digest+"\n")
 		return err
 	}); err != nil {
 		return nil, false, err
@@ -115,8 +133,26 @@ func ReadISO(path string) (label string, files map[string][]byte, err error) {
 	return label, files, nil
 }
 
+// fileDigest is the hex SHA-256 of the regular file at path, "" when it
+// cannot be read.
+func fileDigest(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return ""
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return ""
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
 // writeAtomic writes path through a temporary file in its directory (mode
-// 0600), synced and renamed over path.
+// 0600) renamed over path: readers see the old file or the new one.
 func writeAtomic(path string, write func(io.Writer) error) (err error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, filenames.DirMode); err != nil {
@@ -141,9 +177,6 @@ func writeAtomic(path string, write func(io.Writer) error) (err error) {
 	}
 	if err := bw.Flush(); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", path, err)
 	}
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("close %s: %w", path, err)

@@ -122,11 +122,7 @@ func userData(n Input, instanceID string) ([]byte, []string, error) {
 	}
 	m := &merger{root: root, file: n.UserDataFile}
 
-	fqdn := n.VMName + "." + HostsDomain(n.Namespace)
-	m.own("hostname", strNode(n.VMName))
-	m.own("fqdn", strNode(fqdn))
-	m.own("preserve_hostname", boolNode(false))
-	m.own("manage_etc_hosts", strNode("localhost"))
+	m.ownStackKeys(n.VMName, n.Namespace)
 
 	hostsCmd := []string{"sh", "-c", hostsScript, "stack-hosts"}
 	for _, h := range n.Hosts {
@@ -171,7 +167,33 @@ func userData(n Input, instanceID string) ([]byte, []string, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("encode user-data: %w", err)
 	}
-	return append([]byte(Header+"\n"), body...), m.warnings, nil
+	var warnings []string
+	for _, w := range m.warnings {
+		warnings = append(warnings, fmt.Sprintf("line %d: %s", w.Line, w.Msg))
+	}
+	return append([]byte(Header+"\n"), body...), warnings, nil
+}
+
+// CheckUserData applies the merge rules of Build to the user's document
+// of the VM vmName without generating anything, for the loader to report
+// at validate time what Build would refuse (the error, a *UserDataError)
+// or warn about. It is stricter than Build in one way: bootcmd,
+// ssh_authorized_keys and mounts must be lists whether or not stack adds
+// to them (cloud-init refuses anything else anyway).
+func CheckUserData(src, vmName, namespace string) (warnings []UserDataError, err error) {
+	root, err := parseUserData(src, "")
+	if err != nil {
+		return nil, err
+	}
+	m := &merger{root: root}
+	m.ownStackKeys(vmName, namespace)
+	for _, key := range []string{"bootcmd", "ssh_authorized_keys", "mounts"} {
+		m.list(key)
+	}
+	if m.err != nil {
+		return nil, m.err
+	}
+	return m.warnings, nil
 }
 
 func argvFlow(args ...string) *yaml.Node {
@@ -263,6 +285,7 @@ func yamlError(err error, file string) error {
 		line, _ = strconv.Atoi(m[1])
 	}
 	msg = strings.TrimPrefix(msg, "yaml: ")
+	msg = yamlLinePrefixRe.ReplaceAllString(msg, "") // the error carries it
 	// A value decoder's *yaml.TypeError: "unmarshal errors:\n  line N: ...";
 	// the first one is enough.
 	if rest, ok := strings.CutPrefix(msg, "unmarshal errors:\n"); ok {
@@ -433,8 +456,16 @@ func resolveTopMerge(root *yaml.Node) error {
 type merger struct {
 	root     *yaml.Node
 	file     string
-	warnings []string
+	warnings []UserDataError // File unset
 	err      error
+}
+
+// ownStackKeys sets the keys stack owns (see ownedKeys).
+func (m *merger) ownStackKeys(vmName, namespace string) {
+	m.own("hostname", strNode(vmName))
+	m.own("fqdn", strNode(vmName+"."+HostsDomain(namespace)))
+	m.own("preserve_hostname", boolNode(false))
+	m.own("manage_etc_hosts", strNode("localhost"))
 }
 
 func (m *merger) index(key string) int {
@@ -463,7 +494,7 @@ func (m *merger) own(key string, v *yaml.Node) {
 	}
 	old := m.root.Content[i+1]
 	if old.Kind != yaml.ScalarNode || old.Value != v.Value {
-		m.warnings = append(m.warnings, fmt.Sprintf("line %d: %s is set by stack to %q; the user data's value is ignored", m.root.Content[i].Line, key, v.Value))
+		m.warnings = append(m.warnings, UserDataError{Line: m.root.Content[i].Line, Msg: fmt.Sprintf("%s is set by stack to %q; the user data's value is ignored", key, v.Value)})
 	}
 	m.root.Content[i+1] = v
 }

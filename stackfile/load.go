@@ -79,6 +79,7 @@ type loader struct {
 
 	files    []*file
 	root     string
+	ns       string // the namespace, once resolved
 	vars     map[string]cty.Value // shared by every file's EvalContext
 	stackDcl *decl
 
@@ -257,6 +258,7 @@ func (l *loader) load() *Stack {
 		}
 	}
 	st.Namespace = l.namespace()
+	l.ns = st.Namespace
 	l.loadNetworks()
 	l.loadVolumes()
 	st.VMs = append(st.VMs, l.loadVMs()...)

@@ -539,6 +539,7 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 			if ud, ok := l.evalString(a, ctx, sc); ok {
 				ci.UserData = ud
 				ci.UserDataRange = a.Expr.Range()
+				l.checkUserData(a, ud, vm.Name)
 			}
 		}
 		if keys, ok := l.evalStrings(s.c.Attributes["ssh_authorized_keys"], ctx, sc); ok {

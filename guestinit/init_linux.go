@@ -49,6 +49,7 @@ type Init struct {
 	workPID  int
 	mounted  []string // mount points to unmount at power-off, in mount order
 	stopping bool
+	execs    map[string]*execSession // running execs by the host's ID
 
 	workDone chan struct{}
 	release  chan struct{} // closed by the host's TypeStart (HoldWorkload)
@@ -380,7 +381,9 @@ func (in *Init) onMessage(m guestproto.Message) {
 	case guestproto.TypePoweroff:
 		in.goSafe("poweroff", func() { in.poweroff("host asked") })
 	case guestproto.TypeExec:
-		in.goSafe("exec", func() { in.exec(m) })
+		in.startExec(m)
+	case guestproto.TypeExecInput:
+		in.execInput(m)
 	case guestproto.TypeStart:
 		in.released.Do(func() { close(in.release) })
 	default:

@@ -99,17 +99,67 @@ const (
 	// Exec sessions: the host sends TypeExec with an ID and an ExecRequest
 	// body; the guest answers with any number of TypeExecOutput messages
 	// (ExecOutput bodies) and one TypeExecExit (ExecExit), all with that ID.
-	TypeExec       = "exec"
-	TypeExecOutput = "exec-output"
-	TypeExecExit   = "exec-exit"
+	// While the session runs the host may send TypeExecInput messages
+	// (ExecInput) with the same ID, in order; the guest acknowledges each
+	// stdin chunk with a TypeExecInputAck (ExecInputAck) once the command's
+	// input has taken it, and the host keeps at most ExecInputWindow bytes
+	// unacknowledged, so a command that does not read its input holds the
+	// sender back instead of filling the guest's memory.
+	TypeExec         = "exec"
+	TypeExecOutput   = "exec-output"
+	TypeExecExit     = "exec-exit"
+	TypeExecInput    = "exec-input"
+	TypeExecInputAck = "exec-input-ack"
 )
+
+// ExecInputWindow bounds the stdin bytes in flight to one exec session.
+const ExecInputWindow = 256 << 10
 
 // ExecRequest runs a command in the guest beside the workload.
 type ExecRequest struct {
-	Argv  []string          `json:"argv"`
-	Env   map[string]string `json:"env,omitempty"` // added to the workload's environment
-	Dir   string            `json:"dir,omitempty"` // default /
-	Stdin []byte            `json:"stdin,omitempty"`
+	Argv []string          `json:"argv"`
+	Env  map[string]string `json:"env,omitempty"` // added to the workload's environment
+	Dir  string            `json:"dir,omitempty"` // default /
+	// Stdin: the host streams the command's standard input in
+	// TypeExecInput messages. Without it the command's input is empty.
+	Stdin bool `json:"stdin,omitempty"`
+	// TTY runs the command on a new pseudo-terminal (its controlling
+	// terminal, in a new session): its stdout and stderr both come out as
+	// "stdout" output.
+	TTY *TTY `json:"tty,omitempty"`
+}
+
+// TTY is the terminal an exec runs on.
+type TTY struct {
+	Term string `json:"term,omitempty"` // $TERM for the command; "" keeps the workload's
+	WindowSize
+}
+
+// WindowSize is a terminal's size in characters.
+type WindowSize struct {
+	Rows uint16 `json:"rows"`
+	Cols uint16 `json:"cols"`
+}
+
+// ExecInput is one step of an exec session's input; one field is set.
+type ExecInput struct {
+	// Data goes to the command's standard input.
+	Data []byte `json:"data,omitempty"`
+	// EOF closes the command's standard input. With a TTY it is ignored,
+	// as sshd does: a terminal has no end of input, the command sees one
+	// when the terminal's EOF character (Ctrl-D) is typed.
+	EOF bool `json:"eof,omitempty"`
+	// Size is a new window size (TTY only).
+	Size *WindowSize `json:"size,omitempty"`
+	// Hangup: the client went away. The command's input closes and a TTY
+	// hangs up (the command gets SIGHUP, as with a closed SSH session);
+	// the command is not killed otherwise.
+	Hangup bool `json:"hangup,omitempty"`
+}
+
+// ExecInputAck acknowledges N bytes of ExecInput.Data.
+type ExecInputAck struct {
+	N int `json:"n"`
 }
 
 // ExecOutput is a chunk of a command's output.

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -153,9 +154,20 @@ func Ensure(ctx context.Context, o SpawnOptions) (*Client, error) {
 	return nil, fmt.Errorf("start supervisor: no answer on its socket after 10s; see %s", logf.Name())
 }
 
-// Exec runs argv in the VM at address and copies its output to stdout and
-// stderr as it comes. It returns the command's exit code.
-func (c *Client) Exec(ctx context.Context, address string, spec ExecSpec, stdout, stderr io.Writer) (int, error) {
+// ExecIO are an exec's streams.
+type ExecIO struct {
+	// Stdin is read (with ExecSpec.Stdin) and sent as it comes; its end or
+	// read error ends the command's input. The reading goroutine may
+	// outlive Exec until a Read returns.
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	// Resize delivers new window sizes (with ExecSpec.TTY); may be nil.
+	Resize <-chan WindowSize
+}
+
+// Exec runs spec in the VM at address and copies its output to stdio's
+// writers as it comes. It returns the command's exit code.
+func (c *Client) Exec(ctx context.Context, address string, spec ExecSpec, stdio ExecIO) (int, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", c.path)
 	if err != nil {
@@ -167,6 +179,9 @@ func (c *Client) Exec(ctx context.Context, address string, spec ExecSpec, stdout
 	if err := json.NewEncoder(conn).Encode(&Request{Op: OpExec, Address: address, Exec: &spec}); err != nil {
 		return -1, fmt.Errorf("exec in %s: %w", address, err)
 	}
+	done := make(chan struct{})
+	defer close(done)
+	sendInputs(conn, spec, stdio, done)
 	dec := json.NewDecoder(bufio.NewReader(conn))
 	for {
 		var ev ExecEvent
@@ -180,14 +195,68 @@ func (c *Client) Exec(ctx context.Context, address string, spec ExecSpec, stdout
 		case ev.Exit != nil && ev.Error != "" && *ev.Exit < 0:
 			return -1, fmt.Errorf("exec in %s: %s", address, ev.Error)
 		case ev.Exit != nil:
-			if ev.Error != "" {
-				fmt.Fprintln(stderr, ev.Error)
+			if ev.Error != "" && stdio.Stderr != nil {
+				fmt.Fprintln(stdio.Stderr, ev.Error)
 			}
 			return *ev.Exit, nil
 		case ev.Stream == "stderr":
-			stderr.Write(ev.Data)
+			if stdio.Stderr != nil {
+				stdio.Stderr.Write(ev.Data)
+			}
 		default:
-			stdout.Write(ev.Data)
+			if stdio.Stdout != nil {
+				stdio.Stdout.Write(ev.Data)
+			}
 		}
+	}
+}
+
+// execInputChunk bounds the stdin bytes of one ExecInput.
+const execInputChunk = 32 << 10
+
+// sendInputs starts the goroutines that send an exec's stdin and window
+// sizes on conn, one encoder call at a time, until done is closed (stdin's
+// reader ends only with a Read that returns).
+func sendInputs(conn net.Conn, spec ExecSpec, stdio ExecIO, done <-chan struct{}) {
+	var mu sync.Mutex
+	enc := json.NewEncoder(conn)
+	send := func(in ExecInput) error {
+		mu.Lock()
+		defer mu.Unlock()
+		select {
+		case <-done:
+			return net.ErrClosed
+		default:
+		}
+		return enc.Encode(&in)
+	}
+	if spec.Stdin && stdio.Stdin != nil {
+		go func() {
+			buf := make([]byte, execInputChunk)
+			for {
+				n, err := stdio.Stdin.Read(buf)
+				if n > 0 && send(ExecInput{Stdin: buf[:n]}) != nil {
+					return
+				}
+				if err != nil {
+					send(ExecInput{EOF: true})
+					return
+				}
+			}
+		}()
+	}
+	if spec.TTY != nil && stdio.Resize != nil {
+		go func() {
+			for {
+				select {
+				case <-done:
+					return
+				case ws, ok := <-stdio.Resize:
+					if !ok || send(ExecInput{Size: &ws}) != nil {
+						return
+					}
+				}
+			}
+		}()
 	}
 }

@@ -6,22 +6,54 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
+	"sync"
+	"time"
 
 	"github.com/stackvm/stack/guestproto"
 )
 
-// exec runs a command in a VM through its guest agent and streams the
-// output back to the client; the last event carries the exit code. Closing
-// the connection abandons the session (the command keeps running).
-func (s *Supervisor) exec(ctx context.Context, c net.Conn, enc *json.Encoder, req *Request) {
-	fail := func(msg string) {
-		code := -1
-		enc.Encode(ExecEvent{Exit: &code, Error: msg})
+// execOut writes an exec's events to its client; output comes from several
+// goroutines (SSH copies stdout and stderr apart).
+type execOut struct {
+	mu  sync.Mutex
+	enc *json.Encoder
+	err error
+}
+
+func (o *execOut) send(ev ExecEvent) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.err == nil {
+		o.err = o.enc.Encode(ev)
 	}
+	return o.err
+}
+
+func (o *execOut) exit(code int, msg string) { o.send(ExecEvent{Exit: &code, Error: msg}) }
+
+// streamWriter sends what is written to it as one stream's output.
+type streamWriter struct {
+	o      *execOut
+	stream string
+}
+
+func (w streamWriter) Write(p []byte) (int, error) {
+	// Encode copies p (base64) before returning.
+	if err := w.o.send(ExecEvent{Stream: w.stream, Data: p}); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// exec runs a command in a VM (through its guest agent, or over SSH for
+// cloud-init VMs) and streams the output back to the client; the last event
+// carries the exit code. The client's ExecInputs are read from dec until
+// the connection ends; a client that goes away abandons the session (its
+// input closes, its terminal hangs up).
+func (s *Supervisor) exec(ctx context.Context, dec *json.Decoder, enc *json.Encoder, req *Request) {
+	out := &execOut{enc: enc}
 	if req.Exec == nil || len(req.Exec.Argv) == 0 {
-		fail("exec without a command")
+		out.exit(-1, "exec without a command")
 		return
 	}
 	s.mu.Lock()
@@ -29,14 +61,100 @@ func (s *Supervisor) exec(ctx context.Context, c net.Conn, enc *json.Encoder, re
 	running := v != nil && v.inst != nil && v.st.State == "ready"
 	s.mu.Unlock()
 	if !running {
-		fail(fmt.Sprintf("%s is not running (exec needs a ready VM)", req.Address))
+		out.exit(-1, fmt.Sprintf("%s is not running (exec needs a ready VM)", req.Address))
 		return
 	}
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	inputs, hangup := readInputs(sctx, dec)
+	if v.inst.Guest() == nil {
+		s.execSSH(sctx, v, req.Exec, out, inputs, hangup)
+		return
+	}
+	s.execAgent(sctx, v, req.Exec, out, inputs, hangup)
+}
+
+// readInputs decodes the client's ExecInputs until the connection ends,
+// which closes hangup. The session's end (ctx) stops it.
+func readInputs(ctx context.Context, dec *json.Decoder) (<-chan ExecInput, <-chan struct{}) {
+	inputs := make(chan ExecInput)
+	hangup := make(chan struct{})
+	go func() {
+		defer close(hangup)
+		for {
+			var in ExecInput
+			if err := dec.Decode(&in); err != nil {
+				return
+			}
+			select {
+			case inputs <- in:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return inputs, hangup
+}
+
+// eachInput calls f with the client's inputs, in order, until the session
+// ends (ctx) or f returns false.
+func eachInput(ctx context.Context, inputs <-chan ExecInput, f func(ExecInput) bool) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case in := <-inputs:
+			if !f(in) {
+				return
+			}
+		}
+	}
+}
+
+// inputWindow counts the stdin bytes sent to the guest and not yet
+// acknowledged (guestproto.ExecInputWindow at most).
+type inputWindow struct {
+	mu      sync.Mutex
+	used    int
+	changed chan struct{} // closed and replaced on every release
+}
+
+// acquire waits until n more bytes fit (a chunk larger than the window
+// goes alone).
+func (w *inputWindow) acquire(ctx context.Context, n int) error {
+	for {
+		w.mu.Lock()
+		if w.changed == nil {
+			w.changed = make(chan struct{})
+		}
+		if w.used == 0 || w.used+n <= guestproto.ExecInputWindow {
+			w.used += n
+			w.mu.Unlock()
+			return nil
+		}
+		ch := w.changed
+		w.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (w *inputWindow) release(n int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.used = max(w.used-n, 0) // a confused guest cannot make it negative
+	if w.changed != nil {
+		close(w.changed)
+	}
+	w.changed = make(chan struct{})
+}
+
+// execAgent runs an exec through the guest init's agent channel.
+func (s *Supervisor) execAgent(ctx context.Context, v *vmRun, spec *ExecSpec, out *execOut, inputs <-chan ExecInput, hangup <-chan struct{}) {
 	g := v.inst.Guest()
-	if g == nil {
-		fail(fmt.Sprintf("%s has no guest agent: exec works in initramfs mode only (cloud-init VMs: use SSH)", req.Address))
-		return
-	}
 	var idb [8]byte
 	rand.Read(idb[:])
 	id := hex.EncodeToString(idb[:])
@@ -52,39 +170,67 @@ func (s *Supervisor) exec(ctx context.Context, c net.Conn, enc *json.Encoder, re
 		delete(v.execs, id)
 		s.mu.Unlock()
 	}()
-	body, err := json.Marshal(guestproto.ExecRequest{Argv: req.Exec.Argv, Env: req.Exec.Env, Stdin: req.Exec.Stdin})
+	send := func(ctx context.Context, typ string, body any) error {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		msg, err := json.Marshal(guestproto.Message{Type: typ, ID: id, Body: b})
+		if err != nil {
+			return err
+		}
+		return g.Send(ctx, msg)
+	}
+	err := send(ctx, guestproto.TypeExec, guestproto.ExecRequest{Argv: spec.Argv, Env: spec.Env, Stdin: spec.Stdin, TTY: spec.TTY})
 	if err != nil {
-		fail(err.Error())
+		out.exit(-1, "send to the guest: "+err.Error())
 		return
 	}
-	msg, _ := json.Marshal(guestproto.Message{Type: guestproto.TypeExec, ID: id, Body: body})
-	if err := g.Send(ctx, msg); err != nil {
-		fail("send to the guest: " + err.Error())
-		return
-	}
-	hangup := make(chan struct{})
-	go func() {
-		io.Copy(io.Discard, c)
-		close(hangup)
-	}()
+	var win inputWindow
+	go eachInput(ctx, inputs, func(in ExecInput) bool {
+		var err error
+		switch {
+		case len(in.Stdin) > 0:
+			for data := in.Stdin; len(data) > 0 && err == nil; {
+				n := min(len(data), execInputChunk)
+				if err = win.acquire(ctx, n); err == nil {
+					err = send(ctx, guestproto.TypeExecInput, guestproto.ExecInput{Data: data[:n]})
+				}
+				data = data[n:]
+			}
+		case in.EOF:
+			err = send(ctx, guestproto.TypeExecInput, guestproto.ExecInput{EOF: true})
+		case in.Size != nil:
+			err = send(ctx, guestproto.TypeExecInput, guestproto.ExecInput{Size: in.Size})
+		}
+		return err == nil // else the session is over, or the guest is gone
+	})
 	for {
 		select {
 		case <-ctx.Done():
-			fail("supervisor shutting down")
+			out.exit(-1, "supervisor shutting down")
 			return
 		case <-hangup:
+			hctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			send(hctx, guestproto.TypeExecInput, guestproto.ExecInput{Hangup: true})
+			cancel()
 			return
 		case m := <-ch:
 			switch m.Type {
 			case guestproto.TypeExecOutput:
-				var out guestproto.ExecOutput
-				if json.Unmarshal(m.Body, &out) == nil && enc.Encode(ExecEvent{Stream: out.Stream, Data: out.Data}) != nil {
+				var o guestproto.ExecOutput
+				if json.Unmarshal(m.Body, &o) == nil && out.send(ExecEvent{Stream: o.Stream, Data: o.Data}) != nil {
 					return
+				}
+			case guestproto.TypeExecInputAck:
+				var a guestproto.ExecInputAck
+				if json.Unmarshal(m.Body, &a) == nil {
+					win.release(a.N)
 				}
 			case guestproto.TypeExecExit:
 				var ex guestproto.ExecExit
 				json.Unmarshal(m.Body, &ex)
-				enc.Encode(ExecEvent{Exit: &ex.Code, Error: ex.Error})
+				out.exit(ex.Code, ex.Error)
 				return
 			}
 		}

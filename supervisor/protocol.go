@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/stackvm/stack/guestproto"
 	"github.com/stackvm/stack/hypervisor"
 	"github.com/stackvm/stack/state"
 )
@@ -51,11 +52,33 @@ type Request struct {
 }
 
 // ExecSpec is a command to run in a VM (exec). The reply is a stream of
-// ExecEvents ending with one that has Exit set.
+// ExecEvents ending with one that has Exit set; meanwhile the client may
+// send ExecInputs on the same connection. Initramfs VMs run it through the
+// guest agent, cloud-init VMs over SSH as root (see docs/cloud-init.md).
 type ExecSpec struct {
-	Argv  []string          `json:"argv"`
-	Env   map[string]string `json:"env,omitempty"`
-	Stdin []byte            `json:"stdin,omitempty"`
+	Argv []string          `json:"argv"`
+	Env  map[string]string `json:"env,omitempty"`
+	// Stdin: the client streams the command's standard input as
+	// ExecInputs; without it the command's input is empty.
+	Stdin bool `json:"stdin,omitempty"`
+	// TTY runs the command on a pseudo-terminal: stderr comes out merged
+	// into stdout, and the client may send window sizes.
+	TTY *ExecTTY `json:"tty,omitempty"`
+}
+
+// ExecTTY is the terminal of an exec: $TERM and the initial size.
+type ExecTTY = guestproto.TTY
+
+// WindowSize is a terminal's size in characters.
+type WindowSize = guestproto.WindowSize
+
+// ExecInput is what an exec's client sends after its request, one field
+// set per message. Closing the connection abandons the session: the
+// command's input closes and its terminal, if any, hangs up.
+type ExecInput struct {
+	Stdin []byte      `json:"stdin,omitempty"`
+	EOF   bool        `json:"eof,omitempty"` // the end of stdin (ignored with a TTY, as sshd does)
+	Size  *WindowSize `json:"size,omitempty"`
 }
 
 // ExecEvent is one step of an exec: output, or the end.

@@ -279,7 +279,7 @@ func (s *Supervisor) serveConn(ctx context.Context, c net.Conn) {
 		s.watch(ctx, c, enc)
 		return
 	case OpExec:
-		s.exec(ctx, c, enc, &req)
+		s.exec(ctx, dec, enc, &req) // dec: the client's ExecInputs follow
 		return
 	}
 	resp := s.handle(ctx, &req)

@@ -432,7 +432,7 @@ func (s *Supervisor) guestEvents(ctx context.Context, v *vmRun, inst hypervisor.
 func (s *Supervisor) onGuestMessage(v *vmRun, m *guestproto.Message) {
 	st := m.Status
 	switch m.Type {
-	case guestproto.TypeExecOutput, guestproto.TypeExecExit:
+	case guestproto.TypeExecOutput, guestproto.TypeExecExit, guestproto.TypeExecInputAck:
 		s.mu.Lock()
 		ch := v.execs[m.ID]
 		s.mu.Unlock()

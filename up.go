@@ -161,7 +161,7 @@ func (p *Project) Down(ctx context.Context, opts DownOptions) error {
 		// Leave nothing behind but the lock file, which another command may
 		// be waiting on (removing it would let two commands lock two files).
 		nsDir := filenames.NamespaceState(p.StateDir, p.Stack.Namespace)
-		for _, name := range []string{filenames.NetworkDir, filenames.VMDir, filenames.VolumeDir, filenames.SupervisorLog} {
+		for _, name := range []string{filenames.NetworkDir, filenames.VMDir, filenames.VolumeDir, filenames.SupervisorLog, filenames.SSHClientKey} {
 			os.RemoveAll(filepath.Join(nsDir, name))
 		}
 	}

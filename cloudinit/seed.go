@@ -41,7 +41,13 @@ type Input struct {
 	// line "<ip> <name> <name>.<namespace>.internal".
 	Hosts             []Host
 	SSHAuthorizedKeys []string // each may hold several keys, one a line
-	Mounts            []Mount
+	// ExecKey is stack's own public key (one authorized_keys line), which
+	// `stack exec` logs in with: it is installed for root. "" for none.
+	ExecKey string `json:",omitempty"`
+	// HostKey, when set, becomes the guest's SSH host key, so that exec
+	// knows it in advance and pins it.
+	HostKey *HostKey `json:",omitempty"`
+	Mounts  []Mount
 	// UserData is the user's #cloud-config document ("" for none).
 	UserData string
 	// UserDataFile names where UserData came from, for error messages
@@ -231,6 +237,9 @@ func normalise(in Input) (Input, error) {
 			return out, fmt.Errorf("check mount fstype %q: not a file system type", fs)
 		}
 		out.Mounts = append(out.Mounts, Mount{Serial: m.Serial, GuestPath: m.GuestPath, FSType: fs})
+	}
+	if err := normaliseSSH(in, &out); err != nil {
+		return out, err
 	}
 	return out, nil
 }

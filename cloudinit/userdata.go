@@ -152,6 +152,7 @@ func userData(n Input, instanceID string) ([]byte, []string, error) {
 		}
 	}
 	m.appendList("ssh_authorized_keys", keys...)
+	m.mergeSSH(n) // exec's key for root, the pinned host key (ssh.go)
 
 	var mounts []*yaml.Node
 	for _, mt := range n.Mounts {
@@ -190,6 +191,7 @@ func CheckUserData(src, vmName, namespace string) (warnings []UserDataError, err
 	for _, key := range []string{"bootcmd", "ssh_authorized_keys", "mounts"} {
 		m.list(key)
 	}
+	m.checkSSH()
 	if m.err != nil {
 		return nil, m.err
 	}

@@ -312,6 +312,9 @@ func (e *Engine) vmSpec(ctx context.Context, plan *planner.Plan, vm *stackfile.V
 			in.UserData, in.SSHAuthorizedKeys = vm.CloudInit.UserData, vm.CloudInit.SSHAuthorizedKeys
 			in.UserDataFile = vm.CloudInit.UserDataRange.Filename
 		}
+		if err := e.execKeys(&in, dir); err != nil {
+			return nil, err
+		}
 		seed, _, err := cloudinit.EnsureISO(in, filepath.Join(dir, filenames.SeedISO))
 		if err != nil {
 			return nil, err

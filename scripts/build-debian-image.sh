@@ -24,7 +24,7 @@ set -euo pipefail
 SUITE=bookworm
 ROOT_LABEL=stack-root
 IMAGE_SIZE=2G
-PACKAGES="systemd-sysv,udev,kmod,cloud-init,python3-cffi-backend,ifupdown,iproute2,netbase,iputils-ping,dbus,libpam-systemd,resolvconf,linux-image-cloud-amd64"
+PACKAGES="systemd-sysv,udev,kmod,cloud-init,python3-cffi-backend,ifupdown,iproute2,netbase,iputils-ping,dbus,libpam-systemd,resolvconf,openssh-server,linux-image-cloud-amd64"
 
 OUTDIR="${1:-${STACK_CACHE_DIR:-$HOME/.cache/stack}/images/debian-12}"
 
@@ -152,6 +152,12 @@ mkdir -p "$root/etc/network/interfaces.d"
 # dns-nameservers, which resolvconf's ifupdown hook applies).
 rm -f "$root/etc/resolv.conf"
 ln -s ../run/resolvconf/resolv.conf "$root/etc/resolv.conf"
+
+# openssh-server's postinst generated host keys at build time, which every VM
+# made from the image would share. Each VM's host key comes from its seed
+# instead (cloud-config ssh_keys, which stack generates and pins for exec);
+# without one, cloud-init generates fresh keys on first boot.
+rm -f "$root"/etc/ssh/ssh_host_*
 
 printf 'debian\n' >"$root/etc/hostname"
 # An empty machine-id makes systemd generate a fresh one on each VM's first

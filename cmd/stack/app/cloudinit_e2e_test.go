@@ -138,14 +138,41 @@ func TestCloudInitStack(t *testing.T) {
 	if len(stamp) < 30 {
 		t.Fatalf("alpha wrote no stamp on its volume: %v", a)
 	}
+	c.checkExecSSH()
 
 	c.mustRun(append(args, "down")...)
 	c.mustRun(append(args, "up", "--progress", "plain")...)
 	if again := c.check(t, "alpha"); again[4] != stamp {
 		t.Fatalf("the volume lost its data across down and up: stamp %q, then %q", stamp, again[4])
 	}
+	// down removed the namespace's exec key; the new VMs have a new one.
+	if r := c.run("exec", "alpha", "--", "hostname"); r.code != 0 || r.stdout != "alpha\n" {
+		t.Fatalf("exec after down and up: %+v", r)
+	}
 	r := c.mustRun(append(args, "down", "--volumes")...)
 	if strings.Contains(r.stderr, "Error") {
 		t.Fatalf("down --volumes: %s", r.stderr)
 	}
+}
+
+// checkExecSSH runs `stack exec` in both VMs, which goes over SSH: as
+// root, output and exit codes, the environment, streaming stdin, a TTY.
+func (c *cli) checkExecSSH() {
+	c.t.Helper()
+	start := time.Now()
+	for _, vm := range []string{"alpha", "beta"} {
+		if r := c.run("exec", vm, "--", "hostname"); r.code != 0 || r.stdout != vm+"\n" || r.stderr != "" {
+			c.t.Fatalf("exec %s -- hostname: %+v", vm, r)
+		}
+	}
+	c.t.Logf("exec hostname in both VMs over SSH: %s", time.Since(start).Round(time.Millisecond))
+	r := c.run("exec", "-e", "GREETING=it's $me", "beta", "--", "sh", "-c", `id -u; printf '%s\n' "$GREETING" "$1"; echo to-stderr >&2; exit 42`, "sh", "a b'c")
+	if r.code != 42 || r.stdout != "0\nit's $me\na b'c\n" || r.stderr != "to-stderr\n" {
+		c.t.Fatalf("exec in beta: %+v", r)
+	}
+	if r := c.run("exec", "alpha", "--", "no-such-command"); r.code != 127 || !strings.Contains(r.stderr, "not found") {
+		c.t.Fatalf("exec of a missing command: %+v", r)
+	}
+	c.checkExecStdin("alpha")
+	c.checkExecTTY("beta", "")
 }

@@ -151,6 +151,8 @@ func TestQuickstartLifecycle(t *testing.T) {
 		r.stdout != "hello from web\n" || r.stderr != "to-stderr\n" {
 		t.Fatalf("stack exec: %+v", r)
 	}
+	c.checkExecStdin("web")
+	c.checkExecTTY("web", "busybox ") // the image links no tty or stty applets
 
 	// A second up touches nothing and says so.
 	r := c.mustRun("-f", file, "up")

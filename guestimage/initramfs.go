@@ -31,7 +31,7 @@ var Applets = []string{
 	"od", "ping", "ping6", "poweroff", "printf", "ps", "pwd", "readlink",
 	"realpath", "reboot", "rm", "rmdir", "route", "sed", "seq", "sh",
 	"sha256sum", "sleep", "sort", "stat", "sync", "tail", "tar", "tee",
-	"telnet", "test", "timeout", "top", "touch", "tr", "traceroute", "true",
+	"telnet", "test", "timeout", "top", "touch", "tr", "traceroute", "true", "tty", "stty", "clear",
 	"udhcpc", "umount", "uname", "uniq", "uptime", "vi", "watch", "wc",
 	"wget", "which", "xargs", "yes", "zcat",
 }

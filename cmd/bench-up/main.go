@@ -4,7 +4,10 @@
 //     same two VMs booted by bare QEMU, with the exact argv and config disk
 //     stack used, in parallel and one after the other (as depends_on
 //     orders them), each to the same point: the guest init's ready report;
-//  2. `up` of an unchanged 10-VM stack (nothing to do).
+//  2. with -flat, `up` of the same two VMs without depends_on and without
+//     the tcp probe, which is what bare QEMU in parallel does: the gap to
+//     bare QEMU is then stack's own work alone;
+//  3. `up` of an unchanged 10-VM stack (nothing to do).
 //
 // Runs are interleaved so that load on the machine hits every variant
 // alike. It prints a table and one line of ratios.
@@ -37,10 +40,11 @@ import (
 func main() {
 	runs := flag.Int("runs", 5, "measured runs of each variant")
 	file := flag.String("f", "examples/stacks/quickstart.hcl", "the stack to bring up")
+	flat := flag.String("flat", "", "optional: the same VMs without depends_on and readiness probes")
 	var vars varList
 	flag.Var(&vars, "var", "a stack variable NAME=VALUE (repeatable)")
 	flag.Parse()
-	if err := run(*runs, *file, vars); err != nil {
+	if err := run(*runs, *file, *flat, vars); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-up:", err)
 		os.Exit(1)
 	}
@@ -62,7 +66,7 @@ type varList []string
 func (v *varList) String() string     { return strings.Join(*v, ",") }
 func (v *varList) Set(s string) error { *v = append(*v, s); return nil }
 
-func run(runs int, file string, vars []string) error {
+func run(runs int, file, flatFile string, vars []string) error {
 	ctx := context.Background()
 	stateDir, err := os.MkdirTemp("", "bench-up-state")
 	if err != nil {
@@ -85,8 +89,15 @@ func run(runs int, file string, vars []string) error {
 	if err := p.Down(ctx, stack.DownOptions{}); err != nil {
 		return err
 	}
+	var flat *stack.Project
+	if flatFile != "" {
+		flat, diags = stack.Load(stack.Options{Files: []string{flatFile}, Namespace: "bench-up-flat", StateDir: stateDir, Vars: vars})
+		if diags.HasErrors() {
+			return diags
+		}
+	}
 
-	var upT, parT, seqT []time.Duration
+	var upT, parT, seqT, flatT []time.Duration
 	for i := 0; i < runs; i++ {
 		t0 := time.Now()
 		if _, err := p.Up(ctx, stack.UpOptions{}); err != nil {
@@ -106,7 +117,19 @@ func run(runs int, file string, vars []string) error {
 			return err
 		}
 		seqT = append(seqT, d)
-		fmt.Fprintf(os.Stderr, "run %d: up %s, bare parallel %s, bare in order %s\n", i+1, upT[i].Round(time.Millisecond), parT[i].Round(time.Millisecond), seqT[i].Round(time.Millisecond))
+		fmt.Fprintf(os.Stderr, "run %d: up %s, bare parallel %s, bare in order %s", i+1, upT[i].Round(time.Millisecond), parT[i].Round(time.Millisecond), seqT[i].Round(time.Millisecond))
+		if flat != nil {
+			t0 := time.Now()
+			if _, err := flat.Up(ctx, stack.UpOptions{}); err != nil {
+				return err
+			}
+			flatT = append(flatT, time.Since(t0))
+			if err := flat.Down(ctx, stack.DownOptions{}); err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, ", up without depends_on/probe %s", flatT[i].Round(time.Millisecond))
+		}
+		fmt.Fprintln(os.Stderr)
 	}
 
 	noop, err := unchanged10(ctx, runs)
@@ -118,9 +141,16 @@ func run(runs int, file string, vars []string) error {
 	fmt.Printf("%-40s %10s\n", "stack up quickstart (2 VMs)", up.Round(time.Millisecond))
 	fmt.Printf("%-40s %10s\n", "bare QEMU, both at once", par.Round(time.Millisecond))
 	fmt.Printf("%-40s %10s\n", "bare QEMU, web then client", seq.Round(time.Millisecond))
+	if flat != nil {
+		fmt.Printf("%-40s %10s\n", "stack up, no depends_on, no tcp probe", median(flatT).Round(time.Millisecond))
+	}
 	fmt.Printf("%-40s %10s\n", "stack up, unchanged 10-VM stack", noop.Round(time.Microsecond))
-	fmt.Printf("overhead_vs_parallel=%.3f overhead_vs_ordered=%.3f unchanged10_ms=%.1f\n",
+	fmt.Printf("overhead_vs_parallel=%.3f overhead_vs_ordered=%.3f unchanged10_ms=%.1f",
 		float64(up)/float64(par)-1, float64(up)/float64(seq)-1, float64(noop)/float64(time.Millisecond))
+	if flat != nil {
+		fmt.Printf(" flat_overhead_vs_parallel=%.3f", float64(median(flatT))/float64(par)-1)
+	}
+	fmt.Println()
 	return nil
 }
 

@@ -30,12 +30,20 @@ func newValidateCmd(g *globals, s Streams) *cobra.Command {
 				return errReported
 			}
 			if !asJSON {
-				fmt.Fprintf(s.Out, "The stack files are valid (namespace %q: %d VMs, %d networks, %d volumes).\n",
-					p.Stack.Namespace, len(p.Stack.VMs), len(p.Stack.Networks), len(p.Stack.Volumes))
+				fmt.Fprintf(s.Out, "The stack files are valid (namespace %q: %s, %s, %s).\n", p.Stack.Namespace,
+					plural(len(p.Stack.VMs), "VM"), plural(len(p.Stack.Networks), "network"), plural(len(p.Stack.Volumes), "volume"))
 			}
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd
+}
+
+// plural is "1 VM", "2 VMs".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

@@ -158,12 +158,12 @@ func (s *Supervisor) execAgent(ctx context.Context, v *vmRun, spec *ExecSpec, ou
 	var idb [8]byte
 	rand.Read(idb[:])
 	id := hex.EncodeToString(idb[:])
-	ch := make(chan guestproto.Message, 1024)
+	q := newExecQueue()
 	s.mu.Lock()
 	if v.execs == nil {
-		v.execs = map[string]chan guestproto.Message{}
+		v.execs = map[string]*execQueue{}
 	}
-	v.execs[id] = ch
+	v.execs[id] = q
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
@@ -215,24 +215,78 @@ func (s *Supervisor) execAgent(ctx context.Context, v *vmRun, spec *ExecSpec, ou
 			send(hctx, guestproto.TypeExecInput, guestproto.ExecInput{Hangup: true})
 			cancel()
 			return
-		case m := <-ch:
-			switch m.Type {
-			case guestproto.TypeExecOutput:
-				var o guestproto.ExecOutput
-				if json.Unmarshal(m.Body, &o) == nil && out.send(ExecEvent{Stream: o.Stream, Data: o.Data}) != nil {
+		case <-q.ready:
+			msgs, cut := q.take()
+			if cut > 0 {
+				note := fmt.Sprintf("\nstack: %d bytes of this command's output were dropped: the client read it too slowly\n", cut)
+				if out.send(ExecEvent{Stream: "stderr", Data: []byte(note)}) != nil {
 					return
 				}
-			case guestproto.TypeExecInputAck:
-				var a guestproto.ExecInputAck
-				if json.Unmarshal(m.Body, &a) == nil {
-					win.release(a.N)
+			}
+			for _, m := range msgs {
+				switch m.Type {
+				case guestproto.TypeExecOutput:
+					var o guestproto.ExecOutput
+					if json.Unmarshal(m.Body, &o) == nil && out.send(ExecEvent{Stream: o.Stream, Data: o.Data}) != nil {
+						return
+					}
+				case guestproto.TypeExecInputAck:
+					var a guestproto.ExecInputAck
+					if json.Unmarshal(m.Body, &a) == nil {
+						win.release(a.N)
+					}
+				case guestproto.TypeExecExit:
+					var ex guestproto.ExecExit
+					json.Unmarshal(m.Body, &ex)
+					out.exit(ex.Code, ex.Error)
+					return
 				}
-			case guestproto.TypeExecExit:
-				var ex guestproto.ExecExit
-				json.Unmarshal(m.Body, &ex)
-				out.exit(ex.Code, ex.Error)
-				return
 			}
 		}
 	}
+}
+
+// maxExecBacklog bounds the output one exec session holds for a client
+// that reads slower than the command writes.
+const maxExecBacklog = 64 << 20
+
+// execQueue carries one exec session's messages from the VM's agent
+// reader, which must never block (it carries every message of the VM), to
+// the session, which its client may slow down. Output beyond
+// maxExecBacklog is dropped and counted, so that the client is told;
+// acknowledgements and the exit are always kept.
+type execQueue struct {
+	mu    sync.Mutex
+	msgs  []guestproto.Message
+	bytes int
+	cut   int
+	ready chan struct{} // holds a token while msgs is not empty
+}
+
+func newExecQueue() *execQueue { return &execQueue{ready: make(chan struct{}, 1)} }
+
+func (q *execQueue) push(m guestproto.Message) {
+	q.mu.Lock()
+	if m.Type == guestproto.TypeExecOutput && q.bytes+len(m.Body) > maxExecBacklog {
+		q.cut += len(m.Body)
+		q.mu.Unlock()
+		return
+	}
+	q.msgs = append(q.msgs, m)
+	q.bytes += len(m.Body)
+	q.mu.Unlock()
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+}
+
+// take returns the queued messages and how many bytes were dropped since
+// the last take.
+func (q *execQueue) take() (msgs []guestproto.Message, cut int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	msgs, cut = q.msgs, q.cut
+	q.msgs, q.bytes, q.cut = nil, 0, 0
+	return msgs, cut
 }

@@ -42,8 +42,8 @@ type vmRun struct {
 	// guestNews is closed (and replaced) when guestReady or guestErr
 	// changes, so that waiters wake at once instead of at a poll tick.
 	guestNews chan struct{}
-	execs     map[string]chan guestproto.Message // open exec sessions by ID
-	loopDone  chan struct{}                      // closed when the supervising loop ends
+	execs     map[string]*execQueue // open exec sessions by ID
+	loopDone  chan struct{}         // closed when the supervising loop ends
 	loopCtx   context.Context
 	// logStart is the console log's size when the current VMM started: a
 	// replaced VM keeps its log, and the ready line of the VMM before must
@@ -434,14 +434,10 @@ func (s *Supervisor) onGuestMessage(v *vmRun, m *guestproto.Message) {
 	switch m.Type {
 	case guestproto.TypeExecOutput, guestproto.TypeExecExit, guestproto.TypeExecInputAck:
 		s.mu.Lock()
-		ch := v.execs[m.ID]
+		q := v.execs[m.ID]
 		s.mu.Unlock()
-		if ch != nil {
-			select {
-			case ch <- *m: // the session drains it until exec-exit
-			default:
-				s.log.Warn("exec session not keeping up; output dropped", "vm", v.spec.Address, "id", m.ID)
-			}
+		if q != nil {
+			q.push(*m) // the session drains it until exec-exit
 		}
 		return
 	case guestproto.TypeExit:

@@ -141,6 +141,18 @@ func (s *Supervisor) dialSSHWith(ctx context.Context, v *vmRun, key, host *sshke
 	dctx, cancel := context.WithTimeout(ctx, sshHandshakeTimeout)
 	defer cancel()
 	conn, err := n.gw.DialContext(dctx, "tcp", addr)
+	// A VM whose readiness is a tcp or http probe can be ready before
+	// cloud-init has written the host key from the seed and started sshd:
+	// a refused connection is tried again until the handshake timeout.
+	for err != nil && strings.Contains(err.Error(), "refused") {
+		select {
+		case <-dctx.Done():
+		case <-time.After(250 * time.Millisecond):
+			conn, err = n.gw.DialContext(dctx, "tcp", addr)
+			continue
+		}
+		break
+	}
 	if err != nil {
 		return nil, fmt.Errorf("connect to the VM's SSH server at %s: %w (the image needs openssh-server; see docs/cloud-init.md)", addr, err)
 	}

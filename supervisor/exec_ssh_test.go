@@ -269,12 +269,18 @@ func (noGuest) Guest() hypervisor.GuestChannel { return nil }
 // pairGateway hands every dial to the test's SSH server.
 type pairGateway struct {
 	Gateway
-	srv   *sshServer
-	addrs []string
+	srv    *sshServer
+	addrs  []string
+	refuse int // dials refused first, as by a guest whose sshd is not up yet
 }
 
 func (g *pairGateway) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	g.addrs = append(g.addrs, addr)
+	if g.refuse > 0 {
+		g.refuse--
+		// What gVisor's netstack returns for a reset.
+		return nil, &net.OpError{Op: "connect", Net: network, Err: errors.New("connection was refused")}
+	}
 	// A socket pair, not net.Pipe: both SSH ends write their version
 	// first, which an unbuffered pipe deadlocks on.
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
@@ -429,5 +435,21 @@ func TestExecOverSSHPinsTheHostKey(t *testing.T) {
 	}
 	if len(srv.command) != 0 {
 		t.Fatalf("a command ran: %q", srv.command)
+	}
+}
+
+// A guest whose sshd is not up yet refuses the connection; exec tries
+// again (cloud-init starts sshd once it has written the host key).
+func TestExecOverSSHWaitsForSSHD(t *testing.T) {
+	s, _, c := newTestSupervisor(t)
+	gw, _ := sshVM(t, s, nil)
+	gw.refuse = 3
+	var out syncBuffer
+	code, err := c.Exec(context.Background(), "vm.ci", ExecSpec{Argv: []string{"echo", "up"}}, ExecIO{Stdout: &out})
+	if err != nil || code != 0 || out.String() != "up\n" {
+		t.Fatalf("exit %d, %v, output %q", code, err, out.String())
+	}
+	if len(gw.addrs) != 4 {
+		t.Errorf("dialled %d times, want 3 refused and 1 accepted", len(gw.addrs))
 	}
 }

@@ -36,6 +36,9 @@ func (s *Supervisor) stopTimeout(req *Request) time.Duration {
 func (s *Supervisor) quiesce(ctx context.Context, v *vmRun, timeout time.Duration) error {
 	var err error
 	for {
+		if err := s.awaitLaunch(ctx, v); err != nil {
+			return err
+		}
 		s.mu.Lock()
 		v.stopping = true
 		if v.wake != nil {
@@ -73,6 +76,27 @@ func (s *Supervisor) quiesce(ctx context.Context, v *vmRun, timeout time.Duratio
 	s.unwire(v)
 	os.RemoveAll(v.runDir)
 	return err
+}
+
+// awaitLaunch waits while a VMM of v is being started: the supervisor
+// carries a start through when its client hangs up (a killed `up`), and the
+// next command's stop must find the VMM that start makes, not miss it and
+// leave it running unknown.
+func (s *Supervisor) awaitLaunch(ctx context.Context, v *vmRun) error {
+	for {
+		s.mu.Lock()
+		busy := s.booting[v.runDir] == v ||
+			(s.vms[v.spec.Address] == v && v.inst == nil && v.st.State == state.StatusCreating) // start-vm before its launch
+		s.mu.Unlock()
+		if !busy {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // stopVM stops a VM gracefully (then forcibly after timeout) and removes

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"context"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -132,5 +133,65 @@ func TestHaltDuringRestartDelay(t *testing.T) {
 	defer s2.release()
 	if v := s2.vms["vm.a"]; v == nil || !v.st.Halted {
 		t.Fatalf("re-adopted halted VM: %+v", v)
+	}
+}
+
+// A start carried through for a client that hung up (a killed up) and a
+// stop-vm from the next command: the stop waits for the VMM the start makes
+// and stops it, instead of leaving it running unknown.
+func TestStopWaitsForAStartInProgress(t *testing.T) {
+	s, drv, c := newTestSupervisor(t)
+	ctx := context.Background()
+	drv.gate = make(chan struct{})
+	open := sync.OnceFunc(func() { close(drv.gate) })
+	t.Cleanup(open) // a failed test must not leave start-vm blocked
+	spec := startSpec(t, s, "no")
+	started := make(chan error, 1)
+	go func() {
+		_, err := c.Call(ctx, &Request{Op: OpStartVM, VM: &spec})
+		started <- err
+	}()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		s.mu.Lock()
+		launching := len(s.booting) > 0
+		s.mu.Unlock()
+		if launching {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("start-vm never reached the driver")
+		}
+	}
+	stopped := make(chan error, 1)
+	go func() {
+		_, err := c.Call(ctx, &Request{Op: OpStopVM, Address: "vm.a"})
+		stopped <- err
+	}()
+	select {
+	case err := <-stopped:
+		t.Fatalf("stop-vm returned (%v) while the VMM was still being started", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	open()
+	for _, ch := range []chan error{started, stopped} {
+		select {
+		case err := <-ch:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("start-vm or stop-vm never returned")
+		}
+	}
+	select {
+	case _, ok := <-drv.last().events:
+		if ok {
+			t.Fatal("unexpected guest message")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the VMM started during stop-vm was left running")
+	}
+	if resp, err := c.Call(ctx, &Request{Op: OpStatus}); err != nil || len(resp.VMs) != 0 {
+		t.Fatalf("still supervised after stop-vm: %+v, %v", resp, err)
 	}
 }

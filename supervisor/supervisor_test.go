@@ -24,6 +24,7 @@ type fakeDriver struct {
 	mu      sync.Mutex
 	started []*fakeInst
 	nextPID int
+	gate    chan struct{} // when set, Start waits for it to close
 }
 
 type fakeInst struct {
@@ -36,6 +37,9 @@ type fakeInst struct {
 func (d *fakeDriver) Name() string { return "fake" }
 
 func (d *fakeDriver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.Instance, error) {
+	if d.gate != nil {
+		<-d.gate
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.nextPID++

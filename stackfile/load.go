@@ -79,7 +79,7 @@ type loader struct {
 
 	files    []*file
 	root     string
-	ns       string // the namespace, once resolved
+	ns       string               // the namespace, once resolved
 	vars     map[string]cty.Value // shared by every file's EvalContext
 	stackDcl *decl
 

@@ -95,6 +95,21 @@ func EnsureISO(in Input, path string) (seed *Seed, rebuilt bool, err error) {
 	return seed, true, nil
 }
 
+// RecordedInstanceID returns the instance-id of the seed that EnsureISO
+// last wrote at path, from its sidecar (for a caller that changes a running
+// VM without regenerating its seed).
+func RecordedInstanceID(path string) (string, error) {
+	b, err := os.ReadFile(path + filenames.HashSuffix)
+	if err != nil {
+		return "", fmt.Errorf("read seed hash: %w", err)
+	}
+	inputs, _, _ := strings.Cut(strings.TrimSpace(string(b)), " ")
+	if len(inputs) < 16 {
+		return "", fmt.Errorf("read seed hash %s: malformed", path+filenames.HashSuffix)
+	}
+	return instanceID(inputs), nil
+}
+
 // ReadISO returns the label and the root files of a seed image (names
 // without the ";1" suffix), for tests and diagnostics.
 func ReadISO(path string) (label string, files map[string][]byte, err error) {

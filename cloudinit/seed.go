@@ -144,7 +144,7 @@ func Build(in Input) (*Seed, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Seed{Hash: hash, InstanceID: "stack-" + hash[:16]}
+	s := &Seed{Hash: hash, InstanceID: instanceID(hash)}
 
 	s.MetaData, err = encodeYAML(metaData{InstanceID: s.InstanceID, LocalHostname: n.VMName})
 	if err != nil {
@@ -160,6 +160,10 @@ func Build(in Input) (*Seed, error) {
 	}
 	return s, nil
 }
+
+// instanceID is the cloud-init instance-id of the seed whose inputs hash
+// to hash.
+func instanceID(hash string) string { return "stack-" + hash[:16] }
 
 // Hash returns the seed hash of in without generating the seed (EnsureISO
 // compares it with the sidecar). It fails on the inputs Build rejects,

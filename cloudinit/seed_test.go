@@ -605,6 +605,9 @@ func TestEnsureISO(t *testing.T) {
 	if want := fmt.Sprintf("%s %x\n", seed.Hash, sha256.Sum256(image)); err != nil || string(sidecar) != want {
 		t.Fatalf("sidecar = %q, %v; want %q (input hash, image digest)", sidecar, err, want)
 	}
+	if id, err := RecordedInstanceID(iso); err != nil || id != seed.InstanceID {
+		t.Errorf("RecordedInstanceID = %q, %v; want %q", id, err, seed.InstanceID)
+	}
 	for _, p := range []string{iso, iso + ".hash"} {
 		if st, err := os.Stat(p); err != nil || st.Mode().Perm() != 0o600 {
 			t.Errorf("%s: %v, mode want 0600", p, err)

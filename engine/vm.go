@@ -29,7 +29,16 @@ func (e *Engine) applyVM(ctx context.Context, plan *planner.Plan, a *planner.Act
 	case planner.NoOp:
 		return nil
 	case planner.Update:
-		spec := supervisor.VMSpec{Address: a.Address, Publish: publishSpecs(vm), Restart: vm.Restart, Ready: readySpec(vm, "")}
+		ready := readySpec(vm, "")
+		if vm.Mode() == stackfile.ModeCloudInit {
+			// The seed is not rebuilt by an update: the ready line is that
+			// of the seed the VM booted with (without its sidecar, any
+			// instance's ready line counts).
+			if id, err := cloudinit.RecordedInstanceID(filepath.Join(filenames.VMState(e.StateRoot, e.Namespace, a.Name), filenames.SeedISO)); err == nil {
+				ready = readySpec(vm, id)
+			}
+		}
+		spec := supervisor.VMSpec{Address: a.Address, Publish: publishSpecs(vm), Restart: vm.Restart, Ready: ready}
 		if _, err := e.Supervisor.Call(ctx, &supervisor.Request{Op: supervisor.OpUpdateVM, VM: &spec}); err != nil {
 			return fmt.Errorf("%s: %w", a.Address, err)
 		}

@@ -111,6 +111,7 @@ type manifest struct {
 	KernelSHA256  string   `json:"kernel_sha256"`
 	BusyboxSHA256 string   `json:"busybox_sha256"`
 	InitSHA256    string   `json:"init_sha256"`
+	Applets       []string `json:"applets"`
 	Wanted        []string `json:"wanted_modules"`
 	Modules       []string `json:"modules"` // "group path"
 	Compression   int      `json:"compression"`
@@ -200,7 +201,7 @@ func Ensure(ctx context.Context, opts Options) (*Image, error) {
 	m := manifest{
 		Builder: builderVersion, KernelPackage: pkg.Name, KernelVersion: pkg.Version,
 		KernelRelease: uk.Release, KernelSHA256: pkg.SHA256, BusyboxSHA256: bbSum,
-		InitSHA256: initSum, Wanted: wanted, Compression: level,
+		InitSHA256: initSum, Applets: Applets, Wanted: wanted, Compression: level,
 	}
 	for _, e := range mods {
 		m.Modules = append(m.Modules, e.Group+" "+e.Path)

@@ -269,6 +269,13 @@ func (r *Relay) shutdown() {
 	r.vmm.Close()
 }
 
+// coalesceBelow and coalesceDelay batch the console's trickle (see pump):
+// 2 ms is far below what a person at the console notices.
+const (
+	coalesceBelow = 256
+	coalesceDelay = 2 * time.Millisecond
+)
+
 // pump copies VMM output to the log and the clients until the VMM closes.
 func (r *Relay) pump() {
 	defer r.wg.Done()
@@ -283,6 +290,13 @@ func (r *Relay) pump() {
 				r.log.Error("console log write failed", "err", werr)
 			}
 			r.broadcast(chunk)
+		}
+		if err == nil && n < coalesceBelow {
+			// A UART delivers a byte at a time: a short pause lets the
+			// next read take a line or a screenful, instead of waking this
+			// goroutine (and writing the log) once per byte, which costs
+			// the guests CPU time while they boot.
+			time.Sleep(coalesceDelay)
 		}
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {

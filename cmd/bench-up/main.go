@@ -4,6 +4,7 @@
 //     same two VMs booted by bare QEMU, with the exact argv and config disk
 //     stack used, in parallel and one after the other (as depends_on
 //     orders them), each to the same point: the guest init's ready report;
+//     in parallel also with each console read, as stack reads it;
 //  2. with -flat, `up` of the same two VMs without depends_on and without
 //     the tcp probe, which is what bare QEMU in parallel does: the gap to
 //     bare QEMU is then stack's own work alone;
@@ -19,6 +20,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -97,7 +99,7 @@ func run(runs int, file, flatFile string, vars []string) error {
 		}
 	}
 
-	var upT, parT, seqT, flatT []time.Duration
+	var upT, parT, conT, seqT, flatT []time.Duration
 	for i := 0; i < runs; i++ {
 		t0 := time.Now()
 		if _, err := p.Up(ctx, stack.UpOptions{}); err != nil {
@@ -107,12 +109,16 @@ func run(runs int, file, flatFile string, vars []string) error {
 		if err := p.Down(ctx, stack.DownOptions{}); err != nil {
 			return err
 		}
-		d, err := bare(vmms, true)
+		d, err := bare(vmms, true, false)
 		if err != nil {
 			return err
 		}
 		parT = append(parT, d)
-		d, err = bare(vmms, false)
+		if d, err = bare(vmms, true, true); err != nil {
+			return err
+		}
+		conT = append(conT, d)
+		d, err = bare(vmms, false, false)
 		if err != nil {
 			return err
 		}
@@ -140,6 +146,7 @@ func run(runs int, file, flatFile string, vars []string) error {
 	fmt.Printf("%-40s %10s\n", "variant (median of runs)", "time")
 	fmt.Printf("%-40s %10s\n", "stack up quickstart (2 VMs)", up.Round(time.Millisecond))
 	fmt.Printf("%-40s %10s\n", "bare QEMU, both at once", par.Round(time.Millisecond))
+	fmt.Printf("%-40s %10s\n", "bare QEMU, both at once, console read", median(conT).Round(time.Millisecond))
 	fmt.Printf("%-40s %10s\n", "bare QEMU, web then client", seq.Round(time.Millisecond))
 	if flat != nil {
 		fmt.Printf("%-40s %10s\n", "stack up, no depends_on, no tcp probe", median(flatT).Round(time.Millisecond))
@@ -147,8 +154,9 @@ func run(runs int, file, flatFile string, vars []string) error {
 	fmt.Printf("%-40s %10s\n", "stack up, unchanged 10-VM stack", noop.Round(time.Microsecond))
 	fmt.Printf("overhead_vs_parallel=%.3f overhead_vs_ordered=%.3f unchanged10_ms=%.1f",
 		float64(up)/float64(par)-1, float64(up)/float64(seq)-1, float64(noop)/float64(time.Millisecond))
+	fmt.Printf(" overhead_vs_parallel_console_read=%.3f", float64(up)/float64(median(conT))-1)
 	if flat != nil {
-		fmt.Printf(" flat_overhead_vs_parallel=%.3f", float64(median(flatT))/float64(par)-1)
+		fmt.Printf(" flat_overhead_vs_parallel=%.3f flat_overhead_vs_parallel_console_read=%.3f", float64(median(flatT))/float64(par)-1, float64(median(flatT))/float64(median(conT))-1)
 	}
 	fmt.Println()
 	return nil
@@ -204,8 +212,10 @@ func capture(p *stack.Project) ([]vmm, error) {
 }
 
 // bare boots the VMs with plain QEMU processes (no stack) to the guest
-// init's ready report, at once or one after the other.
-func bare(vmms []vmm, parallel bool) (time.Duration, error) {
+// init's ready report, at once or one after the other. With readConsole,
+// each VM's serial console is read to a file as stack does (QEMU then
+// sends the console byte by byte instead of dropping it).
+func bare(vmms []vmm, parallel, readConsole bool) (time.Duration, error) {
 	t0 := time.Now()
 	errs := make(chan error, len(vmms))
 	boot := func(v vmm) {
@@ -242,6 +252,19 @@ func bare(vmms []vmm, parallel bool) (time.Duration, error) {
 			return
 		}
 		defer func() { cmd.Process.Kill(); cmd.Wait() }()
+		if readConsole {
+			go func() {
+				c, err := dialRetry(filepath.Join(dir, filenames.ConsoleVMMSocket), time.Minute)
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				if f, err := os.Create(filepath.Join(dir, filenames.ConsoleLog)); err == nil {
+					io.Copy(f, c)
+					f.Close()
+				}
+			}()
+		}
 		if v.rootDisk == "" {
 			errs <- waitReady(filepath.Join(dir, filenames.AgentSocket), 2*time.Minute)
 		} else {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/stackvm/stack"
+	"github.com/stackvm/stack/internal/filenames"
 )
 
 const childEnv = "STACKTEST_CHILD"
@@ -84,6 +85,19 @@ func TestVMsDieWithTestBinary(t *testing.T) {
 				syscall.Kill(pid, syscall.SIGKILL)
 			}
 			t.Fatalf("VMs of %s outlived the killed test binary by a minute", ns)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// The supervisor tears down and exits after its VMs: no socket or
+	// runtime directory of the namespace stays behind.
+	dir := filenames.NamespaceRuntime(filenames.RuntimeRoot(), ns)
+	for {
+		if _, err := os.Stat(dir); os.IsNotExist(err) {
+			break
+		}
+		if ctx.Err() != nil {
+			entries, _ := os.ReadDir(dir)
+			t.Fatalf("runtime directory %s outlived the killed test binary by a minute (%d entries)", dir, len(entries))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

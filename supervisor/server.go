@@ -178,6 +178,12 @@ loop:
 	}
 	cancel()
 	wg.Wait()
+	if s.empty() {
+		// Nothing runs any more: the runtime directory goes with its last
+		// socket (os.Remove leaves a directory that still holds anything).
+		os.Remove(path)
+		os.Remove(dir)
+	}
 	return nil
 }
 

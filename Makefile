@@ -63,7 +63,7 @@ bench-switch: deps
 # an unchanged 10-VM stack.
 bench-up: deps build guest-image
 	$(GO) build -o $(BIN)/bench-up ./cmd/bench-up
-	$(BIN)/bench-up -runs 5 -flat cmd/bench-up/testdata/quickstart-flat.hcl
+	$(BIN)/bench-up -runs 8 -flat cmd/bench-up/testdata/quickstart-flat.hcl
 
 # `up` to ready of one cloud-init VM against bare QEMU with the same image
 # and seed.

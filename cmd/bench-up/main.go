@@ -10,8 +10,10 @@
 //     bare QEMU is then stack's own work alone;
 //  3. `up` of an unchanged 10-VM stack (nothing to do).
 //
-// Runs are interleaved so that load on the machine hits every variant
-// alike. It prints a table and one line of ratios.
+// Runs are interleaved, and alternate which side goes first, so that load
+// on the machine hits every variant alike. It prints a table of medians and
+// one line of overheads: the median of the per-run ratios, with their
+// range.
 package main
 
 import (
@@ -100,7 +102,7 @@ func run(runs int, file, flatFile string, vars []string) error {
 	}
 
 	var upT, parT, conT, seqT, flatT []time.Duration
-	for i := 0; i < runs; i++ {
+	stackUp := func() error {
 		t0 := time.Now()
 		if _, err := p.Up(ctx, stack.UpOptions{}); err != nil {
 			return err
@@ -109,30 +111,45 @@ func run(runs int, file, flatFile string, vars []string) error {
 		if err := p.Down(ctx, stack.DownOptions{}); err != nil {
 			return err
 		}
-		d, err := bare(vmms, true, false)
-		if err != nil {
+		if flat == nil {
+			return nil
+		}
+		t0 = time.Now()
+		if _, err := flat.Up(ctx, stack.UpOptions{}); err != nil {
 			return err
 		}
-		parT = append(parT, d)
-		if d, err = bare(vmms, true, true); err != nil {
+		flatT = append(flatT, time.Since(t0))
+		return flat.Down(ctx, stack.DownOptions{})
+	}
+	bareAll := func() error {
+		for _, v := range []struct {
+			parallel, console bool
+			out               *[]time.Duration
+		}{{true, false, &parT}, {true, true, &conT}, {false, false, &seqT}} {
+			d, err := bare(vmms, v.parallel, v.console)
+			if err != nil {
+				return err
+			}
+			*v.out = append(*v.out, d)
+		}
+		return nil
+	}
+	for i := 0; i < runs; i++ {
+		// Alternate which side goes first, so that whatever the previous
+		// variant leaves behind (freed guest memory, a warm page cache)
+		// weighs on both sides alike.
+		first, second := stackUp, bareAll
+		if i%2 == 1 {
+			first, second = bareAll, stackUp
+		}
+		if err := first(); err != nil {
 			return err
 		}
-		conT = append(conT, d)
-		d, err = bare(vmms, false, false)
-		if err != nil {
+		if err := second(); err != nil {
 			return err
 		}
-		seqT = append(seqT, d)
 		fmt.Fprintf(os.Stderr, "run %d: up %s, bare parallel %s, bare in order %s", i+1, upT[i].Round(time.Millisecond), parT[i].Round(time.Millisecond), seqT[i].Round(time.Millisecond))
 		if flat != nil {
-			t0 := time.Now()
-			if _, err := flat.Up(ctx, stack.UpOptions{}); err != nil {
-				return err
-			}
-			flatT = append(flatT, time.Since(t0))
-			if err := flat.Down(ctx, stack.DownOptions{}); err != nil {
-				return err
-			}
 			fmt.Fprintf(os.Stderr, ", up without depends_on/probe %s", flatT[i].Round(time.Millisecond))
 		}
 		fmt.Fprintln(os.Stderr)
@@ -152,11 +169,13 @@ func run(runs int, file, flatFile string, vars []string) error {
 		fmt.Printf("%-40s %10s\n", "stack up, no depends_on, no tcp probe", median(flatT).Round(time.Millisecond))
 	}
 	fmt.Printf("%-40s %10s\n", "stack up, unchanged 10-VM stack", noop.Round(time.Microsecond))
-	fmt.Printf("overhead_vs_parallel=%.3f overhead_vs_ordered=%.3f unchanged10_ms=%.1f",
-		float64(up)/float64(par)-1, float64(up)/float64(seq)-1, float64(noop)/float64(time.Millisecond))
-	fmt.Printf(" overhead_vs_parallel_console_read=%.3f", float64(up)/float64(median(conT))-1)
+	// Overheads are medians of per-run ratios: each run's up against the
+	// bare boots of the same run, which shared its moment's machine load.
+	fmt.Printf("overhead_vs_parallel=%s overhead_vs_ordered=%s unchanged10_ms=%.1f",
+		ratio(upT, parT), ratio(upT, seqT), float64(noop)/float64(time.Millisecond))
+	fmt.Printf(" overhead_vs_parallel_console_read=%s", ratio(upT, conT))
 	if flat != nil {
-		fmt.Printf(" flat_overhead_vs_parallel=%.3f flat_overhead_vs_parallel_console_read=%.3f", float64(median(flatT))/float64(par)-1, float64(median(flatT))/float64(median(conT))-1)
+		fmt.Printf(" flat_overhead_vs_parallel=%s flat_overhead_vs_parallel_console_read=%s", ratio(flatT, parT), ratio(flatT, conT))
 	}
 	fmt.Println()
 	return nil
@@ -392,6 +411,17 @@ func unchanged10(ctx context.Context, runs int) (time.Duration, error) {
 		}
 	}
 	return median(ts), nil
+}
+
+// ratio is the median, minimum and maximum of a[i]/b[i]-1 over the runs,
+// as "median[min..max]".
+func ratio(a, b []time.Duration) string {
+	r := make([]float64, len(a))
+	for i := range a {
+		r[i] = float64(a[i])/float64(b[i]) - 1
+	}
+	sort.Float64s(r)
+	return fmt.Sprintf("%.3f[%.3f..%.3f]", r[len(r)/2], r[0], r[len(r)-1])
 }
 
 func median(ts []time.Duration) time.Duration {

@@ -34,7 +34,7 @@ func baseConfig() *hypervisor.Config {
 	}
 }
 
-var tcgHost = HostInfo{TSCkHz: 2096016, Version: Version{7, 2, 22}}
+var tcgHost = HostInfo{TSCkHz: 2096016}
 
 func TestBuildArgsGolden(t *testing.T) {
 	cases := []struct {

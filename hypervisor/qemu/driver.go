@@ -59,9 +59,10 @@ type Driver struct {
 	opts Options
 	log  *slog.Logger
 
-	hostOnce sync.Once
-	host     HostInfo
-	hostErr  error
+	hostOnce    sync.Once
+	host        HostInfo
+	hostErr     error
+	versionOnce sync.Once
 }
 
 var _ hypervisor.Driver = (*Driver)(nil)
@@ -84,7 +85,11 @@ func New(opts Options) *Driver {
 // Name implements hypervisor.Driver.
 func (d *Driver) Name() string { return DriverName }
 
-// Host detects the host facts once per Driver (KVM, TSC, QEMU version).
+// Host detects the host facts once per Driver: the QEMU binary, KVM, the
+// TSC. Not QEMU's version: `qemu --version` is a whole QEMU start (about
+// 0.1 s, more under load) on the path to every supervisor's first VM. Each
+// VM's QMP greeting tells the version instead, and --version runs only to
+// explain a failed start (see versionHint).
 func (d *Driver) Host() (HostInfo, error) {
 	d.hostOnce.Do(func() {
 		bin, err := exec.LookPath(d.opts.Binary)
@@ -93,28 +98,34 @@ func (d *Driver) Host() (HostInfo, error) {
 			return
 		}
 		d.opts.Binary = bin
-		out, err := exec.Command(bin, "--version").Output()
-		if err != nil {
-			d.hostErr = fmt.Errorf("run %s --version: %w", bin, err)
-			return
-		}
-		v, err := ParseVersion(out)
-		if err != nil {
-			d.hostErr = err
-			return
-		}
-		d.host = HostInfo{KVM: KVMUsable(), TSCkHz: DetectTSCkHz(), Version: v}
+		d.host = HostInfo{KVM: KVMUsable(), TSCkHz: DetectTSCkHz()}
 		accel := AccelTCG
 		if d.host.KVM {
 			accel = AccelKVM
 		}
-		d.log.Info("qemu host detected", "binary", bin, "version", fmt.Sprintf("%d.%d.%d", v.Major, v.Minor, v.Micro),
-			"accel", accel, "tsc_khz", d.host.TSCkHz)
+		d.log.Info("qemu host detected", "binary", bin, "accel", accel, "tsc_khz", d.host.TSCkHz)
 		if d.host.TSCkHz == 0 && !d.host.KVM {
 			d.log.Warn("host TSC frequency unknown: microvm guests under TCG may hang in TSC calibration")
 		}
 	})
 	return d.host, d.hostErr
+}
+
+// versionHint explains a failed start by QEMU's version, when that is the
+// likely cause: -netdev dgram and stream came with QEMU 7.2.
+func (d *Driver) versionHint(cfg *hypervisor.Config) string {
+	if !usesNewNetdevs(cfg) {
+		return ""
+	}
+	out, err := exec.Command(d.opts.Binary, "--version").Output()
+	if err != nil {
+		return ""
+	}
+	v, err := ParseVersion(out)
+	if err != nil || v.AtLeast(7, 2) {
+		return ""
+	}
+	return fmt.Sprintf(" (-netdev dgram/stream need QEMU 7.2 or later, have %d.%d)", v.Major, v.Minor)
 }
 
 // Start implements hypervisor.Driver.
@@ -127,9 +138,6 @@ func (d *Driver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.
 	args, err := BuildArgs(cfg, host)
 	if err != nil {
 		return nil, fmt.Errorf("start vm %s: %w", cfg.Name, err)
-	}
-	if usesNewNetdevs(cfg) && host.Version != (Version{}) && !host.Version.AtLeast(7, 2) {
-		return nil, fmt.Errorf("start vm %s: -netdev dgram/stream need QEMU 7.2 or later, have %d.%d", cfg.Name, host.Version.Major, host.Version.Minor)
 	}
 	if d.opts.BeforeBoot != nil {
 		args = append(args, "-S")
@@ -177,7 +185,7 @@ func (d *Driver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.
 			inst.qmp.Close()
 		}
 		removeSockets(cfg.RunDir)
-		return nil, fmt.Errorf("start vm %s: %w%s", cfg.Name, err, stderrTail(stderrPath))
+		return nil, fmt.Errorf("start vm %s: %w%s%s", cfg.Name, err, d.versionHint(cfg), stderrTail(stderrPath))
 	}
 	st, err := proc.StartTime(pid)
 	if err != nil {
@@ -195,6 +203,10 @@ func (d *Driver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.
 		return fail(err)
 	}
 	inst.qmp = c
+	d.versionOnce.Do(func() {
+		v := c.Greeting().Version.QEMU
+		d.log.Info("qemu version", "version", fmt.Sprintf("%d.%d.%d", v.Major, v.Minor, v.Micro))
+	})
 	go inst.watchEvents()
 	if d.opts.BeforeBoot != nil {
 		if err := d.opts.BeforeBoot(sctx, cfg); err != nil {

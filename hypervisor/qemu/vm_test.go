@@ -172,6 +172,7 @@ func TestVMLifecycle(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cfg := testConfig(t, "life", "auto", true)
+	cfg.Cmdline = "loglevel=7" // the kernel's first line shows the relay was early
 	logPath := filepath.Join(shortRunDir(t), filenames.ConsoleLog)
 	var relay *console.Relay
 	d := New(Options{BeforeBoot: withRelay(t, logPath, &relay)})
@@ -626,5 +627,41 @@ func TestArgvAcceptedByQEMU(t *testing.T) {
 				t.Errorf("wait: %+v, %v", st, err)
 			}
 		})
+	}
+}
+
+// TestOldQEMUExplained: a QEMU older than 7.2 fails on -netdev dgram; the
+// start error says why (the driver asks for the version only then). The
+// "QEMU" here is a script that answers --version like QEMU 6.2 and fails
+// like it on anything else.
+func TestOldQEMUExplained(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "qemu-system-x86_64")
+	script := "#!/bin/sh\n" +
+		"if [ \"$1\" = --version ]; then echo 'QEMU emulator version 6.2.0 (Debian 1:6.2+dfsg-2)'; exit 0; fi\n" +
+		"echo \"qemu-system-x86_64: -netdev dgram,id=n0: Parameter 'type' expects a netdev backend type\" >&2\n" +
+		"exit 1\n"
+	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := &hypervisor.Config{
+		Name: "old", RunDir: shortRunDir(t), CPUs: 1, MemoryMB: 64,
+		Kernel: filepath.Join(dir, "vmlinuz"), Machine: "q35",
+		NICs: []hypervisor.NIC{{MAC: "52:54:00:00:00:01", DgramLocal: filepath.Join(dir, "l.sock"), DgramRemote: filepath.Join(dir, "r.sock")}},
+	}
+	_, err := New(Options{Binary: bin}).Start(ctx, cfg)
+	if err == nil {
+		t.Fatal("start with QEMU 6.2 succeeded")
+	}
+	for _, want := range []string{"need QEMU 7.2 or later, have 6.2", "expects a netdev backend type"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q: %v", want, err)
+		}
+	}
+	cfg.NICs = nil
+	if _, err := New(Options{Binary: bin}).Start(ctx, cfg); err == nil || strings.Contains(err.Error(), "7.2") {
+		t.Errorf("without dgram NICs the error blames the version: %v", err)
 	}
 }

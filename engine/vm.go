@@ -8,8 +8,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -357,7 +359,7 @@ func (e *Engine) vmSpec(ctx context.Context, plan *planner.Plan, vm *stackfile.V
 	gc := guestproto.Config{
 		Version: guestproto.Version, Hostname: vm.Name, Hosts: guestHosts(vm, plan, desired, e.Namespace),
 		Mounts: mounts, Command: vm.Command, Env: vm.Env, OneShot: len(vm.Command) > 0, HoldWorkload: hold,
-		Search: []string{cloudinit.HostsDomain(e.Namespace)},
+		Search: []string{cloudinit.HostsDomain(e.Namespace)}, WatchPorts: probePorts(vm, nics),
 	}
 	for i, n := range nics {
 		net := nets[n.Network]
@@ -391,6 +393,37 @@ func publishSpecs(vm *stackfile.VM) []supervisor.PublishSpec {
 
 // readySpec says how the supervisor decides that vm is ready. instanceID
 // is the cloud-init instance (cloud-init mode only).
+// probePorts are the guest ports the VM's tcp or http readiness probe
+// connects to; the guest init reports when they listen, so that the probe
+// runs at once instead of at its next tick. An http probe counts only when
+// its URL names the VM itself.
+func probePorts(vm *stackfile.VM, nics []state.NIC) []int {
+	if vm.Ready.TCP != 0 {
+		return []int{vm.Ready.TCP}
+	}
+	u, err := url.Parse(vm.Ready.HTTP)
+	if vm.Ready.HTTP == "" || err != nil {
+		return nil
+	}
+	self := u.Hostname() == "localhost" || u.Hostname() == "127.0.0.1" || u.Hostname() == vm.Name
+	for _, n := range nics {
+		self = self || u.Hostname() == n.IP.String()
+	}
+	if !self {
+		return nil
+	}
+	port, err := strconv.Atoi(u.Port())
+	switch {
+	case u.Port() == "" && u.Scheme == "https":
+		port = 443
+	case u.Port() == "":
+		port = 80
+	case err != nil:
+		return nil
+	}
+	return []int{port}
+}
+
 func readySpec(vm *stackfile.VM, instanceID string) supervisor.ReadySpec {
 	r := supervisor.ReadySpec{TCP: vm.Ready.TCP, HTTP: vm.Ready.HTTP, Timeout: supervisor.Duration(vm.Ready.Timeout)}
 	if r.TCP != 0 || r.HTTP != "" {

@@ -16,8 +16,9 @@ import (
 
 // Boot 4: the default image through the QEMU driver (hypervisor/qemu), the
 // way the engine boots it: the driver's agent channel sees the guest's
-// ready report with the NIC's address, and Stop (the agent's poweroff) ends
-// in a guest power-off.
+// ready report with the NIC's address, then word that the watched port
+// listens once the workload's server binds it, and Stop (the agent's
+// poweroff) ends in a guest power-off.
 func TestBootThroughQEMUDriver(t *testing.T) {
 	img := testImage(t)
 	runDir, err := os.MkdirTemp("", "stack-drv-")
@@ -36,7 +37,10 @@ func TestBootThroughQEMUDriver(t *testing.T) {
 		Version:  guestproto.Version,
 		Hostname: "drv",
 		NICs:     []guestproto.NIC{{MAC: mac, Address: "10.42.0.7/24", Gateway: "10.42.0.1"}},
-		Command:  []string{"sleep", "1000"},
+		// The server binds a second after the ready report, so the guest's
+		// port watch sees the port go from closed to listening.
+		Command:    []string{"sh", "-c", "sleep 1; exec httpd -f -p 8080"},
+		WatchPorts: []int{8080},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -92,6 +96,29 @@ func TestBootThroughQEMUDriver(t *testing.T) {
 	}
 	if ready.Addresses[mac] != "10.42.0.7" {
 		t.Errorf("addresses = %v", ready.Addresses)
+	}
+	if len(ready.Listening) != 0 {
+		t.Errorf("ready report says %v listen before the server started", ready.Listening)
+	}
+	for listening := false; !listening; {
+		select {
+		case line, ok := <-inst.Guest().Events():
+			if !ok {
+				t.Fatal("agent channel closed before the port listened")
+			}
+			var m guestproto.Message
+			if err := json.Unmarshal(line, &m); err != nil {
+				t.Fatalf("guest sent %q: %v", line, err)
+			}
+			if m.Type == guestproto.TypeListening {
+				if m.Status == nil || len(m.Status.Listening) != 1 || m.Status.Listening[0] != 8080 {
+					t.Fatalf("listening report %s, want port 8080", line)
+				}
+				listening = true
+			}
+		case <-timeout:
+			t.Fatal("no report that port 8080 listens")
+		}
 	}
 	if err := inst.Stop(ctx, time.Minute); err != nil {
 		t.Fatalf("Stop: %v", err)

@@ -299,6 +299,9 @@ func (in *Init) startWorkload(cfg *guestproto.Config) error {
 	in.mu.Unlock()
 	in.setReady()
 	in.log.Info("workload started", "pid", pid, "command", cfg.Command)
+	if ports := uniquePorts(cfg.WatchPorts); len(ports) > 0 {
+		in.goSafe("port watch", func() { in.watchPorts(ports) })
+	}
 	in.goSafe("workload waiter", func() {
 		ws := <-statusCh
 		code := ExitCode(ws.Exited(), ws.ExitStatus(), ws.Signaled(), int(ws.Signal()))

@@ -57,6 +57,12 @@ type Config struct {
 	// ready): a VM can boot while the VMs it depends on are still getting
 	// ready, and its workload still starts after them.
 	HoldWorkload bool `json:"hold_workload,omitempty"`
+	// WatchPorts are TCP ports that the host's readiness probe checks.
+	// Once the workload runs, the guest watches for a socket listening on
+	// each and says so (TypeListening) as soon as one does, so that the
+	// host probes then rather than at its next tick. The probe still
+	// decides readiness: this only tells it when to look.
+	WatchPorts []int `json:"watch_ports,omitempty"`
 }
 
 // Host is one /etc/hosts line.
@@ -96,6 +102,9 @@ const (
 	TypeLog      = "log"      // guest → host: a line from the init for the host's log
 	TypePoweroff = "poweroff" // host → guest: stop the workload and power off
 	TypeStart    = "start"    // host → guest: start the held workload (HoldWorkload)
+	// TypeListening: guest → host when a port of Config.WatchPorts starts
+	// listening; Status.Listening lists those that do.
+	TypeListening = "listening"
 	// Exec sessions: the host sends TypeExec with an ID and an ExecRequest
 	// body; the guest answers with any number of TypeExecOutput messages
 	// (ExecOutput bodies) and one TypeExecExit (ExecExit), all with that ID.
@@ -197,4 +206,6 @@ type Status struct {
 	Exited   bool   `json:"exited"`
 	ExitCode int    `json:"exit_code"`
 	Error    string `json:"error,omitempty"`
+	// Listening are the ports of Config.WatchPorts seen listening.
+	Listening []int `json:"listening,omitempty"`
 }

@@ -458,6 +458,10 @@ func (s *Supervisor) onGuestMessage(v *vmRun, m *guestproto.Message) {
 		v.guestReady = true
 		v.guestNewsLocked()
 		s.mu.Unlock()
+	case guestproto.TypeListening:
+		s.mu.Lock()
+		v.guestNewsLocked() // a probe waiting for its next tick looks now
+		s.mu.Unlock()
 	case guestproto.TypeHello:
 		s.mu.Lock()
 		if st != nil && st.Ready {
@@ -580,11 +584,13 @@ func (s *Supervisor) waitGuestReady(ctx context.Context, v *vmRun, inst hypervis
 const probeInterval = 100 * time.Millisecond
 
 // pollUntil calls check at the probe cadence until it reports done, errs,
-// the VM stops, or ctx ends.
+// the VM stops, or ctx ends; news from the guest (such as a watched port
+// now listening, see guestproto.Config.WatchPorts) runs the check at once.
 func (s *Supervisor) pollUntil(ctx context.Context, v *vmRun, check func() (string, bool, error)) (string, error) {
 	t := time.NewTicker(probeInterval)
 	defer t.Stop()
 	for {
+		news := v.guestNewsChan()
 		what, done, err := check()
 		if err != nil {
 			return "", err
@@ -596,6 +602,7 @@ func (s *Supervisor) pollUntil(ctx context.Context, v *vmRun, check func() (stri
 		case <-ctx.Done():
 			return "", ctx.Err()
 		case <-t.C:
+		case <-news:
 		}
 	}
 }

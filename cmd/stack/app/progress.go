@@ -116,5 +116,17 @@ func (p *progress) say(format string, args ...any) {
 	if p.mode == "json" {
 		return
 	}
-	fmt.Fprintf(p.out, format+" (%s)\n", append(args, time.Since(p.start).Round(10*time.Millisecond))...)
+	fmt.Fprintf(p.out, format+" (%s)\n", append(args, roundElapsed(time.Since(p.start)))...)
+}
+
+// roundElapsed keeps three significant digits or so: "4.21s", "350ms",
+// "3ms" (a plain 10 ms rounding printed a quick no-op as "0s").
+func roundElapsed(d time.Duration) time.Duration {
+	switch {
+	case d >= time.Second:
+		return d.Round(10 * time.Millisecond)
+	case d >= 10*time.Millisecond:
+		return d.Round(time.Millisecond)
+	}
+	return d.Round(100 * time.Microsecond)
 }

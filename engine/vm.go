@@ -391,8 +391,6 @@ func publishSpecs(vm *stackfile.VM) []supervisor.PublishSpec {
 	return out
 }
 
-// readySpec says how the supervisor decides that vm is ready. instanceID
-// is the cloud-init instance (cloud-init mode only).
 // probePorts are the guest ports the VM's tcp or http readiness probe
 // connects to; the guest init reports when they listen, so that the probe
 // runs at once instead of at its next tick. An http probe counts only when
@@ -424,6 +422,8 @@ func probePorts(vm *stackfile.VM, nics []state.NIC) []int {
 	return []int{port}
 }
 
+// readySpec says how the supervisor decides that vm is ready. instanceID
+// is the cloud-init instance (cloud-init mode only).
 func readySpec(vm *stackfile.VM, instanceID string) supervisor.ReadySpec {
 	r := supervisor.ReadySpec{TCP: vm.Ready.TCP, HTTP: vm.Ready.HTTP, Timeout: supervisor.Duration(vm.Ready.Timeout)}
 	if r.TCP != 0 || r.HTTP != "" {

@@ -24,7 +24,7 @@ func (in *Init) watchPorts(ports []int) {
 	deadline := time.Now().Add(portWatchLimit)
 	t := time.NewTicker(portWatchInterval)
 	defer t.Stop()
-	seen := map[int]bool{}
+	var listening []int // sorted
 	for {
 		now := map[int]bool{}
 		for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
@@ -35,24 +35,19 @@ func (in *Init) watchPorts(ports []int) {
 		}
 		news := false
 		for _, p := range ports {
-			if now[p] && !seen[p] {
-				seen[p], news = true, true
+			if now[p] && !slices.Contains(listening, p) {
+				listening, news = append(listening, p), true
 			}
 		}
 		if news {
+			slices.Sort(listening)
 			in.mu.Lock()
-			in.status.Listening = nil
-			for _, p := range ports {
-				if seen[p] {
-					in.status.Listening = append(in.status.Listening, p)
-				}
-			}
-			slices.Sort(in.status.Listening)
+			in.status.Listening = slices.Clone(listening)
 			st := in.status
 			in.mu.Unlock()
 			in.send(guestproto.Message{Type: guestproto.TypeListening, Status: &st})
 		}
-		if len(seen) == len(ports) || time.Now().After(deadline) {
+		if len(listening) == len(ports) || time.Now().After(deadline) {
 			return
 		}
 		select {

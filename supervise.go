@@ -45,6 +45,7 @@ func runSupervisor(raw string) int {
 		fmt.Fprintf(os.Stderr, "supervisor: bad %s: %v\n", superviseEnv, err)
 		return 2
 	}
+	listening := supervisor.ListeningNotifier()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("supervisor", a.Namespace)
 	slog.SetDefault(log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -57,6 +58,7 @@ func runSupervisor(raw string) int {
 		Namespace: a.Namespace, StateRoot: a.StateRoot, RuntimeRoot: a.RuntimeRoot,
 		Driver: drv, Gateway: newGateway(), Logger: log,
 		OwnerPID: a.OwnerPID, OwnerStartTime: a.OwnerStartTime,
+		Listening: listening,
 	})
 	if err := sup.Serve(ctx); err != nil {
 		log.Error("supervisor stopped", "err", err)

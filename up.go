@@ -75,15 +75,15 @@ func (p *Project) Up(ctx context.Context, opts UpOptions) (*planner.Plan, error)
 	if !plan.HasChanges() && len(st.VMs) == 0 {
 		return plan, nil
 	}
-	client, err := ensureSupervisor(ctx, desired.Namespace, p.StateDir, opts.OwnerPID)
-	if err != nil {
+	e := p.engine(store, nil, opts.Progress)
+	e.NoWait = opts.NoWait
+	e.Prefetch(ctx, plan, desired)
+	if e.Supervisor, err = ensureSupervisor(ctx, desired.Namespace, p.StateDir, opts.OwnerPID); err != nil {
 		return nil, err
 	}
 	if !plan.HasChanges() {
 		return plan, nil
 	}
-	e := p.engine(store, client, opts.Progress)
-	e.NoWait = opts.NoWait
 	return plan, e.Apply(ctx, plan, desired, st)
 }
 

@@ -232,6 +232,26 @@ func (e *Engine) awaitDependencies(ctx context.Context, plan *planner.Plan, vm *
 	}
 }
 
+// Prefetch starts resolving the built-in guest image (a cache check of
+// about 10 ms, or a build) in the background when the plan boots a VM that
+// uses it, so that the work overlaps with starting the supervisor and the
+// networks instead of delaying the first VMM. It reports whether it did.
+func (e *Engine) Prefetch(ctx context.Context, plan *planner.Plan, desired *stackfile.Stack) bool {
+	boots := map[string]bool{}
+	for _, a := range plan.Actions {
+		if a.Type == planner.TypeVM && (a.Kind == planner.Create || a.Kind == planner.Replace) {
+			boots[a.Address] = true
+		}
+	}
+	for _, vm := range desired.VMs {
+		if boots[vm.Address] && vm.Mode() == stackfile.ModeInitramfs && (vm.Kernel == "" || vm.Initramfs == "") {
+			go e.image(ctx)
+			return true
+		}
+	}
+	return false
+}
+
 // image returns the built-in guest image, building it at most once.
 func (e *Engine) image(ctx context.Context) (string, string, error) {
 	e.img.once.Do(func() {

@@ -1,10 +1,13 @@
 package engine
 
 import (
+	"context"
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
+	"github.com/stackvm/stack/planner"
 	"github.com/stackvm/stack/stackfile"
 	"github.com/stackvm/stack/state"
 )
@@ -27,6 +30,50 @@ func TestProbePorts(t *testing.T) {
 		vm := &stackfile.VM{Name: "web", Ready: tc.ready}
 		if got := probePorts(vm, nics); !slices.Equal(got, tc.want) {
 			t.Errorf("%s: probePorts = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestPrefetch: the built-in image is resolved ahead of the plan only when
+// the plan boots a VM that uses it.
+func TestPrefetch(t *testing.T) {
+	own := &stackfile.VM{Name: "own", Address: "vm.own", Kernel: "/k", Initramfs: "/i"}
+	builtin := &stackfile.VM{Name: "web", Address: "vm.web"}
+	create := func(addr string) *planner.Action {
+		return &planner.Action{Address: addr, Type: planner.TypeVM, Kind: planner.Create}
+	}
+	for _, tc := range []struct {
+		name    string
+		actions []*planner.Action
+		want    bool
+	}{
+		{"creates a VM on the built-in image", []*planner.Action{create("vm.own"), create("vm.web")}, true},
+		{"creates only a VM with its own kernel", []*planner.Action{create("vm.own")}, false},
+		{"leaves the built-in VM alone", []*planner.Action{create("vm.own"), {Address: "vm.web", Type: planner.TypeVM, Kind: planner.NoOp}}, false},
+	} {
+		called := make(chan struct{}, 1)
+		e := &Engine{Images: func(context.Context) (string, string, error) {
+			called <- struct{}{}
+			return "/vmlinuz", "/initrd", nil
+		}}
+		started := e.Prefetch(context.Background(), &planner.Plan{Actions: tc.actions}, &stackfile.Stack{VMs: []*stackfile.VM{own, builtin}})
+		if started != tc.want {
+			t.Errorf("%s: Prefetch started = %t, want %t", tc.name, started, tc.want)
+		}
+		if !started {
+			continue
+		}
+		select {
+		case <-called:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the image was not resolved", tc.name)
+		}
+		// The engine's own call later gets the prefetched result.
+		if k, _, err := e.image(context.Background()); k != "/vmlinuz" || err != nil {
+			t.Errorf("%s: image after prefetch = %q, %v", tc.name, k, err)
+		}
+		if len(called) != 0 {
+			t.Errorf("%s: the image was resolved twice", tc.name)
 		}
 	}
 }

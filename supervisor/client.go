@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -129,15 +130,33 @@ func Ensure(ctx context.Context, o SpawnOptions) (*Client, error) {
 		return nil, fmt.Errorf("start supervisor: %w", err)
 	}
 	defer logf.Close()
+	// The child gets the write end of a pipe and writes to it once its
+	// socket listens (NotifyListening): the first dial then succeeds
+	// without a polling delay. Polling stays as the fallback.
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("start supervisor: %w", err)
+	}
+	defer readyR.Close()
 	cmd := exec.Command(o.Executable, o.Args...)
-	cmd.Env, cmd.Dir = o.Env, o.Dir
+	cmd.Env = append(append([]string(nil), o.Env...), readyFDEnv+"="+strconv.Itoa(readyFD))
+	cmd.Dir = o.Dir
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{readyW} // fd 3 == readyFD
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	readyW.Close()
+	if err != nil {
 		return nil, fmt.Errorf("start supervisor: %w", err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
+	ready := make(chan struct{})
+	go func() {
+		var b [1]byte
+		readyR.Read(b[:]) // a byte, or EOF when the child closes or dies
+		close(ready)
+	}()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		if c, err := Dial(ctx, o.RuntimeRoot, o.Namespace); err == nil {
@@ -148,10 +167,37 @@ func Ensure(ctx context.Context, o SpawnOptions) (*Client, error) {
 			return nil, fmt.Errorf("start supervisor: it exited at once (%v); see %s", err, logf.Name())
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		case <-ready:
+			ready = nil
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
 	return nil, fmt.Errorf("start supervisor: no answer on its socket after 10s; see %s", logf.Name())
+}
+
+// The readiness pipe between Ensure and the supervisor it spawns: the
+// child finds its write end at readyFD, and readyFDEnv says so (a
+// supervisor started any other way has no such pipe).
+const (
+	readyFD    = 3
+	readyFDEnv = "STACK_SUPERVISOR_READY_FD"
+)
+
+// ListeningNotifier returns what a process spawned by Ensure sets as its
+// Options.Listening: it writes to the readiness pipe and closes it. In a
+// process not spawned by Ensure it returns nil. Call it early: it also
+// keeps the pipe from leaking into the VMMs the process starts.
+func ListeningNotifier() func() {
+	if os.Getenv(readyFDEnv) != strconv.Itoa(readyFD) {
+		return nil
+	}
+	os.Unsetenv(readyFDEnv)
+	syscall.CloseOnExec(readyFD)
+	f := os.NewFile(readyFD, "supervisor-ready")
+	return func() {
+		f.Write([]byte{1})
+		f.Close()
+	}
 }
 
 // ExecIO are an exec's streams.

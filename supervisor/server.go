@@ -48,6 +48,9 @@ type Options struct {
 	OwnerStartTime uint64
 	// StopTimeout bounds graceful stops triggered by the supervisor itself.
 	StopTimeout time.Duration
+	// Listening, when set, is called once the control socket accepts
+	// connections (Ensure's spawner waits for it instead of polling).
+	Listening func()
 }
 
 // Supervisor runs one namespace.
@@ -123,6 +126,9 @@ func (s *Supervisor) Serve(ctx context.Context) error {
 	}
 	defer os.Remove(path)
 	defer ln.Close()
+	if s.opts.Listening != nil {
+		s.opts.Listening()
+	}
 
 	s.readopt(ctx)
 

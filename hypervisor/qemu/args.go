@@ -174,6 +174,11 @@ func BuildArgs(cfg *hypervisor.Config, host HostInfo) ([]string, error) {
 	// 0.3 s of CPU per two-VM boot, taken from the guests under TCG.
 	// Errors still print, and the user's cmdline (last) can say loglevel=7.
 	cmdline := []string{"console=ttyS0", "quiet", "panic=-1"}
+	if machine == MachineMicrovm {
+		// microvm has no PCI bus: without pci=off every console opens
+		// with "PCI: Fatal: No config space access function found".
+		cmdline = append(cmdline, "pci=off")
+	}
 	if machine == MachineMicrovm && accel == AccelTCG && host.TSCkHz > 0 {
 		cmdline = append(cmdline, "tsc_early_khz="+strconv.FormatInt(host.TSCkHz, 10))
 	}
@@ -460,18 +465,27 @@ func ProbeKernel(kernel string) Support {
 }
 
 func kernelConfigMicrovm(config []byte) Support {
-	opts := map[string]string{}
-	sc := bufio.NewScanner(bytes.NewReader(config))
-	for sc.Scan() {
-		if k, v, ok := strings.Cut(sc.Text(), "="); ok && strings.HasPrefix(k, "CONFIG_") {
-			opts[k] = v
+	// Only three options matter: look them up in place rather than
+	// building a map of the config's ~7,000 (this runs on every VM start).
+	var mmio, acpi, cmdlineDevices string
+	for line := range bytes.Lines(config) {
+		k, v, ok := bytes.Cut(bytes.TrimRight(line, "\n"), []byte("="))
+		if !ok {
+			continue
+		}
+		switch string(k) {
+		case "CONFIG_VIRTIO_MMIO":
+			mmio = string(v)
+		case "CONFIG_ACPI":
+			acpi = string(v)
+		case "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES":
+			cmdlineDevices = string(v)
 		}
 	}
-	mmio := opts["CONFIG_VIRTIO_MMIO"]
 	if mmio != "y" && mmio != "m" {
 		return No
 	}
-	if opts["CONFIG_ACPI"] == "y" || opts["CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES"] == "y" {
+	if acpi == "y" || cmdlineDevices == "y" {
 		return Yes
 	}
 	return No

@@ -36,7 +36,9 @@ func TestChild(t *testing.T) {
 		t.Skip("runs only as TestVMsDieWithTestBinary's child")
 	}
 	s := Up(t, file)
-	os.Stdout.WriteString("UP " + s.Project.Stack.Namespace + "\n")
+	// The kill skips this test's cleanup: the parent removes its
+	// temporary directories (the state dir among them) instead.
+	os.Stdout.WriteString("UP " + s.Project.Stack.Namespace + " " + filepath.Dir(t.TempDir()) + "\n")
 	time.Sleep(10 * time.Minute)
 }
 
@@ -59,13 +61,16 @@ func TestVMsDieWithTestBinary(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	ns := ""
+	ns, childTmp := "", ""
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
 		if rest, ok := strings.CutPrefix(sc.Text(), "UP "); ok {
-			ns = rest
+			ns, childTmp, _ = strings.Cut(rest, " ")
 			break
 		}
+	}
+	if childTmp != "" {
+		t.Cleanup(func() { os.RemoveAll(childTmp) })
 	}
 	if ns == "" {
 		cmd.Process.Kill()

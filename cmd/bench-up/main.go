@@ -4,7 +4,10 @@
 //     same two VMs booted by bare QEMU, with the exact argv and config disk
 //     stack used, in parallel and one after the other (as depends_on
 //     orders them), each to the same point: the guest init's ready report;
-//     in parallel also with each console read, as stack reads it;
+//     in parallel also with each console read, as stack reads it, and in
+//     parallel with the dependent's workload held until what it depends on
+//     is ready (a tcp-probed VM once its guest init reports the port
+//     listening): the end point `up` reaches;
 //  2. with -flat, `up` of the same two VMs without depends_on and without
 //     the tcp probe, which is what bare QEMU in parallel does: the gap to
 //     bare QEMU is then stack's own work alone;
@@ -29,6 +32,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -63,6 +67,9 @@ type vmm struct {
 	seed     []byte
 	rootDisk string // cloud-init mode: the base image
 	ready    string // cloud-init mode: the console line that says ready
+	address  string
+	deps     []string // block addresses of the VMs it depends on
+	listen   bool     // its readiness is a tcp probe: ready once the port listens
 }
 
 type varList []string
@@ -101,7 +108,7 @@ func run(runs int, file, flatFile string, vars []string) error {
 		}
 	}
 
-	var upT, parT, conT, seqT, flatT []time.Duration
+	var upT, parT, conT, seqT, relT, flatT []time.Duration
 	stackUp := func() error {
 		t0 := time.Now()
 		if _, err := p.Up(ctx, stack.UpOptions{}); err != nil {
@@ -123,10 +130,11 @@ func run(runs int, file, flatFile string, vars []string) error {
 	}
 	bareAll := func() error {
 		for _, v := range []struct {
-			parallel, console bool
-			out               *[]time.Duration
-		}{{true, false, &parT}, {true, true, &conT}, {false, false, &seqT}} {
-			d, err := bare(vmms, v.parallel, v.console)
+			mode    bareMode
+			console bool
+			out     *[]time.Duration
+		}{{atOnce, false, &parT}, {atOnce, true, &conT}, {inOrder, false, &seqT}, {released, false, &relT}} {
+			d, err := bare(vmms, v.mode, v.console)
 			if err != nil {
 				return err
 			}
@@ -148,7 +156,7 @@ func run(runs int, file, flatFile string, vars []string) error {
 		if err := second(); err != nil {
 			return err
 		}
-		fmt.Fprintf(os.Stderr, "run %d: up %s, bare parallel %s, bare in order %s", i+1, upT[i].Round(time.Millisecond), parT[i].Round(time.Millisecond), seqT[i].Round(time.Millisecond))
+		fmt.Fprintf(os.Stderr, "run %d: up %s, bare parallel %s, bare in order %s, bare parallel held %s", i+1, upT[i].Round(time.Millisecond), parT[i].Round(time.Millisecond), seqT[i].Round(time.Millisecond), relT[i].Round(time.Millisecond))
 		if flat != nil {
 			fmt.Fprintf(os.Stderr, ", up without depends_on/probe %s", flatT[i].Round(time.Millisecond))
 		}
@@ -165,6 +173,7 @@ func run(runs int, file, flatFile string, vars []string) error {
 	fmt.Printf("%-40s %10s\n", "bare QEMU, both at once", par.Round(time.Millisecond))
 	fmt.Printf("%-40s %10s\n", "bare QEMU, both at once, console read", median(conT).Round(time.Millisecond))
 	fmt.Printf("%-40s %10s\n", "bare QEMU, web then client", seq.Round(time.Millisecond))
+	fmt.Printf("%-40s %10s\n", "bare QEMU, at once, client held", median(relT).Round(time.Millisecond))
 	if flat != nil {
 		fmt.Printf("%-40s %10s\n", "stack up, no depends_on, no tcp probe", median(flatT).Round(time.Millisecond))
 	}
@@ -173,7 +182,7 @@ func run(runs int, file, flatFile string, vars []string) error {
 	// bare boots of the same run, which shared its moment's machine load.
 	fmt.Printf("overhead_vs_parallel=%s overhead_vs_ordered=%s unchanged10_ms=%.1f",
 		ratio(upT, parT), ratio(upT, seqT), float64(noop)/float64(time.Millisecond))
-	fmt.Printf(" overhead_vs_parallel_console_read=%s", ratio(upT, conT))
+	fmt.Printf(" overhead_vs_parallel_console_read=%s overhead_vs_parallel_held=%s", ratio(upT, conT), ratio(upT, relT))
 	if flat != nil {
 		fmt.Printf(" flat_overhead_vs_parallel=%s flat_overhead_vs_parallel_console_read=%s", ratio(flatT, parT), ratio(flatT, conT))
 	}
@@ -200,7 +209,7 @@ func capture(p *stack.Project) ([]vmm, error) {
 		}
 		for _, sv := range p.Stack.VMs {
 			if sv.Name == n {
-				v.rootDisk = sv.RootDisk
+				v.rootDisk, v.address, v.deps, v.listen = sv.RootDisk, sv.Address, sv.DependsOn, sv.Ready.TCP != 0
 			}
 		}
 		if v.rootDisk == "" {
@@ -230,13 +239,51 @@ func capture(p *stack.Project) ([]vmm, error) {
 	return out, nil
 }
 
+// bareMode is how bare QEMU orders the VMs.
+type bareMode int
+
+const (
+	// atOnce starts every VM and every workload at once.
+	atOnce bareMode = iota
+	// inOrder boots each VM after the one before is ready.
+	inOrder
+	// released starts every VM at once, as stack does, and holds a
+	// dependent's workload until what it depends on is ready: the end
+	// point of `up` (a tcp-probed VM counts as ready once the guest init
+	// reports its port listening, one step short of stack's probe).
+	released
+)
+
 // bare boots the VMs with plain QEMU processes (no stack) to the guest
-// init's ready report, at once or one after the other. With readConsole,
-// each VM's serial console is read to a file as stack does (QEMU then
-// sends the console byte by byte instead of dropping it).
-func bare(vmms []vmm, parallel, readConsole bool) (time.Duration, error) {
+// init's ready report, in the order mode says. With readConsole, each VM's
+// serial console is read to a file as stack does (QEMU then sends the
+// console byte by byte instead of dropping it).
+func bare(vmms []vmm, mode bareMode, readConsole bool) (time.Duration, error) {
 	t0 := time.Now()
 	errs := make(chan error, len(vmms))
+	readyCh := map[string]chan struct{}{}
+	for _, v := range vmms {
+		readyCh[v.address] = make(chan struct{})
+	}
+	// release returns a channel closed once every VM of v's dependencies
+	// is ready (nil: start the workload at once).
+	release := func(v vmm) <-chan struct{} {
+		if mode != released || len(v.deps) == 0 {
+			return nil
+		}
+		ch := make(chan struct{})
+		go func() {
+			for _, w := range vmms {
+				for _, d := range v.deps {
+					if w.address == d || strings.HasPrefix(w.address, d+"[") {
+						<-readyCh[w.address]
+					}
+				}
+			}
+			close(ch)
+		}()
+		return ch
+	}
 	boot := func(v vmm) {
 		dir, err := os.MkdirTemp("", "bu")
 		if err != nil {
@@ -285,26 +332,34 @@ func bare(vmms []vmm, parallel, readConsole bool) (time.Duration, error) {
 			}()
 		}
 		if v.rootDisk == "" {
-			errs <- waitReady(filepath.Join(dir, filenames.AgentSocket), 2*time.Minute)
+			err = waitReady(filepath.Join(dir, filenames.AgentSocket), 2*time.Minute, release(v), mode == released && v.listen, readyCh[v.address])
 		} else {
-			errs <- waitConsole(filepath.Join(dir, filenames.ConsoleVMMSocket), v.ready, 10*time.Minute)
+			err = waitConsole(filepath.Join(dir, filenames.ConsoleVMMSocket), v.ready, 10*time.Minute)
 		}
-	}
-	if parallel {
-		for _, v := range vmms {
-			go boot(v)
-		}
-		for range vmms {
-			if err := <-errs; err != nil {
-				return 0, err
+		errs <- err
+		if mode == released && err == nil {
+			// Keep the VM up until every VM is ready: a dependent may
+			// still be booting.
+			for _, w := range vmms {
+				<-readyCh[w.address]
 			}
 		}
-	} else {
+	}
+	if mode == inOrder {
 		for _, v := range vmms {
 			boot(v)
 			if err := <-errs; err != nil {
 				return 0, err
 			}
+		}
+		return time.Since(t0), nil
+	}
+	for _, v := range vmms {
+		go boot(v)
+	}
+	for range vmms {
+		if err := <-errs; err != nil {
+			return 0, err
 		}
 	}
 	return time.Since(t0), nil
@@ -328,31 +383,51 @@ func dialRetry(sock string, timeout time.Duration) (net.Conn, error) {
 }
 
 // waitReady connects to the guest agent socket and waits for the guest
-// init's ready report.
-func waitReady(sock string, timeout time.Duration) error {
+// init's ready report, or with listen for a watched port listening, and
+// then closes ready (when not nil). A held workload is started once
+// release is closed (at once when release is nil).
+func waitReady(sock string, timeout time.Duration, release <-chan struct{}, listen bool, ready chan struct{}) error {
 	c, err := dialRetry(sock, timeout)
 	if err != nil {
 		return fmt.Errorf("agent socket: %w", err)
 	}
 	defer c.Close()
-	hello, _ := json.Marshal(guestproto.Message{Type: guestproto.TypeHello})
-	c.Write(append(hello, '\n'))
+	var wmu sync.Mutex
+	send := func(typ string) error {
+		b, _ := json.Marshal(guestproto.Message{Type: typ})
+		wmu.Lock()
+		defer wmu.Unlock()
+		_, err := c.Write(append(b, '\n'))
+		return err
+	}
+	send(guestproto.TypeHello)
+	started := false
 	sc := bufio.NewScanner(c)
 	for sc.Scan() {
 		var m guestproto.Message
 		if json.Unmarshal(sc.Bytes(), &m) != nil {
 			continue
 		}
-		if m.Type == guestproto.TypeReady || (m.Status != nil && m.Status.Ready) {
+		isReady := m.Type == guestproto.TypeReady || (m.Status != nil && m.Status.Ready)
+		if listen {
+			isReady = m.Status != nil && len(m.Status.Listening) > 0
+		}
+		if isReady {
+			if ready != nil {
+				close(ready)
+			}
 			return nil
 		}
 		// The captured config of a VM that stack booted early holds its
-		// workload until the host says start; bare QEMU starts it at once.
-		if m.Status != nil && m.Status.Held {
-			start, _ := json.Marshal(guestproto.Message{Type: guestproto.TypeStart})
-			if _, err := c.Write(append(start, '\n')); err != nil {
-				return fmt.Errorf("start held workload on %s: %w", sock, err)
-			}
+		// workload until the host says start.
+		if m.Status != nil && m.Status.Held && !started {
+			started = true
+			go func() {
+				if release != nil {
+					<-release
+				}
+				send(guestproto.TypeStart)
+			}()
 		}
 	}
 	return fmt.Errorf("no ready report on %s: %v", sock, sc.Err())

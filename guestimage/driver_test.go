@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,7 +19,10 @@ import (
 // way the engine boots it: the driver's agent channel sees the guest's
 // ready report with the NIC's address, then word that the watched port
 // listens once the workload's server binds it, and Stop (the agent's
-// poweroff) ends in a guest power-off.
+// poweroff) ends in a guest power-off. Two shared directories go through
+// virtio-fs (the default kernel has no 9p): the workload copies a file from
+// the read-only one into the writable one, and cannot write the first; the
+// virtiofsd daemons end with the VM.
 func TestBootThroughQEMUDriver(t *testing.T) {
 	img := testImage(t)
 	runDir, err := os.MkdirTemp("", "stack-drv-")
@@ -32,14 +36,27 @@ func TestBootThroughQEMUDriver(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nic.Close() })
+	if qemu.FindVirtiofsd() == "" {
+		t.Fatal("no virtiofsd (Debian: /usr/lib/qemu/virtiofsd from qemu-system-common)")
+	}
+	src, out := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "in.txt"), []byte("from the host\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	const mac = "52:54:00:00:00:01"
 	gc, err := json.Marshal(guestproto.Config{
 		Version:  guestproto.Version,
 		Hostname: "drv",
 		NICs:     []guestproto.NIC{{MAC: mac, Address: "10.42.0.7/24", Gateway: "10.42.0.1"}},
+		Mounts: []guestproto.Mount{
+			{Source: "share:src", Target: "/src", ReadOnly: true},
+			{Source: "share:out", Target: "/out"},
+		},
 		// The server binds a second after the ready report, so the guest's
 		// port watch sees the port go from closed to listening.
-		Command:    []string{"sh", "-c", "sleep 1; exec httpd -f -p 8080"},
+		Command: []string{"sh", "-c", "cp /src/in.txt /out/copy.txt; " +
+			"if touch /src/written 2>/dev/null; then echo writable; else echo read-only; fi > /out/src-mode; " +
+			"sleep 1; exec httpd -f -p 8080"},
 		WatchPorts: []int{8080},
 	})
 	if err != nil {
@@ -54,6 +71,7 @@ func TestBootThroughQEMUDriver(t *testing.T) {
 		Machine: "auto", Accel: "auto",
 		NICs:       []hypervisor.NIC{{MAC: mac, DgramLocal: filepath.Join(runDir, "q.sock"), DgramRemote: hostSock}},
 		GuestAgent: true, GuestConfig: gc,
+		SharedDirs: []hypervisor.SharedDir{{Tag: "src", HostPath: src, ReadOnly: true}, {Tag: "out", HostPath: out}},
 	})
 	if err != nil {
 		t.Fatalf("driver Start: %v", err)
@@ -120,6 +138,15 @@ func TestBootThroughQEMUDriver(t *testing.T) {
 			t.Fatal("no report that port 8080 listens")
 		}
 	}
+	// The workload did its file work before it started the server.
+	for name, want := range map[string]string{"copy.txt": "from the host\n", "src-mode": "read-only\n"} {
+		if got, err := os.ReadFile(filepath.Join(out, name)); err != nil || string(got) != want {
+			t.Errorf("shared dir out: %s = %q, %v; want %q", name, got, err, want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(src, "written")); err == nil {
+		t.Error("the guest wrote into the read-only shared dir")
+	}
 	if err := inst.Stop(ctx, time.Minute); err != nil {
 		t.Fatalf("Stop: %v", err)
 	}
@@ -130,4 +157,39 @@ func TestBootThroughQEMUDriver(t *testing.T) {
 	if !st.GuestShutdown || st.Code != 0 {
 		t.Errorf("exit status %+v, want a guest power-off with code 0", st)
 	}
+	// Each virtiofsd exits once QEMU has closed its connection.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		left := processesMentioning(t, src, out)
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("virtiofsd outlived its VM: %v", left)
+		}
+	}
+}
+
+// processesMentioning lists the command lines of processes whose argv
+// contains any of the strings.
+func processesMentioning(t *testing.T, subs ...string) []string {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found []string
+	for _, e := range entries {
+		raw, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || len(raw) == 0 {
+			continue
+		}
+		cmdline := strings.ReplaceAll(string(raw), "\x00", " ")
+		for _, s := range subs {
+			if strings.Contains(cmdline, s) {
+				found = append(found, e.Name()+": "+cmdline)
+				break
+			}
+		}
+	}
+	return found
 }

@@ -122,11 +122,21 @@ func TestNamespaceIsALabel(t *testing.T) {
 
 // TestStopStart drives one VM through the handle: typed addresses, logs
 // followed across a stop and a start, Wait on a stopped VM, and exec after
-// the start.
+// the start. The VM has a shared directory, served again after the start
+// (virtio-fs: its daemon ended with the first QEMU).
 func TestStopStart(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "stack.hcl")
-	if err := os.WriteFile(file, []byte(strings.Replace(solo, `command = ["sleep", "100000"]`,
-		`command = ["sh", "-c", "echo solo-up; exec sleep 100000"]`, 1)), 0o644); err != nil {
+	share := t.TempDir()
+	if err := os.WriteFile(filepath.Join(share, "hello"), []byte("from the host"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src := strings.Replace(solo, `command = ["sleep", "100000"]`,
+		`command = ["sh", "-c", "echo solo-up; exec sleep 100000"]
+  shared_dir "share" {
+    host_path  = "`+share+`"
+    guest_path = "/share"
+  }`, 1)
+	if err := os.WriteFile(file, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	s := Up(t, file)
@@ -156,6 +166,12 @@ func TestStopStart(t *testing.T) {
 	}
 	if r := vm.Exec(ctx, "cat", "/proc/uptime"); r.Code != 0 {
 		t.Fatalf("exec after Start: %+v", r)
+	}
+	if r := vm.Exec(ctx, "sh", "-c", "cat /share/hello && echo back > /share/back"); r.Code != 0 || r.Stdout != "from the host" {
+		t.Fatalf("shared dir after Start: %+v, want the host's file", r)
+	}
+	if b, err := os.ReadFile(filepath.Join(share, "back")); err != nil || string(b) != "back\n" {
+		t.Fatalf("the guest's write to the shared dir: %q, %v", b, err)
 	}
 	// Both boots' workloads, in order, on the followed console.
 	sc := bufio.NewScanner(logs)

@@ -25,6 +25,7 @@ import (
 	"github.com/stackvm/stack/internal/filenames"
 	"github.com/stackvm/stack/internal/pty"
 	"github.com/stackvm/stack/internal/sshkeys"
+	"github.com/stackvm/stack/internal/testutil"
 )
 
 // Every word survives a POSIX shell (dash's sh and bash) exactly, the
@@ -331,24 +332,6 @@ func sshVM(t *testing.T, s *Supervisor, hostKey *sshkeys.Key) (*pairGateway, *ss
 	return gw, srv
 }
 
-// syncBuffer is a bytes.Buffer for concurrent writers and readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // Exec in a VM without a guest agent goes over SSH through the gateway to
 // the VM's port 22, as root with the namespace's key, with argv and env
 // quoted into one command line; stdin streams, stdout and stderr stay apart,
@@ -359,7 +342,7 @@ func TestExecOverSSH(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	var out, errb syncBuffer
+	var out, errb testutil.SyncBuffer
 	inR, inW := io.Pipe()
 	done := make(chan struct{})
 	var code int
@@ -397,7 +380,7 @@ func TestExecOverSSH(t *testing.T) {
 
 	// With a TTY: the size and TERM reach the command, stderr merges,
 	// input and new sizes come through.
-	out = syncBuffer{}
+	out = testutil.SyncBuffer{}
 	resize := make(chan WindowSize, 1)
 	inR, inW = io.Pipe()
 	done = make(chan struct{})
@@ -444,7 +427,7 @@ func TestExecOverSSHWaitsForSSHD(t *testing.T) {
 	s, _, c := newTestSupervisor(t)
 	gw, _ := sshVM(t, s, nil)
 	gw.refuse = 3
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	code, err := c.Exec(context.Background(), "vm.ci", ExecSpec{Argv: []string{"echo", "up"}}, ExecIO{Stdout: &out})
 	if err != nil || code != 0 || out.String() != "up\n" {
 		t.Fatalf("exit %d, %v, output %q", code, err, out.String())

@@ -45,6 +45,9 @@ type HostInfo struct {
 	// virtio-mmio devices (CONFIG_VIRTIO_MMIO plus ACPI or
 	// CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES).
 	GuestMicrovm Support
+	// Virtiofsd is the virtio-fs daemon that serves shared directories
+	// (QEMU's own ships in Debian's qemu-system-common); "" means 9p.
+	Virtiofsd string
 }
 
 // Machine and accelerator names.
@@ -99,6 +102,10 @@ func consoleVMMPath(runDir string) string { return filepath.Join(runDir, filenam
 func agentPath(runDir string) string      { return filepath.Join(runDir, filenames.AgentSocket) }
 func configDiskPath(runDir string) string { return filepath.Join(runDir, filenames.RunConfigDisk) }
 
+func virtiofsPath(runDir string, i int) string {
+	return filepath.Join(runDir, filenames.VirtiofsSocket(i))
+}
+
 // ConsoleVMMSocket is where QEMU serves the serial console for cfg (the
 // console relay connects to it).
 func ConsoleVMMSocket(runDir string) string { return consoleVMMPath(runDir) }
@@ -145,14 +152,23 @@ func BuildArgs(cfg *hypervisor.Config, host HostInfo) ([]string, error) {
 		// panic into a reboot, hence an exit.
 		"-no-reboot",
 	}
+	// virtio-fs (vhost-user) needs all guest RAM in shared memory, and on
+	// microvm the modern virtio-mmio transport: virtiofsd refuses legacy
+	// devices. Both only when the VM has shared directories, so that
+	// every other VM keeps the plain setup.
+	virtiofs := len(cfg.SharedDirs) > 0 && host.Virtiofsd != ""
+	memBackend := ""
+	if virtiofs {
+		memBackend = ",memory-backend=mem"
+	}
 	switch machine {
 	case MachineMicrovm:
 		// ACPI stays on: the Debian kernels find the virtio-mmio devices
 		// through it (they lack CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES) and
 		// power off through it.
-		a = append(a, "-machine", "microvm,acpi=on,rtc=on")
+		a = append(a, "-machine", "microvm,acpi=on,rtc=on"+memBackend)
 	default:
-		a = append(a, "-machine", "q35")
+		a = append(a, "-machine", "q35"+memBackend)
 	}
 	a = append(a, "-accel", accel)
 	if accel == AccelKVM {
@@ -165,6 +181,12 @@ func BuildArgs(cfg *hypervisor.Config, host HostInfo) ([]string, error) {
 		"-m", strconv.Itoa(cfg.MemoryMB),
 		"-kernel", cfg.Kernel,
 	)
+	if virtiofs {
+		a = append(a, "-object", "memory-backend-memfd,id=mem,size="+strconv.Itoa(cfg.MemoryMB)+"M,share=on")
+		if machine == MachineMicrovm {
+			a = append(a, "-global", "virtio-mmio.force-legacy=false")
+		}
+	}
 	if cfg.Initramfs != "" {
 		a = append(a, "-initrd", cfg.Initramfs)
 	}
@@ -226,12 +248,24 @@ func BuildArgs(cfg *hypervisor.Config, host HostInfo) ([]string, error) {
 			"-device", dev("net")+",netdev="+id+",mac="+n.MAC)
 	}
 
-	// Shared directories use 9p (virtio-9p). virtio-fs would be faster and
-	// closer to native semantics, but needs a virtiofsd process per share
-	// and shared memory backing for all guest RAM; not done yet.
-	// security_model=none: files keep the host user's ownership, and
+	// Shared directories use virtio-fs when a virtiofsd is at hand (Start
+	// runs one per share, listening on VirtiofsSocket before QEMU
+	// connects), else 9p. The Debian cloud kernel of the built-in image
+	// has virtio-fs but no 9p. With virtio-fs, read_only is the guest's
+	// read-only mount: QEMU's C virtiofsd has no read-only mode.
+	// 9p's security_model=none: files keep the host user's ownership, and
 	// failed chown/chmod from the guest are ignored rather than reported.
 	for i, s := range cfg.SharedDirs {
+		if virtiofs {
+			id := fmt.Sprintf("vfs%d", i)
+			fsDev := "vhost-user-fs-pci"
+			if machine == MachineMicrovm {
+				fsDev = "vhost-user-fs-device"
+			}
+			a = append(a, "-chardev", "socket,id="+id+",path="+esc(virtiofsPath(cfg.RunDir, i)),
+				"-device", fsDev+",chardev="+id+",tag="+esc(s.Tag))
+			continue
+		}
 		id := fmt.Sprintf("fs%d", i)
 		fsdev := "local,id=" + id + ",path=" + esc(s.HostPath) + ",security_model=none"
 		if s.ReadOnly {

@@ -76,6 +76,17 @@ func TestBuildArgsGolden(t *testing.T) {
 				{Tag: "out", HostPath: "/home/u/out"},
 			}
 		}},
+		{"shared-dirs-virtiofs-microvm", HostInfo{TSCkHz: 2096016, Virtiofsd: "/usr/lib/qemu/virtiofsd"}, func(c *hypervisor.Config) {
+			c.SharedDirs = []hypervisor.SharedDir{
+				{Tag: "src", HostPath: "/home/u/my,project/src", ReadOnly: true},
+				{Tag: "out", HostPath: "/home/u/out"},
+			}
+		}},
+		{"shared-dirs-virtiofs-q35", HostInfo{TSCkHz: 2096016, Virtiofsd: "/usr/lib/qemu/virtiofsd"}, func(c *hypervisor.Config) {
+			c.Machine = "q35"
+			c.SharedDirs = []hypervisor.SharedDir{{Tag: "src", HostPath: "/home/u/src"}}
+		}},
+		{"virtiofsd-without-shared-dirs", HostInfo{TSCkHz: 2096016, Virtiofsd: "/usr/lib/qemu/virtiofsd"}, func(c *hypervisor.Config) {}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -52,6 +52,9 @@ type Options struct {
 	// The console relay connects here so that no early output is lost.
 	// An error aborts Start and kills QEMU.
 	BeforeBoot func(ctx context.Context, cfg *hypervisor.Config) error
+	// Virtiofsd is the virtio-fs daemon for shared directories (default:
+	// FindVirtiofsd; NoVirtiofsd: use 9p).
+	Virtiofsd string
 }
 
 // Driver starts and re-adopts QEMU VMs. It implements hypervisor.Driver.
@@ -98,12 +101,17 @@ func (d *Driver) Host() (HostInfo, error) {
 			return
 		}
 		d.opts.Binary = bin
-		d.host = HostInfo{KVM: KVMUsable(), TSCkHz: DetectTSCkHz()}
+		d.host = HostInfo{KVM: KVMUsable(), TSCkHz: DetectTSCkHz(), Virtiofsd: d.opts.Virtiofsd}
+		if d.host.Virtiofsd == "" {
+			d.host.Virtiofsd = FindVirtiofsd()
+		} else if d.host.Virtiofsd == NoVirtiofsd {
+			d.host.Virtiofsd = ""
+		}
 		accel := AccelTCG
 		if d.host.KVM {
 			accel = AccelKVM
 		}
-		d.log.Info("qemu host detected", "binary", bin, "accel", accel, "tsc_khz", d.host.TSCkHz)
+		d.log.Info("qemu host detected", "binary", bin, "accel", accel, "tsc_khz", d.host.TSCkHz, "virtiofsd", d.host.Virtiofsd)
 		if d.host.TSCkHz == 0 && !d.host.KVM {
 			d.log.Warn("host TSC frequency unknown: microvm guests under TCG may hang in TSC calibration")
 		}
@@ -146,9 +154,14 @@ func (d *Driver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.
 		return nil, fmt.Errorf("start vm %s: %w", cfg.Name, err)
 	}
 
+	stopVirtiofsd, err := d.startVirtiofsd(cfg, host)
+	if err != nil {
+		return nil, fmt.Errorf("start vm %s: %w", cfg.Name, err)
+	}
 	stderrPath := filepath.Join(cfg.RunDir, filenames.StderrFile)
 	stderr, err := os.OpenFile(stderrPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, filenames.FileMode)
 	if err != nil {
+		stopVirtiofsd()
 		return nil, fmt.Errorf("start vm %s: open stderr file: %w", cfg.Name, err)
 	}
 	defer stderr.Close() // the child has its own copy
@@ -161,6 +174,7 @@ func (d *Driver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	t0 := time.Now()
 	if err := cmd.Start(); err != nil {
+		stopVirtiofsd()
 		return nil, fmt.Errorf("start vm %s: %w", cfg.Name, err)
 	}
 	pid := cmd.Process.Pid
@@ -181,11 +195,12 @@ func (d *Driver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.
 	fail := func(err error) (hypervisor.Instance, error) {
 		_ = cmd.Process.Kill()
 		<-inst.exited
+		stopVirtiofsd()
 		if inst.qmp != nil {
 			inst.qmp.Close()
 		}
 		removeSockets(cfg.RunDir)
-		return nil, fmt.Errorf("start vm %s: %w%s%s", cfg.Name, err, d.versionHint(cfg), stderrTail(stderrPath))
+		return nil, fmt.Errorf("start vm %s: %w%s%s%s", cfg.Name, err, d.versionHint(cfg), stderrTail(stderrPath), virtiofsdTails(cfg, host))
 	}
 	st, err := proc.StartTime(pid)
 	if err != nil {
@@ -302,7 +317,10 @@ func dialQMP(ctx context.Context, path string, exited <-chan struct{}) (*qmp.Cli
 // stderrTailLines is how much of QEMU's stderr a start error carries.
 const stderrTailLines = 20
 
-func stderrTail(path string) string {
+func stderrTail(path string) string { return logTail(path, "qemu stderr") }
+
+// logTail is "; <what>:" and the last lines of the file at path, or "".
+func logTail(path, what string) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return ""
@@ -315,7 +333,7 @@ func stderrTail(path string) string {
 	if len(lines) > stderrTailLines {
 		lines = lines[len(lines)-stderrTailLines:]
 	}
-	return "; qemu stderr:\n" + strings.Join(lines, "\n")
+	return "; " + what + ":\n" + strings.Join(lines, "\n")
 }
 
 // Attach implements hypervisor.Driver. QEMU serves one QMP client at a time:

@@ -94,6 +94,14 @@ const (
 	StderrFile    = "vmm.stderr"
 )
 
+// VirtiofsSocket is the vhost-user socket of the i-th shared directory's
+// virtiofsd, in the VM's runtime directory.
+func VirtiofsSocket(i int) string { return "vfs" + strconv.Itoa(i) + ".sock" }
+
+// VirtiofsdLog is where the i-th shared directory's virtiofsd writes, in
+// the VM's runtime directory.
+func VirtiofsdLog(i int) string { return "virtiofsd" + strconv.Itoa(i) + ".log" }
+
 // Files in a built guest image directory (<cache>/guest/<hash>/).
 const (
 	GuestKernel = "vmlinuz"

@@ -1,45 +1,25 @@
 package app
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"os"
 	"reflect"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/stackvm/stack/internal/pty"
+	"github.com/stackvm/stack/internal/testutil"
 )
 
 // Assertions on `stack exec` against a running VM, shared by the boot
 // tests (which keep VM boots few by adding them to the boots they make).
 
-// lockedBuffer collects output written by one goroutine and read by
-// another.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // waitFor polls until the buffer holds want.
-func (c *cli) waitFor(b *lockedBuffer, want string, timeout time.Duration) {
+func (c *cli) waitFor(b *testutil.SyncBuffer, want string, timeout time.Duration) {
 	c.t.Helper()
 	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if strings.Contains(b.String(), want) {
@@ -74,7 +54,7 @@ func (c *cli) wait(done <-chan int, timeout time.Duration) int {
 func (c *cli) checkExecStdin(vm string) {
 	c.t.Helper()
 	inR, inW := io.Pipe()
-	var out, errb lockedBuffer
+	var out, errb testutil.SyncBuffer
 	start := time.Now()
 	done := c.start(Streams{In: inR, Out: &out, Err: &errb},
 		"exec", "-i", vm, "--", "sh", "-c", `read a; echo "got-$a"; cat; echo end >&2; exit 4`)
@@ -110,7 +90,7 @@ func (c *cli) checkExecTTY(vm, tools string) {
 		c.t.Fatal(err)
 	}
 	c.t.Setenv("TERM", "xterm-e2e")
-	var out lockedBuffer
+	var out testutil.SyncBuffer
 	go io.Copy(&out, m)
 	script := tools + `tty; ` + tools + `stty size; echo "T=$TERM"; echo to-stderr >&2; read x; echo "x=$x"; ` +
 		`while [ "$(` + tools + `stty size)" = "33 101" ]; do sleep 0.1; done; ` + tools + `stty size; exit 3`

@@ -471,6 +471,23 @@ func TestUserDataErrors(t *testing.T) {
 	}
 }
 
+// TestUserDataLineEnds: the header line may end in LF, CRLF or a lone CR
+// (a line break in YAML); the user's keys after it are kept in each case.
+// A lone CR used to make the whole document the header line, and its keys
+// vanished (found by FuzzUserDataMerge).
+func TestUserDataLineEnds(t *testing.T) {
+	for _, ud := range []string{"#cloud-config\nruncmd: [x]\n", "#cloud-config\r\nruncmd: [x]\r\n", "#cloud-config\rruncmd: [x]\r"} {
+		seed, err := Build(Input{VMName: "a", Namespace: "n", UserData: ud})
+		if err != nil {
+			t.Errorf("user data %q: %v", ud, err)
+			continue
+		}
+		if m := decodeUserData(t, seed.UserData); !reflect.DeepEqual(m["runcmd"], []any{"x"}) {
+			t.Errorf("user data %q: runcmd = %#v, want [x]", ud, m["runcmd"])
+		}
+	}
+}
+
 func TestUserDataEmptyForms(t *testing.T) {
 	for _, ud := range []string{"", "  \n", "#cloud-config", "#cloud-config\n", "#cloud-config\n# nothing\n", "#cloud-config\n~\n", "#cloud-config\n---\n"} {
 		seed, err := Build(Input{VMName: "a", Namespace: "n", UserData: ud})

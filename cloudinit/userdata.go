@@ -226,7 +226,8 @@ func parseUserData(src, file string) (*yaml.Node, error) {
 	if !strings.HasPrefix(strings.ToLower(src[lead:]), Header) {
 		return nil, uerr(strings.Count(src[:lead], "\n")+1, "user data must start with %q", Header)
 	}
-	end := strings.IndexByte(src[lead:], '\n')
+	// A lone CR ends a line too, for YAML and so for the header.
+	end := strings.IndexAny(src[lead:], "\r\n")
 	body := src[:lead]
 	if end >= 0 {
 		body += src[lead+end:]

@@ -6,13 +6,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/stackvm/stack/guestproto"
 	"github.com/stackvm/stack/hypervisor"
 	"github.com/stackvm/stack/hypervisor/qemu"
+	"github.com/stackvm/stack/internal/testutil"
 )
 
 // Boot 4: the default image through the QEMU driver (hypervisor/qemu), the
@@ -159,7 +159,10 @@ func TestBootThroughQEMUDriver(t *testing.T) {
 	}
 	// Each virtiofsd exits once QEMU has closed its connection.
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		left := processesMentioning(t, src, out)
+		left, err := testutil.ProcessesMentioning(src, out)
+		if err != nil {
+			t.Fatal(err)
+		}
 		if len(left) == 0 {
 			break
 		}
@@ -167,29 +170,4 @@ func TestBootThroughQEMUDriver(t *testing.T) {
 			t.Fatalf("virtiofsd outlived its VM: %v", left)
 		}
 	}
-}
-
-// processesMentioning lists the command lines of processes whose argv
-// contains any of the strings.
-func processesMentioning(t *testing.T, subs ...string) []string {
-	t.Helper()
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var found []string
-	for _, e := range entries {
-		raw, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || len(raw) == 0 {
-			continue
-		}
-		cmdline := strings.ReplaceAll(string(raw), "\x00", " ")
-		for _, s := range subs {
-			if strings.Contains(cmdline, s) {
-				found = append(found, e.Name()+": "+cmdline)
-				break
-			}
-		}
-	}
-	return found
 }

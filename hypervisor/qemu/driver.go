@@ -154,7 +154,7 @@ func (d *Driver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.
 		return nil, fmt.Errorf("start vm %s: %w", cfg.Name, err)
 	}
 
-	stopVirtiofsd, err := d.startVirtiofsd(cfg, host)
+	stopVirtiofsd, err := startVirtiofsd(cfg, host)
 	if err != nil {
 		return nil, fmt.Errorf("start vm %s: %w", cfg.Name, err)
 	}

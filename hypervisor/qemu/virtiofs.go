@@ -44,7 +44,7 @@ func FindVirtiofsd() string {
 // serves one connection and exits when QEMU closes it, so the daemons live
 // exactly as long as their VMM. The returned stop kills them, for when the
 // VMM never started.
-func (d *Driver) startVirtiofsd(cfg *hypervisor.Config, host HostInfo) (stop func(), err error) {
+func startVirtiofsd(cfg *hypervisor.Config, host HostInfo) (stop func(), err error) {
 	var exited []chan struct{}
 	var cmds []*exec.Cmd
 	stop = func() {

@@ -25,6 +25,7 @@ import (
 	"github.com/stackvm/stack/hypervisor/console"
 	"github.com/stackvm/stack/hypervisor/proc"
 	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/internal/testutil"
 )
 
 // attachEnv makes the test binary, re-executed by TestVMLifecycle, act as a
@@ -663,5 +664,43 @@ func TestOldQEMUExplained(t *testing.T) {
 	cfg.NICs = nil
 	if _, err := New(Options{Binary: bin}).Start(ctx, cfg); err == nil || strings.Contains(err.Error(), "7.2") {
 		t.Errorf("without dgram NICs the error blames the version: %v", err)
+	}
+}
+
+// TestVirtiofsdEndsWithAFailedStart: when QEMU fails to start, the
+// virtiofsd started for its shared directory is killed rather than left
+// waiting for a connection that never comes. The "QEMU" exits at once.
+func TestVirtiofsdEndsWithAFailedStart(t *testing.T) {
+	vfsd := FindVirtiofsd()
+	if vfsd == "" {
+		t.Fatal("no virtiofsd (Debian: /usr/lib/qemu/virtiofsd from qemu-system-common)")
+	}
+	dir, share := t.TempDir(), t.TempDir()
+	bin := filepath.Join(dir, "qemu-system-x86_64")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\necho 'qemu-system-x86_64: cannot start' >&2\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := &hypervisor.Config{
+		Name: "vfs", RunDir: shortRunDir(t), CPUs: 1, MemoryMB: 64,
+		Kernel: filepath.Join(dir, "vmlinuz"), Machine: "q35",
+		SharedDirs: []hypervisor.SharedDir{{Tag: "share", HostPath: share}},
+	}
+	_, err := New(Options{Binary: bin, Virtiofsd: vfsd}).Start(ctx, cfg)
+	if err == nil || !strings.Contains(err.Error(), "cannot start") {
+		t.Fatalf("start = %v, want QEMU's error", err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		left, err := testutil.ProcessesMentioning(share)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("virtiofsd outlived the failed start: %v", left)
+		}
 	}
 }

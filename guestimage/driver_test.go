@@ -158,16 +158,7 @@ func TestBootThroughQEMUDriver(t *testing.T) {
 		t.Errorf("exit status %+v, want a guest power-off with code 0", st)
 	}
 	// Each virtiofsd exits once QEMU has closed its connection.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		left, err := testutil.ProcessesMentioning(src, out)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(left) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("virtiofsd outlived its VM: %v", left)
-		}
+	if left, err := testutil.WaitProcessesGone(10*time.Second, src, out); err != nil || len(left) > 0 {
+		t.Fatalf("virtiofsd outlived its VM: %v %v", left, err)
 	}
 }

@@ -691,16 +691,7 @@ func TestVirtiofsdEndsWithAFailedStart(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "cannot start") {
 		t.Fatalf("start = %v, want QEMU's error", err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		left, err := testutil.ProcessesMentioning(share)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(left) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("virtiofsd outlived the failed start: %v", left)
-		}
+	if left, err := testutil.WaitProcessesGone(10*time.Second, share); err != nil || len(left) > 0 {
+		t.Fatalf("virtiofsd outlived the failed start: %v %v", left, err)
 	}
 }

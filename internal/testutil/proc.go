@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // ProcessesMentioning lists "pid: command line" of the processes whose
@@ -28,4 +29,17 @@ func ProcessesMentioning(subs ...string) ([]string, error) {
 		}
 	}
 	return found, nil
+}
+
+// WaitProcessesGone polls until no process mentions any of subs (see
+// ProcessesMentioning) and returns those still there after timeout.
+func WaitProcessesGone(timeout time.Duration, subs ...string) ([]string, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		left, err := ProcessesMentioning(subs...)
+		if err != nil || len(left) == 0 || time.Now().After(deadline) {
+			return left, err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

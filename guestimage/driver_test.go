@@ -12,6 +12,7 @@ import (
 	"github.com/stackvm/stack/guestproto"
 	"github.com/stackvm/stack/hypervisor"
 	"github.com/stackvm/stack/hypervisor/qemu"
+	"github.com/stackvm/stack/internal/filenames"
 	"github.com/stackvm/stack/internal/testutil"
 )
 
@@ -136,6 +137,12 @@ func TestBootThroughQEMUDriver(t *testing.T) {
 			}
 		case <-timeout:
 			t.Fatal("no report that port 8080 listens")
+		}
+	}
+	// The daemons' sockets are private, like every other socket of stack.
+	for i := range 2 {
+		if st, err := os.Stat(filepath.Join(runDir, filenames.VirtiofsSocket(i))); err != nil || st.Mode().Perm() != filenames.FileMode {
+			t.Errorf("virtiofsd socket %d: %v, %v; want mode %v", i, st, err, filenames.FileMode)
 		}
 	}
 	// The workload did its file work before it started the server.

@@ -196,11 +196,6 @@ func BuildArgs(cfg *hypervisor.Config, host HostInfo) ([]string, error) {
 	// 0.3 s of CPU per two-VM boot, taken from the guests under TCG.
 	// Errors still print, and the user's cmdline (last) can say loglevel=7.
 	cmdline := []string{"console=ttyS0", "quiet", "panic=-1"}
-	if machine == MachineMicrovm {
-		// microvm has no PCI bus: without pci=off every console opens
-		// with "PCI: Fatal: No config space access function found".
-		cmdline = append(cmdline, "pci=off")
-	}
 	if machine == MachineMicrovm && accel == AccelTCG && host.TSCkHz > 0 {
 		cmdline = append(cmdline, "tsc_early_khz="+strconv.FormatInt(host.TSCkHz, 10))
 	}

@@ -85,6 +85,9 @@ func virtiofsd(bin, runDir string, i int, s hypervisor.SharedDir) (*exec.Cmd, er
 	}
 	ln.SetUnlinkOnClose(false) // the socket is the daemon's now
 	defer ln.Close()
+	if err := os.Chmod(sock, filenames.FileMode); err != nil {
+		return nil, err
+	}
 	lf, err := ln.File()
 	if err != nil {
 		return nil, err

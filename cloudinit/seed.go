@@ -48,6 +48,8 @@ type Input struct {
 	// knows it in advance and pins it.
 	HostKey *HostKey `json:",omitempty"`
 	Mounts  []Mount
+	// Shares are the VM's shared directories, mounted at every boot.
+	Shares []Share `json:",omitempty"`
 	// UserData is the user's #cloud-config document ("" for none).
 	UserData string
 	// UserDataFile names where UserData came from, for error messages
@@ -80,6 +82,14 @@ type Mount struct {
 	Serial    string // at most 20 bytes (virtio-blk's limit)
 	GuestPath string
 	FSType    string // "" means ext4
+}
+
+// Share is a host directory the VMM exports under Tag (virtio-fs, or 9p
+// where the host has no virtiofsd); the guest mounts it at GuestPath.
+type Share struct {
+	Tag       string // a DNS label (the shared_dir's name)
+	GuestPath string
+	ReadOnly  bool `json:",omitempty"`
 }
 
 // Seed is a generated NoCloud seed.
@@ -161,6 +171,17 @@ func Build(in Input) (*Seed, error) {
 	return s, nil
 }
 
+// checkGuestPath accepts a clean absolute path other than / without white
+// space: fstab separates fields by white space, so a path with any cannot
+// be mounted by cloud-init.
+func checkGuestPath(p string) error {
+	if !path.IsAbs(p) || path.Clean(p) != p || p == "/" ||
+		strings.IndexFunc(p, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
+		return fmt.Errorf("check mount path %q: want a clean absolute path other than / without white space", p)
+	}
+	return nil
+}
+
 // instanceID is the cloud-init instance-id of the seed whose inputs hash
 // to hash.
 func instanceID(hash string) string { return "stack-" + hash[:16] }
@@ -227,11 +248,8 @@ func normalise(in Input) (Input, error) {
 		if !serialRe.MatchString(m.Serial) {
 			return out, fmt.Errorf("check mount serial %q: want 1-20 of [A-Za-z0-9_.-]", m.Serial)
 		}
-		if !path.IsAbs(m.GuestPath) || path.Clean(m.GuestPath) != m.GuestPath || m.GuestPath == "/" ||
-			strings.IndexFunc(m.GuestPath, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
-			// fstab separates fields by white space, so a path with any
-			// cannot be mounted by cloud-init.
-			return out, fmt.Errorf("check mount path %q: want a clean absolute path other than / without white space", m.GuestPath)
+		if err := checkGuestPath(m.GuestPath); err != nil {
+			return out, err
 		}
 		fs := m.FSType
 		if fs == "" {
@@ -241,6 +259,15 @@ func normalise(in Input) (Input, error) {
 			return out, fmt.Errorf("check mount fstype %q: not a file system type", fs)
 		}
 		out.Mounts = append(out.Mounts, Mount{Serial: m.Serial, GuestPath: m.GuestPath, FSType: fs})
+	}
+	for _, sh := range in.Shares {
+		if !labelRe.MatchString(sh.Tag) {
+			return out, fmt.Errorf("check share tag %q: not a DNS label", sh.Tag)
+		}
+		if err := checkGuestPath(sh.GuestPath); err != nil {
+			return out, err
+		}
+		out.Shares = append(out.Shares, sh)
 	}
 	if err := normaliseSSH(in, &out); err != nil {
 		return out, err

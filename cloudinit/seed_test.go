@@ -81,6 +81,10 @@ final_message: "user final message after $UPTIME s"
 		},
 		UserData: "#cloud-config\nruncmd: [echo hi]\n",
 	}},
+	{"shares", Input{
+		VMName: "dev", Namespace: "demo",
+		Shares: []Share{{Tag: "src", GuestPath: "/src", ReadOnly: true}, {Tag: "out", GuestPath: "/var/out"}},
+	}},
 	{"empty", Input{VMName: "solo", Namespace: "ns"}},
 }
 
@@ -506,7 +510,8 @@ func TestInvalidInputs(t *testing.T) {
 		return Input{VMName: "a", Namespace: "n",
 			NICs:   []NIC{{MAC: "52:54:00:00:00:01"}},
 			Hosts:  []Host{{Name: "b", IP: ip("10.0.0.2")}},
-			Mounts: []Mount{{Serial: "d", GuestPath: "/d"}}}
+			Mounts: []Mount{{Serial: "d", GuestPath: "/d"}},
+			Shares: []Share{{Tag: "s", GuestPath: "/s"}}}
 	}
 	if _, err := Build(good()); err != nil {
 		t.Fatalf("baseline input: %v", err)
@@ -527,6 +532,8 @@ func TestInvalidInputs(t *testing.T) {
 		"unclean path":  func(in *Input) { in.Mounts[0].GuestPath = "/a/../b" },
 		"space in path": func(in *Input) { in.Mounts[0].GuestPath = "/a b" },
 		"fstype":        func(in *Input) { in.Mounts[0].FSType = "ext4,rw" },
+		"share tag":     func(in *Input) { in.Shares[0].Tag = "s t" },
+		"share path":    func(in *Input) { in.Shares[0].GuestPath = "/s t" },
 	} {
 		in := good()
 		mutate(&in)
@@ -804,6 +811,9 @@ func TestHostsScript(t *testing.T) {
 func TestReadyScriptSyntax(t *testing.T) {
 	if out, err := exec.Command("sh", "-n", "-c", readyScript).CombinedOutput(); err != nil {
 		t.Fatalf("ready script: %v\n%s", err, out)
+	}
+	if out, err := exec.Command("sh", "-n", "-c", sharesScript).CombinedOutput(); err != nil {
+		t.Fatalf("shares script: %v\n%s", err, out)
 	}
 	_, rest, ok := strings.Cut(readyScript, "<<'WAITER'\n")
 	waiter, _, ok2 := strings.Cut(rest, "\nWAITER\n")

@@ -113,6 +113,21 @@ else
 fi
 `
 
+// sharesScript mounts the shared directories given as argument triples
+// (tag, guest path, ro|rw) at every boot: virtio-fs first, then 9p, as the
+// guest init does. A failure is said on the console and does not stop the
+// boot (the workload will say what it misses).
+const sharesScript = `while [ "$#" -ge 3 ]; do
+  tag=$1 dir=$2 mode=$3
+  shift 3
+  mkdir -p "$dir"
+  mountpoint -q "$dir" && continue
+  mount -t virtiofs -o "$mode" "$tag" "$dir" 2>/dev/null ||
+    mount -t 9p -o "$mode,trans=virtio,version=9p2000.L,msize=262144" "$tag" "$dir" 2>/dev/null ||
+    echo "stack: shared dir $tag: cannot mount it on $dir" >/dev/console
+done
+`
+
 // userData merges the user's document with stack's part; see
 // docs/cloud-init.md for the rules.
 func userData(n Input, instanceID string) ([]byte, []string, error) {
@@ -131,10 +146,22 @@ func userData(n Input, instanceID string) ([]byte, []string, error) {
 	// bootcmd: stack's commands go first, so that the user's commands see
 	// the hosts and the module's exit status stays the user's (cloud-init
 	// runs bootcmd as one script whose status is its last command's).
-	m.prepend("bootcmd",
+	stackCmds := []*yaml.Node{
 		argv(hostsCmd...),
 		argv("sh", "-c", readyScript, "stack-ready", ReadyLine(instanceID), FailedLine(instanceID)),
-	)
+	}
+	if len(n.Shares) > 0 {
+		sharesCmd := []string{"sh", "-c", sharesScript, "stack-shares"}
+		for _, sh := range n.Shares {
+			mode := "rw"
+			if sh.ReadOnly {
+				mode = "ro"
+			}
+			sharesCmd = append(sharesCmd, sh.Tag, sh.GuestPath, mode)
+		}
+		stackCmds = append(stackCmds, argv(sharesCmd...))
+	}
+	m.prepend("bootcmd", stackCmds...)
 
 	var keys []*yaml.Node
 	have := map[string]bool{}

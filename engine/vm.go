@@ -339,6 +339,9 @@ func (e *Engine) vmSpec(ctx context.Context, plan *planner.Plan, vm *stackfile.V
 			in.NICs = append(in.NICs, nic)
 		}
 		in.Mounts = ciMounts
+		for _, sd := range vm.SharedDirs {
+			in.Shares = append(in.Shares, cloudinit.Share{Tag: sd.Name, GuestPath: sd.GuestPath, ReadOnly: sd.ReadOnly})
+		}
 		if vm.CloudInit != nil {
 			in.UserData, in.SSHAuthorizedKeys = vm.CloudInit.UserData, vm.CloudInit.SSHAuthorizedKeys
 			in.UserDataFile = vm.CloudInit.UserDataRange.Filename

@@ -35,6 +35,10 @@ const cloudInitStack = `variable "image" {
   type = string
 }
 
+variable "share" {
+  type = string
+}
+
 network "lan" {
   subnet = "10.71.0.0/24"
 }
@@ -80,6 +84,11 @@ vm "beta" {
   root_disk = "${var.image}/debian-12.raw"
   memory_mb = 512
   network "lan" {}
+  shared_dir "share" {
+    host_path  = var.share
+    guest_path = "/share"
+    read_only  = true
+  }
   cloud_init {
     user_data = "#cloud-config\n${yamlencode({
       runcmd = [["sh", "-c", "mkdir -p /data; echo from-runcmd > /run/marker"], ["env", "PEER=alpha", "sh", "-c", local.report]]
@@ -109,15 +118,18 @@ func (c *cli) check(t *testing.T, vm string) []string {
 
 // TestCloudInitStack boots two VMs from the Debian image built by
 // scripts/build-debian-image.sh and checks, inside the guests, what the
-// seed configured; then down and up again, and the volume kept its data.
+// seed configured (beta mounts a read-only shared directory); then down
+// and up again, and the volume kept its data.
 func TestCloudInitStack(t *testing.T) {
 	requireVMs(t)
 	image := debianImageDir(t)
 	dir := t.TempDir()
 	file := filepath.Join(dir, "stack.hcl")
 	writeFile(t, file, cloudInitStack)
+	share := t.TempDir()
+	writeFile(t, filepath.Join(share, "hello"), "from the host")
 	c := newCLI(t, fmt.Sprintf("ci-%d", os.Getpid()))
-	args := []string{"-f", file, "--var", "image=" + image}
+	args := []string{"-f", file, "--var", "image=" + image, "--var", "share=" + share}
 
 	start := time.Now()
 	c.mustRun(append(args, "up", "--progress", "plain")...)
@@ -139,6 +151,12 @@ func TestCloudInitStack(t *testing.T) {
 		t.Fatalf("alpha wrote no stamp on its volume: %v", a)
 	}
 	c.checkExecSSH()
+	if r := c.run("exec", "beta", "--", "cat", "/share/hello"); r.code != 0 || r.stdout != "from the host" {
+		t.Fatalf("beta reads its shared dir: %+v", r)
+	}
+	if r := c.run("exec", "beta", "--", "touch", "/share/written"); r.code == 0 {
+		t.Fatalf("beta wrote into its read-only shared dir: %+v", r)
+	}
 
 	c.mustRun(append(args, "down")...)
 	c.mustRun(append(args, "up", "--progress", "plain")...)

@@ -53,7 +53,7 @@ type Options struct {
 	// An error aborts Start and kills QEMU.
 	BeforeBoot func(ctx context.Context, cfg *hypervisor.Config) error
 	// Virtiofsd is the virtio-fs daemon for shared directories (default:
-	// FindVirtiofsd; NoVirtiofsd: use 9p).
+	// FindVirtiofsd when running as root; NoVirtiofsd: use 9p).
 	Virtiofsd string
 }
 
@@ -102,7 +102,9 @@ func (d *Driver) Host() (HostInfo, error) {
 		}
 		d.opts.Binary = bin
 		d.host = HostInfo{KVM: KVMUsable(), TSCkHz: DetectTSCkHz(), Virtiofsd: d.opts.Virtiofsd}
-		if d.host.Virtiofsd == "" {
+		if d.host.Virtiofsd == "" && os.Geteuid() == 0 {
+			// QEMU's C virtiofsd sets up its sandbox with namespaces
+			// that only root may create: others keep 9p.
 			d.host.Virtiofsd = FindVirtiofsd()
 		} else if d.host.Virtiofsd == NoVirtiofsd {
 			d.host.Virtiofsd = ""

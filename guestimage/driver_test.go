@@ -139,10 +139,15 @@ func TestBootThroughQEMUDriver(t *testing.T) {
 			t.Fatal("no report that port 8080 listens")
 		}
 	}
-	// The daemons' sockets are private, like every other socket of stack.
-	for i := range 2 {
-		if st, err := os.Stat(filepath.Join(runDir, filenames.VirtiofsSocket(i))); err != nil || st.Mode().Perm() != filenames.FileMode {
-			t.Errorf("virtiofsd socket %d: %v, %v; want mode %v", i, st, err, filenames.FileMode)
+	// The sockets of QEMU and the virtiofsd daemons are private, like
+	// every other socket of stack.
+	for _, name := range []string{filenames.QMPSocket, filenames.ConsoleVMMSocket, filenames.AgentSocket, "q.sock",
+		filenames.VirtiofsSocket(0), filenames.VirtiofsSocket(1)} {
+		st, err := os.Stat(filepath.Join(runDir, name))
+		if err != nil {
+			t.Errorf("socket %s: %v", name, err)
+		} else if st.Mode().Perm() != filenames.FileMode {
+			t.Errorf("socket %s has mode %v, want %v", name, st.Mode().Perm(), filenames.FileMode)
 		}
 	}
 	// The workload did its file work before it started the server.

@@ -220,6 +220,7 @@ func (d *Driver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.
 		return fail(err)
 	}
 	inst.qmp = c
+	privateSockets(cfg)
 	d.versionOnce.Do(func() {
 		v := c.Greeting().Version.QEMU
 		d.log.Info("qemu version", "version", fmt.Sprintf("%d.%d.%d", v.Major, v.Minor, v.Micro))
@@ -235,6 +236,26 @@ func (d *Driver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.
 	}
 	inst.log.Debug("vm started", "took", time.Since(t0))
 	return inst, nil
+}
+
+// privateSockets makes the sockets QEMU serves, which it creates with the
+// umask's mode, 0600 like every other socket of stack (their directory is
+// 0700 too). QEMU has created them all once its monitor answers.
+func privateSockets(cfg *hypervisor.Config) {
+	paths := []string{qmpPath(cfg.RunDir), consoleVMMPath(cfg.RunDir)}
+	if cfg.GuestAgent {
+		paths = append(paths, agentPath(cfg.RunDir))
+	}
+	for _, n := range cfg.NICs {
+		if n.DgramLocal != "" {
+			paths = append(paths, n.DgramLocal)
+		}
+	}
+	for _, p := range paths {
+		if err := os.Chmod(p, filenames.FileMode); err != nil {
+			slog.Warn("make vmm socket private", "path", p, "err", err)
+		}
+	}
 }
 
 func usesNewNetdevs(cfg *hypervisor.Config) bool {

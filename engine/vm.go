@@ -315,9 +315,11 @@ func (e *Engine) vmSpec(ctx context.Context, plan *planner.Plan, vm *stackfile.V
 			ciMounts = append(ciMounts, cloudinit.Mount{Serial: serial, GuestPath: d.GuestPath, FSType: "ext4"})
 		}
 	}
+	var ciShares []cloudinit.Share
 	for _, sd := range vm.SharedDirs {
 		cfg.SharedDirs = append(cfg.SharedDirs, hypervisor.SharedDir{Tag: sd.Name, HostPath: sd.HostPath, ReadOnly: sd.ReadOnly})
 		mounts = append(mounts, guestproto.Mount{Source: "share:" + sd.Name, Target: sd.GuestPath, ReadOnly: sd.ReadOnly})
+		ciShares = append(ciShares, cloudinit.Share{Tag: sd.Name, GuestPath: sd.GuestPath, ReadOnly: sd.ReadOnly})
 	}
 
 	if vm.Mode() == stackfile.ModeCloudInit {
@@ -338,10 +340,7 @@ func (e *Engine) vmSpec(ctx context.Context, plan *planner.Plan, vm *stackfile.V
 			}
 			in.NICs = append(in.NICs, nic)
 		}
-		in.Mounts = ciMounts
-		for _, sd := range vm.SharedDirs {
-			in.Shares = append(in.Shares, cloudinit.Share{Tag: sd.Name, GuestPath: sd.GuestPath, ReadOnly: sd.ReadOnly})
-		}
+		in.Mounts, in.Shares = ciMounts, ciShares
 		if vm.CloudInit != nil {
 			in.UserData, in.SSHAuthorizedKeys = vm.CloudInit.UserData, vm.CloudInit.SSHAuthorizedKeys
 			in.UserDataFile = vm.CloudInit.UserDataRange.Filename

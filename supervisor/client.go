@@ -131,7 +131,7 @@ func Ensure(ctx context.Context, o SpawnOptions) (*Client, error) {
 	}
 	defer logf.Close()
 	// The child gets the write end of a pipe and writes to it once its
-	// socket listens (NotifyListening): the first dial then succeeds
+	// socket listens (ListeningNotifier): the first dial then succeeds
 	// without a polling delay. Polling stays as the fallback.
 	readyR, readyW, err := os.Pipe()
 	if err != nil {

@@ -220,7 +220,7 @@ func (d *Driver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.
 		return fail(err)
 	}
 	inst.qmp = c
-	privateSockets(cfg)
+	d.privateSockets(cfg)
 	d.versionOnce.Do(func() {
 		v := c.Greeting().Version.QEMU
 		d.log.Info("qemu version", "version", fmt.Sprintf("%d.%d.%d", v.Major, v.Minor, v.Micro))
@@ -240,20 +240,18 @@ func (d *Driver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.
 
 // privateSockets makes the sockets QEMU serves, which it creates with the
 // umask's mode, 0600 like every other socket of stack (their directory is
-// 0700 too). QEMU has created them all once its monitor answers.
-func privateSockets(cfg *hypervisor.Config) {
-	paths := []string{qmpPath(cfg.RunDir), consoleVMMPath(cfg.RunDir)}
-	if cfg.GuestAgent {
-		paths = append(paths, agentPath(cfg.RunDir))
-	}
+// 0700 too). QEMU has created them all once its monitor answers; a VM
+// without a guest agent has no agent socket.
+func (d *Driver) privateSockets(cfg *hypervisor.Config) {
+	paths := vmmSockets(cfg.RunDir)
 	for _, n := range cfg.NICs {
 		if n.DgramLocal != "" {
 			paths = append(paths, n.DgramLocal)
 		}
 	}
 	for _, p := range paths {
-		if err := os.Chmod(p, filenames.FileMode); err != nil {
-			slog.Warn("make vmm socket private", "path", p, "err", err)
+		if err := os.Chmod(p, filenames.FileMode); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			d.log.Warn("make vmm socket private", "path", p, "err", err)
 		}
 	}
 }
@@ -309,11 +307,17 @@ func writePrivate(path string, b []byte) error {
 // removeSockets removes the sockets QEMU serves in runDir. QEMU unlinks
 // them itself on a clean exit, not when killed.
 func removeSockets(runDir string) {
-	for _, p := range []string{qmpPath(runDir), consoleVMMPath(runDir), agentPath(runDir)} {
+	for _, p := range vmmSockets(runDir) {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			slog.Warn("remove vmm socket", "path", p, "err", err)
 		}
 	}
+}
+
+// vmmSockets are the sockets QEMU serves in runDir (the agent's only for
+// a VM with a guest agent).
+func vmmSockets(runDir string) []string {
+	return []string{qmpPath(runDir), consoleVMMPath(runDir), agentPath(runDir)}
 }
 
 // dialQMP polls for the QMP socket until QEMU serves it, QEMU exits (exited

@@ -631,27 +631,34 @@ func TestArgvAcceptedByQEMU(t *testing.T) {
 	}
 }
 
+// fakeQEMU writes script as a stand-in qemu-system-x86_64 and returns it
+// with the config of a q35 VM named name (its kernel is never read).
+func fakeQEMU(t *testing.T, name, script string) (bin string, cfg *hypervisor.Config) {
+	t.Helper()
+	dir := t.TempDir()
+	bin = filepath.Join(dir, "qemu-system-x86_64")
+	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return bin, &hypervisor.Config{
+		Name: name, RunDir: shortRunDir(t), CPUs: 1, MemoryMB: 64,
+		Kernel: filepath.Join(dir, "vmlinuz"), Machine: "q35",
+	}
+}
+
 // TestOldQEMUExplained: a QEMU older than 7.2 fails on -netdev dgram; the
 // start error says why (the driver asks for the version only then). The
 // "QEMU" here is a script that answers --version like QEMU 6.2 and fails
 // like it on anything else.
 func TestOldQEMUExplained(t *testing.T) {
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "qemu-system-x86_64")
-	script := "#!/bin/sh\n" +
-		"if [ \"$1\" = --version ]; then echo 'QEMU emulator version 6.2.0 (Debian 1:6.2+dfsg-2)'; exit 0; fi\n" +
-		"echo \"qemu-system-x86_64: -netdev dgram,id=n0: Parameter 'type' expects a netdev backend type\" >&2\n" +
-		"exit 1\n"
-	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	bin, cfg := fakeQEMU(t, "old", "#!/bin/sh\n"+
+		"if [ \"$1\" = --version ]; then echo 'QEMU emulator version 6.2.0 (Debian 1:6.2+dfsg-2)'; exit 0; fi\n"+
+		"echo \"qemu-system-x86_64: -netdev dgram,id=n0: Parameter 'type' expects a netdev backend type\" >&2\n"+
+		"exit 1\n")
+	dir := filepath.Dir(bin)
+	cfg.NICs = []hypervisor.NIC{{MAC: "52:54:00:00:00:01", DgramLocal: filepath.Join(dir, "l.sock"), DgramRemote: filepath.Join(dir, "r.sock")}}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cfg := &hypervisor.Config{
-		Name: "old", RunDir: shortRunDir(t), CPUs: 1, MemoryMB: 64,
-		Kernel: filepath.Join(dir, "vmlinuz"), Machine: "q35",
-		NICs: []hypervisor.NIC{{MAC: "52:54:00:00:00:01", DgramLocal: filepath.Join(dir, "l.sock"), DgramRemote: filepath.Join(dir, "r.sock")}},
-	}
 	_, err := New(Options{Binary: bin}).Start(ctx, cfg)
 	if err == nil {
 		t.Fatal("start with QEMU 6.2 succeeded")
@@ -675,18 +682,11 @@ func TestVirtiofsdEndsWithAFailedStart(t *testing.T) {
 	if vfsd == "" {
 		t.Fatal("no virtiofsd (Debian: /usr/lib/qemu/virtiofsd from qemu-system-common)")
 	}
-	dir, share := t.TempDir(), t.TempDir()
-	bin := filepath.Join(dir, "qemu-system-x86_64")
-	if err := os.WriteFile(bin, []byte("#!/bin/sh\necho 'qemu-system-x86_64: cannot start' >&2\nexit 1\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	share := t.TempDir()
+	bin, cfg := fakeQEMU(t, "vfs", "#!/bin/sh\necho 'qemu-system-x86_64: cannot start' >&2\nexit 1\n")
+	cfg.SharedDirs = []hypervisor.SharedDir{{Tag: "share", HostPath: share}}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cfg := &hypervisor.Config{
-		Name: "vfs", RunDir: shortRunDir(t), CPUs: 1, MemoryMB: 64,
-		Kernel: filepath.Join(dir, "vmlinuz"), Machine: "q35",
-		SharedDirs: []hypervisor.SharedDir{{Tag: "share", HostPath: share}},
-	}
 	_, err := New(Options{Binary: bin, Virtiofsd: vfsd}).Start(ctx, cfg)
 	if err == nil || !strings.Contains(err.Error(), "cannot start") {
 		t.Fatalf("start = %v, want QEMU's error", err)

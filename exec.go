@@ -57,7 +57,7 @@ func (p *Project) Exec(ctx context.Context, vm string, argv []string, opts ExecO
 	if address == "" {
 		return -1, fmt.Errorf("exec: no VM named %q in namespace %q", vm, p.Stack.Namespace)
 	}
-	c, err := supervisor.Dial(ctx, filenames.RuntimeRoot(), p.Stack.Namespace)
+	c, err := supervisor.Dial(ctx, filenames.RuntimeRoot(), p.StateDir, p.Stack.Namespace)
 	if err != nil {
 		return -1, fmt.Errorf("exec in %s: %w; run `stack up`", vm, err)
 	}

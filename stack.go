@@ -6,6 +6,7 @@ package stack
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 
 	"github.com/hashicorp/hcl/v2"
 
@@ -86,10 +87,15 @@ func Namespaces(stateDir string) ([]string, error) {
 	return state.List(StateRoot(stateDir))
 }
 
-// StateRoot returns dir, or the default state root when dir is empty.
+// StateRoot returns dir, or the default state root when dir is empty, as an
+// absolute path: the supervisor runs in another working directory and must
+// write its records where the command that started it reads them.
 func StateRoot(dir string) string {
 	if dir == "" {
-		return filenames.StateRoot()
+		dir = filenames.StateRoot()
+	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		return abs
 	}
 	return dir
 }

@@ -25,7 +25,7 @@ func (p *Project) Status(ctx context.Context) ([]VMStatus, error) {
 		return nil, err
 	}
 	live := map[string]VMStatus{}
-	if c, err := supervisor.Dial(ctx, filenames.RuntimeRoot(), p.Stack.Namespace); err == nil {
+	if c, err := supervisor.Dial(ctx, filenames.RuntimeRoot(), p.StateDir, p.Stack.Namespace); err == nil {
 		resp, err := c.Call(ctx, &supervisor.Request{Op: supervisor.OpStatus})
 		if err != nil {
 			return nil, err

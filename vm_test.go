@@ -92,3 +92,22 @@ func TestVMHandleFromState(t *testing.T) {
 		t.Fatalf("followed logs go on after Close: %q", sc.Text())
 	}
 }
+
+// The supervisor runs in another working directory than the command that
+// starts it, so a relative state directory must reach it as an absolute
+// path (it used to write its VM records under the executable's directory).
+func TestRelativeStateDirIsMadeAbsolute(t *testing.T) {
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := StateRoot("st"), filepath.Join(wd, "st"); got != want {
+		t.Fatalf("StateRoot(\"st\") = %q, want %q", got, want)
+	}
+	if p := ForNamespace("ns", "./st/../st2"); p.StateDir != filepath.Join(wd, "st2") {
+		t.Fatalf("ForNamespace state dir = %q", p.StateDir)
+	}
+	if got := StateRoot(""); !filepath.IsAbs(got) {
+		t.Fatalf("default state root %q is not absolute", got)
+	}
+}

@@ -15,7 +15,11 @@ import (
 func (e *Engine) applyNetwork(ctx context.Context, plan *planner.Plan, a *planner.Action, n *stackfile.Network) error {
 	switch a.Kind {
 	case planner.NoOp:
-		return nil
+		// Unchanged, but this plan may start VMs on it, and the supervisor
+		// may have lost it while the state still records it (a `down` from
+		// another state directory could tear it down before such commands
+		// were refused). Ensuring a running network does nothing.
+		return e.ensureNetwork(ctx, a, n)
 	case planner.Delete, planner.Replace:
 		if _, err := e.Supervisor.Call(ctx, &supervisor.Request{Op: supervisor.OpRemoveNetwork, Address: a.Name}); err != nil {
 			return fmt.Errorf("%s: %w", a.Address, err)
@@ -25,12 +29,20 @@ func (e *Engine) applyNetwork(ctx context.Context, plan *planner.Plan, a *planne
 			return e.record(plan, a, nil)
 		}
 	}
+	if err := e.ensureNetwork(ctx, a, n); err != nil {
+		return err
+	}
+	e.emit(a.Address, PhaseDone, string(a.Kind)+"d")
+	return e.record(plan, a, nil)
+}
+
+// ensureNetwork has the supervisor run n (n is desired: a is not a delete).
+func (e *Engine) ensureNetwork(ctx context.Context, a *planner.Action, n *stackfile.Network) error {
 	spec := supervisor.NetworkSpec{Name: n.Name, Subnet: n.Subnet, Gateway: n.Gateway, DHCP: n.DHCP, DNS: n.DNS, Egress: n.Egress}
 	if _, err := e.Supervisor.Call(ctx, &supervisor.Request{Op: supervisor.OpEnsureNetwork, Network: &spec}); err != nil {
 		return fmt.Errorf("%s: %w", a.Address, err)
 	}
-	e.emit(a.Address, PhaseDone, string(a.Kind)+"d")
-	return e.record(plan, a, nil)
+	return nil
 }
 
 func (e *Engine) applyVolume(ctx context.Context, plan *planner.Plan, a *planner.Action, v *stackfile.Volume) error {

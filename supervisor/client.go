@@ -27,13 +27,46 @@ type Client struct {
 // ErrNotRunning is returned when no supervisor answers on the socket.
 var ErrNotRunning = errors.New("no supervisor is running for this namespace")
 
-// Dial returns a client for the namespace's supervisor if one answers.
-func Dial(ctx context.Context, runtimeRoot, namespace string) (*Client, error) {
+// Dial returns a client for the namespace's supervisor if one answers and
+// runs the namespace of stateRoot. A supervisor is found by namespace alone
+// (its socket is in the user's runtime directory), so a command for another
+// state directory with the same namespace reaches it too: Dial refuses that
+// with a *StateRootError instead of letting the command stop or replace VMs
+// it has no state for.
+func Dial(ctx context.Context, runtimeRoot, stateRoot, namespace string) (*Client, error) {
 	c := &Client{path: SocketPath(runtimeRoot, namespace)}
-	if _, err := c.Call(ctx, &Request{Op: OpPing}); err != nil {
+	resp, err := c.Call(ctx, &Request{Op: OpPing})
+	if err != nil {
 		return nil, err
 	}
+	if resp.StateRoot != "" && !sameDir(resp.StateRoot, stateRoot) {
+		return nil, &StateRootError{Namespace: namespace, Running: resp.StateRoot, Wanted: stateRoot}
+	}
 	return c, nil
+}
+
+// StateRootError says that a namespace's supervisor runs it for another
+// state directory.
+type StateRootError struct {
+	Namespace string
+	Running   string // the supervisor's state directory
+	Wanted    string // the command's
+}
+
+func (e *StateRootError) Error() string {
+	return fmt.Sprintf("namespace %q is running with the state directory %s, not %s: use that state directory (--state-dir or STACK_STATE_DIR), or another namespace (-p)",
+		e.Namespace, e.Running, e.Wanted)
+}
+
+// sameDir reports whether a and b name one directory: the same clean path,
+// or one that exists under both names (a symlink).
+func sameDir(a, b string) bool {
+	if filepath.Clean(a) == filepath.Clean(b) {
+		return true
+	}
+	sa, errA := os.Stat(a)
+	sb, errB := os.Stat(b)
+	return errA == nil && errB == nil && os.SameFile(sa, sb)
 }
 
 // Call sends one request and returns its response; a response carrying an
@@ -118,8 +151,13 @@ type SpawnOptions struct {
 // none answers. The supervisor is detached (its own session, stdio to its
 // log file) so that it outlives the command that started it.
 func Ensure(ctx context.Context, o SpawnOptions) (*Client, error) {
-	if c, err := Dial(ctx, o.RuntimeRoot, o.Namespace); err == nil {
+	c, err := Dial(ctx, o.RuntimeRoot, o.StateRoot, o.Namespace)
+	if err == nil {
 		return c, nil
+	}
+	var other *StateRootError
+	if errors.As(err, &other) {
+		return nil, err
 	}
 	nsDir := filenames.NamespaceState(o.StateRoot, o.Namespace)
 	if err := os.MkdirAll(nsDir, filenames.DirMode); err != nil {
@@ -159,8 +197,12 @@ func Ensure(ctx context.Context, o SpawnOptions) (*Client, error) {
 	}()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		if c, err := Dial(ctx, o.RuntimeRoot, o.Namespace); err == nil {
+		c, err := Dial(ctx, o.RuntimeRoot, o.StateRoot, o.Namespace)
+		if err == nil {
 			return c, nil
+		}
+		if errors.As(err, &other) {
+			return nil, err // lost a race with a command for another state directory
 		}
 		select {
 		case err := <-exited:

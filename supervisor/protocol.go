@@ -95,6 +95,10 @@ type Response struct {
 	Process *state.Process `json:"process,omitempty"` // start-vm
 	VMs     []VMStatus     `json:"vms,omitempty"`     // status
 	PID     int            `json:"pid,omitempty"`     // ping: the supervisor's pid
+	// StateRoot is ping's: the state directory whose namespace the
+	// supervisor runs. A command for another state directory must not
+	// drive it (see StateRootError).
+	StateRoot string `json:"state_root,omitempty"`
 }
 
 // NetworkSpec is a network as the supervisor runs it.

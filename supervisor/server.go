@@ -304,6 +304,7 @@ func (s *Supervisor) handle(ctx context.Context, req *Request) Response {
 	switch req.Op {
 	case OpPing:
 		resp.PID = os.Getpid()
+		resp.StateRoot = s.opts.StateRoot
 	case OpEnsureNetwork:
 		if req.Network == nil {
 			err = errors.New("ensure-network without a network")

@@ -3,9 +3,11 @@ package supervisor
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -120,7 +122,7 @@ func newTestSupervisor(t *testing.T) (*Supervisor, *fakeDriver, *Client) {
 	var c *Client
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if c, err = Dial(ctx, run, "t"); err == nil {
+		if c, err = Dial(ctx, run, root, "t"); err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -288,4 +290,36 @@ func TestConsoleReadyLineOnlyFromThisBoot(t *testing.T) {
 	f.WriteString("[  31.0] cloud-init: STACK-READY id-1\r\n")
 	f.Close()
 	waitPhase(t, events, PhaseReady)
+}
+
+// A supervisor runs one state directory's namespace. A command for another
+// state directory with the same namespace reaches the same socket; Dial and
+// Ensure refuse it, so that its `down` cannot stop VMs it has no state for
+// (it used to, leaving the other state's VMs recorded but gone).
+func TestOtherStateRootIsRefused(t *testing.T) {
+	s, _, _ := newTestSupervisor(t)
+	ctx := context.Background()
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(s.opts.StateRoot, link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Dial(ctx, s.opts.RuntimeRoot, link, "t"); err != nil {
+		t.Fatalf("dial through a symlink to the same state root: %v", err)
+	}
+	other := t.TempDir()
+	_, err := Dial(ctx, s.opts.RuntimeRoot, other, "t")
+	var sre *StateRootError
+	if !errors.As(err, &sre) || sre.Running != s.opts.StateRoot || sre.Wanted != other ||
+		!strings.Contains(err.Error(), s.opts.StateRoot) {
+		t.Fatalf("dial with another state root: %v", err)
+	}
+	// Ensure does not try to start a second supervisor: with an executable
+	// that does not exist, trying would fail differently.
+	_, err = Ensure(ctx, SpawnOptions{Namespace: "t", StateRoot: other, RuntimeRoot: s.opts.RuntimeRoot, Executable: "/nonexistent/stack"})
+	if !errors.As(err, &sre) {
+		t.Fatalf("ensure with another state root: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(other, "t")); !os.IsNotExist(err) {
+		t.Fatalf("ensure with another state root made its namespace directory: %v", err)
+	}
 }

@@ -162,6 +162,18 @@ func TestQuickstartLifecycle(t *testing.T) {
 	if again := c.ps(); again["web"].PID != ps["web"].PID || again["client"].PID != ps["client"].PID {
 		t.Fatalf("second up restarted VMs: %v -> %v", ps, again)
 	}
+	// `down` from another state directory with the same namespace reaches
+	// this namespace's supervisor; it is refused and stops nothing.
+	var out, errb strings.Builder
+	other := t.TempDir()
+	if code := Main(context.Background(), Streams{In: strings.NewReader(""), Out: &out, Err: &errb},
+		[]string{"-p", c.ns, "--state-dir", other, "down"}); code == 0 || !strings.Contains(errb.String(), "is running with the state directory "+c.stateDir) {
+		t.Fatalf("down from another state dir: exit %d\n%s%s", code, out.String(), errb.String())
+	}
+	if again := c.ps(); again["web"].PID != ps["web"].PID || again["web"].State != "ready" || again["client"].State != "ready" {
+		t.Fatalf("down from another state dir touched the VMs: %v -> %v", ps, again)
+	}
+
 	c.checkStopStart(file, ps["web"])
 	ps = c.ps()
 
@@ -205,6 +217,17 @@ func TestQuickstartLifecycle(t *testing.T) {
 	if got := c.ps()["web"]; got.State != "failed" || got.ExitCode == nil || *got.ExitCode != 137 {
 		t.Fatalf("after kill -9, ps shows %+v, want failed with exit 137", got)
 	}
+	// The supervisor loses the network while the state still records it
+	// (a `down` from another state directory did that before it was
+	// refused): the plan keeps it, and the up below must start it again
+	// for the VMs it starts on it.
+	lost, err := supervisor.Dial(context.Background(), filenames.RuntimeRoot(), c.stateDir, c.ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lost.Call(context.Background(), &supervisor.Request{Op: supervisor.OpRemoveNetwork, Address: "lan"}); err != nil {
+		t.Fatal(err)
+	}
 	writeFile(t, file, string(src)) // client comes back too
 	r = c.mustRun("-f", file, "plan", "--json")
 	var plan jsonPlan
@@ -223,7 +246,7 @@ func TestQuickstartLifecycle(t *testing.T) {
 	// one, which re-adopts both VMMs and brings the switch back on the same
 	// socket, and the client keeps reaching web by name.
 	ps = c.ps()
-	sv, err := supervisor.Dial(context.Background(), filenames.RuntimeRoot(), c.ns)
+	sv, err := supervisor.Dial(context.Background(), filenames.RuntimeRoot(), c.stateDir, c.ns)
 	if err != nil {
 		t.Fatal(err)
 	}

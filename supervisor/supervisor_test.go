@@ -27,6 +27,7 @@ type fakeDriver struct {
 	started []*fakeInst
 	nextPID int
 	gate    chan struct{} // when set, Start waits for it to close
+	fail    error         // when set, Start writes into the run dir, as QEMU's driver does, and fails
 }
 
 type fakeInst struct {
@@ -44,6 +45,10 @@ func (d *fakeDriver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervi
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.fail != nil {
+		os.WriteFile(filepath.Join(cfg.RunDir, "args.json"), []byte("[]"), 0o600)
+		return nil, d.fail
+	}
 	d.nextPID++
 	in := &fakeInst{id: hypervisor.Identity{Driver: "fake", PID: 100000 + d.nextPID, RunDir: cfg.RunDir},
 		events: make(chan []byte, 16), exit: make(chan hypervisor.ExitStatus, 1)}
@@ -247,10 +252,27 @@ func TestNetworkWiringAndReadoptOfDeadVM(t *testing.T) {
 	}
 	// A VM on a network that is not running is refused, and leaves nothing.
 	bad := spec
-	bad.Address, bad.Name = "vm.b", "b"
+	bad.Address, bad.Name, bad.StateDir = "vm.b", "b", filenames.VMState(s.opts.StateRoot, "t", "b")
 	bad.NICs = []NICSpec{{Network: "nope", MAC: "52:54:00:00:00:02"}}
 	if _, err := c.Call(ctx, &Request{Op: OpStartVM, VM: &bad}); err == nil {
 		t.Fatal("start on a missing network succeeded")
+	}
+	if _, err := os.Stat(filenames.VMRuntime(s.opts.RuntimeRoot, "t", "b")); !os.IsNotExist(err) {
+		t.Fatalf("a refused start left its runtime directory: %v", err)
+	}
+	// So does a VMM that fails to start.
+	bad.NICs = spec.NICs[:0]
+	drv.mu.Lock()
+	drv.fail = errors.New("qemu failed")
+	drv.mu.Unlock()
+	if _, err := c.Call(ctx, &Request{Op: OpStartVM, VM: &bad}); err == nil || !strings.Contains(err.Error(), "qemu failed") {
+		t.Fatalf("start with a failing VMM: %v", err)
+	}
+	drv.mu.Lock()
+	drv.fail = nil
+	drv.mu.Unlock()
+	if _, err := os.Stat(filenames.VMRuntime(s.opts.RuntimeRoot, "t", "b")); !os.IsNotExist(err) {
+		t.Fatalf("a failed start left its runtime directory: %v", err)
 	}
 	// A second supervisor on the same state finds the VM's record; the fake
 	// driver says its process is gone, so it shows as failed.

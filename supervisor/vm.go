@@ -128,8 +128,12 @@ func (s *Supervisor) startVM(ctx context.Context, spec VMSpec) (*state.Process, 
 			return nil, fmt.Errorf("start %s: %w", spec.Address, err)
 		}
 	}
+	// A start that fails leaves nothing in the runtime directory: nothing
+	// would remove it later (the VM is not kept), and the error quotes
+	// QEMU's stderr.
 	if err := s.wire(v); err != nil {
 		s.unwire(v)
+		os.RemoveAll(v.runDir)
 		return nil, fmt.Errorf("start %s: %w", spec.Address, err)
 	}
 	s.mu.Lock()
@@ -141,6 +145,7 @@ func (s *Supervisor) startVM(ctx context.Context, spec VMSpec) (*state.Process, 
 		s.mu.Unlock()
 		s.unwire(v)
 		os.Remove(recordPath(&v.spec))
+		os.RemoveAll(v.runDir)
 		return nil, err
 	}
 	id := v.inst.Identity()

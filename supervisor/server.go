@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -122,9 +123,15 @@ func (s *Supervisor) Serve(ctx context.Context) error {
 	}
 	if err := os.Chmod(path, filenames.FileMode); err != nil {
 		ln.Close()
+		os.Remove(path)
 		return fmt.Errorf("listen on control socket: %w", err)
 	}
-	defer os.Remove(path)
+	ours, err := os.Stat(path)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("listen on control socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(false) // the socket is removed below, only while it is ours
 	defer ln.Close()
 	if s.opts.Listening != nil {
 		s.opts.Listening()
@@ -150,8 +157,9 @@ func (s *Supervisor) Serve(ctx context.Context) error {
 			}()
 		}
 	}()
-	teardown := false
+	teardown, lost := false, false
 	owner := s.ownerGone(ctx)
+	socketGone := watchSocket(ctx, path, ours)
 	idleGrace := time.NewTimer(time.Hour)
 	idleGrace.Stop()
 	s.checkIdle()
@@ -166,6 +174,15 @@ loop:
 		case <-owner:
 			s.log.Info("owner process is gone; bringing the namespace down", "pid", s.opts.OwnerPID)
 			teardown = true
+			break loop
+		case <-socketGone:
+			// Nobody can reach this supervisor any more (its runtime
+			// directory was cleaned up, or another supervisor replaced
+			// the socket): it leaves the VMs running, for the supervisor
+			// of the next command to re-adopt, rather than manage them
+			// beside that one (and restart them twice).
+			s.log.Warn("the control socket was removed or replaced; supervisor exits and leaves its VMs to the next one", "socket", path)
+			lost = true
 			break loop
 		case <-s.idle:
 			idleGrace.Reset(2 * time.Second)
@@ -184,6 +201,10 @@ loop:
 	}
 	cancel()
 	wg.Wait()
+	if lost {
+		return nil // the path is not ours to remove
+	}
+	os.Remove(path)
 	if s.empty() {
 		// Nothing runs any more: the runtime directory goes with its last
 		// socket (os.Remove leaves a directory that still holds anything).
@@ -191,6 +212,42 @@ loop:
 		os.Remove(dir)
 	}
 	return nil
+}
+
+// socketCheckInterval is how often the supervisor checks that its control
+// socket is still the one it listens on.
+var socketCheckInterval = 5 * time.Second
+
+// watchSocket closes its channel once path is no longer the socket ours
+// describes: removed, or replaced by another.
+func watchSocket(ctx context.Context, path string, ours os.FileInfo) <-chan struct{} {
+	return pollUntil(ctx, socketCheckInterval, func() bool {
+		fi, err := os.Stat(path)
+		gone := errors.Is(err, fs.ErrNotExist)
+		replaced := err == nil && !os.SameFile(fi, ours)
+		return gone || replaced
+	})
+}
+
+// pollUntil closes its channel once cond, checked every interval, holds.
+func pollUntil(ctx context.Context, every time.Duration, cond func() bool) <-chan struct{} {
+	ch := make(chan struct{})
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if cond() {
+					close(ch)
+					return
+				}
+			}
+		}
+	}()
+	return ch
 }
 
 func (s *Supervisor) empty() bool {
@@ -210,26 +267,12 @@ func (s *Supervisor) checkIdle() {
 
 // ownerGone closes its channel when the owner process dies.
 func (s *Supervisor) ownerGone(ctx context.Context) <-chan struct{} {
-	ch := make(chan struct{})
 	if s.opts.OwnerPID == 0 {
-		return ch
+		return make(chan struct{})
 	}
-	go func() {
-		t := time.NewTicker(250 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				if !processAlive(s.opts.OwnerPID, s.opts.OwnerStartTime) {
-					close(ch)
-					return
-				}
-			}
-		}
-	}()
-	return ch
+	return pollUntil(ctx, 250*time.Millisecond, func() bool {
+		return !processAlive(s.opts.OwnerPID, s.opts.OwnerStartTime)
+	})
 }
 
 // teardown stops every VM and removes every network and record.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -108,6 +109,14 @@ func (f *fakeInst) say(t *testing.T, m guestproto.Message) {
 
 func newTestSupervisor(t *testing.T) (*Supervisor, *fakeDriver, *Client) {
 	t.Helper()
+	s, drv, c, _ := serveTestSupervisor(t)
+	return s, drv, c
+}
+
+// serveTestSupervisor is newTestSupervisor that also returns what Serve
+// returns, once it does.
+func serveTestSupervisor(t *testing.T) (*Supervisor, *fakeDriver, *Client, <-chan error) {
+	t.Helper()
 	drv := &fakeDriver{}
 	root := t.TempDir()
 	// Unix socket paths must stay short: keep the runtime root in /tmp.
@@ -118,8 +127,12 @@ func newTestSupervisor(t *testing.T) (*Supervisor, *fakeDriver, *Client) {
 	t.Cleanup(func() { os.RemoveAll(run) })
 	s := New(Options{Namespace: "t", StateRoot: root, RuntimeRoot: run, Driver: drv, StopTimeout: time.Second})
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx) }()
+	done, served := make(chan error, 1), make(chan error, 1)
+	go func() {
+		err := s.Serve(ctx)
+		served <- err
+		done <- err
+	}()
 	t.Cleanup(func() {
 		cancel()
 		<-done
@@ -135,7 +148,7 @@ func newTestSupervisor(t *testing.T) (*Supervisor, *fakeDriver, *Client) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return s, drv, c
+	return s, drv, c, served
 }
 
 func startSpec(t *testing.T, s *Supervisor, restart string) VMSpec {
@@ -343,5 +356,53 @@ func TestOtherStateRootIsRefused(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(other, "t")); !os.IsNotExist(err) {
 		t.Fatalf("ensure with another state root made its namespace directory: %v", err)
+	}
+}
+
+// A supervisor nobody can reach (its socket removed, say by a clean-up of
+// /tmp, or replaced by another supervisor's) exits and leaves its VMs
+// running for the next supervisor to re-adopt; it does not stop them, and
+// does not remove a socket that is not its own.
+func TestLostSocketEndsTheSupervisor(t *testing.T) {
+	defer func(d time.Duration) { socketCheckInterval = d }(socketCheckInterval)
+	socketCheckInterval = 10 * time.Millisecond
+	for _, how := range []string{"removed", "replaced"} {
+		t.Run(how, func(t *testing.T) {
+			s, drv, c, served := serveTestSupervisor(t)
+			spec := startSpec(t, s, "always")
+			if _, err := c.Call(context.Background(), &Request{Op: OpStartVM, VM: &spec}); err != nil {
+				t.Fatal(err)
+			}
+			path := SocketPath(s.opts.RuntimeRoot, "t")
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+			if how == "replaced" {
+				ln, err := net.Listen("unix", path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer ln.Close()
+			}
+			select {
+			case err := <-served:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the supervisor still serves after its socket was " + how)
+			}
+			select {
+			case st := <-drv.last().exit:
+				t.Fatalf("the supervisor stopped its VM on the way out: %+v", st)
+			default:
+			}
+			if _, _, err := ReadRecord(spec.StateDir); err != nil {
+				t.Fatalf("the VM's record is gone: %v", err)
+			}
+			if _, err := os.Stat(path); (how == "replaced") != (err == nil) {
+				t.Fatalf("socket path after exit: %v", err)
+			}
+		})
 	}
 }

@@ -342,8 +342,11 @@ func (in *Init) setReady() {
 	in.status.Ready = true
 	st := in.status
 	in.mu.Unlock()
-	in.log.Info("ready", "addresses", st.Addresses, "uptime", bootSeconds())
+	// The report goes first: the console line takes milliseconds to write
+	// through the emulated UART, and the host (and dependents) wait for
+	// the report, not the line.
 	in.send(guestproto.Message{Type: guestproto.TypeReady, Status: &st})
+	in.log.Info("ready", "addresses", st.Addresses, "uptime", bootSeconds())
 	// What no bring-up step needs loads after the ready report.
 	in.goSafe("late modules", func() { in.loadModules("late") })
 }

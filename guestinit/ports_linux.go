@@ -46,6 +46,7 @@ func (in *Init) watchPorts(ports []int) {
 			st := in.status
 			in.mu.Unlock()
 			in.send(guestproto.Message{Type: guestproto.TypeListening, Status: &st})
+			in.log.Info("listening", "ports", listening)
 		}
 		if len(listening) == len(ports) || time.Now().After(deadline) {
 			return

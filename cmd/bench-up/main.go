@@ -43,6 +43,7 @@ import (
 	"github.com/stackvm/stack/disks"
 	"github.com/stackvm/stack/guestproto"
 	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/supervisor"
 )
 
 func main() {
@@ -109,24 +110,26 @@ func run(runs int, file, flatFile string, vars []string) error {
 	}
 
 	var upT, parT, conT, seqT, relT, flatT []time.Duration
-	stackUp := func() error {
+	// Into each up: when its first VMM started and its last VM was ready.
+	var upPhases, flatPhases phases
+	timedUp := func(p *stack.Project, out *[]time.Duration, ph *phases) error {
 		t0 := time.Now()
-		if _, err := p.Up(ctx, stack.UpOptions{}); err != nil {
+		rec := ph.recorder(t0)
+		if _, err := p.Up(ctx, stack.UpOptions{Progress: rec}); err != nil {
 			return err
 		}
-		upT = append(upT, time.Since(t0))
-		if err := p.Down(ctx, stack.DownOptions{}); err != nil {
+		*out = append(*out, time.Since(t0))
+		ph.done()
+		return p.Down(ctx, stack.DownOptions{})
+	}
+	stackUp := func() error {
+		if err := timedUp(p, &upT, &upPhases); err != nil {
 			return err
 		}
 		if flat == nil {
 			return nil
 		}
-		t0 = time.Now()
-		if _, err := flat.Up(ctx, stack.UpOptions{}); err != nil {
-			return err
-		}
-		flatT = append(flatT, time.Since(t0))
-		return flat.Down(ctx, stack.DownOptions{})
+		return timedUp(flat, &flatT, &flatPhases)
 	}
 	bareAll := func() error {
 		for _, v := range []struct {
@@ -178,6 +181,12 @@ func run(runs int, file, flatFile string, vars []string) error {
 		fmt.Printf("%-40s %10s\n", "stack up, no depends_on, no tcp probe", median(flatT).Round(time.Millisecond))
 	}
 	fmt.Printf("%-40s %10s\n", "stack up, unchanged 10-VM stack", noop.Round(time.Microsecond))
+	fmt.Printf("stack up quickstart: first VMM started after %s, last VM ready after %s, returned after %s (medians)\n",
+		median(upPhases.vmm).Round(time.Millisecond), median(upPhases.ready).Round(time.Millisecond), up.Round(time.Millisecond))
+	if flat != nil {
+		fmt.Printf("stack up without depends_on/probe: first VMM started after %s, last VM ready after %s, returned after %s (medians)\n",
+			median(flatPhases.vmm).Round(time.Millisecond), median(flatPhases.ready).Round(time.Millisecond), median(flatT).Round(time.Millisecond))
+	}
 	// Overheads are medians of per-run ratios: each run's up against the
 	// bare boots of the same run, which shared its moment's machine load.
 	fmt.Printf("overhead_vs_parallel=%s overhead_vs_ordered=%s unchanged10_ms=%.1f",
@@ -188,6 +197,38 @@ func run(runs int, file, flatFile string, vars []string) error {
 	}
 	fmt.Println()
 	return nil
+}
+
+// phases collects, per up, when its first VMM started and its last VM was
+// ready, from the up's events.
+type phases struct {
+	mu          sync.Mutex
+	t0          time.Time
+	first, last time.Time
+	vmm, ready  []time.Duration
+}
+
+func (ph *phases) recorder(t0 time.Time) func(stack.Event) {
+	ph.t0, ph.first, ph.last = t0, time.Time{}, time.Time{}
+	return func(ev stack.Event) {
+		ph.mu.Lock()
+		defer ph.mu.Unlock()
+		switch ev.Phase {
+		case supervisor.PhaseVMMStart:
+			if ph.first.IsZero() {
+				ph.first = ev.Time
+			}
+		case supervisor.PhaseReady:
+			ph.last = ev.Time
+		}
+	}
+}
+
+func (ph *phases) done() {
+	ph.mu.Lock()
+	defer ph.mu.Unlock()
+	ph.vmm = append(ph.vmm, ph.first.Sub(ph.t0))
+	ph.ready = append(ph.ready, ph.last.Sub(ph.t0))
 }
 
 // capture reads the argv and boot inputs of every running VM of p.

@@ -2,6 +2,7 @@ package stack
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 
@@ -58,8 +59,11 @@ func (p *Project) Exec(ctx context.Context, vm string, argv []string, opts ExecO
 		return -1, fmt.Errorf("exec: no VM named %q in namespace %q", vm, p.Stack.Namespace)
 	}
 	c, err := supervisor.Dial(ctx, filenames.RuntimeRoot(), p.StateDir, p.Stack.Namespace)
-	if err != nil {
+	if errors.Is(err, supervisor.ErrNotRunning) {
 		return -1, fmt.Errorf("exec in %s: %w; run `stack up`", vm, err)
+	}
+	if err != nil {
+		return -1, fmt.Errorf("exec in %s: %w", vm, err)
 	}
 	if opts.Stdout == nil {
 		opts.Stdout = io.Discard

@@ -158,6 +158,24 @@ func TestCloudInitStack(t *testing.T) {
 		t.Fatalf("beta wrote into its read-only shared dir: %+v", r)
 	}
 
+	// stop keeps beta's root disk; start boots it again (cloud-init's
+	// second boot of the same instance): ready again, its file still
+	// there, the shared dir mounted again, exec working.
+	c.mustRun("exec", "beta", "--", "sh", "-c", "echo kept > /root/kept")
+	c.mustRun("stop", "beta")
+	if got := c.ps()["beta"]; got.State != "stopped" {
+		t.Fatalf("after stop, ps shows beta as %+v", got)
+	}
+	start = time.Now()
+	c.mustRun("start", "beta", "--progress", "plain")
+	t.Logf("beta started again in %s", time.Since(start).Round(time.Second))
+	if got := c.ps()["beta"]; got.State != "ready" || got.PID == ps["beta"].PID {
+		t.Fatalf("after start, ps shows beta as %+v", got)
+	}
+	if r := c.run("exec", "beta", "--", "sh", "-c", "cat /root/kept /share/hello"); r.code != 0 || r.stdout != "kept\nfrom the host" {
+		t.Fatalf("beta after stop and start: %+v", r)
+	}
+
 	c.mustRun(append(args, "down")...)
 	c.mustRun(append(args, "up", "--progress", "plain")...)
 	if again := c.check(t, "alpha"); again[4] != stamp {

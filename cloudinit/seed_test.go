@@ -16,6 +16,8 @@ import (
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/stackvm/stack/guestproto"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -838,5 +840,46 @@ func BenchmarkEnsureISOUnchanged(b *testing.B) {
 		if _, rebuilt, err := EnsureISO(in, path); err != nil || rebuilt {
 			b.Fatalf("rebuilt = %v, err = %v", rebuilt, err)
 		}
+	}
+}
+
+// TestSharesScriptMounts runs the shares script with stand-ins for mount and
+// mountpoint: each share is tried over virtio-fs, then over 9p with the 9p
+// options and its mode, and one that cannot be mounted is said on the
+// console (here: stdout) without stopping the others.
+func TestSharesScriptMounts(t *testing.T) {
+	bin, dirs := t.TempDir(), t.TempDir()
+	log := filepath.Join(bin, "mounts")
+	stub := func(name, body string) {
+		if err := os.WriteFile(filepath.Join(bin, name), []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stub("mountpoint", "exit 1\n")
+	// virtio-fs is never there; 9p works for every tag but "broken".
+	stub("mount", `echo "$*" >> `+log+`
+case "$2:$5" in
+  virtiofs:*|9p:broken) exit 32 ;;
+esac
+`)
+	script := strings.ReplaceAll(sharesScript, "/dev/console", "/dev/stdout")
+	cmd := exec.Command("sh", "-c", script, "stack-shares", guestproto.NinePMountOptions,
+		"src", filepath.Join(dirs, "src"), "ro", "broken", filepath.Join(dirs, "b"), "rw", "out", filepath.Join(dirs, "out"), "rw")
+	cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("shares script: %v\n%s", err, out)
+	}
+	if want := "stack: shared dir broken: cannot mount it on " + filepath.Join(dirs, "b") + "\n"; string(out) != want {
+		t.Fatalf("console: %q, want %q", out, want)
+	}
+	got, _ := os.ReadFile(log)
+	var want strings.Builder
+	for _, m := range []struct{ tag, dir, mode string }{{"src", "src", "ro"}, {"broken", "b", "rw"}, {"out", "out", "rw"}} {
+		dir := filepath.Join(dirs, m.dir)
+		fmt.Fprintf(&want, "-t virtiofs -o %s %s %s\n-t 9p -o %s,%s %s %s\n", m.mode, m.tag, dir, m.mode, guestproto.NinePMountOptions, m.tag, dir)
+	}
+	if string(got) != want.String() {
+		t.Fatalf("mounts:\n%s\nwant:\n%s", got, want.String())
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"unicode"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/stackvm/stack/guestproto"
 )
 
 // UserDataError is a problem in the user's #cloud-config document. Line is
@@ -113,17 +115,20 @@ else
 fi
 `
 
-// sharesScript mounts the shared directories given as argument triples
-// (tag, guest path, ro|rw) at every boot: virtio-fs first, then 9p, as the
-// guest init does. A failure is said on the console and does not stop the
+// sharesScript mounts the shared directories at every boot: virtio-fs
+// first, then 9p, as the guest init does. Its arguments are the 9p mount
+// options (guestproto.NinePMountOptions), then a triple (tag, guest path,
+// ro|rw) per share. A failure is said on the console and does not stop the
 // boot (the workload will say what it misses).
-const sharesScript = `while [ "$#" -ge 3 ]; do
+const sharesScript = `ninep=$1
+shift
+while [ "$#" -ge 3 ]; do
   tag=$1 dir=$2 mode=$3
   shift 3
   mkdir -p "$dir"
   mountpoint -q "$dir" && continue
   mount -t virtiofs -o "$mode" "$tag" "$dir" 2>/dev/null ||
-    mount -t 9p -o "$mode,trans=virtio,version=9p2000.L,msize=262144" "$tag" "$dir" 2>/dev/null ||
+    mount -t 9p -o "$mode,$ninep" "$tag" "$dir" 2>/dev/null ||
     echo "stack: shared dir $tag: cannot mount it on $dir" >/dev/console
 done
 `
@@ -151,7 +156,7 @@ func userData(n Input, instanceID string) ([]byte, []string, error) {
 		argv("sh", "-c", readyScript, "stack-ready", ReadyLine(instanceID), FailedLine(instanceID)),
 	}
 	if len(n.Shares) > 0 {
-		sharesCmd := []string{"sh", "-c", sharesScript, "stack-shares"}
+		sharesCmd := []string{"sh", "-c", sharesScript, "stack-shares", guestproto.NinePMountOptions}
 		for _, sh := range n.Shares {
 			mode := "rw"
 			if sh.ReadOnly {

@@ -608,7 +608,7 @@ func mountOne(m guestproto.Mount) error {
 		for _, t := range fstypes {
 			data := ""
 			if t == "9p" {
-				data = "trans=virtio,version=9p2000.L,msize=262144"
+				data = guestproto.NinePMountOptions
 			}
 			err := unix.Mount(name, m.Target, t, flags, data)
 			if err == nil {

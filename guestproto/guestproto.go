@@ -121,6 +121,11 @@ const (
 	TypeExecInputAck = "exec-input-ack"
 )
 
+// NinePMountOptions mount a shared directory over 9p, the fallback when the
+// host offers no virtio-fs. Both kinds of guest use them: the guest init,
+// and the mount script of cloud-init seeds (package cloudinit).
+const NinePMountOptions = "trans=virtio,version=9p2000.L,msize=262144"
+
 // ExecInputWindow bounds the stdin bytes in flight to one exec session.
 const ExecInputWindow = 256 << 10
 

@@ -373,9 +373,14 @@ func bare(vmms []vmm, mode bareMode, readConsole bool) (time.Duration, error) {
 			}()
 		}
 		if v.rootDisk == "" {
-			err = waitReady(filepath.Join(dir, filenames.AgentSocket), 2*time.Minute, release(v), mode == released && v.listen, readyCh[v.address])
+			err = waitReady(filepath.Join(dir, filenames.AgentSocket), 2*time.Minute, release(v), mode == released && v.listen)
 		} else {
 			err = waitConsole(filepath.Join(dir, filenames.ConsoleVMMSocket), v.ready, 10*time.Minute)
+		}
+		if err == nil {
+			// Closed here for both kinds of VM: a cloud-init VM's wait
+			// knows nothing of readyCh, and the loop below waits for it.
+			close(readyCh[v.address])
 		}
 		errs <- err
 		if mode == released && err == nil {
@@ -424,10 +429,9 @@ func dialRetry(sock string, timeout time.Duration) (net.Conn, error) {
 }
 
 // waitReady connects to the guest agent socket and waits for the guest
-// init's ready report, or with listen for a watched port listening, and
-// then closes ready (when not nil). A held workload is started once
-// release is closed (at once when release is nil).
-func waitReady(sock string, timeout time.Duration, release <-chan struct{}, listen bool, ready chan struct{}) error {
+// init's ready report, or with listen for a watched port listening. A held
+// workload is started once release is closed (at once when release is nil).
+func waitReady(sock string, timeout time.Duration, release <-chan struct{}, listen bool) error {
 	c, err := dialRetry(sock, timeout)
 	if err != nil {
 		return fmt.Errorf("agent socket: %w", err)
@@ -454,9 +458,6 @@ func waitReady(sock string, timeout time.Duration, release <-chan struct{}, list
 			isReady = m.Status != nil && len(m.Status.Listening) > 0
 		}
 		if isReady {
-			if ready != nil {
-				close(ready)
-			}
 			return nil
 		}
 		// The captured config of a VM that stack booted early holds its

@@ -233,8 +233,12 @@ func (e *Engine) begin(ctx context.Context, st *state.State) (*waiters, error) {
 // their workload held, and the engine releases it once the dependencies are
 // ready. (A cloud-init guest cannot hold its workload; it waits.)
 func bootsEarly(a *planner.Action, vm *stackfile.VM) bool {
-	return a.Type == planner.TypeVM && (a.Kind == planner.Create || a.Kind == planner.Replace) &&
-		vm != nil && len(vm.DependsOn) > 0 && vm.Mode() == stackfile.ModeInitramfs
+	return startsVMM(a) && vm != nil && len(vm.DependsOn) > 0 && vm.Mode() == stackfile.ModeInitramfs
+}
+
+// startsVMM reports whether a makes a new VM, and so boots a new VMM.
+func startsVMM(a *planner.Action) bool {
+	return a.Type == planner.TypeVM && (a.Kind == planner.Create || a.Kind == planner.Replace)
 }
 
 // splitDeps separates the VM dependencies (ready barriers) that an early

@@ -239,7 +239,7 @@ func (e *Engine) awaitDependencies(ctx context.Context, plan *planner.Plan, vm *
 func (e *Engine) Prefetch(ctx context.Context, plan *planner.Plan, desired *stackfile.Stack) bool {
 	boots := map[string]bool{}
 	for _, a := range plan.Actions {
-		if a.Type == planner.TypeVM && (a.Kind == planner.Create || a.Kind == planner.Replace) {
+		if startsVMM(a) {
 			boots[a.Address] = true
 		}
 	}

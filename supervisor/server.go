@@ -122,8 +122,7 @@ func (s *Supervisor) Serve(ctx context.Context) error {
 		return fmt.Errorf("listen on control socket: %w", err)
 	}
 	if err := os.Chmod(path, filenames.FileMode); err != nil {
-		ln.Close()
-		os.Remove(path)
+		ln.Close() // unlinks the socket: SetUnlinkOnClose(false) comes below
 		return fmt.Errorf("listen on control socket: %w", err)
 	}
 	ours, err := os.Stat(path)

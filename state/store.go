@@ -12,9 +12,8 @@ import (
 	"sort"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/internal/fsutil"
 )
 
 // ErrLockTimeout is returned when another command holds the namespace lock
@@ -120,55 +119,12 @@ func (s *Store) Remove() error {
 	return nil
 }
 
-// WriteFileAtomic writes data to path through a temp file in the same
-// directory, fsyncs it, renames it into place and fsyncs the directory, so a
-// reader sees the old or the new content and never a torn file.
-func WriteFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after the rename
-	if err := f.Chmod(filenames.FileMode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
+// WriteFileAtomic writes data to path so that a reader sees the old or the
+// new content, never a torn file (see fsutil.WriteFileAtomic).
+func WriteFileAtomic(path string, data []byte) error { return fsutil.WriteFileAtomic(path, data) }
 
 // Lock is a held namespace lock.
-type Lock struct{ f *os.File }
-
-// Unlock releases the lock.
-func (l *Lock) Unlock() error {
-	if l == nil || l.f == nil {
-		return nil
-	}
-	err := l.f.Close() // closing the fd releases the flock
-	l.f = nil
-	return err
-}
+type Lock = fsutil.Lock
 
 // Lock takes the namespace's exclusive lock, waiting up to timeout. When the
 // lock is busy, waiting is called once (to tell the user) before waiting.
@@ -178,37 +134,18 @@ func (s *Store) Lock(ctx context.Context, timeout time.Duration, waiting func())
 	if err := os.MkdirAll(s.dir, filenames.DirMode); err != nil {
 		return nil, fmt.Errorf("create state dir: %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(s.dir, filenames.LockFile), os.O_RDWR|os.O_CREATE, filenames.FileMode)
-	if err != nil {
-		return nil, fmt.Errorf("open state lock: %w", err)
+	lctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	l, err := fsutil.LockFile(lctx, filepath.Join(s.dir, filenames.LockFile), waiting)
+	switch {
+	case err == nil:
+		return l, nil
+	case ctx.Err() != nil:
+		return nil, fmt.Errorf("lock state: %w", ctx.Err())
+	case errors.Is(err, context.DeadlineExceeded):
+		return nil, fmt.Errorf("lock state of namespace %q after %s: %w", s.namespace, timeout, ErrLockTimeout)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err == nil {
-		return &Lock{f: f}, nil
-	} else if !errors.Is(err, unix.EWOULDBLOCK) {
-		f.Close()
-		return nil, fmt.Errorf("lock state: %w", err)
-	}
-	if waiting != nil {
-		waiting()
-	}
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("lock state: %w", ctx.Err())
-		case <-deadline.C:
-			f.Close()
-			return nil, fmt.Errorf("lock state of namespace %q after %s: %w", s.namespace, timeout, ErrLockTimeout)
-		case <-tick.C:
-			if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err == nil {
-				return &Lock{f: f}, nil
-			}
-		}
-	}
+	return nil, fmt.Errorf("lock state: %w", err)
 }
 
 // List returns the namespaces that have a state file under root, sorted.

@@ -1,0 +1,103 @@
+// Package fsutil holds the two file-system primitives every package of
+// stack that keeps files shares: atomic replacement and advisory locks.
+package fsutil
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stackvm/stack/internal/filenames"
+)
+
+// WriteFileAtomic writes data to path through a temp file in the same
+// directory, fsyncs it, renames it into place and fsyncs the directory, so a
+// reader sees the old or the new content and never a torn file. The file is
+// private (filenames.FileMode).
+func WriteFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op after the rename
+	if err := f.Chmod(filenames.FileMode); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// Lock is a held advisory lock. It belongs to the open file: it is
+// released on Unlock or when the process dies, so a killed command never
+// leaves a stale lock.
+type Lock struct{ f *os.File }
+
+// Unlock releases the lock; it may be called more than once.
+func (l *Lock) Unlock() error {
+	if l == nil || l.f == nil {
+		return nil
+	}
+	err := l.f.Close() // closing the fd releases the flock
+	l.f = nil
+	return err
+}
+
+// lockPoll is how often a busy lock is tried again.
+const lockPoll = 20 * time.Millisecond
+
+// LockFile takes an exclusive flock on path (created 0600 with its
+// directory), waiting until ctx ends. When the lock is busy, waiting (if
+// set) is called once before the wait, to tell the user.
+func LockFile(ctx context.Context, path string, waiting func()) (*Lock, error) {
+	if err := os.MkdirAll(filepath.Dir(path), filenames.DirMode); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, filenames.FileMode)
+	if err != nil {
+		return nil, err
+	}
+	for first := true; ; first = false {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return &Lock{f: f}, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			f.Close()
+			return nil, err
+		}
+		if first && waiting != nil {
+			waiting()
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(lockPoll):
+		}
+	}
+}

@@ -127,6 +127,11 @@ func vmAttributes(vm *stackfile.VM, nics []state.NIC, nets map[string]*stackfile
 	set(a, "restart", vm.Restart)
 	set(a, "hypervisor", vm.Hypervisor)
 	set(a, "machine", vm.Machine)
+	if vm.Accel != "" && vm.Accel != stackfile.AccelAuto {
+		// Left out when auto, so that states written before accel
+		// existed plan no change.
+		set(a, "accel", vm.Accel)
+	}
 	return a
 }
 

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
@@ -77,11 +78,13 @@ type loader struct {
 	diags   hcl.Diagnostics
 	seen    map[diagKey]bool
 
-	files    []*file
-	root     string
-	ns       string               // the namespace, once resolved
-	vars     map[string]cty.Value // shared by every file's EvalContext
-	stackDcl *decl
+	files     []*file
+	root      string
+	ns        string // the namespace, once resolved
+	accel     string // every VM's default accel (accelDefault)
+	accelOnce sync.Once
+	vars      map[string]cty.Value // shared by every file's EvalContext
+	stackDcl  *decl
 
 	variables map[string]*variable
 	varOrder  []string
@@ -201,6 +204,24 @@ func (l *loader) addAll(ds hcl.Diagnostics) {
 	for _, d := range ds {
 		l.add(d)
 	}
+}
+
+// environ is the environment the files are loaded in (Options.Environ).
+func (l *loader) environ() []string {
+	if l.opts.Environ == nil {
+		return os.Environ()
+	}
+	return l.opts.Environ
+}
+
+// getenv looks key up in the loader's environment.
+func (l *loader) getenv(key string) (string, bool) {
+	for _, kv := range l.environ() {
+		if k, v, ok := strings.Cut(kv, "="); ok && k == key {
+			return v, true
+		}
+	}
+	return "", false
 }
 
 func (l *loader) errorf(rng hcl.Range, summary, format string, args ...any) {

@@ -109,8 +109,11 @@ type VM struct {
 	Ready     Ready    `json:"ready"`
 	Restart   string   `json:"restart"`
 
-	Hypervisor string `json:"hypervisor"` // auto | qemu | cloud-hypervisor | firecracker
+	Hypervisor string `json:"hypervisor"` // auto | qemu
 	Machine    string `json:"machine"`    // auto | microvm | q35 (extension, see docs/stackfile.md)
+	// Accel is auto, kvm or tcg: the attribute, else $STACK_ACCEL, else
+	// auto (KVM where a test boot shows it runs guests, else TCG).
+	Accel string `json:"accel"`
 
 	DeclRange hcl.Range `json:"-"`
 }
@@ -174,6 +177,17 @@ type Ready struct {
 	Exec    []string      `json:"exec,omitempty"`
 	Timeout time.Duration `json:"timeout"` // default 120s
 }
+
+// Accelerators (Accel).
+const (
+	AccelAuto = "auto"
+	AccelKVM  = "kvm"
+	AccelTCG  = "tcg"
+)
+
+// AccelEnv names the environment variable that sets the default accel of
+// every VM (CI sets STACK_ACCEL=tcg to skip the KVM probe).
+const AccelEnv = "STACK_ACCEL"
 
 // Defaults applied by the loader.
 const (

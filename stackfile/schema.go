@@ -71,6 +71,7 @@ var vmSchema = &hcl.BodySchema{
 		{Name: "restart"},
 		{Name: "hypervisor"},
 		{Name: "machine"},
+		{Name: "accel"},
 	},
 	Blocks: []hcl.BlockHeaderSchema{
 		{Type: "network", LabelNames: []string{"name"}},
@@ -116,9 +117,14 @@ var cloudInitSchema = &hcl.BodySchema{
 
 // Allowed values of enumerated attributes.
 var (
-	validFormats     = []string{"ext4", "raw"}
-	validProtocols   = []string{"tcp", "udp"}
-	validRestarts    = []string{RestartNo, RestartOnFailure, RestartAlways}
-	validHypervisors = []string{"auto", "qemu", "cloud-hypervisor", "firecracker"}
+	validFormats   = []string{"ext4", "raw"}
+	validProtocols = []string{"tcp", "udp"}
+	validRestarts  = []string{RestartNo, RestartOnFailure, RestartAlways}
+	// validHypervisors are those this build has a driver for; the names
+	// of others are known (knownHypervisors) so that they get a clearer
+	// error than a typo does.
+	validHypervisors = []string{"auto", "qemu"}
+	knownHypervisors = []string{"cloud-hypervisor", "firecracker"}
+	validAccels      = []string{AccelAuto, AccelKVM, AccelTCG}
 	validMachines    = []string{"auto", "microvm", "q35"}
 )

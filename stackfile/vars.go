@@ -75,11 +75,7 @@ func (l *loader) declareVariable(d *decl) {
 // --var-file (in order) < --var (in order). Then it converts each to its
 // type and runs its validation rules.
 func (l *loader) loadVariables() {
-	environ := l.opts.Environ
-	if environ == nil {
-		environ = os.Environ()
-	}
-	for _, kv := range environ {
+	for _, kv := range l.environ() {
 		k, val, ok := strings.Cut(kv, "=")
 		if !ok || !strings.HasPrefix(k, EnvPrefix) {
 			continue

@@ -399,6 +399,37 @@ func (l *loader) instances(vb *vmBlock) []instance {
 	return []instance{{addr: "vm." + label, name: label, ctx: ctx}}
 }
 
+// evalHypervisor reads hypervisor: a VMM this build has no driver for is
+// refused by name rather than silently run under QEMU.
+func (l *loader) evalHypervisor(a *hcl.Attribute, ctx *hcl.EvalContext, sc scope) string {
+	if a != nil {
+		if s, ok := l.evalString(a, ctx, sc); ok && slices.Contains(knownHypervisors, s) {
+			l.errorf(a.Expr.Range(), "Unsupported hypervisor", "hypervisor %q is not supported by this build (supported: %s).", s, strings.Join(validHypervisors, ", "))
+			return "auto"
+		}
+	}
+	return l.evalEnum(a, ctx, sc, validHypervisors, "auto")
+}
+
+// accelDefault is every VM's accel unless it sets its own: $STACK_ACCEL,
+// else auto. A bad value is reported once.
+func (l *loader) accelDefault() string {
+	l.accelOnce.Do(func() {
+		l.accel = AccelAuto
+		v, ok := l.getenv(AccelEnv)
+		if !ok || v == "" {
+			return
+		}
+		if !slices.Contains(validAccels, v) {
+			l.add(&hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid " + AccelEnv,
+				Detail: fmt.Sprintf("The environment variable %s is %q; use one of %q, or unset it.", AccelEnv, v, validAccels)})
+			return
+		}
+		l.accel = v
+	})
+	return l.accel
+}
+
 var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
@@ -414,6 +445,7 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 		Restart:    RestartNo,
 		Hypervisor: "auto",
 		Machine:    "auto",
+		Accel:      l.accelDefault(),
 		DependsOn:  slices.Clone(l.vmDepends[d.name]),
 		DeclRange:  d.block.DefRange,
 	}
@@ -445,8 +477,9 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 		vm.Env = env
 	}
 	vm.Restart = l.evalEnum(attr["restart"], ctx, sc, validRestarts, RestartNo)
-	vm.Hypervisor = l.evalEnum(attr["hypervisor"], ctx, sc, validHypervisors, "auto")
+	vm.Hypervisor = l.evalHypervisor(attr["hypervisor"], ctx, sc)
 	vm.Machine = l.evalEnum(attr["machine"], ctx, sc, validMachines, "auto")
+	vm.Accel = l.evalEnum(attr["accel"], ctx, sc, validAccels, vm.Accel)
 
 	for _, s := range vb.nics {
 		vm.NICs = append(vm.NICs, l.buildNIC(s, vm, ctx, sc))

@@ -1,0 +1,4 @@
+# want: 3: Invalid accel
+vm "web" {
+  accel = "hvf"
+}

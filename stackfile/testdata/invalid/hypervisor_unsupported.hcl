@@ -1,0 +1,4 @@
+# want: 3: Unsupported hypervisor
+vm "web" {
+  hypervisor = "firecracker"
+}

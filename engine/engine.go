@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/stackvm/stack/hypervisor"
 	"github.com/stackvm/stack/hypervisor/console"
 	"github.com/stackvm/stack/internal/filenames"
 	"github.com/stackvm/stack/planner"
@@ -28,6 +29,9 @@ const (
 	PhaseDone    = "done"
 	PhaseDelete  = "delete"
 	PhaseUpdate  = "update"
+	// PhaseWarning is a note about the whole apply (Address ""), such as
+	// KVM falling back to TCG.
+	PhaseWarning = "warning"
 )
 
 // Images resolves the built-in guest image (kernel, initramfs) for VMs that
@@ -52,9 +56,11 @@ type Engine struct {
 	StopTimeout time.Duration
 	Logger      *slog.Logger
 
-	mu  sync.Mutex // guards st and its writes
-	st  *state.State
-	img struct {
+	mu sync.Mutex // guards st and its writes
+	st *state.State
+	// accelOnce: the fallback from KVM to TCG is said once per apply.
+	accelOnce sync.Once
+	img       struct {
 		once              sync.Once
 		kernel, initramfs string
 		err               error
@@ -255,6 +261,17 @@ func splitDeps(deps []string, early bool) (now, later []string) {
 		}
 	}
 	return now, later
+}
+
+// noteAccel tells the user, once, that a VM runs under TCG although the
+// host has a KVM device, and why.
+func (e *Engine) noteAccel(a *hypervisor.Accel) {
+	if a == nil || a.Fallback == "" {
+		return
+	}
+	e.accelOnce.Do(func() {
+		e.emit("", PhaseWarning, fmt.Sprintf("KVM is present but cannot run guests here (%s); using TCG (software emulation, slower). Set accel = \"kvm\" to insist or \"tcg\" to skip the check.", a.Fallback))
+	})
 }
 
 func (e *Engine) emit(address, phase, msg string) {

@@ -92,6 +92,7 @@ func (e *Engine) boot(ctx context.Context, address, name string, timeout time.Du
 		})
 		return e.vmFailure(address, name, err.Error())
 	}
+	e.noteAccel(resp.Accel)
 	if err := e.record(nil, nil, func(st *state.State) {
 		v := st.VMs[address]
 		v.Status, v.Process, v.StartedAt, v.ExitCode, v.Reason = state.StatusBooting, resp.Process, time.Now().UTC(), nil, ""

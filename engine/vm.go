@@ -123,6 +123,7 @@ func (e *Engine) createVM(ctx context.Context, plan *planner.Plan, a *planner.Ac
 		return e.vmFailure(a.Address, vm.Name, err.Error())
 	}
 	started := time.Now()
+	e.noteAccel(resp.Accel)
 	if err := e.record(nil, nil, func(st *state.State) {
 		v := st.VMs[a.Address]
 		v.Status, v.Process, v.StartedAt = state.StatusBooting, resp.Process, started.UTC()
@@ -279,7 +280,7 @@ func (e *Engine) vmSpec(ctx context.Context, plan *planner.Plan, vm *stackfile.V
 	cfg := hypervisor.Config{
 		Name: vm.Name, CPUs: vm.CPUs, MemoryMB: vm.MemoryMB,
 		Kernel: vm.Kernel, Initramfs: vm.Initramfs, Cmdline: vm.Cmdline,
-		Machine: vm.Machine, Accel: "auto",
+		Machine: vm.Machine, Accel: vm.Accel,
 	}
 	spec := &supervisor.VMSpec{
 		Address: vm.Address, Name: vm.Name, Publish: publishSpecs(vm),

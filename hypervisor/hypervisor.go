@@ -46,7 +46,18 @@ type Instance interface {
 	// Guest returns the guest agent channel, or nil for guests without one
 	// (cloud-init mode).
 	Guest() GuestChannel
+	// Accel says which accelerator the VMM runs under ("" when unknown: a
+	// re-adopted VMM whose command line is gone).
+	Accel() Accel
 	Close() error
+}
+
+// Accel is the accelerator a VMM runs under. Fallback is set when "auto"
+// chose software emulation although the host has a KVM device: it says
+// why KVM was not used, for the user to read once.
+type Accel struct {
+	Name     string `json:"name"` // kvm | tcg
+	Fallback string `json:"fallback,omitempty"`
 }
 
 // RunState is the VMM's view of the guest.
@@ -95,7 +106,8 @@ type Config struct {
 	Cmdline   string // what the guest needs; drivers add their own (console=...)
 
 	// Machine is "auto", "microvm" or "q35". Accel is "auto", "kvm" or "tcg";
-	// auto picks KVM when /dev/kvm is usable.
+	// auto picks KVM when the host's KVM has been seen to run a guest (the
+	// driver probes it once per host boot), else TCG.
 	Machine string
 	Accel   string
 

@@ -92,9 +92,12 @@ type ExecEvent struct {
 // Response answers a Request. Error is a user-facing message.
 type Response struct {
 	Error   string         `json:"error,omitempty"`
-	Process *state.Process `json:"process,omitempty"` // start-vm
-	VMs     []VMStatus     `json:"vms,omitempty"`     // status
-	PID     int            `json:"pid,omitempty"`     // ping: the supervisor's pid
+	Process *state.Process `json:"process,omitempty"` // start-vm, boot-vm
+	// Accel is the accelerator the started VM runs under (start-vm,
+	// boot-vm), with the reason when "auto" fell back to TCG.
+	Accel *hypervisor.Accel `json:"accel,omitempty"`
+	VMs   []VMStatus        `json:"vms,omitempty"` // status
+	PID   int               `json:"pid,omitempty"` // ping: the supervisor's pid
 	// StateRoot is ping's: the state directory whose namespace the
 	// supervisor runs. A command for another state directory must not
 	// drive it (see StateRootError).
@@ -174,6 +177,8 @@ type VMStatus struct {
 	// Held: booted, its workload waiting for release-vm.
 	Held bool `json:"held,omitempty"`
 	PID  int  `json:"pid,omitempty"`
+	// Accel is the accelerator of its VMM: kvm or tcg.
+	Accel string `json:"accel,omitempty"`
 	// Halted: stopped on request by halt-vm (`stack stop`). The VM is kept,
 	// spec and disks, and its restart policy does not apply; boot-vm (or the
 	// next `up`) starts it again.

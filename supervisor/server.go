@@ -364,7 +364,7 @@ func (s *Supervisor) handle(ctx context.Context, req *Request) Response {
 		// A client that hangs up (a killed `up`) must not abort a start
 		// half-way: the VM is started or cleanly not.
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
-		resp.Process, err = s.startVM(sctx, *req.VM)
+		resp.Process, resp.Accel, err = s.startVM(sctx, *req.VM)
 		cancel()
 	case OpUpdateVM:
 		if req.VM == nil {
@@ -385,7 +385,7 @@ func (s *Supervisor) handle(ctx context.Context, req *Request) Response {
 		cancel()
 	case OpBootVM:
 		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
-		resp.Process, err = s.bootVM(bctx, req.Address, req.Instance)
+		resp.Process, resp.Accel, err = s.bootVM(bctx, req.Address, req.Instance)
 		cancel()
 	case OpStatus:
 		resp.VMs = s.status()

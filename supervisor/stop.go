@@ -6,6 +6,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/stackvm/stack/hypervisor"
 	"github.com/stackvm/stack/internal/filenames"
 	"github.com/stackvm/stack/state"
 )
@@ -150,7 +151,7 @@ func (s *Supervisor) haltVM(ctx context.Context, address string, timeout time.Du
 // refused; a failed one whose VMM is still up (not ready in time) is stopped
 // first. Its workload is not held: what it depends on was ready when it
 // first started.
-func (s *Supervisor) bootVM(ctx context.Context, address, instance string) (*state.Process, error) {
+func (s *Supervisor) bootVM(ctx context.Context, address, instance string) (*state.Process, *hypervisor.Accel, error) {
 	s.mu.Lock()
 	v := s.vms[address]
 	var st VMStatus
@@ -159,13 +160,13 @@ func (s *Supervisor) bootVM(ctx context.Context, address, instance string) (*sta
 	}
 	s.mu.Unlock()
 	if v == nil {
-		return nil, fmt.Errorf("start %s: no such VM", address)
+		return nil, nil, fmt.Errorf("start %s: no such VM", address)
 	}
 	if !st.Halted && st.State != state.StatusStopped && st.State != state.StatusFailed {
-		return nil, fmt.Errorf("start %s: it is %s", address, st.State)
+		return nil, nil, fmt.Errorf("start %s: it is %s", address, st.State)
 	}
 	if err := s.quiesce(ctx, v, s.opts.StopTimeout); err != nil {
-		return nil, fmt.Errorf("start %s: %w", address, err)
+		return nil, nil, fmt.Errorf("start %s: %w", address, err)
 	}
 	s.mu.Lock()
 	v.stopping, v.st.Halted, v.released = false, false, true
@@ -174,12 +175,12 @@ func (s *Supervisor) bootVM(ctx context.Context, address, instance string) (*sta
 	}
 	s.mu.Unlock()
 	if err := os.MkdirAll(v.runDir, filenames.DirMode); err != nil {
-		return nil, fmt.Errorf("start %s: %w", address, err)
+		return nil, nil, fmt.Errorf("start %s: %w", address, err)
 	}
-	fail := func(err error) (*state.Process, error) {
+	fail := func(err error) (*state.Process, *hypervisor.Accel, error) {
 		s.unwire(v)
 		s.setState(v, state.StatusFailed, err.Error(), nil)
-		return nil, err
+		return nil, nil, err
 	}
 	if err := s.wire(v); err != nil {
 		return fail(fmt.Errorf("start %s: %w", address, err))
@@ -187,6 +188,5 @@ func (s *Supervisor) bootVM(ctx context.Context, address, instance string) (*sta
 	if err := s.launch(ctx, v); err != nil {
 		return fail(err)
 	}
-	id := v.inst.Identity()
-	return &state.Process{Driver: id.Driver, PID: id.PID, StartTime: id.StartTime, RunDir: id.RunDir}, nil
+	return started(v.inst)
 }

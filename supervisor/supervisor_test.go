@@ -95,6 +95,7 @@ func (f *fakeInst) Wait(ctx context.Context) (hypervisor.ExitStatus, error) {
 	}
 }
 func (f *fakeInst) Guest() hypervisor.GuestChannel { return f }
+func (f *fakeInst) Accel() hypervisor.Accel        { return hypervisor.Accel{Name: "tcg"} }
 func (f *fakeInst) Close() error                   { return nil }
 func (f *fakeInst) Events() <-chan []byte          { return f.events }
 func (f *fakeInst) Send(context.Context, []byte) error {

@@ -110,22 +110,22 @@ func (s *Supervisor) setState(v *vmRun, stateName, reason string, exit *int) {
 	s.mu.Unlock()
 }
 
-// startVM starts (or restarts from scratch) one VM and returns its identity.
-// Readiness is reported later through events.
-func (s *Supervisor) startVM(ctx context.Context, spec VMSpec) (*state.Process, error) {
+// startVM starts (or restarts from scratch) one VM and returns its identity
+// and accelerator. Readiness is reported later through events.
+func (s *Supervisor) startVM(ctx context.Context, spec VMSpec) (*state.Process, *hypervisor.Accel, error) {
 	s.mu.Lock()
 	_, exists := s.vms[spec.Address]
 	s.mu.Unlock()
 	if exists {
 		if err := s.stopVM(ctx, spec.Address, s.opts.StopTimeout); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	v := &vmRun{s: s, spec: spec, runDir: filenames.VMRuntime(s.opts.RuntimeRoot, s.opts.Namespace, spec.Name)}
 	v.st = VMStatus{Address: spec.Address, Name: spec.Name, State: state.StatusCreating}
 	for _, dir := range []string{v.runDir, spec.StateDir} {
 		if err := os.MkdirAll(dir, filenames.DirMode); err != nil {
-			return nil, fmt.Errorf("start %s: %w", spec.Address, err)
+			return nil, nil, fmt.Errorf("start %s: %w", spec.Address, err)
 		}
 	}
 	// A start that fails leaves nothing in the runtime directory: nothing
@@ -134,7 +134,7 @@ func (s *Supervisor) startVM(ctx context.Context, spec VMSpec) (*state.Process, 
 	if err := s.wire(v); err != nil {
 		s.unwire(v)
 		os.RemoveAll(v.runDir)
-		return nil, fmt.Errorf("start %s: %w", spec.Address, err)
+		return nil, nil, fmt.Errorf("start %s: %w", spec.Address, err)
 	}
 	s.mu.Lock()
 	s.vms[spec.Address] = v
@@ -146,10 +146,16 @@ func (s *Supervisor) startVM(ctx context.Context, spec VMSpec) (*state.Process, 
 		s.unwire(v)
 		os.Remove(recordPath(&v.spec))
 		os.RemoveAll(v.runDir)
-		return nil, err
+		return nil, nil, err
 	}
-	id := v.inst.Identity()
-	return &state.Process{Driver: id.Driver, PID: id.PID, StartTime: id.StartTime, RunDir: id.RunDir}, nil
+	return started(v.inst)
+}
+
+// started is what start-vm and boot-vm answer: the new VMM's identity, as
+// the state file records it, and its accelerator.
+func started(inst hypervisor.Instance) (*state.Process, *hypervisor.Accel, error) {
+	id, accel := inst.Identity(), inst.Accel()
+	return &state.Process{Driver: id.Driver, PID: id.PID, StartTime: id.StartTime, RunDir: id.RunDir}, &accel, nil
 }
 
 // wire connects the VM's NICs to their switches and registers it with the
@@ -306,6 +312,9 @@ func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
 		v.guestExit, v.guestReady, v.guestErr = nil, false, ""
 	}
 	v.st.PID = inst.Identity().PID
+	if a := inst.Accel().Name; a != "" {
+		v.st.Accel = a
+	}
 	v.writeRecordLocked()
 	s.mu.Unlock()
 	if !readopted {

@@ -36,7 +36,10 @@ func (v Version) AtLeast(major, minor int) bool {
 // HostInfo is what BuildArgs needs to know about the host and the guest
 // kernel; DetectHost and ProbeKernel fill it in, tests set it by hand.
 type HostInfo struct {
-	KVM bool // /dev/kvm can be opened read-write
+	// KVM says that KVM runs guests on this host (the probe's verdict, see
+	// accel.go); KVMReason says why not, when it does not.
+	KVM       bool
+	KVMReason string
 	// TSCkHz is the host TSC frequency. Under TCG the guest's TSC is the
 	// host's, and microvm (no PIT/HPET to calibrate against reliably) hangs
 	// now and then in calibration unless told with tsc_early_khz.
@@ -76,7 +79,8 @@ func ResolveMachine(cfg *hypervisor.Config, host HostInfo) (string, error) {
 	}
 }
 
-// ResolveAccel applies "auto": KVM when usable, else TCG.
+// ResolveAccel applies "auto": KVM when it runs guests here, else TCG.
+// "kvm" where it does not is an error with the reason.
 func ResolveAccel(cfg *hypervisor.Config, host HostInfo) (string, error) {
 	switch cfg.Accel {
 	case "", "auto":
@@ -86,7 +90,11 @@ func ResolveAccel(cfg *hypervisor.Config, host HostInfo) (string, error) {
 		return AccelTCG, nil
 	case AccelKVM:
 		if !host.KVM {
-			return "", errors.New("resolve accel: kvm requested but /dev/kvm is not usable")
+			reason := host.KVMReason
+			if reason == "" {
+				reason = "it was not found usable"
+			}
+			return "", fmt.Errorf(`accel = "kvm", but KVM cannot run guests here: %s (set accel = "auto" or "tcg", or STACK_ACCEL, to use software emulation)`, reason)
 		}
 		return AccelKVM, nil
 	case AccelTCG:
@@ -118,6 +126,18 @@ const maxSerial = 20
 
 // esc makes s safe as a QEMU option value: commas are doubled.
 func esc(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// machineArg is -machine's value for a resolved machine type; extra is
+// appended (",memory-backend=mem").
+func machineArg(machine, extra string) string {
+	if machine == MachineMicrovm {
+		// ACPI stays on: the Debian kernels find the virtio-mmio devices
+		// through it (they lack CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES) and
+		// power off through it.
+		return "microvm,acpi=on,rtc=on" + extra
+	}
+	return machine + extra
+}
 
 // BuildArgs returns QEMU's arguments (without the program name) for cfg on
 // host. It is pure: files it refers to (the config disk image) are written
@@ -161,16 +181,7 @@ func BuildArgs(cfg *hypervisor.Config, host HostInfo) ([]string, error) {
 	if virtiofs {
 		memBackend = ",memory-backend=mem"
 	}
-	switch machine {
-	case MachineMicrovm:
-		// ACPI stays on: the Debian kernels find the virtio-mmio devices
-		// through it (they lack CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES) and
-		// power off through it.
-		a = append(a, "-machine", "microvm,acpi=on,rtc=on"+memBackend)
-	default:
-		a = append(a, "-machine", "q35"+memBackend)
-	}
-	a = append(a, "-accel", accel)
+	a = append(a, "-machine", machineArg(machine, memBackend), "-accel", accel)
 	if accel == AccelKVM {
 		a = append(a, "-cpu", "host")
 	} else {
@@ -436,16 +447,6 @@ func parseCPUInfoKHz(b []byte) int64 {
 		return int64(mhz*1000 + 0.5)
 	}
 	return 0
-}
-
-// KVMUsable reports whether /dev/kvm can be opened read-write.
-func KVMUsable() bool {
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err != nil {
-		return false
-	}
-	f.Close()
-	return true
 }
 
 // ParseVersion reads the first line of `qemu-system-x86_64 --version`.

@@ -45,6 +45,10 @@ func TestBuildArgsGolden(t *testing.T) {
 		{"initramfs-microvm-tcg", tcgHost, func(c *hypervisor.Config) {}},
 		{"initramfs-q35-tcg", tcgHost, func(c *hypervisor.Config) { c.Machine = "q35" }},
 		{"initramfs-microvm-kvm", HostInfo{KVM: true, TSCkHz: 2096016}, func(c *hypervisor.Config) { c.CPUs = 2; c.MemoryMB = 512 }},
+		// accel set on the VM (or by STACK_ACCEL): kvm where it works,
+		// and tcg where KVM works too.
+		{"accel-kvm", HostInfo{KVM: true, TSCkHz: 2096016}, func(c *hypervisor.Config) { c.Accel = "kvm" }},
+		{"accel-tcg", HostInfo{KVM: true, TSCkHz: 2096016}, func(c *hypervisor.Config) { c.Accel = "tcg" }},
 		{"kernel-without-mmio-gets-q35", HostInfo{TSCkHz: 2096016, GuestMicrovm: No}, func(c *hypervisor.Config) {}},
 		{"tsc-unknown", HostInfo{}, func(c *hypervisor.Config) { c.Cmdline = "" }},
 		{"cloudinit-q35", tcgHost, func(c *hypervisor.Config) {
@@ -96,21 +100,26 @@ func TestBuildArgsGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := strings.Join(args, "\n") + "\n"
-			golden := filepath.Join("testdata", c.name+".args")
-			if *update {
-				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("read golden (run with -update to create): %v", err)
-			}
-			if got != string(want) {
-				t.Errorf("args differ from %s (run with -update if intended):\n%s", golden, got)
-			}
+			golden(t, c.name, strings.Join(args, "\n")+"\n")
 		})
+	}
+}
+
+// golden compares an argv, one argument a line, with testdata/NAME.args.
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name+".args")
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read golden (run with -update to create): %v", err)
+	}
+	if got != string(want) {
+		t.Errorf("args differ from %s (run with -update if intended):\n%s", path, got)
 	}
 }
 

@@ -55,6 +55,9 @@ type Options struct {
 	// Virtiofsd is the virtio-fs daemon for shared directories (default:
 	// FindVirtiofsd when running as root; NoVirtiofsd: use 9p).
 	Virtiofsd string
+	// AccelCache is where KVM probe verdicts are kept (default:
+	// filenames.AccelCache under the cache root).
+	AccelCache string
 }
 
 // Driver starts and re-adopts QEMU VMs. It implements hypervisor.Driver.
@@ -65,6 +68,7 @@ type Driver struct {
 	hostOnce    sync.Once
 	host        HostInfo
 	hostErr     error
+	kvm         *kvmProber
 	versionOnce sync.Once
 }
 
@@ -88,8 +92,9 @@ func New(opts Options) *Driver {
 // Name implements hypervisor.Driver.
 func (d *Driver) Name() string { return DriverName }
 
-// Host detects the host facts once per Driver: the QEMU binary, KVM, the
-// TSC. Not QEMU's version: `qemu --version` is a whole QEMU start (about
+// Host detects the host facts once per Driver: the QEMU binary, the TSC,
+// virtiofsd. Not KVM: whether it runs guests is probed per machine type by
+// Start (see accel.go). Not QEMU's version: `qemu --version` is a whole QEMU start (about
 // 0.1 s, more under load) on the path to every supervisor's first VM. Each
 // VM's QMP greeting tells the version instead, and --version runs only to
 // explain a failed start (see versionHint).
@@ -101,7 +106,11 @@ func (d *Driver) Host() (HostInfo, error) {
 			return
 		}
 		d.opts.Binary = bin
-		d.host = HostInfo{KVM: KVMUsable(), TSCkHz: DetectTSCkHz(), Virtiofsd: d.opts.Virtiofsd}
+		if d.opts.AccelCache == "" {
+			d.opts.AccelCache = filenames.AccelCache(filenames.CacheRoot())
+		}
+		d.host = HostInfo{TSCkHz: DetectTSCkHz(), Virtiofsd: d.opts.Virtiofsd}
+		d.kvm = newKVMProber(bin, d.opts.AccelCache, d.host.TSCkHz, d.log)
 		if d.host.Virtiofsd == "" && os.Geteuid() == 0 {
 			// QEMU's C virtiofsd sets up its sandbox with namespaces
 			// that only root may create: others keep 9p.
@@ -109,12 +118,8 @@ func (d *Driver) Host() (HostInfo, error) {
 		} else if d.host.Virtiofsd == NoVirtiofsd {
 			d.host.Virtiofsd = ""
 		}
-		accel := AccelTCG
-		if d.host.KVM {
-			accel = AccelKVM
-		}
-		d.log.Info("qemu host detected", "binary", bin, "accel", accel, "tsc_khz", d.host.TSCkHz, "virtiofsd", d.host.Virtiofsd)
-		if d.host.TSCkHz == 0 && !d.host.KVM {
+		d.log.Info("qemu host detected", "binary", bin, "tsc_khz", d.host.TSCkHz, "virtiofsd", d.host.Virtiofsd)
+		if d.host.TSCkHz == 0 {
 			d.log.Warn("host TSC frequency unknown: microvm guests under TCG may hang in TSC calibration")
 		}
 	})
@@ -145,6 +150,10 @@ func (d *Driver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.
 		return nil, fmt.Errorf("start vm %s: %w", cfg.Name, err)
 	}
 	host.GuestMicrovm = ProbeKernel(cfg.Kernel)
+	accel, err := d.accel(ctx, cfg, &host)
+	if err != nil {
+		return nil, fmt.Errorf("start vm %s: %w", cfg.Name, err)
+	}
 	args, err := BuildArgs(cfg, host)
 	if err != nil {
 		return nil, fmt.Errorf("start vm %s: %w", cfg.Name, err)
@@ -185,6 +194,7 @@ func (d *Driver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.
 		log:      d.log.With("vm", cfg.Name, "pid", pid),
 		runDir:   cfg.RunDir,
 		hasAgent: cfg.GuestAgent,
+		accel:    accel,
 		cmd:      cmd,
 		exited:   make(chan struct{}),
 		drained:  make(chan struct{}),
@@ -202,7 +212,7 @@ func (d *Driver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.
 			inst.qmp.Close()
 		}
 		removeSockets(cfg.RunDir)
-		return nil, fmt.Errorf("start vm %s: %w%s%s%s", cfg.Name, err, d.versionHint(cfg), stderrTail(stderrPath), virtiofsdTails(cfg, host))
+		return nil, fmt.Errorf("start vm %s: %w%s%s%s%s", cfg.Name, err, d.versionHint(cfg), kvmHint(accel), stderrTail(stderrPath), virtiofsdTails(cfg, host))
 	}
 	st, err := proc.StartTime(pid)
 	if err != nil {
@@ -236,6 +246,47 @@ func (d *Driver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.
 	}
 	inst.log.Debug("vm started", "took", time.Since(t0))
 	return inst, nil
+}
+
+// KVM is the verdict on this host's KVM for a machine type and kernel, as
+// Start uses it: cached, or probed now (see accel.go).
+func (d *Driver) KVM(ctx context.Context, machine, kernel string) (KVMVerdict, error) {
+	if _, err := d.Host(); err != nil {
+		return KVMVerdict{}, err
+	}
+	return d.kvm.verdict(ctx, machine, kernel), nil
+}
+
+// accel decides the VM's accelerator: unless TCG is asked for, the KVM
+// probe's verdict for its machine type (cached, see accel.go) goes into
+// host. A VM that asks for KVM where it cannot run guests is refused.
+func (d *Driver) accel(ctx context.Context, cfg *hypervisor.Config, host *HostInfo) (hypervisor.Accel, error) {
+	if cfg.Accel != AccelTCG {
+		machine, err := ResolveMachine(cfg, *host)
+		if err != nil {
+			return hypervisor.Accel{}, err
+		}
+		v := d.kvm.verdict(ctx, machine, cfg.Kernel)
+		// A VM that insists on KVM gets it unless KVM was seen to fail:
+		// an unverified verdict blames no one.
+		host.KVM = v.Usable || (cfg.Accel == AccelKVM && v.Unverified)
+		host.KVMReason = v.Reason
+		if !v.Usable && v.Present && cfg.Accel != AccelKVM {
+			name, _ := ResolveAccel(cfg, *host)
+			return hypervisor.Accel{Name: name, Fallback: v.Reason}, nil
+		}
+	}
+	name, err := ResolveAccel(cfg, *host)
+	return hypervisor.Accel{Name: name}, err
+}
+
+// kvmHint names the way out when a VM that ran under KVM failed to start:
+// the probe passed, yet this VM's configuration may still trip over KVM.
+func kvmHint(a hypervisor.Accel) string {
+	if a.Name != AccelKVM {
+		return ""
+	}
+	return `; it ran under KVM: set accel = "tcg" on the VM (or STACK_ACCEL=tcg) to use software emulation`
 }
 
 // privateSockets makes the sockets QEMU serves, which it creates with the
@@ -290,6 +341,25 @@ func (d *Driver) prepareRunDir(cfg *hypervisor.Config, args []string) error {
 		return fmt.Errorf("write argv file: %w", err)
 	}
 	return nil
+}
+
+// recordedAccel reads the accelerator from the argv that prepareRunDir
+// recorded, or "".
+func recordedAccel(runDir string) string {
+	b, err := os.ReadFile(filepath.Join(runDir, filenames.ArgsFile))
+	if err != nil {
+		return ""
+	}
+	var argv []string
+	if json.Unmarshal(b, &argv) != nil {
+		return ""
+	}
+	for i := 0; i+1 < len(argv); i++ {
+		if argv[i] == "-accel" {
+			return argv[i+1]
+		}
+	}
+	return ""
 }
 
 func writePrivate(path string, b []byte) error {
@@ -388,6 +458,7 @@ func (d *Driver) Attach(ctx context.Context, id hypervisor.Identity) (hypervisor
 		drained:   make(chan struct{}),
 		closed:    make(chan struct{}),
 	}
+	inst.accel.Name = recordedAccel(id.RunDir)
 	// The agent socket exists only for VMs started with the agent channel.
 	if fi, err := os.Stat(agentPath(id.RunDir)); err == nil && fi.Mode()&fs.ModeSocket != 0 {
 		inst.hasAgent = true
@@ -435,6 +506,7 @@ type instance struct {
 	id       hypervisor.Identity
 	runDir   string
 	hasAgent bool
+	accel    hypervisor.Accel
 	qmp      *qmp.Client
 
 	cmd     *exec.Cmd // set when we are QEMU's parent
@@ -456,6 +528,10 @@ type instance struct {
 var _ hypervisor.Instance = (*instance)(nil)
 
 func (in *instance) Identity() hypervisor.Identity { return in.id }
+
+// Accel implements hypervisor.Instance. A re-adopted VMM's accelerator is
+// read back from the argv its start recorded.
+func (in *instance) Accel() hypervisor.Accel { return in.accel }
 
 // watchEvents records the SHUTDOWN event (why QEMU is exiting) until the QMP
 // connection ends.

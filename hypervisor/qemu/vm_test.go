@@ -642,7 +642,8 @@ func fakeQEMU(t *testing.T, name, script string) (bin string, cfg *hypervisor.Co
 	}
 	return bin, &hypervisor.Config{
 		Name: name, RunDir: shortRunDir(t), CPUs: 1, MemoryMB: 64,
-		Kernel: filepath.Join(dir, "vmlinuz"), Machine: "q35",
+		// tcg: a stand-in QEMU has no KVM to probe.
+		Kernel: filepath.Join(dir, "vmlinuz"), Machine: "q35", Accel: "tcg",
 	}
 }
 
@@ -693,5 +694,66 @@ func TestVirtiofsdEndsWithAFailedStart(t *testing.T) {
 	}
 	if left, err := testutil.WaitProcessesGone(10*time.Second, share); err != nil || len(left) > 0 {
 		t.Fatalf("virtiofsd outlived the failed start: %v %v", left, err)
+	}
+}
+
+// TestAccelOnThisHost boots the real guest under "auto" and "kvm" on this
+// host, whatever its KVM: where a test boot shows that KVM runs guests, both
+// run under KVM; where it does not (no /dev/kvm, or kvm-pvm, which makes
+// QEMU assert), "auto" runs under TCG and says why when a KVM device is
+// there, and "kvm" is refused with the probe's reason.
+func TestAccelOnThisHost(t *testing.T) {
+	needVMs(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	d := New(Options{})
+	cfg := testConfig(t, "accel", "microvm", false)
+	v, err := d.KVM(ctx, MachineMicrovm, cfg.Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("KVM verdict on this host: %+v", v)
+
+	inst, err := d.Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := inst.Accel()
+	inst.Kill()
+	inst.Wait(ctx)
+	inst.Close()
+	want := hypervisor.Accel{Name: AccelKVM}
+	if !v.Usable {
+		want = hypervisor.Accel{Name: AccelTCG}
+		if v.Present {
+			want.Fallback = v.Reason
+		}
+	}
+	if got != want {
+		t.Errorf("auto with verdict %+v runs %+v, want %+v", v, got, want)
+	}
+	if got, want := recordedAccel(cfg.RunDir), got.Name; got != want {
+		t.Errorf("argv has -accel %q, the instance says %q", got, want)
+	}
+
+	cfg = testConfig(t, "accel-kvm", "microvm", false)
+	cfg.Accel = AccelKVM
+	inst, err = d.Start(ctx, cfg)
+	if v.Usable {
+		if err != nil {
+			t.Fatalf("accel = kvm where KVM runs guests: %v", err)
+		}
+		inst.Kill()
+		inst.Wait(ctx)
+		inst.Close()
+		return
+	}
+	if err == nil {
+		inst.Kill()
+		inst.Close()
+		t.Fatal("accel = kvm started where KVM does not run guests")
+	}
+	if !strings.Contains(err.Error(), v.Reason) || !strings.Contains(err.Error(), `accel = "kvm"`) {
+		t.Errorf("refusal does not name the probe's reason %q: %v", v.Reason, err)
 	}
 }

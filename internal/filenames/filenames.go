@@ -213,6 +213,12 @@ func Image(cacheRoot, name string) string {
 	return filepath.Join(cacheRoot, "images", name)
 }
 
+// AccelCache is the directory of the KVM probe's verdicts (one small file
+// per host boot, QEMU binary and machine type).
+func AccelCache(cacheRoot string) string {
+	return filepath.Join(cacheRoot, "accel")
+}
+
 // KernelCache is the directory of one unpacked kernel package.
 func KernelCache(cacheRoot, pkg, version string) string {
 	return filepath.Join(cacheRoot, "kernels", pkg+"_"+version)

@@ -14,6 +14,7 @@ import (
 	"github.com/muesli/termenv"
 
 	"github.com/stackvm/stack"
+	"github.com/stackvm/stack/engine"
 	"github.com/stackvm/stack/planner"
 )
 
@@ -73,6 +74,9 @@ func (p *progress) event(ev stack.Event) {
 		fmt.Fprintf(p.out, "%s %-16s %-10s %s\n", ev.Time.Format("15:04:05.000"), ev.Address, ev.Phase, ev.Message)
 	case "tty":
 		if ev.Address == "" {
+			if ev.Phase == engine.PhaseWarning {
+				p.warn(ev.Message)
+			}
 			return
 		}
 		if _, ok := p.latest[ev.Address]; !ok {
@@ -80,6 +84,21 @@ func (p *progress) event(ev stack.Event) {
 			sort.Slice(p.order, func(i, j int) bool { return planner.CompareAddress(p.order[i], p.order[j]) < 0 })
 		}
 		p.latest[ev.Address] = ev
+		p.redraw()
+	}
+}
+
+// warn prints a note above the live block: the block is cleared, the note
+// written, and the block drawn again below it.
+func (p *progress) warn(msg string) {
+	var b strings.Builder
+	if p.drawn > 0 {
+		fmt.Fprintf(&b, "\x1b[%dA\x1b[J", p.drawn)
+	}
+	fmt.Fprintf(&b, "%s %s\n", p.style["delete"].Render("!"), msg)
+	io.WriteString(p.out, b.String())
+	p.drawn = 0
+	if len(p.order) > 0 {
 		p.redraw()
 	}
 }

@@ -22,6 +22,7 @@ type psEntry struct {
 	Ports     []psPort          `json:"ports"`
 	Uptime    string            `json:"uptime,omitempty"`
 	PID       int               `json:"pid,omitempty"`
+	Accel     string            `json:"accel,omitempty"` // kvm | tcg
 }
 
 type psPort struct {
@@ -47,7 +48,7 @@ func newPsCmd(g *globals, s Streams) *cobra.Command {
 			}
 			list := make([]psEntry, 0, len(vms))
 			for _, v := range vms {
-				e := psEntry{Address: v.Address, Name: v.Name, State: v.State, Reason: v.Reason, Addresses: v.Addresses, Ports: []psPort{}, PID: v.PID}
+				e := psEntry{Address: v.Address, Name: v.Name, State: v.State, Reason: v.Reason, Addresses: v.Addresses, Ports: []psPort{}, PID: v.PID, Accel: v.Accel}
 				if v.State == "stopped" || v.State == "failed" {
 					e.ExitCode = v.ExitCode
 				}

@@ -254,3 +254,86 @@ func (h *addrHeap) Pop() any {
 	*h = old[:len(old)-1]
 	return x
 }
+
+// BarrierKind says what a barrier waits for.
+type BarrierKind int
+
+const (
+	// BarrierReadyKind: the instances of a VM block that the plan creates,
+	// replaces, updates or starts are ready (depends_on).
+	BarrierReadyKind BarrierKind = iota + 1
+	// BarrierDeletedKind: the instances of a VM block that the plan
+	// deletes are gone (deletions run in reverse).
+	BarrierDeletedKind
+)
+
+// Node is one step of the plan's dependency graph: an action, or a barrier
+// that joins a group of actions. Deps must be done before it starts.
+type Node struct {
+	Action  *Action  // nil for a barrier
+	Barrier *Barrier // nil for an action
+	Deps    []*Node
+}
+
+// Barrier is a group of actions waited for as one (see Plan.Barriers).
+type Barrier struct {
+	Key   string // as found in Action.DependsOn
+	Block string // the VM block: vm.web
+	Kind  BarrierKind
+}
+
+// Name is what the node stands for in messages: an action's address, a
+// barrier's VM block.
+func (n *Node) Name() string {
+	if n.Action != nil {
+		return n.Action.Address
+	}
+	return n.Barrier.Block
+}
+
+// Graph returns the plan as a graph: one node per action, in Actions
+// order, then one per barrier, each with pointers to what it waits for.
+// DependsOn entries that name nothing in the plan are ignored, as no-ops
+// are (they are done before the plan starts).
+func (p *Plan) Graph() []*Node {
+	byKey := make(map[string]*Node, len(p.Actions)+len(p.Barriers))
+	nodes := make([]*Node, 0, len(p.Actions)+len(p.Barriers))
+	for _, a := range p.Actions {
+		n := &Node{Action: a}
+		byKey[a.Address] = n
+		nodes = append(nodes, n)
+	}
+	keys := make([]string, 0, len(p.Barriers))
+	for k := range p.Barriers {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		b := &Barrier{Key: k}
+		switch {
+		case strings.HasSuffix(k, BarrierReady):
+			b.Block, b.Kind = strings.TrimSuffix(k, BarrierReady), BarrierReadyKind
+		case strings.HasSuffix(k, BarrierDeleted):
+			b.Block, b.Kind = strings.TrimSuffix(k, BarrierDeleted), BarrierDeletedKind
+		default:
+			panic("planner: barrier key without a kind: " + k) // made by edges
+		}
+		n := &Node{Barrier: b}
+		byKey[k] = n
+		nodes = append(nodes, n)
+	}
+	for _, n := range nodes {
+		var deps []string
+		if n.Action != nil {
+			deps = n.Action.DependsOn
+		} else {
+			deps = p.Barriers[n.Barrier.Key]
+		}
+		for _, d := range deps {
+			if dn := byKey[d]; dn != nil {
+				n.Deps = append(n.Deps, dn)
+			}
+		}
+	}
+	return nodes
+}

@@ -101,33 +101,51 @@ func (l *Log) Close() error { return l.f.Close() }
 // (serial consoles send CRLF) are dropped; a final line without a newline is
 // included. It fails (wrapping fs.ErrNotExist) only when neither file exists.
 func Tail(logPath string, n int) ([]string, error) {
-	if n <= 0 {
-		return nil, nil
-	}
+	lines, _, err := tail(logPath, n, false)
+	return lines, err
+}
+
+// TailFrom is Tail without a last line still being written, and the offset
+// in the current log where what it read ends: Follow from there continues
+// without losing or repeating a line.
+func TailFrom(logPath string, n int) (lines []string, end int64, err error) {
+	return tail(logPath, n, true)
+}
+
+func tail(logPath string, n int, completeOnly bool) (lines []string, end int64, err error) {
 	cur, errCur := os.ReadFile(logPath)
+	if n <= 0 {
+		return nil, int64(len(cur)), nil
+	}
 	old, errOld := os.ReadFile(RotatedPath(logPath))
 	if errCur != nil && !errors.Is(errCur, fs.ErrNotExist) {
-		return nil, fmt.Errorf("read console log: %w", errCur)
+		return nil, 0, fmt.Errorf("read console log: %w", errCur)
 	}
 	if errOld != nil && !errors.Is(errOld, fs.ErrNotExist) {
-		return nil, fmt.Errorf("read rotated console log: %w", errOld)
+		return nil, 0, fmt.Errorf("read rotated console log: %w", errOld)
 	}
 	if errCur != nil && errOld != nil {
-		return nil, fmt.Errorf("read console log %s: %w", logPath, fs.ErrNotExist)
+		return nil, 0, fmt.Errorf("read console log %s: %w", logPath, fs.ErrNotExist)
 	}
+	end = int64(len(cur))
 	// The rotated file's last line may be continued by the current file's
-	// first bytes, so join before splitting.
+	// first bytes, so join before splitting. A last line without its
+	// newline is left to Follow, which reads from end on.
 	all := append(old, cur...)
+	if i := bytes.LastIndexByte(all, '\n'); completeOnly && i+1 < len(all) && errCur == nil {
+		end -= int64(len(all) - (i + 1))
+		all = all[:i+1]
+	}
 	all = bytes.ReplaceAll(all, []byte("\r"), nil)
 	all = bytes.TrimSuffix(all, []byte("\n"))
 	if len(all) == 0 {
-		return []string{}, nil
+		return []string{}, max(end, 0), nil
 	}
-	lines := strings.Split(string(all), "\n")
+	lines = strings.Split(string(all), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}
-	return lines, nil
+	return lines, max(end, 0), nil
 }
 
 // Options configure a Relay.

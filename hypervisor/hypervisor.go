@@ -111,7 +111,11 @@ type Config struct {
 	Machine string
 	Accel   string
 
-	NICs       []NIC
+	NICs []NIC
+	// Root, when set, is the root file system's disk (cloud-init mode): it
+	// comes first, and the driver tells the kernel to mount it read-write
+	// unless Cmdline names a root= of its own.
+	Root       *Disk
 	Disks      []Disk
 	SharedDirs []SharedDir
 

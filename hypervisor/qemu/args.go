@@ -210,6 +210,9 @@ func BuildArgs(cfg *hypervisor.Config, host HostInfo) ([]string, error) {
 	if machine == MachineMicrovm && accel == AccelTCG && host.TSCkHz > 0 {
 		cmdline = append(cmdline, "tsc_early_khz="+strconv.FormatInt(host.TSCkHz, 10))
 	}
+	if cfg.Root != nil && !strings.Contains(" "+cfg.Cmdline, " root=") {
+		cmdline = append(cmdline, "root=/dev/vda rw") // Root is the first disk
+	}
 	if c := strings.TrimSpace(cfg.Cmdline); c != "" {
 		cmdline = append(cmdline, c) // last, so the user's settings win
 	}
@@ -224,7 +227,7 @@ func BuildArgs(cfg *hypervisor.Config, host HostInfo) ([]string, error) {
 		"-serial", "chardev:con0",
 	)
 
-	for i, d := range cfg.Disks {
+	for i, d := range disks(cfg) {
 		a = append(a, driveArgs(fmt.Sprintf("d%d", i), d, dev("blk"))...)
 	}
 	if len(cfg.GuestConfig) > 0 {
@@ -291,6 +294,15 @@ func BuildArgs(cfg *hypervisor.Config, host HostInfo) ([]string, error) {
 	return a, nil
 }
 
+// disks are the VM's disks in the order the guest sees them: the root
+// disk first.
+func disks(cfg *hypervisor.Config) []hypervisor.Disk {
+	if cfg.Root == nil {
+		return cfg.Disks
+	}
+	return append([]hypervisor.Disk{*cfg.Root}, cfg.Disks...)
+}
+
 func driveArgs(id string, d hypervisor.Disk, device string) []string {
 	drive := "if=none,id=" + id + ",file=" + esc(d.Path) + ",format=" + d.Format
 	if d.ReadOnly {
@@ -333,7 +345,7 @@ func validate(cfg *hypervisor.Config) error {
 	if cfg.Initramfs != "" && !filepath.IsAbs(cfg.Initramfs) {
 		return bad("initramfs path %q is not absolute", cfg.Initramfs)
 	}
-	for i, d := range cfg.Disks {
+	for i, d := range disks(cfg) {
 		if !filepath.IsAbs(d.Path) {
 			return bad("disk %d path %q is not absolute", i, d.Path)
 		}

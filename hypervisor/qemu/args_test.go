@@ -64,6 +64,17 @@ func TestBuildArgsGolden(t *testing.T) {
 			}
 			c.NICs = []hypervisor.NIC{{MAC: "52:54:00:00:00:02", StreamPath: "/run/sw/p1.sock"}}
 		}},
+		// A root disk: first, and root= unless the cmdline has one; auto
+		// picks q35 for a VM without the agent channel.
+		{"root-disk", tcgHost, func(c *hypervisor.Config) {
+			c.Name, c.GuestAgent, c.GuestConfig, c.Initramfs = "db", false, nil, "/images/initrd.img"
+			c.Root = &hypervisor.Disk{Path: "/state/ns/vms/db/root.qcow2", Format: "qcow2", Serial: "root"}
+			c.Disks = []hypervisor.Disk{{Path: "/state/ns/vms/db/seed.iso", Format: "raw", ReadOnly: true, Serial: "cidata"}}
+		}},
+		{"root-disk-own-root", tcgHost, func(c *hypervisor.Config) {
+			c.Name, c.GuestAgent, c.GuestConfig, c.Cmdline = "db", false, nil, "root=LABEL=x ro"
+			c.Root = &hypervisor.Disk{Path: "/state/ns/vms/db/root.qcow2", Format: "qcow2", Serial: "root"}
+		}},
 		{"nics-all-transports", tcgHost, func(c *hypervisor.Config) {
 			c.NICs = []hypervisor.NIC{
 				{MAC: "52:54:00:00:00:01", DgramLocal: runDir + "/n0.sock", DgramRemote: "/run/sw/p0.sock"},

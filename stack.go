@@ -1,6 +1,8 @@
-// Package stack is the Go API of stack: load stack files, plan, and (with
-// the engine) bring stacks up and down. The `stack` command is a thin
-// wrapper around it, and package stacktest builds test fixtures on it.
+// Package stack is the Go API of stack: load stack files, plan, bring
+// stacks up and down, and act on their VMs. It is a facade: every
+// operation is package engine's, which alone talks to the namespace's
+// supervisor. The `stack` command is a thin wrapper around it, and package
+// stacktest builds test fixtures on it.
 package stack
 
 import (
@@ -54,10 +56,7 @@ func Load(opts Options) (*Project, hcl.Diagnostics) {
 func (p *Project) Store() *state.Store { return state.Open(p.StateDir, p.Stack.Namespace) }
 
 // PlanOptions tune Plan.
-type PlanOptions struct {
-	DeleteVolumes bool // plan orphaned volumes for deletion
-	Destroy       bool // plan everything for deletion (down)
-}
+type PlanOptions = engine.PlanOptions
 
 // Plan reads the recorded state, observes which VMs still run, and plans.
 // It changes nothing.
@@ -65,22 +64,29 @@ func (p *Project) Plan(ctx context.Context, opts PlanOptions) (*planner.Plan, *s
 	if p.Stack == nil {
 		return nil, nil, fmt.Errorf("plan: the stack files did not load")
 	}
-	st, err := p.Store().Read()
-	if err != nil {
-		return nil, nil, err
-	}
-	plan, err := planner.Make(planner.Input{
-		Desired:       p.Stack,
-		State:         st,
-		Observed:      engine.Observe(p.StateDir, st),
-		DeleteVolumes: opts.DeleteVolumes,
-		Destroy:       opts.Destroy,
-	})
-	if err != nil {
-		return nil, nil, err
-	}
-	return plan, st, nil
+	return p.engine().Plan(p.Stack, opts)
 }
+
+// engine is the namespace's engine.
+func (p *Project) engine() *engine.Engine {
+	return engine.New(engine.Options{
+		Namespace: p.Stack.Namespace, StateRoot: p.StateDir, RuntimeRoot: filenames.RuntimeRoot(),
+		Images: defaultImage,
+	})
+}
+
+// Supervise runs a namespace's supervisor in this process when the process
+// was started as one, and returns its exit code; started is false, and
+// nothing is done, otherwise. stack starts a namespace's supervisor by
+// re-executing its own binary: a program that uses this package to bring
+// stacks up calls Supervise first thing in main, as the stack command does:
+//
+//	if code, started := stack.Supervise(); started {
+//		os.Exit(code)
+//	}
+//
+// (Test binaries that use package stacktest need not: it does so itself.)
+func Supervise() (code int, started bool) { return engine.SupervisorMain() }
 
 // Namespaces lists the namespaces that have state under stateDir.
 func Namespaces(stateDir string) ([]string, error) {
@@ -98,4 +104,11 @@ func StateRoot(dir string) string {
 		return abs
 	}
 	return dir
+}
+
+// ForNamespace returns a Project that knows only its namespace: enough for
+// Down, Status, Stop, Start, Exec and Logs, which work from the recorded
+// state.
+func ForNamespace(namespace, stateDir string) *Project {
+	return &Project{Stack: &stackfile.Stack{Namespace: namespace}, StateDir: StateRoot(stateDir)}
 }

@@ -2,19 +2,13 @@ package stack
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/netip"
-	"sort"
-	"strings"
-	"time"
 
-	"github.com/stackvm/stack/hypervisor/console"
+	"github.com/stackvm/stack/engine"
 	"github.com/stackvm/stack/planner"
 	"github.com/stackvm/stack/state"
-	"github.com/stackvm/stack/supervisor"
 )
 
 // VM is a handle to one VM of a namespace, as Project.VM returns it. Its
@@ -36,7 +30,23 @@ type VM struct {
 }
 
 // Port is a published port.
-type Port = supervisor.PublishSpec
+type Port = engine.Port
+
+// VMStatus is one VM as `ps` shows it.
+type VMStatus = engine.VMStatus
+
+// NotReadyError is what Wait returns for a VM that stopped or failed
+// instead of becoming ready.
+type NotReadyError = engine.NotReadyError
+
+// ExecOptions tune Exec.
+type ExecOptions = engine.ExecOptions
+
+// ExecTTY is the terminal of an exec.
+type ExecTTY = engine.ExecTTY
+
+// WindowSize is a terminal's size in characters.
+type WindowSize = engine.WindowSize
 
 // VM returns a handle to the VM named name (web, web-0, web-blue) from the
 // recorded state; it fails when the namespace has no such VM.
@@ -45,9 +55,9 @@ func (p *Project) VM(name string) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	rec := findVM(st, name)
-	if rec == nil {
-		return nil, noSuchVM(st, p.Stack.Namespace, name)
+	rec, err := engine.FindVM(st, name)
+	if err != nil {
+		return nil, err
 	}
 	return p.handle(rec), nil
 }
@@ -59,11 +69,47 @@ func (p *Project) VMs() ([]*VM, error) {
 		return nil, err
 	}
 	var out []*VM
-	for _, addr := range sortedAddresses(st) {
+	for _, addr := range engine.SortedAddresses(st) {
 		out = append(out, p.handle(st.VMs[addr]))
 	}
 	return out, nil
 }
+
+// VMNames lists the namespace's VM instance names in address order.
+func (p *Project) VMNames() ([]string, error) {
+	vms, err := p.VMs()
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(vms))
+	for i, v := range vms {
+		names[i] = v.Name
+	}
+	return names, nil
+}
+
+// Status reports every VM of the namespace: live from the supervisor when
+// it runs, else from the records it left (a VM whose process is gone shows
+// as failed).
+func (p *Project) Status(ctx context.Context) ([]VMStatus, error) {
+	return p.engine().Status(ctx)
+}
+
+// Exec runs argv in the running VM named vm and returns its exit code
+// (128+n for a command killed by signal n). Initramfs VMs run it through
+// the guest init's agent channel, with the workload's environment;
+// cloud-init VMs over SSH as root, with the key stack installed through the
+// seed and the host key it pinned there. Output is copied to opts.Stdout
+// and opts.Stderr as it comes.
+func (p *Project) Exec(ctx context.Context, vm string, argv []string, opts ExecOptions) (int, error) {
+	return p.engine().Exec(ctx, vm, argv, opts)
+}
+
+// ConsoleLog is the path of a VM's console log.
+func (p *Project) ConsoleLog(vm string) string { return p.engine().ConsoleLog(vm) }
+
+// ConsoleSocket is the socket `stack console` attaches to.
+func (p *Project) ConsoleSocket(vm string) string { return p.engine().ConsoleSocket(vm) }
 
 func (p *Project) handle(rec *state.VM) *VM {
 	v := &VM{Name: rec.Name, Address: rec.Address, Addresses: map[string]netip.Addr{}, Ports: []Port{}, p: p}
@@ -74,32 +120,6 @@ func (p *Project) handle(rec *state.VM) *VM {
 		v.Ports = append(v.Ports, Port{HostPort: pb.HostPort, GuestPort: pb.GuestPort, Protocol: pb.Protocol})
 	}
 	return v
-}
-
-func findVM(st *state.State, name string) *state.VM {
-	for _, v := range st.VMs {
-		if v.Name == name {
-			return v
-		}
-	}
-	return nil
-}
-
-func sortedAddresses(st *state.State) []string {
-	addrs := st.VMAddresses()
-	sort.Slice(addrs, func(i, j int) bool { return planner.CompareAddress(addrs[i], addrs[j]) < 0 })
-	return addrs
-}
-
-func noSuchVM(st *state.State, namespace, name string) error {
-	var names []string
-	for _, addr := range sortedAddresses(st) {
-		names = append(names, st.VMs[addr].Name)
-	}
-	if len(names) == 0 {
-		return fmt.Errorf("no VM named %q: namespace %q has no VMs", name, namespace)
-	}
-	return fmt.Errorf("no VM named %q in namespace %q (it has: %s)", name, namespace, strings.Join(names, ", "))
 }
 
 // Status reports the VM as `ps` shows it.
@@ -116,78 +136,17 @@ func (v *VM) Status(ctx context.Context) (VMStatus, error) {
 	return VMStatus{}, fmt.Errorf("status of %s: it is no longer in namespace %q", v.Name, v.p.Stack.Namespace)
 }
 
-// NotReadyError is what Wait returns for a VM that stopped or failed
-// instead of becoming ready.
-type NotReadyError struct {
-	VM       string // instance name
-	State    string // stopped or failed
-	ExitCode *int   // when it exited
-	Reason   string
-}
-
-func (e *NotReadyError) Error() string {
-	msg := fmt.Sprintf("vm %s is %s", e.VM, e.State)
-	if e.ExitCode != nil {
-		msg += fmt.Sprintf(" (exit code %d)", *e.ExitCode)
-	}
-	if e.Reason != "" {
-		msg += ": " + e.Reason
-	}
-	return msg
-}
-
-// waitInterval is how often Wait looks at the VMs' status.
-const waitInterval = 100 * time.Millisecond
-
 // Wait blocks until the VM is ready. It returns a *NotReadyError as soon as
 // the VM is stopped or failed (a restart the policy may still make is not
 // waited for), and ctx's error when ctx ends first.
 func (v *VM) Wait(ctx context.Context) error {
-	return v.p.wait(ctx, map[string]bool{v.Address: true})
+	return v.p.engine().Wait(ctx, map[string]bool{v.Address: true})
 }
 
 // Wait blocks until every VM of the namespace is ready; see VM.Wait. The
 // error joins a *NotReadyError for each VM that stopped or failed.
 func (p *Project) Wait(ctx context.Context) error {
-	return p.wait(ctx, nil)
-}
-
-// wait polls the status of the VMs in only (nil: all) until each is ready,
-// or one is not going to be.
-func (p *Project) wait(ctx context.Context, only map[string]bool) error {
-	t := time.NewTicker(waitInterval)
-	defer t.Stop()
-	for {
-		list, err := p.Status(ctx)
-		if err != nil {
-			return fmt.Errorf("wait: %w", err)
-		}
-		var errs []error
-		pending := 0
-		for _, s := range list {
-			if only != nil && !only[s.Address] {
-				continue
-			}
-			switch s.State {
-			case state.StatusReady:
-			case state.StatusStopped, state.StatusFailed:
-				errs = append(errs, &NotReadyError{VM: s.Name, State: s.State, ExitCode: s.ExitCode, Reason: s.Reason})
-			default:
-				pending++
-			}
-		}
-		if len(errs) > 0 {
-			return errors.Join(errs...)
-		}
-		if pending == 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait: %w", ctx.Err())
-		case <-t.C:
-		}
-	}
+	return p.engine().Wait(ctx, nil)
 }
 
 // Logs returns the VM's serial console, one line per line, carriage returns
@@ -195,51 +154,16 @@ func (p *Project) wait(ctx context.Context, only map[string]bool) error {
 // continues with new output (across VM restarts and log rotation) until ctx
 // ends or the reader is closed, like `stack logs -f`.
 func (v *VM) Logs(ctx context.Context, follow bool) (io.ReadCloser, error) {
-	path := v.p.ConsoleLog(v.Name)
-	if !follow {
-		lines, err := console.Tail(path, 1<<30)
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("logs of %s: %w", v.Name, err)
-		}
-		return io.NopCloser(strings.NewReader(joinLines(lines))), nil
-	}
-	// The rotated predecessor, then the current file from its start on: no
-	// line is lost between reading what is there and following.
-	old, err := console.Tail(console.RotatedPath(path), 1<<30)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("logs of %s: %w", v.Name, err)
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	pr, pw := io.Pipe()
-	go func() {
-		_, werr := io.WriteString(pw, joinLines(old))
-		if werr == nil {
-			console.Follow(ctx, path, 0, func(line string) bool {
-				_, werr = io.WriteString(pw, line+"\n")
-				return werr == nil
-			})
-		}
-		pw.Close() // the reader sees EOF once ctx ends
-	}()
-	return &followReader{PipeReader: pr, cancel: cancel}, nil
+	return v.ReadLogs(ctx, LogOptions{Follow: follow, Tail: -1})
 }
 
-func joinLines(lines []string) string {
-	if len(lines) == 0 {
-		return ""
-	}
-	return strings.Join(lines, "\n") + "\n"
-}
+// LogOptions tune ReadLogs.
+type LogOptions = engine.LogOptions
 
-// followReader stops following when closed.
-type followReader struct {
-	*io.PipeReader
-	cancel context.CancelFunc
-}
-
-func (r *followReader) Close() error {
-	r.cancel()
-	return r.PipeReader.Close()
+// ReadLogs is Logs with a tail: the last opts.Tail lines (negative: all),
+// then, with opts.Follow, what comes after.
+func (v *VM) ReadLogs(ctx context.Context, opts LogOptions) (io.ReadCloser, error) {
+	return v.p.engine().Logs(ctx, v.Name, opts)
 }
 
 // Stop stops the VM and keeps it; see Project.Stop.

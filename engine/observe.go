@@ -1,7 +1,3 @@
-// Package engine applies plans: it walks a plan's actions in parallel along
-// their dependencies, drives the hypervisor, the switch and the seed
-// builders, records state after every step and waits for readiness. It also
-// observes what is running, which the planner needs to see drift.
 package engine
 
 import (
@@ -11,7 +7,7 @@ import (
 	"github.com/stackvm/stack/internal/filenames"
 	"github.com/stackvm/stack/planner"
 	"github.com/stackvm/stack/state"
-	"github.com/stackvm/stack/supervisor"
+	"github.com/stackvm/stack/supervisor/api"
 )
 
 // Observe reports whether each recorded VM is still running. A VM counts as
@@ -19,30 +15,40 @@ import (
 // anything else is drift that the planner re-creates. The supervisor's
 // record of a VM, when there is one, is more recent than the state file (it
 // restarts VMs by their restart policy), so it wins.
-func Observe(stateRoot string, st *state.State) map[string]planner.Liveness {
+func (e *Engine) Observe(st *state.State) map[string]planner.Liveness {
 	out := make(map[string]planner.Liveness, len(st.VMs))
 	for addr, vm := range st.VMs {
-		out[addr] = ObserveVM(stateRoot, st.Namespace, vm)
+		out[addr] = observe(vm, e.readRecord(vm.Name))
 	}
 	return out
 }
 
-// ObserveVM reports whether one recorded VM is still running.
-func ObserveVM(stateRoot, namespace string, vm *state.VM) planner.Liveness {
-	if status, process, err := supervisor.ReadRecord(filenames.VMState(stateRoot, namespace, vm.Name)); err == nil {
-		if status.Halted {
+// readRecord reads the supervisor's record of a VM, or nil.
+func (e *Engine) readRecord(name string) *api.Record {
+	r, err := api.ReadRecord(filenames.VMState(e.opts.StateRoot, e.opts.Namespace, name))
+	if err != nil {
+		return nil
+	}
+	return r
+}
+
+// observe says whether a recorded VM still runs, from the state file's
+// record of it and the supervisor's (r, nil when there is none).
+func observe(vm *state.VM, r *api.Record) planner.Liveness {
+	if r != nil {
+		if r.Status.Halted {
 			// `stack stop`: kept with its disks, to be started again.
 			return planner.Liveness{Stopped: true, Detail: "it was stopped (stack stop)"}
 		}
-		if status.Held {
+		if r.Status.Held {
 			// Booted early, but the up that was to release its workload
 			// was interrupted: nothing would ever start it.
 			return planner.Liveness{Detail: "its workload is still held for its dependencies (an interrupted up)"}
 		}
 		merged := *vm
-		merged.Status, merged.ExitCode, merged.Reason = status.State, status.ExitCode, status.Reason
-		if process != nil {
-			merged.Process = process
+		merged.Status, merged.ExitCode, merged.Reason = string(r.Status.State), r.Status.ExitCode, r.Status.Reason
+		if p := r.Process; p != nil {
+			merged.Process = &state.Process{Driver: p.Driver, PID: p.PID, StartTime: p.StartTime, RunDir: p.RunDir}
 		}
 		vm = &merged
 	}

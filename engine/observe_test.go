@@ -7,6 +7,7 @@ import (
 
 	"github.com/stackvm/stack/internal/filenames"
 	"github.com/stackvm/stack/state"
+	"github.com/stackvm/stack/supervisor/api"
 )
 
 // The supervisor's record decides: a VM halted by `stack stop` is observed
@@ -26,11 +27,20 @@ func TestObserveStoppedOnRequest(t *testing.T) {
 		}
 	}
 	write(`{"spec": {}, "status": {"state": "stopped", "exit_code": 0, "halted": true}}`)
-	if l := ObserveVM(root, "ns", vm); l.Alive || !l.Stopped {
+	if l := observe(vm, readRecord(t, root)); l.Alive || !l.Stopped {
 		t.Fatalf("halted VM observed as %+v, want stopped on request", l)
 	}
 	write(`{"spec": {}, "status": {"state": "stopped", "exit_code": 0}}`)
-	if l := ObserveVM(root, "ns", vm); l.Alive || l.Stopped {
+	if l := observe(vm, readRecord(t, root)); l.Alive || l.Stopped {
 		t.Fatalf("VM that exited by itself observed as %+v, want gone", l)
 	}
+}
+
+func readRecord(t *testing.T, root string) *api.Record {
+	t.Helper()
+	r := New(Options{Namespace: "ns", StateRoot: root}).readRecord("web")
+	if r == nil {
+		t.Fatal("record not read")
+	}
+	return r
 }

@@ -9,68 +9,71 @@ import (
 	"github.com/stackvm/stack/planner"
 	"github.com/stackvm/stack/stackfile"
 	"github.com/stackvm/stack/state"
-	"github.com/stackvm/stack/supervisor"
+	"github.com/stackvm/stack/supervisor/api"
 )
 
-func (e *Engine) applyNetwork(ctx context.Context, plan *planner.Plan, a *planner.Action, n *stackfile.Network) error {
-	switch a.Kind {
+// network carries out a network action.
+func (a *applier) network(ctx context.Context, act *planner.Action, n *stackfile.Network) error {
+	switch act.Kind {
 	case planner.NoOp:
 		// Unchanged, but this plan may start VMs on it, and the supervisor
 		// may have lost it while the state still records it (a `down` from
 		// another state directory could tear it down before such commands
 		// were refused). Ensuring a running network does nothing.
-		return e.ensureNetwork(ctx, a, n)
+		return a.ensureNetwork(ctx, act, n)
 	case planner.Delete, planner.Replace:
-		if _, err := e.Supervisor.Call(ctx, &supervisor.Request{Op: supervisor.OpRemoveNetwork, Address: a.Name}); err != nil {
-			return fmt.Errorf("%s: %w", a.Address, err)
+		if err := a.sup.RemoveNetwork(ctx, act.Name); err != nil {
+			return fmt.Errorf("%s: %w", act.Address, err)
 		}
-		if a.Kind == planner.Delete {
-			e.emit(a.Address, PhaseDelete, "deleted")
-			return e.record(plan, a, nil)
+		if act.Kind == planner.Delete {
+			a.emit(act.Address, PhaseDelete, "deleted")
+			return a.record(act, nil)
 		}
 	}
-	if err := e.ensureNetwork(ctx, a, n); err != nil {
+	if err := a.ensureNetwork(ctx, act, n); err != nil {
 		return err
 	}
-	e.emit(a.Address, PhaseDone, string(a.Kind)+"d")
-	return e.record(plan, a, nil)
+	a.emit(act.Address, PhaseDone, string(act.Kind)+"d")
+	return a.record(act, nil)
 }
 
-// ensureNetwork has the supervisor run n (n is desired: a is not a delete).
-func (e *Engine) ensureNetwork(ctx context.Context, a *planner.Action, n *stackfile.Network) error {
-	spec := supervisor.NetworkSpec{Name: n.Name, Subnet: n.Subnet, Gateway: n.Gateway, DHCP: n.DHCP, DNS: n.DNS, Egress: n.Egress}
-	if _, err := e.Supervisor.Call(ctx, &supervisor.Request{Op: supervisor.OpEnsureNetwork, Network: &spec}); err != nil {
-		return fmt.Errorf("%s: %w", a.Address, err)
+// ensureNetwork has the supervisor run n (n is desired: act is not a
+// delete).
+func (a *applier) ensureNetwork(ctx context.Context, act *planner.Action, n *stackfile.Network) error {
+	spec := api.NetworkSpec{Name: n.Name, Subnet: n.Subnet, Gateway: n.Gateway, DHCP: n.DHCP, DNS: n.DNS, Egress: n.Egress}
+	if err := a.sup.EnsureNetwork(ctx, spec); err != nil {
+		return fmt.Errorf("%s: %w", act.Address, err)
 	}
 	return nil
 }
 
-func (e *Engine) applyVolume(ctx context.Context, plan *planner.Plan, a *planner.Action, v *stackfile.Volume) error {
-	path := filenames.Volume(e.StateRoot, e.Namespace, a.Name)
-	switch a.Kind {
+// volume carries out a volume action.
+func (a *applier) volume(ctx context.Context, act *planner.Action, v *stackfile.Volume) error {
+	path := filenames.Volume(a.e.opts.StateRoot, a.e.opts.Namespace, act.Name)
+	switch act.Kind {
 	case planner.NoOp:
 		return nil
 	case planner.Delete:
 		if err := disks.Remove(path); err != nil {
-			return fmt.Errorf("%s: %w", a.Address, err)
+			return fmt.Errorf("%s: %w", act.Address, err)
 		}
-		e.emit(a.Address, PhaseDelete, "deleted")
-		return e.record(plan, a, nil)
+		a.emit(act.Address, PhaseDelete, "deleted")
+		return a.record(act, nil)
 	case planner.Replace:
 		if err := disks.Remove(path); err != nil {
-			return fmt.Errorf("%s: %w", a.Address, err)
+			return fmt.Errorf("%s: %w", act.Address, err)
 		}
 	case planner.Update:
 		if _, err := disks.GrowVolume(ctx, path, v.SizeBytes, v.Format); err != nil {
-			return fmt.Errorf("%s: %w", a.Address, err)
+			return fmt.Errorf("%s: %w", act.Address, err)
 		}
-		e.emit(a.Address, PhaseDone, "grown")
-		return e.record(plan, a, func(st *state.State) { st.Volumes[a.Name].Path = path })
+		a.emit(act.Address, PhaseDone, "grown")
+		return a.record(act, func(st *state.State) { st.Volumes[act.Name].Path = path })
 	}
-	e.emit(a.Address, PhaseDisks, "creating the volume")
+	a.emit(act.Address, PhaseDisks, "creating the volume")
 	if _, err := disks.EnsureVolume(ctx, path, v.SizeBytes, v.Format); err != nil {
-		return fmt.Errorf("%s: %w", a.Address, err)
+		return fmt.Errorf("%s: %w", act.Address, err)
 	}
-	e.emit(a.Address, PhaseDone, "created")
-	return e.record(plan, a, func(st *state.State) { st.Volumes[a.Name].Path = path })
+	a.emit(act.Address, PhaseDone, "created")
+	return a.record(act, func(st *state.State) { st.Volumes[act.Name].Path = path })
 }

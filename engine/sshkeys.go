@@ -14,7 +14,7 @@ import (
 // kept, so that the seed, and its instance-id, stay the same across runs;
 // the host key lives in the VM's state directory and goes with it.
 func (e *Engine) execKeys(in *cloudinit.Input, vmDir string) error {
-	client, err := sshkeys.Ensure(filepath.Join(filenames.NamespaceState(e.StateRoot, e.Namespace), filenames.SSHClientKey))
+	client, err := sshkeys.Ensure(filepath.Join(filenames.NamespaceState(e.opts.StateRoot, e.opts.Namespace), filenames.SSHClientKey))
 	if err != nil {
 		return err
 	}
@@ -22,7 +22,7 @@ func (e *Engine) execKeys(in *cloudinit.Input, vmDir string) error {
 	if err != nil {
 		return err
 	}
-	in.ExecKey = client.AuthorizedKey("stack-exec@" + e.Namespace)
+	in.ExecKey = client.AuthorizedKey("stack-exec@" + e.opts.Namespace)
 	in.HostKey = &cloudinit.HostKey{Private: string(host.PEM), Public: host.AuthorizedKey("")}
 	return nil
 }

@@ -52,11 +52,12 @@ func TestPrefetch(t *testing.T) {
 		{"leaves the built-in VM alone", []*planner.Action{create("vm.own"), {Address: "vm.web", Type: planner.TypeVM, Kind: planner.NoOp}}, false},
 	} {
 		called := make(chan struct{}, 1)
-		e := &Engine{Images: func(context.Context) (string, string, error) {
+		e := New(Options{Images: func(context.Context) (string, string, error) {
 			called <- struct{}{}
 			return "/vmlinuz", "/initrd", nil
-		}}
-		started := e.Prefetch(context.Background(), &planner.Plan{Actions: tc.actions}, &stackfile.Stack{VMs: []*stackfile.VM{own, builtin}})
+		}})
+		a := e.newApplier(state.New("ns"), &stackfile.Stack{VMs: []*stackfile.VM{own, builtin}}, nil)
+		started := a.prefetch(context.Background(), &planner.Plan{Actions: tc.actions})
 		if started != tc.want {
 			t.Errorf("%s: Prefetch started = %t, want %t", tc.name, started, tc.want)
 		}
@@ -69,7 +70,7 @@ func TestPrefetch(t *testing.T) {
 			t.Fatalf("%s: the image was not resolved", tc.name)
 		}
 		// The engine's own call later gets the prefetched result.
-		if k, _, err := e.image(context.Background()); k != "/vmlinuz" || err != nil {
+		if k, _, err := a.image(context.Background()); k != "/vmlinuz" || err != nil {
 			t.Errorf("%s: image after prefetch = %q, %v", tc.name, k, err)
 		}
 		if len(called) != 0 {

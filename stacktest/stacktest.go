@@ -34,6 +34,15 @@ import (
 	"github.com/stackvm/stack/internal/filenames"
 )
 
+// Test binaries that bring stacks up are re-executed as their namespaces'
+// supervisors (see stack.Supervise): this takes that role before any test
+// runs, so that tests need no TestMain for it.
+func init() {
+	if code, started := stack.Supervise(); started {
+		os.Exit(code)
+	}
+}
+
 // Option tunes Up.
 type Option func(*config)
 

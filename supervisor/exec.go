@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/stackvm/stack/guestproto"
+	"github.com/stackvm/stack/supervisor/api"
 )
 
 // execOut writes an exec's events to its client; output comes from several
@@ -20,7 +21,7 @@ type execOut struct {
 	err error
 }
 
-func (o *execOut) send(ev ExecEvent) error {
+func (o *execOut) send(ev api.ExecEvent) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.err == nil {
@@ -29,7 +30,7 @@ func (o *execOut) send(ev ExecEvent) error {
 	return o.err
 }
 
-func (o *execOut) exit(code int, msg string) { o.send(ExecEvent{Exit: &code, Error: msg}) }
+func (o *execOut) exit(code int, msg string) { o.send(api.ExecEvent{Exit: &code, Error: msg}) }
 
 // streamWriter sends what is written to it as one stream's output.
 type streamWriter struct {
@@ -39,7 +40,7 @@ type streamWriter struct {
 
 func (w streamWriter) Write(p []byte) (int, error) {
 	// Encode copies p (base64) before returning.
-	if err := w.o.send(ExecEvent{Stream: w.stream, Data: p}); err != nil {
+	if err := w.o.send(api.ExecEvent{Stream: w.stream, Data: p}); err != nil {
 		return 0, err
 	}
 	return len(p), nil
@@ -50,7 +51,7 @@ func (w streamWriter) Write(p []byte) (int, error) {
 // carries the exit code. The client's ExecInputs are read from dec until
 // the connection ends; a client that goes away abandons the session (its
 // input closes, its terminal hangs up).
-func (s *Supervisor) exec(ctx context.Context, dec *json.Decoder, enc *json.Encoder, req *Request) {
+func (s *Supervisor) exec(ctx context.Context, dec *json.Decoder, enc *json.Encoder, req *api.Request) {
 	out := &execOut{enc: enc}
 	if req.Exec == nil || len(req.Exec.Argv) == 0 {
 		out.exit(-1, "exec without a command")
@@ -76,13 +77,13 @@ func (s *Supervisor) exec(ctx context.Context, dec *json.Decoder, enc *json.Enco
 
 // readInputs decodes the client's ExecInputs until the connection ends,
 // which closes hangup. The session's end (ctx) stops it.
-func readInputs(ctx context.Context, dec *json.Decoder) (<-chan ExecInput, <-chan struct{}) {
-	inputs := make(chan ExecInput)
+func readInputs(ctx context.Context, dec *json.Decoder) (<-chan api.ExecInput, <-chan struct{}) {
+	inputs := make(chan api.ExecInput)
 	hangup := make(chan struct{})
 	go func() {
 		defer close(hangup)
 		for {
-			var in ExecInput
+			var in api.ExecInput
 			if err := dec.Decode(&in); err != nil {
 				return
 			}
@@ -98,7 +99,7 @@ func readInputs(ctx context.Context, dec *json.Decoder) (<-chan ExecInput, <-cha
 
 // eachInput calls f with the client's inputs, in order, until the session
 // ends (ctx) or f returns false.
-func eachInput(ctx context.Context, inputs <-chan ExecInput, f func(ExecInput) bool) {
+func eachInput(ctx context.Context, inputs <-chan api.ExecInput, f func(api.ExecInput) bool) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -153,7 +154,7 @@ func (w *inputWindow) release(n int) {
 }
 
 // execAgent runs an exec through the guest init's agent channel.
-func (s *Supervisor) execAgent(ctx context.Context, v *vmRun, spec *ExecSpec, out *execOut, inputs <-chan ExecInput, hangup <-chan struct{}) {
+func (s *Supervisor) execAgent(ctx context.Context, v *vmRun, spec *api.ExecSpec, out *execOut, inputs <-chan api.ExecInput, hangup <-chan struct{}) {
 	g := v.inst.Guest()
 	var idb [8]byte
 	rand.Read(idb[:])
@@ -181,18 +182,22 @@ func (s *Supervisor) execAgent(ctx context.Context, v *vmRun, spec *ExecSpec, ou
 		}
 		return g.Send(ctx, msg)
 	}
-	err := send(ctx, guestproto.TypeExec, guestproto.ExecRequest{Argv: spec.Argv, Env: spec.Env, Stdin: spec.Stdin, TTY: spec.TTY})
+	req := guestproto.ExecRequest{Argv: spec.Argv, Env: spec.Env, Stdin: spec.Stdin}
+	if t := spec.TTY; t != nil {
+		req.TTY = &guestproto.TTY{Term: t.Term, WindowSize: guestproto.WindowSize(t.WindowSize)}
+	}
+	err := send(ctx, guestproto.TypeExec, req)
 	if err != nil {
 		out.exit(-1, "send to the guest: "+err.Error())
 		return
 	}
 	var win inputWindow
-	go eachInput(ctx, inputs, func(in ExecInput) bool {
+	go eachInput(ctx, inputs, func(in api.ExecInput) bool {
 		var err error
 		switch {
 		case len(in.Stdin) > 0:
 			for data := in.Stdin; len(data) > 0 && err == nil; {
-				n := min(len(data), execInputChunk)
+				n := min(len(data), api.ExecInputChunk)
 				if err = win.acquire(ctx, n); err == nil {
 					err = send(ctx, guestproto.TypeExecInput, guestproto.ExecInput{Data: data[:n]})
 				}
@@ -201,7 +206,8 @@ func (s *Supervisor) execAgent(ctx context.Context, v *vmRun, spec *ExecSpec, ou
 		case in.EOF:
 			err = send(ctx, guestproto.TypeExecInput, guestproto.ExecInput{EOF: true})
 		case in.Size != nil:
-			err = send(ctx, guestproto.TypeExecInput, guestproto.ExecInput{Size: in.Size})
+			size := guestproto.WindowSize(*in.Size)
+			err = send(ctx, guestproto.TypeExecInput, guestproto.ExecInput{Size: &size})
 		}
 		return err == nil // else the session is over, or the guest is gone
 	})
@@ -219,7 +225,7 @@ func (s *Supervisor) execAgent(ctx context.Context, v *vmRun, spec *ExecSpec, ou
 			msgs, cut := q.take()
 			if cut > 0 {
 				note := fmt.Sprintf("\nstack: %d bytes of this command's output were dropped: the client read it too slowly\n", cut)
-				if out.send(ExecEvent{Stream: "stderr", Data: []byte(note)}) != nil {
+				if out.send(api.ExecEvent{Stream: "stderr", Data: []byte(note)}) != nil {
 					return
 				}
 			}
@@ -227,7 +233,7 @@ func (s *Supervisor) execAgent(ctx context.Context, v *vmRun, spec *ExecSpec, ou
 				switch m.Type {
 				case guestproto.TypeExecOutput:
 					var o guestproto.ExecOutput
-					if json.Unmarshal(m.Body, &o) == nil && out.send(ExecEvent{Stream: o.Stream, Data: o.Data}) != nil {
+					if json.Unmarshal(m.Body, &o) == nil && out.send(api.ExecEvent{Stream: o.Stream, Data: o.Data}) != nil {
 						return
 					}
 				case guestproto.TypeExecInputAck:

@@ -18,6 +18,7 @@ import (
 
 	"github.com/stackvm/stack/internal/filenames"
 	"github.com/stackvm/stack/internal/sshkeys"
+	"github.com/stackvm/stack/supervisor/api"
 )
 
 // SSHUser is the account exec logs in as in cloud-init VMs: the seed
@@ -31,7 +32,7 @@ const sshHandshakeTimeout = 30 * time.Second
 // execSSH runs an exec in a cloud-init VM over SSH, through the gateway of
 // the VM's first network: stack's namespace key logs in as root, and the
 // guest's host key must be the one stack put in its seed.
-func (s *Supervisor) execSSH(ctx context.Context, v *vmRun, spec *ExecSpec, out *execOut, inputs <-chan ExecInput, hangup <-chan struct{}) {
+func (s *Supervisor) execSSH(ctx context.Context, v *vmRun, spec *api.ExecSpec, out *execOut, inputs <-chan api.ExecInput, hangup <-chan struct{}) {
 	fail := func(format string, args ...any) { out.exit(-1, fmt.Sprintf(format, args...)) }
 	command, err := remoteCommand(spec.Argv, spec.Env)
 	if err != nil {
@@ -74,7 +75,7 @@ func (s *Supervisor) execSSH(ctx context.Context, v *vmRun, spec *ExecSpec, out 
 		fail("start the command over SSH: %v", err)
 		return
 	}
-	go eachInput(ctx, inputs, func(in ExecInput) bool {
+	go eachInput(ctx, inputs, func(in api.ExecInput) bool {
 		switch {
 		case len(in.Stdin) > 0 && stdin != nil:
 			// Blocks while the SSH channel's window is full, which holds

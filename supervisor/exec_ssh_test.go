@@ -26,6 +26,8 @@ import (
 	"github.com/stackvm/stack/internal/pty"
 	"github.com/stackvm/stack/internal/sshkeys"
 	"github.com/stackvm/stack/internal/testutil"
+	"github.com/stackvm/stack/supervisor/api"
+	"github.com/stackvm/stack/supervisor/client"
 )
 
 // Every word survives a POSIX shell (dash's sh and bash) exactly, the
@@ -320,8 +322,8 @@ func sshVM(t *testing.T, s *Supervisor, hostKey *sshkeys.Key) (*pairGateway, *ss
 	gw := &pairGateway{srv: srv}
 	s.mu.Lock()
 	s.nets["lan"] = &network{gw: gw}
-	s.vms["vm.ci"] = &vmRun{s: s, inst: noGuest{}, st: VMStatus{State: "ready"},
-		spec: VMSpec{Address: "vm.ci", Name: "ci", StateDir: dir, NICs: []NICSpec{{Network: "lan", IP: netip.MustParseAddr("10.9.0.7")}}}}
+	s.vms["vm.ci"] = &vmRun{s: s, inst: noGuest{}, st: api.VMStatus{State: "ready"},
+		spec: api.VMSpec{Address: "vm.ci", Name: "ci", StateDir: dir, NICs: []api.NIC{{Network: "lan", IP: netip.MustParseAddr("10.9.0.7")}}}}
 	s.mu.Unlock()
 	t.Cleanup(func() {
 		s.mu.Lock()
@@ -349,11 +351,11 @@ func TestExecOverSSH(t *testing.T) {
 	var err error
 	go func() {
 		defer close(done)
-		code, err = c.Exec(ctx, "vm.ci", ExecSpec{
+		code, err = c.Exec(ctx, "vm.ci", api.ExecSpec{
 			Argv:  []string{"sh", "-c", `read a; echo "got $a $MINE"; cat; echo to-stderr >&2; exit 7`},
 			Env:   map[string]string{"MINE": "it's mine"},
 			Stdin: true,
-		}, ExecIO{Stdin: inR, Stdout: &out, Stderr: &errb})
+		}, client.ExecIO{Stdin: inR, Stdout: &out, Stderr: &errb})
 	}()
 	inW.Write([]byte("one\n"))
 	for deadline := time.Now().Add(10 * time.Second); out.String() == "" && time.Now().Before(deadline); {
@@ -373,7 +375,7 @@ func TestExecOverSSH(t *testing.T) {
 	}
 
 	// A signalled command is 128+n; without Stdin its input is empty.
-	code, err = c.Exec(ctx, "vm.ci", ExecSpec{Argv: []string{"sh", "-c", "cat; kill -TERM $$"}}, ExecIO{})
+	code, err = c.Exec(ctx, "vm.ci", api.ExecSpec{Argv: []string{"sh", "-c", "cat; kill -TERM $$"}}, client.ExecIO{})
 	if err != nil || code != 128+int(syscall.SIGTERM) {
 		t.Fatalf("signalled: exit %d, %v", code, err)
 	}
@@ -381,23 +383,23 @@ func TestExecOverSSH(t *testing.T) {
 	// With a TTY: the size and TERM reach the command, stderr merges,
 	// input and new sizes come through.
 	out = testutil.SyncBuffer{}
-	resize := make(chan WindowSize, 1)
+	resize := make(chan api.WindowSize, 1)
 	inR, inW = io.Pipe()
 	done = make(chan struct{})
 	go func() {
 		defer close(done)
-		code, err = c.Exec(ctx, "vm.ci", ExecSpec{
+		code, err = c.Exec(ctx, "vm.ci", api.ExecSpec{
 			Argv: []string{"sh", "-c", `stty size; echo "T=$TERM" >&2; read x; echo "x=$x"; ` +
 				`while [ "$(stty size)" = "33 101" ]; do sleep 0.05; done; stty size`},
 			Stdin: true,
-			TTY:   &ExecTTY{Term: "xterm-test", WindowSize: WindowSize{Rows: 33, Cols: 101}},
-		}, ExecIO{Stdin: inR, Stdout: &out, Stderr: &errb, Resize: resize})
+			TTY:   &api.TTY{Term: "xterm-test", WindowSize: api.WindowSize{Rows: 33, Cols: 101}},
+		}, client.ExecIO{Stdin: inR, Stdout: &out, Stderr: &errb, Resize: resize})
 	}()
 	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(out.String(), "T=xterm-test") && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
 	inW.Write([]byte("hi\n"))
-	resize <- WindowSize{Rows: 50, Cols: 120}
+	resize <- api.WindowSize{Rows: 50, Cols: 120}
 	<-done
 	if want := "33 101\r\nT=xterm-test\r\nhi\r\nx=hi\r\n50 120\r\n"; err != nil || code != 0 || out.String() != want {
 		t.Fatalf("tty: exit %d, %v; output %q, want %q", code, err, out.String(), want)
@@ -412,7 +414,7 @@ func TestExecOverSSHPinsTheHostKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, srv := sshVM(t, s, other)
-	_, err = c.Exec(context.Background(), "vm.ci", ExecSpec{Argv: []string{"true"}}, ExecIO{})
+	_, err = c.Exec(context.Background(), "vm.ci", api.ExecSpec{Argv: []string{"true"}}, client.ExecIO{})
 	if err == nil || !strings.Contains(err.Error(), "host key mismatch") {
 		t.Fatalf("exec against another host key: %v", err)
 	}
@@ -428,7 +430,7 @@ func TestExecOverSSHWaitsForSSHD(t *testing.T) {
 	gw, _ := sshVM(t, s, nil)
 	gw.refuse = 3
 	var out testutil.SyncBuffer
-	code, err := c.Exec(context.Background(), "vm.ci", ExecSpec{Argv: []string{"echo", "up"}}, ExecIO{Stdout: &out})
+	code, err := c.Exec(context.Background(), "vm.ci", api.ExecSpec{Argv: []string{"echo", "up"}}, client.ExecIO{Stdout: &out})
 	if err != nil || code != 0 || out.String() != "up\n" {
 		t.Fatalf("exit %d, %v, output %q", code, err, out.String())
 	}

@@ -13,6 +13,8 @@ import (
 	"github.com/stackvm/stack/guestproto"
 	"github.com/stackvm/stack/hypervisor"
 	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/supervisor/api"
+	"github.com/stackvm/stack/supervisor/client"
 )
 
 // fakeAgent is an initramfs VM's guest agent as the supervisor sees it:
@@ -120,8 +122,8 @@ func (a *fakeAgent) waitFor(t *testing.T, what string, cond func() bool) {
 func agentVM(t *testing.T, s *Supervisor) *fakeAgent {
 	t.Helper()
 	a := &fakeAgent{s: s, changed: make(chan struct{}, 1)}
-	a.v = &vmRun{s: s, inst: a, st: VMStatus{State: "ready"},
-		spec: VMSpec{Address: "vm.in", Name: "in", StateDir: filenames.VMState(s.opts.StateRoot, s.opts.Namespace, "in")}}
+	a.v = &vmRun{s: s, inst: a, st: api.VMStatus{State: "ready"},
+		spec: api.VMSpec{Address: "vm.in", Name: "in", StateDir: filenames.VMState(s.opts.StateRoot, s.opts.Namespace, "in")}}
 	s.mu.Lock()
 	s.vms["vm.in"] = a.v
 	s.mu.Unlock()
@@ -143,7 +145,7 @@ func TestExecAgentStreamsInput(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	big := strings.Repeat("x", 3*guestproto.ExecInputWindow)
-	resize := make(chan WindowSize, 1)
+	resize := make(chan api.WindowSize, 1)
 	var out bytes.Buffer
 	type result struct {
 		code int
@@ -151,14 +153,14 @@ func TestExecAgentStreamsInput(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		code, err := c.Exec(ctx, "vm.in", ExecSpec{
+		code, err := c.Exec(ctx, "vm.in", api.ExecSpec{
 			Argv: []string{"cat"}, Stdin: true,
-			TTY: &ExecTTY{Term: "xterm", WindowSize: WindowSize{Rows: 24, Cols: 80}},
-		}, ExecIO{Stdin: strings.NewReader(big), Stdout: &out, Resize: resize})
+			TTY: &api.TTY{Term: "xterm", WindowSize: api.WindowSize{Rows: 24, Cols: 80}},
+		}, client.ExecIO{Stdin: strings.NewReader(big), Stdout: &out, Resize: resize})
 		done <- result{code, err}
 	}()
 	// The guest takes nothing: the supervisor stops at the window.
-	a.waitFor(t, "a full window", func() bool { return a.stdin.Len() >= guestproto.ExecInputWindow-execInputChunk })
+	a.waitFor(t, "a full window", func() bool { return a.stdin.Len() >= guestproto.ExecInputWindow-api.ExecInputChunk })
 	time.Sleep(100 * time.Millisecond)
 	a.mu.Lock()
 	if a.stdin.Len() > guestproto.ExecInputWindow {
@@ -171,7 +173,7 @@ func TestExecAgentStreamsInput(t *testing.T) {
 	a.ackLocked()
 	a.mu.Unlock()
 	a.waitFor(t, "all of stdin and its end", func() bool { return a.stdin.Len() == len(big) && a.eof })
-	resize <- WindowSize{Rows: 50, Cols: 120}
+	resize <- api.WindowSize{Rows: 50, Cols: 120}
 	a.waitFor(t, "a window size", func() bool { return len(a.sizes) == 1 && a.sizes[0].Rows == 50 })
 	if a.maxUnack > guestproto.ExecInputWindow {
 		t.Errorf("up to %d bytes in flight (window %d)", a.maxUnack, guestproto.ExecInputWindow)
@@ -192,7 +194,7 @@ func TestExecAgentHangup(t *testing.T) {
 	inR, _ := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		_, err := c.Exec(ctx, "vm.in", ExecSpec{Argv: []string{"sh"}, Stdin: true}, ExecIO{Stdin: inR})
+		_, err := c.Exec(ctx, "vm.in", api.ExecSpec{Argv: []string{"sh"}, Stdin: true}, client.ExecIO{Stdin: inR})
 		done <- err
 	}()
 	a.waitFor(t, "the request", func() bool { return a.req != nil })

@@ -7,14 +7,15 @@ import (
 	"path/filepath"
 
 	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/internal/fsutil"
 	"github.com/stackvm/stack/netswitch"
-	"github.com/stackvm/stack/state"
+	"github.com/stackvm/stack/supervisor/api"
 )
 
 // ensureNetwork starts the switch and gateway of a network, or reconfigures
 // the gateway of a running one. Changing a running network's addressing is
 // the engine's business (it replaces the network): here it is an error.
-func (s *Supervisor) ensureNetwork(spec NetworkSpec) error {
+func (s *Supervisor) ensureNetwork(spec api.NetworkSpec) error {
 	s.mu.Lock()
 	n := s.nets[spec.Name]
 	s.mu.Unlock()
@@ -52,13 +53,13 @@ func (s *Supervisor) ensureNetwork(spec NetworkSpec) error {
 	s.mu.Lock()
 	s.nets[spec.Name] = n
 	s.mu.Unlock()
-	s.emit("network."+spec.Name, PhaseNetwork, fmt.Sprintf("switch and gateway up on %s", spec.Subnet))
+	s.emit("network."+spec.Name, api.PhaseNetwork, fmt.Sprintf("switch and gateway up on %s", spec.Subnet))
 	return nil
 }
 
 // regateway replaces a network's gateway after a dhcp/dns/egress change and
 // registers the VMs on it again. The switch, and so every VM's link, stays.
-func (s *Supervisor) regateway(n *network, spec NetworkSpec) error {
+func (s *Supervisor) regateway(n *network, spec api.NetworkSpec) error {
 	if n.gw != nil {
 		n.gw.Close()
 		n.gw = nil
@@ -81,10 +82,10 @@ func (s *Supervisor) regateway(n *network, spec NetworkSpec) error {
 			if nic.Network != spec.Name || n.gw == nil {
 				continue
 			}
-			n.gw.AddHost(v.spec.Name, nic.IP.String(), nic.MAC)
+			n.gw.AddHost(v.spec.Name, nic.IP, nic.MAC)
 			if i == 0 {
 				for _, p := range v.spec.Publish {
-					n.gw.Publish(p, nic.IP.String())
+					n.gw.Publish(p, nic.IP)
 				}
 			}
 		}
@@ -106,7 +107,7 @@ func (s *Supervisor) removeNetwork(name string) error {
 	}
 	err := n.sw.Close()
 	os.RemoveAll(filenames.NetworkRuntime(s.opts.RuntimeRoot, s.opts.Namespace, name))
-	s.emit("network."+name, PhaseStopped, "switch and gateway removed")
+	s.emit("network."+name, api.PhaseStopped, "switch and gateway removed")
 	return err
 }
 
@@ -118,5 +119,5 @@ func writeJSON(path string, v any) error {
 	if err := os.MkdirAll(filepath.Dir(path), filenames.DirMode); err != nil {
 		return err
 	}
-	return state.WriteFileAtomic(path, data)
+	return fsutil.WriteFileAtomic(path, data)
 }

@@ -4,13 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
+	"syscall"
 
 	"github.com/stackvm/stack/hypervisor"
+	"github.com/stackvm/stack/hypervisor/proc"
 	"github.com/stackvm/stack/internal/filenames"
-	"github.com/stackvm/stack/state"
+	"github.com/stackvm/stack/supervisor/api"
 )
 
 // readopt restores what an earlier supervisor of this namespace left: its
@@ -23,7 +26,7 @@ func (s *Supervisor) readopt(ctx context.Context) {
 	nets, _ := filepath.Glob(filepath.Join(nsDir, filenames.NetworkDir, "*.json"))
 	sort.Strings(nets)
 	for _, path := range nets {
-		var spec NetworkSpec
+		var spec api.NetworkSpec
 		data, err := os.ReadFile(path)
 		if err == nil {
 			err = json.Unmarshal(data, &spec)
@@ -38,26 +41,49 @@ func (s *Supervisor) readopt(ctx context.Context) {
 	vms, _ := filepath.Glob(filepath.Join(nsDir, filenames.VMDir, "*", filenames.VMRecord))
 	sort.Strings(vms)
 	for _, path := range vms {
-		var r record
-		data, err := os.ReadFile(path)
-		if err == nil {
-			err = json.Unmarshal(data, &r)
-		}
+		r, err := api.ReadRecord(filepath.Dir(path))
 		if err != nil {
 			s.log.Error("re-adopt vm", "record", path, "err", err)
 			continue
 		}
-		s.readoptVM(ctx, &r)
+		if r.Version != api.Version {
+			s.retire(r)
+			continue
+		}
+		s.readoptVM(ctx, r)
 	}
 }
 
-func (s *Supervisor) readoptVM(ctx context.Context, r *record) {
+// retire deals with the record of a VM that another version of stack
+// started: its spec is in a form this supervisor does not read, so the VM
+// cannot be supervised or restarted. Its VMM (when the recorded process
+// still runs) is stopped, and the VM is kept as failed, so that `ps` shows
+// why and the next `up` re-creates it.
+func (s *Supervisor) retire(r *api.Record) {
+	reason := fmt.Sprintf("it was started by another version of stack (record version %d, this one reads %d); the next up re-creates it", r.Version, api.Version)
+	if p := r.Process; p != nil && proc.Alive(p.PID, p.StartTime) {
+		if err := syscall.Kill(p.PID, syscall.SIGKILL); err != nil {
+			s.log.Error("stop a VMM of another version", "pid", p.PID, "err", err)
+		}
+	}
+	st := r.Status
+	st.State, st.Reason, st.PID, st.Halted, st.Held = api.StateFailed, reason, 0, false, false
+	v := &vmRun{s: s, spec: r.Spec, st: st, runDir: filenames.VMRuntime(s.opts.RuntimeRoot, s.opts.Namespace, r.Spec.Name)}
+	s.mu.Lock()
+	s.vms[v.spec.Address] = v
+	v.writeRecordLocked()
+	s.mu.Unlock()
+	os.RemoveAll(v.runDir)
+	s.log.Warn("retired a VM of another stack version", "vm", v.spec.Address, "reason", reason)
+}
+
+func (s *Supervisor) readoptVM(ctx context.Context, r *api.Record) {
 	v := &vmRun{s: s, spec: r.Spec, st: r.Status,
 		runDir: filenames.VMRuntime(s.opts.RuntimeRoot, s.opts.Namespace, r.Spec.Name)}
 	s.mu.Lock()
 	s.vms[v.spec.Address] = v
 	s.mu.Unlock()
-	if r.Process == nil || v.st.State == state.StatusStopped || v.st.State == state.StatusFailed {
+	if r.Process == nil || v.st.State == api.StateStopped || v.st.State == api.StateFailed {
 		return // nothing runs; the record stays for ps and the planner
 	}
 	inst, err := s.opts.Driver.Attach(ctx, hypervisor.Identity{
@@ -69,10 +95,10 @@ func (s *Supervisor) readoptVM(ctx context.Context, r *record) {
 			reason = "re-adopting its VMM failed: " + err.Error()
 		}
 		s.mu.Lock()
-		v.st.State, v.st.Reason = state.StatusFailed, reason
+		v.st.State, v.st.Reason = api.StateFailed, reason
 		v.writeRecordLocked()
 		s.mu.Unlock()
-		s.emitVM(v, PhaseFailed, reason)
+		s.emitVM(v, api.PhaseFailed, reason)
 		return
 	}
 	if err := s.wire(v); err != nil {

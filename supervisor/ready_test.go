@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stackvm/stack/supervisor/api"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,8 +23,8 @@ func init() {
 		return
 	}
 	notify := ListeningNotifier()
-	flags, err := unix.FcntlInt(readyFD, unix.F_GETFD, 0)
-	fmt.Printf("notifier=%t env=%q cloexec=%t err=%v\n", notify != nil, os.Getenv(readyFDEnv), err == nil && flags&unix.FD_CLOEXEC != 0, err)
+	flags, err := unix.FcntlInt(api.ReadyFD, unix.F_GETFD, 0)
+	fmt.Printf("notifier=%t env=%q cloexec=%t err=%v\n", notify != nil, os.Getenv(api.ReadyFDEnv), err == nil && flags&unix.FD_CLOEXEC != 0, err)
 	if notify != nil {
 		notify()
 	}
@@ -44,7 +45,7 @@ func TestListeningNotifier(t *testing.T) {
 	}
 	defer r.Close()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), readyHelperEnv+"=1", readyFDEnv+"="+strconv.Itoa(readyFD))
+	cmd.Env = append(os.Environ(), readyHelperEnv+"=1", api.ReadyFDEnv+"="+strconv.Itoa(api.ReadyFD))
 	cmd.ExtraFiles = []*os.File{w}
 	var out strings.Builder
 	cmd.Stdout = &out

@@ -9,8 +9,8 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
-	"path/filepath"
 	"sort"
 	"sync"
 	"time"
@@ -18,22 +18,23 @@ import (
 	"github.com/stackvm/stack/hypervisor"
 	"github.com/stackvm/stack/internal/filenames"
 	"github.com/stackvm/stack/netswitch"
+	"github.com/stackvm/stack/supervisor/api"
 )
 
 // Gateway is what the supervisor needs of a network's gateway: DHCP leases
 // and DNS names for VMs, published ports, and a dialer into the network for
 // readiness probes.
 type Gateway interface {
-	AddHost(name string, ip, mac string) error
+	AddHost(name string, ip netip.Addr, mac api.MAC) error
 	RemoveHost(name string)
-	Publish(p PublishSpec, guestIP string) error
-	Unpublish(p PublishSpec)
+	Publish(p api.Port, guestIP netip.Addr) error
+	Unpublish(p api.Port)
 	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
 	Close() error
 }
 
 // GatewayFactory attaches a gateway for spec to sw.
-type GatewayFactory func(sw *netswitch.Switch, spec NetworkSpec, namespace string) (Gateway, error)
+type GatewayFactory func(sw *netswitch.Switch, spec api.NetworkSpec, namespace string) (Gateway, error)
 
 // Options configure a Supervisor.
 type Options struct {
@@ -63,7 +64,7 @@ type Supervisor struct {
 	nets    map[string]*network
 	vms     map[string]*vmRun
 	booting map[string]*vmRun // by run dir, while the driver starts them
-	subs    map[chan Event]struct{}
+	subs    map[chan api.Event]struct{}
 
 	idle     chan struct{} // signalled when nothing is left to supervise
 	shutdown chan struct{}
@@ -71,7 +72,7 @@ type Supervisor struct {
 }
 
 type network struct {
-	spec NetworkSpec
+	spec api.NetworkSpec
 	sw   *netswitch.Switch
 	gw   Gateway
 }
@@ -90,15 +91,10 @@ func New(opts Options) *Supervisor {
 		nets:     map[string]*network{},
 		vms:      map[string]*vmRun{},
 		booting:  map[string]*vmRun{},
-		subs:     map[chan Event]struct{}{},
+		subs:     map[chan api.Event]struct{}{},
 		idle:     make(chan struct{}, 1),
 		shutdown: make(chan struct{}),
 	}
-}
-
-// SocketPath is the control socket of a namespace.
-func SocketPath(runtimeRoot, namespace string) string {
-	return filepath.Join(filenames.NamespaceRuntime(runtimeRoot, namespace), filenames.SupervisorSocket)
 }
 
 // Serve re-adopts what earlier supervisors left running, listens on the
@@ -111,7 +107,7 @@ func (s *Supervisor) Serve(ctx context.Context) error {
 	if err := os.MkdirAll(dir, filenames.DirMode); err != nil {
 		return fmt.Errorf("create runtime dir: %w", err)
 	}
-	path := SocketPath(s.opts.RuntimeRoot, s.opts.Namespace)
+	path := filenames.SupervisorSocketPath(s.opts.RuntimeRoot, s.opts.Namespace)
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
 		return fmt.Errorf("serve namespace %q: another supervisor is running", s.opts.Namespace)
@@ -323,16 +319,16 @@ func (s *Supervisor) release() {
 func (s *Supervisor) serveConn(ctx context.Context, c net.Conn) {
 	defer c.Close()
 	dec := json.NewDecoder(bufio.NewReader(c))
-	var req Request
+	var req api.Request
 	if err := dec.Decode(&req); err != nil {
 		return
 	}
 	enc := json.NewEncoder(c)
 	switch req.Op {
-	case OpWatch:
+	case api.OpWatch:
 		s.watch(ctx, c, enc)
 		return
-	case OpExec:
+	case api.OpExec:
 		s.exec(ctx, dec, enc, &req) // dec: the client's ExecInputs follow
 		return
 	}
@@ -340,23 +336,22 @@ func (s *Supervisor) serveConn(ctx context.Context, c net.Conn) {
 	_ = enc.Encode(resp)
 }
 
-func (s *Supervisor) handle(ctx context.Context, req *Request) Response {
+func (s *Supervisor) handle(ctx context.Context, req *api.Request) api.Response {
 	var err error
-	var resp Response
+	var resp api.Response
 	switch req.Op {
-	case OpPing:
-		resp.PID = os.Getpid()
-		resp.StateRoot = s.opts.StateRoot
-	case OpEnsureNetwork:
+	case api.OpPing:
+		resp.Pong = &api.Pong{PID: os.Getpid(), Version: api.Version, StateRoot: s.opts.StateRoot}
+	case api.OpEnsureNetwork:
 		if req.Network == nil {
 			err = errors.New("ensure-network without a network")
 			break
 		}
 		err = s.ensureNetwork(*req.Network)
-	case OpRemoveNetwork:
+	case api.OpRemoveNetwork:
 		err = s.removeNetwork(req.Address)
 		s.checkIdle()
-	case OpStartVM:
+	case api.OpStartVM:
 		if req.VM == nil {
 			err = errors.New("start-vm without a vm")
 			break
@@ -364,32 +359,32 @@ func (s *Supervisor) handle(ctx context.Context, req *Request) Response {
 		// A client that hangs up (a killed `up`) must not abort a start
 		// half-way: the VM is started or cleanly not.
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
-		resp.Process, resp.Accel, err = s.startVM(sctx, *req.VM)
+		resp.Started, err = s.startVM(sctx, *req.VM)
 		cancel()
-	case OpUpdateVM:
-		if req.VM == nil {
-			err = errors.New("update-vm without a vm")
+	case api.OpUpdateVM:
+		if req.Update == nil {
+			err = errors.New("update-vm without an update")
 			break
 		}
-		err = s.updateVM(*req.VM)
-	case OpRelease:
+		err = s.updateVM(*req.Update)
+	case api.OpReleaseVM:
 		err = s.releaseVM(ctx, req.Address)
-	case OpStopVM:
+	case api.OpStopVM:
 		err = s.stopVM(ctx, req.Address, s.stopTimeout(req))
 		s.checkIdle()
-	case OpHaltVM:
+	case api.OpHaltVM:
 		// Like a start, a stop is carried through when the client hangs up.
 		timeout := s.stopTimeout(req)
 		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout+time.Minute)
 		err = s.haltVM(hctx, req.Address, timeout)
 		cancel()
-	case OpBootVM:
+	case api.OpBootVM:
 		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
-		resp.Process, resp.Accel, err = s.bootVM(bctx, req.Address, req.Instance)
+		resp.Started, err = s.bootVM(bctx, req.Address, req.Instance)
 		cancel()
-	case OpStatus:
+	case api.OpStatus:
 		resp.VMs = s.status()
-	case OpShutdown:
+	case api.OpShutdown:
 		s.once.Do(func() { close(s.shutdown) })
 	default:
 		err = fmt.Errorf("unknown operation %q", req.Op)
@@ -400,8 +395,11 @@ func (s *Supervisor) handle(ctx context.Context, req *Request) Response {
 	return resp
 }
 
+// phaseWatching acknowledges a watch: events after it are not missed.
+const phaseWatching api.Phase = "watching"
+
 func (s *Supervisor) watch(ctx context.Context, c net.Conn, enc *json.Encoder) {
-	ch := make(chan Event, 256)
+	ch := make(chan api.Event, 256)
 	s.mu.Lock()
 	s.subs[ch] = struct{}{}
 	s.mu.Unlock()
@@ -412,7 +410,7 @@ func (s *Supervisor) watch(ctx context.Context, c net.Conn, enc *json.Encoder) {
 	}()
 	// Acknowledge the subscription so the client knows no event is missed
 	// from here on.
-	if enc.Encode(Event{Time: time.Now(), Phase: "watching"}) != nil {
+	if enc.Encode(api.Event{Time: time.Now(), Phase: phaseWatching}) != nil {
 		return
 	}
 	closed := make(chan struct{})
@@ -437,17 +435,17 @@ func (s *Supervisor) watch(ctx context.Context, c net.Conn, enc *json.Encoder) {
 
 // emitVM emits an event of one VM incarnation, tagged with its instance
 // token so that a waiter tells it from the events of the VM it replaced.
-func (s *Supervisor) emitVM(v *vmRun, phase, msg string) {
-	s.send(Event{Time: time.Now(), Address: v.spec.Address, Instance: v.spec.Instance, Phase: phase, Message: msg})
+func (s *Supervisor) emitVM(v *vmRun, phase api.Phase, msg string) {
+	s.send(api.Event{Time: time.Now(), Address: v.spec.Address, Instance: v.spec.Instance, Phase: phase, Message: msg})
 }
 
 // emit sends an event to every watcher; a watcher that cannot keep up
 // misses events rather than stalling the supervisor.
-func (s *Supervisor) emit(address, phase, msg string) {
-	s.send(Event{Time: time.Now(), Address: address, Phase: phase, Message: msg})
+func (s *Supervisor) emit(address string, phase api.Phase, msg string) {
+	s.send(api.Event{Time: time.Now(), Address: address, Phase: phase, Message: msg})
 }
 
-func (s *Supervisor) send(ev Event) {
+func (s *Supervisor) send(ev api.Event) {
 	s.log.Info(ev.Message, "address", ev.Address, "phase", ev.Phase)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -459,10 +457,10 @@ func (s *Supervisor) send(ev Event) {
 	}
 }
 
-func (s *Supervisor) status() []VMStatus {
+func (s *Supervisor) status() []api.VMStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]VMStatus, 0, len(s.vms))
+	out := make([]api.VMStatus, 0, len(s.vms))
 	for _, v := range s.vms {
 		out = append(out, v.snapshot())
 	}

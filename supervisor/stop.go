@@ -6,9 +6,8 @@ import (
 	"os"
 	"time"
 
-	"github.com/stackvm/stack/hypervisor"
 	"github.com/stackvm/stack/internal/filenames"
-	"github.com/stackvm/stack/state"
+	"github.com/stackvm/stack/supervisor/api"
 )
 
 // Three ways a VM stops:
@@ -21,7 +20,7 @@ import (
 //     killed): the restart policy decides.
 
 // stopTimeout is the request's graceful stop timeout, or the default.
-func (s *Supervisor) stopTimeout(req *Request) time.Duration {
+func (s *Supervisor) stopTimeout(req *api.Request) time.Duration {
 	if req.Timeout > 0 {
 		return time.Duration(req.Timeout)
 	}
@@ -87,7 +86,7 @@ func (s *Supervisor) awaitLaunch(ctx context.Context, v *vmRun) error {
 	for {
 		s.mu.Lock()
 		busy := s.booting[v.runDir] == v ||
-			(s.vms[v.spec.Address] == v && v.inst == nil && v.st.State == state.StatusCreating) // start-vm before its launch
+			(s.vms[v.spec.Address] == v && v.inst == nil && v.st.State == api.StateCreating) // start-vm before its launch
 		s.mu.Unlock()
 		if !busy {
 			return nil
@@ -114,7 +113,7 @@ func (s *Supervisor) stopVM(ctx context.Context, address string, timeout time.Du
 	delete(s.vms, address)
 	s.mu.Unlock()
 	os.Remove(recordPath(&v.spec))
-	s.emitVM(v, PhaseStopped, "stopped and removed")
+	s.emitVM(v, api.PhaseStopped, "stopped and removed")
 	if err != nil {
 		return fmt.Errorf("stop %s: %w", address, err)
 	}
@@ -137,9 +136,9 @@ func (s *Supervisor) haltVM(ctx context.Context, address string, timeout time.Du
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	v.st.Halted, v.st.Held, v.st.PID = true, false, 0
-	if v.st.State != state.StatusStopped && v.st.State != state.StatusFailed {
+	if v.st.State != api.StateStopped && v.st.State != api.StateFailed {
 		// No loop saw it exit: it never ran, or was re-adopted without a VMM.
-		v.st.State, v.st.Reason = state.StatusStopped, "stopped by request"
+		v.st.State, v.st.Reason = api.StateStopped, "stopped by request"
 	}
 	v.writeRecordLocked()
 	return nil
@@ -151,22 +150,22 @@ func (s *Supervisor) haltVM(ctx context.Context, address string, timeout time.Du
 // refused; a failed one whose VMM is still up (not ready in time) is stopped
 // first. Its workload is not held: what it depends on was ready when it
 // first started.
-func (s *Supervisor) bootVM(ctx context.Context, address, instance string) (*state.Process, *hypervisor.Accel, error) {
+func (s *Supervisor) bootVM(ctx context.Context, address, instance string) (*api.Started, error) {
 	s.mu.Lock()
 	v := s.vms[address]
-	var st VMStatus
+	var st api.VMStatus
 	if v != nil {
 		st = v.st
 	}
 	s.mu.Unlock()
 	if v == nil {
-		return nil, nil, fmt.Errorf("start %s: no such VM", address)
+		return nil, fmt.Errorf("start %s: no such VM", address)
 	}
-	if !st.Halted && st.State != state.StatusStopped && st.State != state.StatusFailed {
-		return nil, nil, fmt.Errorf("start %s: it is %s", address, st.State)
+	if !st.Halted && st.State != api.StateStopped && st.State != api.StateFailed {
+		return nil, fmt.Errorf("start %s: it is %s", address, st.State)
 	}
 	if err := s.quiesce(ctx, v, s.opts.StopTimeout); err != nil {
-		return nil, nil, fmt.Errorf("start %s: %w", address, err)
+		return nil, fmt.Errorf("start %s: %w", address, err)
 	}
 	s.mu.Lock()
 	v.stopping, v.st.Halted, v.released = false, false, true
@@ -175,12 +174,12 @@ func (s *Supervisor) bootVM(ctx context.Context, address, instance string) (*sta
 	}
 	s.mu.Unlock()
 	if err := os.MkdirAll(v.runDir, filenames.DirMode); err != nil {
-		return nil, nil, fmt.Errorf("start %s: %w", address, err)
+		return nil, fmt.Errorf("start %s: %w", address, err)
 	}
-	fail := func(err error) (*state.Process, *hypervisor.Accel, error) {
+	fail := func(err error) (*api.Started, error) {
 		s.unwire(v)
-		s.setState(v, state.StatusFailed, err.Error(), nil)
-		return nil, nil, err
+		s.setState(v, api.StateFailed, err.Error(), nil)
+		return nil, err
 	}
 	if err := s.wire(v); err != nil {
 		return fail(fmt.Errorf("start %s: %w", address, err))

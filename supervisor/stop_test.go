@@ -8,21 +8,23 @@ import (
 	"time"
 
 	"github.com/stackvm/stack/guestproto"
+	"github.com/stackvm/stack/supervisor/api"
+	"github.com/stackvm/stack/supervisor/client"
 )
 
-func statusOf(t *testing.T, c *Client, address string) VMStatus {
+func statusOf(t *testing.T, c *client.Client, address string) api.VMStatus {
 	t.Helper()
-	resp, err := c.Call(context.Background(), &Request{Op: OpStatus})
+	vms, err := c.Status(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, v := range resp.VMs {
+	for _, v := range vms {
 		if v.Address == address {
 			return v
 		}
 	}
-	t.Fatalf("no %s in status %+v", address, resp.VMs)
-	return VMStatus{}
+	t.Fatalf("no %s in status %+v", address, vms)
+	return api.VMStatus{}
 }
 
 // halt-vm keeps the VM, stopped, without restarting it even under
@@ -33,14 +35,14 @@ func TestHaltKeepsTheVMAndBootStartsItAgain(t *testing.T) {
 	events, _ := c.Watch(ctx)
 	spec := startSpec(t, s, "always")
 	spec.Instance = "one"
-	if _, err := c.Call(ctx, &Request{Op: OpStartVM, VM: &spec}); err != nil {
+	if _, err := c.StartVM(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
 	drv.last().say(t, guestproto.Message{Type: guestproto.TypeReady, Status: &guestproto.Status{Ready: true}})
-	waitPhase(t, events, PhaseReady)
+	waitPhase(t, events, api.PhaseReady)
 
 	for i := 0; i < 2; i++ { // halting a halted VM changes nothing
-		if _, err := c.Call(ctx, &Request{Op: OpHaltVM, Address: "vm.a"}); err != nil {
+		if err := c.HaltVM(ctx, "vm.a", 0); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -48,52 +50,52 @@ func TestHaltKeepsTheVMAndBootStartsItAgain(t *testing.T) {
 	if v.State != "stopped" || !v.Halted || v.ExitCode == nil || *v.ExitCode != 0 || v.PID != 0 {
 		t.Fatalf("after halt-vm: %+v", v)
 	}
-	rec, _, err := ReadRecord(spec.StateDir)
-	if err != nil || !rec.Halted || rec.State != "stopped" {
-		t.Fatalf("record after halt-vm: %+v, %v", rec, err)
+	r, err := api.ReadRecord(spec.StateDir)
+	if err != nil || !r.Status.Halted || r.Status.State != "stopped" {
+		t.Fatalf("record after halt-vm: %+v, %v", r, err)
 	}
 	time.Sleep(1500 * time.Millisecond) // longer than the first restart delay
 	if drv.count() != 1 {
 		t.Fatalf("restart = always restarted a halted VM (%d starts)", drv.count())
 	}
 
-	resp, err := c.Call(ctx, &Request{Op: OpBootVM, Address: "vm.a", Instance: "two"})
+	resp, err := c.BootVM(ctx, "vm.a", "two")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if drv.count() != 2 || resp.Process == nil || resp.Process.PID != drv.last().id.PID {
+	if drv.count() != 2 || resp.Process.PID != drv.last().id.PID {
 		t.Fatalf("boot-vm: %d starts, process %+v", drv.count(), resp.Process)
 	}
 	drv.last().say(t, guestproto.Message{Type: guestproto.TypeReady, Status: &guestproto.Status{Ready: true}})
-	if ev := waitPhase(t, events, PhaseReady); ev.Instance != "two" {
+	if ev := waitPhase(t, events, api.PhaseReady); ev.Instance != "two" {
 		t.Fatalf("ready event of instance %q, want the booted one", ev.Instance)
 	}
 	if v := statusOf(t, c, "vm.a"); v.State != "ready" || v.Halted {
 		t.Fatalf("after boot-vm: %+v", v)
 	}
-	if _, err := c.Call(ctx, &Request{Op: OpBootVM, Address: "vm.a"}); err == nil {
+	if _, err := c.BootVM(ctx, "vm.a", ""); err == nil {
 		t.Fatal("boot-vm of a running VM succeeded")
 	}
 
 	// The restart policy is back: a crash restarts it.
 	drv.last().Kill()
-	waitPhase(t, events, PhaseRestart)
-	waitPhase(t, events, PhaseBooting)
+	waitPhase(t, events, api.PhaseRestart)
+	waitPhase(t, events, api.PhaseBooting)
 	if drv.count() != 3 {
 		t.Fatalf("%d starts after a crash of the booted VM, want 3", drv.count())
 	}
 
 	// stop-vm still removes a halted VM for good.
-	if _, err := c.Call(ctx, &Request{Op: OpHaltVM, Address: "vm.a"}); err != nil {
+	if err := c.HaltVM(ctx, "vm.a", 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Call(ctx, &Request{Op: OpStopVM, Address: "vm.a"}); err != nil {
+	if err := c.StopVM(ctx, "vm.a", 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := ReadRecord(spec.StateDir); !os.IsNotExist(err) {
+	if _, err := api.ReadRecord(spec.StateDir); !os.IsNotExist(err) {
 		t.Fatalf("record left after stop-vm of a halted VM: %v", err)
 	}
-	if _, err := c.Call(ctx, &Request{Op: OpHaltVM, Address: "vm.a"}); err == nil {
+	if err := c.HaltVM(ctx, "vm.a", 0); err == nil {
 		t.Fatal("halt-vm of an unknown VM succeeded")
 	}
 }
@@ -105,13 +107,13 @@ func TestHaltDuringRestartDelay(t *testing.T) {
 	ctx := context.Background()
 	events, _ := c.Watch(ctx)
 	spec := startSpec(t, s, "always")
-	if _, err := c.Call(ctx, &Request{Op: OpStartVM, VM: &spec}); err != nil {
+	if _, err := c.StartVM(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
 	drv.last().Kill()
-	waitPhase(t, events, PhaseRestart) // now waiting 1s before restarting
+	waitPhase(t, events, api.PhaseRestart) // now waiting 1s before restarting
 	start := time.Now()
-	if _, err := c.Call(ctx, &Request{Op: OpHaltVM, Address: "vm.a"}); err != nil {
+	if err := c.HaltVM(ctx, "vm.a", 0); err != nil {
 		t.Fatal(err)
 	}
 	if d := time.Since(start); d > 800*time.Millisecond {
@@ -148,7 +150,7 @@ func TestStopWaitsForAStartInProgress(t *testing.T) {
 	spec := startSpec(t, s, "no")
 	started := make(chan error, 1)
 	go func() {
-		_, err := c.Call(ctx, &Request{Op: OpStartVM, VM: &spec})
+		_, err := c.StartVM(ctx, spec)
 		started <- err
 	}()
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
@@ -164,7 +166,7 @@ func TestStopWaitsForAStartInProgress(t *testing.T) {
 	}
 	stopped := make(chan error, 1)
 	go func() {
-		_, err := c.Call(ctx, &Request{Op: OpStopVM, Address: "vm.a"})
+		err := c.StopVM(ctx, "vm.a", 0)
 		stopped <- err
 	}()
 	select {
@@ -191,7 +193,7 @@ func TestStopWaitsForAStartInProgress(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the VMM started during stop-vm was left running")
 	}
-	if resp, err := c.Call(ctx, &Request{Op: OpStatus}); err != nil || len(resp.VMs) != 0 {
+	if resp, err := c.Status(ctx); err != nil || len(resp) != 0 {
 		t.Fatalf("still supervised after stop-vm: %+v, %v", resp, err)
 	}
 }

@@ -18,6 +18,9 @@ import (
 	"github.com/stackvm/stack/hypervisor"
 	"github.com/stackvm/stack/hypervisor/console"
 	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/internal/netaddr"
+	"github.com/stackvm/stack/supervisor/api"
+	"github.com/stackvm/stack/supervisor/client"
 )
 
 // fakeDriver stands in for QEMU below this unit test: its instances report
@@ -108,7 +111,7 @@ func (f *fakeInst) say(t *testing.T, m guestproto.Message) {
 	f.events <- b
 }
 
-func newTestSupervisor(t *testing.T) (*Supervisor, *fakeDriver, *Client) {
+func newTestSupervisor(t *testing.T) (*Supervisor, *fakeDriver, *client.Client) {
 	t.Helper()
 	s, drv, c, _ := serveTestSupervisor(t)
 	return s, drv, c
@@ -116,7 +119,7 @@ func newTestSupervisor(t *testing.T) (*Supervisor, *fakeDriver, *Client) {
 
 // serveTestSupervisor is newTestSupervisor that also returns what Serve
 // returns, once it does.
-func serveTestSupervisor(t *testing.T) (*Supervisor, *fakeDriver, *Client, <-chan error) {
+func serveTestSupervisor(t *testing.T) (*Supervisor, *fakeDriver, *client.Client, <-chan error) {
 	t.Helper()
 	drv := &fakeDriver{}
 	root := t.TempDir()
@@ -138,10 +141,10 @@ func serveTestSupervisor(t *testing.T) (*Supervisor, *fakeDriver, *Client, <-cha
 		cancel()
 		<-done
 	})
-	var c *Client
+	var c *client.Client
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if c, err = Dial(ctx, run, root, "t"); err == nil {
+		if c, err = client.Dial(ctx, run, root, "t"); err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -152,12 +155,12 @@ func serveTestSupervisor(t *testing.T) (*Supervisor, *fakeDriver, *Client, <-cha
 	return s, drv, c, served
 }
 
-func startSpec(t *testing.T, s *Supervisor, restart string) VMSpec {
-	return VMSpec{Address: "vm.a", Name: "a", Restart: restart, StateDir: filenames.VMState(s.opts.StateRoot, "t", "a"),
-		Ready: ReadySpec{Guest: true, Timeout: Duration(5 * time.Second)}}
+func startSpec(t *testing.T, s *Supervisor, restart api.Restart) api.VMSpec {
+	return api.VMSpec{Address: "vm.a", Name: "a", Restart: restart, StateDir: filenames.VMState(s.opts.StateRoot, "t", "a"),
+		Ready: api.Ready{Guest: true, Timeout: api.Duration(5 * time.Second)}}
 }
 
-func waitPhase(t *testing.T, events <-chan Event, phase string) Event {
+func waitPhase(t *testing.T, events <-chan api.Event, phase api.Phase) api.Event {
 	t.Helper()
 	timeout := time.After(10 * time.Second)
 	for {
@@ -180,32 +183,32 @@ func TestReadyExitAndStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	spec := startSpec(t, s, "no")
-	resp, err := c.Call(ctx, &Request{Op: OpStartVM, VM: &spec})
+	resp, err := c.StartVM(ctx, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.Process == nil || resp.Process.PID != drv.last().id.PID {
+	if resp.Process.PID != drv.last().id.PID {
 		t.Fatalf("start-vm returned %+v", resp.Process)
 	}
 	drv.last().say(t, guestproto.Message{Type: guestproto.TypeReady, Status: &guestproto.Status{Ready: true}})
-	waitPhase(t, events, PhaseReady)
-	st, _ := c.Call(ctx, &Request{Op: OpStatus})
-	if len(st.VMs) != 1 || st.VMs[0].State != "ready" {
-		t.Fatalf("status after ready: %+v", st.VMs)
+	waitPhase(t, events, api.PhaseReady)
+	st, _ := c.Status(ctx)
+	if len(st) != 1 || st[0].State != "ready" {
+		t.Fatalf("status after ready: %+v", st)
 	}
 	// The workload exits 3: the guest reports it, then powers off.
 	drv.last().say(t, guestproto.Message{Type: guestproto.TypeExit, Status: &guestproto.Status{Exited: true, ExitCode: 3}})
 	time.Sleep(50 * time.Millisecond)
 	drv.last().end(hypervisor.ExitStatus{Code: 0, GuestShutdown: true, Known: true})
-	waitPhase(t, events, PhaseFailed)
-	st, _ = c.Call(ctx, &Request{Op: OpStatus})
-	if v := st.VMs[0]; v.State != "failed" || v.ExitCode == nil || *v.ExitCode != 3 {
+	waitPhase(t, events, api.PhaseFailed)
+	st, _ = c.Status(ctx)
+	if v := st[0]; v.State != "failed" || v.ExitCode == nil || *v.ExitCode != 3 {
 		t.Fatalf("after exit 3: %+v", v)
 	}
 	// The record on disk says the same, for ps without a supervisor.
-	rec, _, err := ReadRecord(spec.StateDir)
-	if err != nil || rec.State != "failed" || *rec.ExitCode != 3 {
-		t.Fatalf("record: %+v, %v", rec, err)
+	r, err := api.ReadRecord(spec.StateDir)
+	if err != nil || r.Status.State != "failed" || *r.Status.ExitCode != 3 || r.Version != api.Version {
+		t.Fatalf("record: %+v, %v", r, err)
 	}
 	if drv.count() != 1 {
 		t.Fatal("restart = no restarted the VM")
@@ -217,33 +220,33 @@ func TestRestartOnFailureAndKill(t *testing.T) {
 	ctx := context.Background()
 	events, _ := c.Watch(ctx)
 	spec := startSpec(t, s, "on-failure")
-	if _, err := c.Call(ctx, &Request{Op: OpStartVM, VM: &spec}); err != nil {
+	if _, err := c.StartVM(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
 	drv.last().Kill()
-	ev := waitPhase(t, events, PhaseFailed)
+	ev := waitPhase(t, events, api.PhaseFailed)
 	if ev.Message == "" {
 		t.Fatal("failure without a reason")
 	}
-	waitPhase(t, events, PhaseRestart)
-	waitPhase(t, events, PhaseBooting)
+	waitPhase(t, events, api.PhaseRestart)
+	waitPhase(t, events, api.PhaseBooting)
 	if drv.count() != 2 {
 		t.Fatalf("%d starts, want 2", drv.count())
 	}
 	// A clean exit is not restarted under on-failure.
 	drv.last().end(hypervisor.ExitStatus{Code: 0, GuestShutdown: true, Known: true})
-	waitPhase(t, events, PhaseExited)
+	waitPhase(t, events, api.PhaseExited)
 	time.Sleep(1500 * time.Millisecond)
 	if drv.count() != 2 {
 		t.Fatal("on-failure restarted a clean exit")
 	}
 	// stop-vm is idempotent and removes the record.
 	for i := 0; i < 2; i++ {
-		if _, err := c.Call(ctx, &Request{Op: OpStopVM, Address: "vm.a"}); err != nil {
+		if err := c.StopVM(ctx, "vm.a", 0); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, _, err := ReadRecord(spec.StateDir); !os.IsNotExist(err) {
+	if _, err := api.ReadRecord(spec.StateDir); !os.IsNotExist(err) {
 		t.Fatalf("record left after stop: %v", err)
 	}
 }
@@ -251,13 +254,13 @@ func TestRestartOnFailureAndKill(t *testing.T) {
 func TestNetworkWiringAndReadoptOfDeadVM(t *testing.T) {
 	s, drv, c := newTestSupervisor(t)
 	ctx := context.Background()
-	net := NetworkSpec{Name: "lan", Subnet: netip.MustParsePrefix("10.9.0.0/24"), Gateway: netip.MustParseAddr("10.9.0.1")}
-	if _, err := c.Call(ctx, &Request{Op: OpEnsureNetwork, Network: &net}); err != nil {
+	net := api.NetworkSpec{Name: "lan", Subnet: netip.MustParsePrefix("10.9.0.0/24"), Gateway: netip.MustParseAddr("10.9.0.1")}
+	if err := c.EnsureNetwork(ctx, net); err != nil {
 		t.Fatal(err)
 	}
 	spec := startSpec(t, s, "no")
-	spec.NICs = []NICSpec{{Network: "lan", MAC: "52:54:00:00:00:01", IP: netip.MustParseAddr("10.9.0.2")}}
-	if _, err := c.Call(ctx, &Request{Op: OpStartVM, VM: &spec}); err != nil {
+	spec.NICs = []api.NIC{{Network: "lan", MAC: mac("52:54:00:00:00:01"), IP: netip.MustParseAddr("10.9.0.2")}}
+	if _, err := c.StartVM(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
 	ports := s.nets["lan"].sw.Stats()
@@ -267,8 +270,8 @@ func TestNetworkWiringAndReadoptOfDeadVM(t *testing.T) {
 	// A VM on a network that is not running is refused, and leaves nothing.
 	bad := spec
 	bad.Address, bad.Name, bad.StateDir = "vm.b", "b", filenames.VMState(s.opts.StateRoot, "t", "b")
-	bad.NICs = []NICSpec{{Network: "nope", MAC: "52:54:00:00:00:02"}}
-	if _, err := c.Call(ctx, &Request{Op: OpStartVM, VM: &bad}); err == nil {
+	bad.NICs = []api.NIC{{Network: "nope", MAC: mac("52:54:00:00:00:02")}}
+	if _, err := c.StartVM(ctx, bad); err == nil {
 		t.Fatal("start on a missing network succeeded")
 	}
 	if _, err := os.Stat(filenames.VMRuntime(s.opts.RuntimeRoot, "t", "b")); !os.IsNotExist(err) {
@@ -279,7 +282,7 @@ func TestNetworkWiringAndReadoptOfDeadVM(t *testing.T) {
 	drv.mu.Lock()
 	drv.fail = errors.New("qemu failed")
 	drv.mu.Unlock()
-	if _, err := c.Call(ctx, &Request{Op: OpStartVM, VM: &bad}); err == nil || !strings.Contains(err.Error(), "qemu failed") {
+	if _, err := c.StartVM(ctx, bad); err == nil || !strings.Contains(err.Error(), "qemu failed") {
 		t.Fatalf("start with a failing VMM: %v", err)
 	}
 	drv.mu.Lock()
@@ -309,23 +312,23 @@ func TestConsoleReadyLineOnlyFromThisBoot(t *testing.T) {
 	ctx := context.Background()
 	events, _ := c.Watch(ctx)
 	spec := startSpec(t, s, "no")
-	spec.Ready = ReadySpec{ConsoleLine: "STACK-READY id-1", ConsoleFailLine: "STACK-FAILED id-1", Timeout: Duration(10 * time.Second)}
+	spec.Ready = api.Ready{ConsoleLine: "STACK-READY id-1", ConsoleFailLine: "STACK-FAILED id-1", Timeout: api.Duration(10 * time.Second)}
 	logPath := filepath.Join(spec.StateDir, filenames.ConsoleLog)
 	os.MkdirAll(spec.StateDir, 0o700)
 	if err := os.WriteFile(logPath, []byte("previous boot\nSTACK-READY id-1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Call(ctx, &Request{Op: OpStartVM, VM: &spec}); err != nil {
+	if _, err := c.StartVM(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(3 * console.FollowInterval)
-	if st, _ := c.Call(ctx, &Request{Op: OpStatus}); st.VMs[0].State == "ready" {
+	if st, _ := c.Status(ctx); st[0].State == "ready" {
 		t.Fatal("ready from the previous boot's line")
 	}
 	f, _ := os.OpenFile(logPath, os.O_APPEND|os.O_WRONLY, 0)
 	f.WriteString("[  31.0] cloud-init: STACK-READY id-1\r\n")
 	f.Close()
-	waitPhase(t, events, PhaseReady)
+	waitPhase(t, events, api.PhaseReady)
 }
 
 // A supervisor runs one state directory's namespace. A command for another
@@ -339,19 +342,19 @@ func TestOtherStateRootIsRefused(t *testing.T) {
 	if err := os.Symlink(s.opts.StateRoot, link); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Dial(ctx, s.opts.RuntimeRoot, link, "t"); err != nil {
+	if _, err := client.Dial(ctx, s.opts.RuntimeRoot, link, "t"); err != nil {
 		t.Fatalf("dial through a symlink to the same state root: %v", err)
 	}
 	other := t.TempDir()
-	_, err := Dial(ctx, s.opts.RuntimeRoot, other, "t")
-	var sre *StateRootError
+	_, err := client.Dial(ctx, s.opts.RuntimeRoot, other, "t")
+	var sre *client.StateRootError
 	if !errors.As(err, &sre) || sre.Running != s.opts.StateRoot || sre.Wanted != other ||
 		!strings.Contains(err.Error(), s.opts.StateRoot) {
 		t.Fatalf("dial with another state root: %v", err)
 	}
 	// Ensure does not try to start a second supervisor: with an executable
 	// that does not exist, trying would fail differently.
-	_, err = Ensure(ctx, SpawnOptions{Namespace: "t", StateRoot: other, RuntimeRoot: s.opts.RuntimeRoot, Executable: "/nonexistent/stack"})
+	_, err = client.Ensure(ctx, client.SpawnOptions{Namespace: "t", StateRoot: other, RuntimeRoot: s.opts.RuntimeRoot, Executable: "/nonexistent/stack"})
 	if !errors.As(err, &sre) {
 		t.Fatalf("ensure with another state root: %v", err)
 	}
@@ -371,10 +374,10 @@ func TestLostSocketEndsTheSupervisor(t *testing.T) {
 		t.Run(how, func(t *testing.T) {
 			s, drv, c, served := serveTestSupervisor(t)
 			spec := startSpec(t, s, "always")
-			if _, err := c.Call(context.Background(), &Request{Op: OpStartVM, VM: &spec}); err != nil {
+			if _, err := c.StartVM(context.Background(), spec); err != nil {
 				t.Fatal(err)
 			}
-			path := SocketPath(s.opts.RuntimeRoot, "t")
+			path := filenames.SupervisorSocketPath(s.opts.RuntimeRoot, "t")
 			if err := os.Remove(path); err != nil {
 				t.Fatal(err)
 			}
@@ -398,7 +401,7 @@ func TestLostSocketEndsTheSupervisor(t *testing.T) {
 				t.Fatalf("the supervisor stopped its VM on the way out: %+v", st)
 			default:
 			}
-			if _, _, err := ReadRecord(spec.StateDir); err != nil {
+			if _, err := api.ReadRecord(spec.StateDir); err != nil {
 				t.Fatalf("the VM's record is gone: %v", err)
 			}
 			if _, err := os.Stat(path); (how == "replaced") != (err == nil) {
@@ -406,4 +409,12 @@ func TestLostSocketEndsTheSupervisor(t *testing.T) {
 			}
 		})
 	}
+}
+
+func mac(s string) api.MAC {
+	m, err := netaddr.ParseMAC(s)
+	if err != nil {
+		panic(err)
+	}
+	return m
 }

@@ -19,7 +19,8 @@ import (
 	"github.com/stackvm/stack/hypervisor/console"
 	"github.com/stackvm/stack/hypervisor/proc"
 	"github.com/stackvm/stack/internal/filenames"
-	"github.com/stackvm/stack/state"
+	"github.com/stackvm/stack/internal/fsutil"
+	"github.com/stackvm/stack/supervisor/api"
 )
 
 // vmRun is one supervised VM. Its fields are guarded by the supervisor's mu,
@@ -27,12 +28,14 @@ import (
 // may change in place under mu).
 type vmRun struct {
 	s      *Supervisor
-	spec   VMSpec
+	spec   api.VMSpec
 	runDir string
+	// nics are the VMM's ends of the VM's switch ports, made by wire.
+	nics []hypervisor.NIC
 
 	inst  hypervisor.Instance
 	relay *console.Relay
-	st    VMStatus
+	st    api.VMStatus
 
 	stopping   bool
 	released   bool   // release-vm was asked for (Hold)
@@ -54,78 +57,58 @@ type vmRun struct {
 	wake chan struct{}
 }
 
-// record is what the supervisor keeps on disk for each VM so that a later
-// supervisor can re-adopt it.
-type record struct {
-	Spec    VMSpec         `json:"spec"`
-	Process *state.Process `json:"process,omitempty"`
-	Status  VMStatus       `json:"status"`
-}
+func recordPath(spec *api.VMSpec) string { return filepath.Join(spec.StateDir, filenames.VMRecord) }
 
-func recordPath(spec *VMSpec) string { return filepath.Join(spec.StateDir, filenames.VMRecord) }
-
-// ReadRecord reads the supervisor's record of a VM from its state directory
-// (for `ps` and the planner when no supervisor answers).
-func ReadRecord(vmStateDir string) (*VMStatus, *state.Process, error) {
-	data, err := os.ReadFile(filepath.Join(vmStateDir, filenames.VMRecord))
-	if err != nil {
-		return nil, nil, err
-	}
-	var r record
-	if err := json.Unmarshal(data, &r); err != nil {
-		return nil, nil, fmt.Errorf("read vm record: %w", err)
-	}
-	return &r.Status, r.Process, nil
-}
-
+// writeRecordLocked writes v's record (api.Record), which a later
+// supervisor re-adopts it from and `ps` reads when none runs.
 func (v *vmRun) writeRecordLocked() {
-	r := record{Spec: v.spec, Status: v.st}
+	r := api.Record{Version: api.Version, Spec: v.spec, Status: v.st}
 	if v.inst != nil {
-		id := v.inst.Identity()
-		r.Process = &state.Process{Driver: id.Driver, PID: id.PID, StartTime: id.StartTime, RunDir: id.RunDir}
+		p := process(v.inst.Identity())
+		r.Process = &p
 	}
 	data, err := json.MarshalIndent(r, "", "  ")
 	if err == nil {
-		err = state.WriteFileAtomic(recordPath(&v.spec), data)
+		err = fsutil.WriteFileAtomic(recordPath(&v.spec), data)
 	}
 	if err != nil {
 		v.s.log.Error("write vm record", "vm", v.spec.Address, "err", err)
 	}
 }
 
-func (v *vmRun) snapshot() VMStatus {
+func (v *vmRun) snapshot() api.VMStatus {
 	st := v.st
 	st.Addresses = map[string]string{}
 	for _, n := range v.spec.NICs {
 		st.Addresses[n.Network] = n.IP.String()
 	}
-	st.Ports = append([]PublishSpec{}, v.spec.Publish...)
+	st.Ports = append([]api.Port{}, v.spec.Publish...)
 	return st
 }
 
-func (s *Supervisor) setState(v *vmRun, stateName, reason string, exit *int) {
+func (s *Supervisor) setState(v *vmRun, stateName api.VMState, reason string, exit *int) {
 	s.mu.Lock()
 	v.st.State, v.st.Reason, v.st.ExitCode = stateName, reason, exit
 	v.writeRecordLocked()
 	s.mu.Unlock()
 }
 
-// startVM starts (or restarts from scratch) one VM and returns its identity
-// and accelerator. Readiness is reported later through events.
-func (s *Supervisor) startVM(ctx context.Context, spec VMSpec) (*state.Process, *hypervisor.Accel, error) {
+// startVM starts (or restarts from scratch) one VM and says which VMM it
+// started. Readiness is reported later through events.
+func (s *Supervisor) startVM(ctx context.Context, spec api.VMSpec) (*api.Started, error) {
 	s.mu.Lock()
 	_, exists := s.vms[spec.Address]
 	s.mu.Unlock()
 	if exists {
 		if err := s.stopVM(ctx, spec.Address, s.opts.StopTimeout); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
 	v := &vmRun{s: s, spec: spec, runDir: filenames.VMRuntime(s.opts.RuntimeRoot, s.opts.Namespace, spec.Name)}
-	v.st = VMStatus{Address: spec.Address, Name: spec.Name, State: state.StatusCreating}
+	v.st = api.VMStatus{Address: spec.Address, Name: spec.Name, State: api.StateCreating}
 	for _, dir := range []string{v.runDir, spec.StateDir} {
 		if err := os.MkdirAll(dir, filenames.DirMode); err != nil {
-			return nil, nil, fmt.Errorf("start %s: %w", spec.Address, err)
+			return nil, fmt.Errorf("start %s: %w", spec.Address, err)
 		}
 	}
 	// A start that fails leaves nothing in the runtime directory: nothing
@@ -134,7 +117,7 @@ func (s *Supervisor) startVM(ctx context.Context, spec VMSpec) (*state.Process, 
 	if err := s.wire(v); err != nil {
 		s.unwire(v)
 		os.RemoveAll(v.runDir)
-		return nil, nil, fmt.Errorf("start %s: %w", spec.Address, err)
+		return nil, fmt.Errorf("start %s: %w", spec.Address, err)
 	}
 	s.mu.Lock()
 	s.vms[spec.Address] = v
@@ -146,22 +129,47 @@ func (s *Supervisor) startVM(ctx context.Context, spec VMSpec) (*state.Process, 
 		s.unwire(v)
 		os.Remove(recordPath(&v.spec))
 		os.RemoveAll(v.runDir)
-		return nil, nil, err
+		return nil, err
 	}
 	return started(v.inst)
 }
 
-// started is what start-vm and boot-vm answer: the new VMM's identity, as
-// the state file records it, and its accelerator.
-func started(inst hypervisor.Instance) (*state.Process, *hypervisor.Accel, error) {
-	id, accel := inst.Identity(), inst.Accel()
-	return &state.Process{Driver: id.Driver, PID: id.PID, StartTime: id.StartTime, RunDir: id.RunDir}, &accel, nil
+// started is what start-vm and boot-vm answer: the new VMM's identity and
+// its accelerator.
+func started(inst hypervisor.Instance) (*api.Started, error) {
+	a := inst.Accel()
+	return &api.Started{Process: process(inst.Identity()), Accel: a.Name, AccelFallback: a.Fallback}, nil
+}
+
+// process is a VMM's identity as the protocol and the records carry it.
+func process(id hypervisor.Identity) api.Process {
+	return api.Process{Driver: id.Driver, PID: id.PID, StartTime: id.StartTime, RunDir: id.RunDir}
+}
+
+// config is the driver's configuration of v's next VMM.
+func (v *vmRun) config() hypervisor.Config {
+	m := v.spec.Machine
+	cfg := hypervisor.Config{
+		Name: v.spec.Name, RunDir: v.runDir, CPUs: m.CPUs, MemoryMB: m.MemoryMB,
+		Kernel: m.Kernel, Initramfs: m.Initramfs, Cmdline: m.Cmdline, Machine: m.Machine, Accel: m.Accel,
+		NICs: v.nics, GuestAgent: len(v.spec.GuestConfig) > 0, GuestConfig: v.spec.GuestConfig,
+	}
+	if r := v.spec.Root; r != nil {
+		cfg.Root = &hypervisor.Disk{Path: r.Path, Format: r.Format, ReadOnly: r.ReadOnly, Serial: r.Serial}
+	}
+	for _, d := range v.spec.Disks {
+		cfg.Disks = append(cfg.Disks, hypervisor.Disk{Path: d.Path, Format: d.Format, ReadOnly: d.ReadOnly, Serial: d.Serial})
+	}
+	for _, sh := range v.spec.Shares {
+		cfg.SharedDirs = append(cfg.SharedDirs, hypervisor.SharedDir{Tag: sh.Tag, HostPath: sh.HostPath, ReadOnly: sh.ReadOnly})
+	}
+	return cfg
 }
 
 // wire connects the VM's NICs to their switches and registers it with the
 // gateways (DHCP lease, DNS name, published ports).
 func (s *Supervisor) wire(v *vmRun) error {
-	v.spec.Config.NICs = nil
+	v.nics = nil
 	for i, nic := range v.spec.NICs {
 		s.mu.Lock()
 		n := s.nets[nic.Network]
@@ -174,14 +182,14 @@ func (s *Supervisor) wire(v *vmRun) error {
 		if err != nil {
 			return err
 		}
-		v.spec.Config.NICs = append(v.spec.Config.NICs, hypervisor.NIC{MAC: nic.MAC, DgramLocal: vmmPath, DgramRemote: swPath})
+		v.nics = append(v.nics, hypervisor.NIC{MAC: nic.MAC.String(), DgramLocal: vmmPath, DgramRemote: swPath})
 		if n.gw != nil {
-			if err := n.gw.AddHost(v.spec.Name, nic.IP.String(), nic.MAC); err != nil {
+			if err := n.gw.AddHost(v.spec.Name, nic.IP, nic.MAC); err != nil {
 				return err
 			}
 			if i == 0 {
 				for _, p := range v.spec.Publish {
-					if err := n.gw.Publish(p, nic.IP.String()); err != nil {
+					if err := n.gw.Publish(p, nic.IP); err != nil {
 						return err
 					}
 				}
@@ -215,8 +223,7 @@ func portName(vm string, i int) string { return vm + "-" + strconv.Itoa(i) }
 
 // launch starts the VMM and the goroutine that supervises it.
 func (s *Supervisor) launch(ctx context.Context, v *vmRun) error {
-	cfg := v.spec.Config
-	cfg.RunDir = v.runDir
+	cfg := v.config()
 	loopCtx, cancel := context.WithCancel(context.Background())
 	s.mu.Lock()
 	if v.relay != nil {
@@ -235,11 +242,11 @@ func (s *Supervisor) launch(ctx context.Context, v *vmRun) error {
 		delete(s.booting, v.runDir)
 		s.mu.Unlock()
 	}()
-	s.emitVM(v, PhaseVMMStart, "starting the VMM")
+	s.emitVM(v, api.PhaseVMMStart, "starting the VMM")
 	inst, err := s.opts.Driver.Start(ctx, &cfg)
 	if err != nil {
 		cancel()
-		s.emitVM(v, PhaseFailed, err.Error())
+		s.emitVM(v, api.PhaseFailed, err.Error())
 		return fmt.Errorf("start %s: %w", v.spec.Address, err)
 	}
 	s.adopt(v, inst, false)
@@ -306,7 +313,7 @@ func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
 	v.loopDone = make(chan struct{})
 	v.wake = make(chan struct{})
 	if !readopted {
-		v.st.State, v.st.Reason, v.st.ExitCode = state.StatusBooting, "", nil
+		v.st.State, v.st.Reason, v.st.ExitCode = api.StateBooting, "", nil
 		v.st.Held = v.spec.Hold && !v.released
 		v.st.StartedAt = time.Now().UTC()
 		v.guestExit, v.guestReady, v.guestErr = nil, false, ""
@@ -318,7 +325,7 @@ func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
 	v.writeRecordLocked()
 	s.mu.Unlock()
 	if !readopted {
-		s.emitVM(v, PhaseBooting, fmt.Sprintf("VMM running (pid %d); booting", inst.Identity().PID))
+		s.emitVM(v, api.PhaseBooting, fmt.Sprintf("VMM running (pid %d); booting", inst.Identity().PID))
 	}
 	s.mu.Lock()
 	resend := v.spec.Hold && v.released
@@ -337,7 +344,7 @@ func (s *Supervisor) superviseLoop(ctx context.Context, v *vmRun, inst hyperviso
 	wake := v.wake
 	s.mu.Unlock()
 	go s.guestEvents(ctx, v, inst)
-	if !readopted || v.st.State != state.StatusReady {
+	if !readopted || v.st.State != api.StateReady {
 		go s.awaitReady(ctx, v, inst)
 	}
 	status, err := inst.Wait(ctx)
@@ -361,18 +368,17 @@ func (s *Supervisor) superviseLoop(ctx context.Context, v *vmRun, inst hyperviso
 	code, reason := exitOf(status, err, guestExit)
 	switch {
 	case stopping:
-		s.setState(v, state.StatusStopped, "stopped by request", &code)
-		s.emitVM(v, PhaseStopped, "stopped")
+		s.setState(v, api.StateStopped, "stopped by request", &code)
+		s.emitVM(v, api.PhaseStopped, "stopped")
 		return
 	case code == 0:
-		s.setState(v, state.StatusStopped, reason, &code)
-		s.emitVM(v, PhaseExited, "exited: "+reason)
+		s.setState(v, api.StateStopped, reason, &code)
+		s.emitVM(v, api.PhaseExited, "exited: "+reason)
 	default:
-		s.setState(v, state.StatusFailed, reason, &code)
-		s.emitVM(v, PhaseFailed, reason)
+		s.setState(v, api.StateFailed, reason, &code)
+		s.emitVM(v, api.PhaseFailed, reason)
 	}
-	restart := v.spec.Restart == "always" || (v.spec.Restart == "on-failure" && code != 0)
-	if !restart {
+	if !v.spec.Restart.Applies(code) {
 		return
 	}
 	s.mu.Lock()
@@ -380,7 +386,7 @@ func (s *Supervisor) superviseLoop(ctx context.Context, v *vmRun, inst hyperviso
 	n := v.st.Restarts
 	s.mu.Unlock()
 	delay := min(time.Duration(1<<min(n-1, 5))*time.Second, 30*time.Second)
-	s.emitVM(v, PhaseRestart, fmt.Sprintf("restarting in %s (restart = %q, restart %d)", delay, v.spec.Restart, n))
+	s.emitVM(v, api.PhaseRestart, fmt.Sprintf("restarting in %s (restart = %q, restart %d)", delay, v.spec.Restart, n))
 	select {
 	case <-time.After(delay):
 	case <-ctx.Done():
@@ -394,7 +400,7 @@ func (s *Supervisor) superviseLoop(ctx context.Context, v *vmRun, inst hyperviso
 		return
 	}
 	if err := s.launch(context.Background(), v); err != nil {
-		s.setState(v, state.StatusFailed, "restart failed: "+err.Error(), &code)
+		s.setState(v, api.StateFailed, "restart failed: "+err.Error(), &code)
 	}
 }
 
@@ -460,7 +466,7 @@ func (s *Supervisor) onGuestMessage(v *vmRun, m *guestproto.Message) {
 			s.mu.Lock()
 			v.guestExit = &code
 			s.mu.Unlock()
-			s.emitVM(v, PhaseExited, fmt.Sprintf("the workload exited with status %d", code))
+			s.emitVM(v, api.PhaseExited, fmt.Sprintf("the workload exited with status %d", code))
 		}
 	case guestproto.TypeError:
 		s.mu.Lock()
@@ -524,7 +530,7 @@ func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.I
 	}
 	s.mu.Lock()
 	stopping := v.stopping
-	exited := v.st.State == state.StatusStopped || v.st.State == state.StatusFailed
+	exited := v.st.State == api.StateStopped || v.st.State == api.StateFailed
 	s.mu.Unlock()
 	if stopping || exited {
 		return
@@ -534,15 +540,15 @@ func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.I
 		if errors.Is(err, context.DeadlineExceeded) {
 			reason = fmt.Sprintf("not ready after %s (%s)", timeout, readyWhat(spec))
 		}
-		s.setState(v, state.StatusFailed, reason, nil)
-		s.emitVM(v, PhaseFailed, reason)
+		s.setState(v, api.StateFailed, reason, nil)
+		s.emitVM(v, api.PhaseFailed, reason)
 		return
 	}
-	s.setState(v, state.StatusReady, "", nil)
-	s.emitVM(v, PhaseReady, "ready: "+what)
+	s.setState(v, api.StateReady, "", nil)
+	s.emitVM(v, api.PhaseReady, "ready: "+what)
 }
 
-func readyWhat(r ReadySpec) string {
+func readyWhat(r api.Ready) string {
 	switch {
 	case r.TCP != 0:
 		return fmt.Sprintf("waiting for TCP port %d", r.TCP)
@@ -719,7 +725,7 @@ func guestDialer(gw Gateway, guestIP string) func(ctx context.Context, network, 
 	}
 }
 
-// releaseVM starts a held VM's workload (see VMSpec.Hold).
+// releaseVM starts a held VM's workload (see api.VMSpec.Hold).
 func (s *Supervisor) releaseVM(ctx context.Context, address string) error {
 	s.mu.Lock()
 	v := s.vms[address]
@@ -747,12 +753,13 @@ func (s *Supervisor) sendStart(v *vmRun, inst hypervisor.Instance) error {
 	if err := g.Send(ctx, msg); err != nil {
 		return fmt.Errorf("release %s: %w", v.spec.Address, err)
 	}
-	s.emitVM(v, PhaseBooting, "its dependencies are ready; starting the workload")
+	s.emitVM(v, api.PhaseBooting, "its dependencies are ready; starting the workload")
 	return nil
 }
 
-// updateVM applies the attributes that change in place: publish and restart.
-func (s *Supervisor) updateVM(spec VMSpec) error {
+// updateVM applies the attributes that change in place: publish, restart
+// and ready.
+func (s *Supervisor) updateVM(spec api.Update) error {
 	s.mu.Lock()
 	v := s.vms[spec.Address]
 	s.mu.Unlock()
@@ -771,7 +778,7 @@ func (s *Supervisor) updateVM(spec VMSpec) error {
 				n.gw.Unpublish(p)
 			}
 			for _, p := range spec.Publish {
-				if err := n.gw.Publish(p, v.spec.NICs[0].IP.String()); err != nil {
+				if err := n.gw.Publish(p, v.spec.NICs[0].IP); err != nil {
 					return fmt.Errorf("update %s: %w", spec.Address, err)
 				}
 			}

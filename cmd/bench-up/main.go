@@ -43,10 +43,12 @@ import (
 	"github.com/stackvm/stack/disks"
 	"github.com/stackvm/stack/guestproto"
 	"github.com/stackvm/stack/internal/filenames"
-	"github.com/stackvm/stack/supervisor"
 )
 
 func main() {
+	if code, started := stack.Supervise(); started {
+		os.Exit(code) // re-executed as a namespace's supervisor
+	}
 	runs := flag.Int("runs", 5, "measured runs of each variant")
 	file := flag.String("f", "examples/stacks/quickstart.hcl", "the stack to bring up")
 	flat := flag.String("flat", "", "optional: the same VMs without depends_on and readiness probes")
@@ -214,11 +216,11 @@ func (ph *phases) recorder(t0 time.Time) func(stack.Event) {
 		ph.mu.Lock()
 		defer ph.mu.Unlock()
 		switch ev.Phase {
-		case supervisor.PhaseVMMStart:
+		case stack.PhaseVMMStart:
 			if ph.first.IsZero() {
 				ph.first = ev.Time
 			}
-		case supervisor.PhaseReady:
+		case stack.PhaseReady:
 			ph.last = ev.Time
 		}
 	}

@@ -166,6 +166,11 @@ func VMState(stateRoot, namespace, vm string) string {
 	return filepath.Join(stateRoot, namespace, VMDir, vm)
 }
 
+// ConsoleLogPath is a VM's console log.
+func ConsoleLogPath(stateRoot, namespace, vm string) string {
+	return filepath.Join(VMState(stateRoot, namespace, vm), ConsoleLog)
+}
+
 // Volume is the image file of a persistent volume.
 func Volume(stateRoot, namespace, volume string) string {
 	return filepath.Join(stateRoot, namespace, VolumeDir, volume+".img")
@@ -175,6 +180,11 @@ func Volume(stateRoot, namespace, volume string) string {
 // is a 12-hex-digit hash so that socket paths stay short.
 func NamespaceRuntime(runtimeRoot, namespace string) string {
 	return filepath.Join(runtimeRoot, shortHash(namespace))
+}
+
+// SupervisorSocketPath is the control socket of a namespace's supervisor.
+func SupervisorSocketPath(runtimeRoot, namespace string) string {
+	return filepath.Join(NamespaceRuntime(runtimeRoot, namespace), SupervisorSocket)
 }
 
 // VMRuntime is the runtime directory of one VM (QMP, console and agent

@@ -17,7 +17,7 @@ import (
 
 	"github.com/stackvm/stack/internal/filenames"
 	"github.com/stackvm/stack/stacktest"
-	"github.com/stackvm/stack/supervisor"
+	"github.com/stackvm/stack/supervisor/client"
 )
 
 // These tests boot real VMs under QEMU through the whole CLI: the command
@@ -221,11 +221,11 @@ func TestQuickstartLifecycle(t *testing.T) {
 	// (a `down` from another state directory did that before it was
 	// refused): the plan keeps it, and the up below must start it again
 	// for the VMs it starts on it.
-	lost, err := supervisor.Dial(context.Background(), filenames.RuntimeRoot(), c.stateDir, c.ns)
+	lost, err := client.Dial(context.Background(), filenames.RuntimeRoot(), c.stateDir, c.ns)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := lost.Call(context.Background(), &supervisor.Request{Op: supervisor.OpRemoveNetwork, Address: "lan"}); err != nil {
+	if err := lost.RemoveNetwork(context.Background(), "lan"); err != nil {
 		t.Fatal(err)
 	}
 	writeFile(t, file, string(src)) // client comes back too
@@ -246,11 +246,11 @@ func TestQuickstartLifecycle(t *testing.T) {
 	// one, which re-adopts both VMMs and brings the switch back on the same
 	// socket, and the client keeps reaching web by name.
 	ps = c.ps()
-	sv, err := supervisor.Dial(context.Background(), filenames.RuntimeRoot(), c.stateDir, c.ns)
+	sv, err := client.Dial(context.Background(), filenames.RuntimeRoot(), c.stateDir, c.ns)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pong, err := sv.Call(context.Background(), &supervisor.Request{Op: supervisor.OpPing})
+	pong, err := sv.Ping(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,14 +1,13 @@
 package app
 
 import (
+	"bufio"
 	"fmt"
-	"os"
-	"strings"
 	"sync"
 
 	"github.com/spf13/cobra"
 
-	"github.com/stackvm/stack/hypervisor/console"
+	"github.com/stackvm/stack"
 )
 
 func newLogsCmd(g *globals, s Streams) *cobra.Command {
@@ -24,49 +23,51 @@ func newLogsCmd(g *globals, s Streams) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			names, err := p.VMNames()
-			if err != nil {
-				return err
-			}
-			if len(args) > 0 {
-				known := map[string]bool{}
-				for _, n := range names {
-					known[n] = true
-				}
-				for _, a := range args {
-					if !known[a] {
-						return fmt.Errorf("no VM named %q in namespace %q (it has: %s)", a, p.Stack.Namespace, strings.Join(names, ", "))
-					}
-				}
-				names = args
-			}
-			width := 0
-			for _, n := range names {
-				width = max(width, len(n))
-			}
-			var mu sync.Mutex
-			printLine := func(name, line string) {
-				mu.Lock()
-				fmt.Fprintf(s.Out, "%-*s | %s\n", width, name, line)
-				mu.Unlock()
-			}
-			var wg sync.WaitGroup
-			for _, n := range names {
-				path := p.ConsoleLog(n)
-				lines, err := console.Tail(path, tailCount(tail))
-				if err != nil && !os.IsNotExist(err) {
+			var vms []*stack.VM
+			if len(args) == 0 {
+				if vms, err = p.VMs(); err != nil {
 					return err
 				}
-				for _, l := range lines {
-					printLine(n, l)
+			}
+			for _, name := range args {
+				vm, err := p.VM(name)
+				if err != nil {
+					return err
 				}
-				if follow {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						console.Follow(cmd.Context(), path, -1, func(l string) bool { printLine(n, l); return true })
-					}()
+				vms = append(vms, vm)
+			}
+			width := 0
+			for _, vm := range vms {
+				width = max(width, len(vm.Name))
+			}
+			var mu sync.Mutex
+			var wg sync.WaitGroup
+			for _, vm := range vms {
+				r, err := vm.ReadLogs(cmd.Context(), stack.LogOptions{Follow: follow, Tail: tail})
+				if err != nil {
+					return err
 				}
+				// Without follow the consoles print one after the other;
+				// with it, lines interleave as they come.
+				print := func() {
+					defer r.Close()
+					sc := bufio.NewScanner(r)
+					sc.Buffer(make([]byte, 64<<10), 1<<20)
+					for sc.Scan() {
+						mu.Lock()
+						fmt.Fprintf(s.Out, "%-*s | %s\n", width, vm.Name, sc.Text())
+						mu.Unlock()
+					}
+				}
+				if !follow {
+					print()
+					continue
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					print()
+				}()
 			}
 			wg.Wait()
 			return nil
@@ -75,11 +76,4 @@ func newLogsCmd(g *globals, s Streams) *cobra.Command {
 	cmd.Flags().BoolVar(&follow, "follow", false, "keep printing new lines until interrupted (-f after `logs`)")
 	cmd.Flags().IntVar(&tail, "tail", -1, "print only the last N lines of each console (default all)")
 	return cmd
-}
-
-func tailCount(n int) int {
-	if n < 0 {
-		return 1 << 30
-	}
-	return n
 }

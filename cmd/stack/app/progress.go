@@ -14,7 +14,6 @@ import (
 	"github.com/muesli/termenv"
 
 	"github.com/stackvm/stack"
-	"github.com/stackvm/stack/engine"
 	"github.com/stackvm/stack/planner"
 )
 
@@ -30,7 +29,7 @@ type progress struct {
 	latest map[string]stack.Event
 	drawn  int
 	start  time.Time
-	style  map[string]lipgloss.Style
+	style  map[stack.Phase]lipgloss.Style
 }
 
 func newProgress(s Streams, mode string) (*progress, error) {
@@ -55,7 +54,7 @@ func newProgress(s Streams, mode string) (*progress, error) {
 		} else {
 			r = lipgloss.NewRenderer(s.Err)
 		}
-		p.style = map[string]lipgloss.Style{
+		p.style = map[stack.Phase]lipgloss.Style{
 			"ready": r.NewStyle().Foreground(lipgloss.Color("2")), "done": r.NewStyle().Foreground(lipgloss.Color("2")),
 			"failed": r.NewStyle().Foreground(lipgloss.Color("1")), "delete": r.NewStyle().Foreground(lipgloss.Color("3")),
 			"": r.NewStyle().Foreground(lipgloss.Color("6")),
@@ -74,7 +73,7 @@ func (p *progress) event(ev stack.Event) {
 		fmt.Fprintf(p.out, "%s %-16s %-10s %s\n", ev.Time.Format("15:04:05.000"), ev.Address, ev.Phase, ev.Message)
 	case "tty":
 		if ev.Address == "" {
-			if ev.Phase == engine.PhaseWarning {
+			if ev.Phase == stack.PhaseWarning {
 				p.warn(ev.Message)
 			}
 			return

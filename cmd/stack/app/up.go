@@ -9,7 +9,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stackvm/stack"
-	"github.com/stackvm/stack/engine"
 )
 
 func newUpCmd(g *globals, s Streams) *cobra.Command {
@@ -72,7 +71,7 @@ func newUpCmd(g *globals, s Streams) *cobra.Command {
 
 // reportApplyError prints each failed VM's reason and console tail.
 func reportApplyError(s Streams, err error) error {
-	var vmErrs []*engine.VMError
+	var vmErrs []*stack.VMError
 	collectVMErrors(err, &vmErrs)
 	for _, ve := range vmErrs {
 		fmt.Fprintf(s.Err, "\n%s failed: %s\n", ve.Address, ve.Reason)
@@ -86,8 +85,8 @@ func reportApplyError(s Streams, err error) error {
 	return err
 }
 
-func collectVMErrors(err error, out *[]*engine.VMError) {
-	var ve *engine.VMError
+func collectVMErrors(err error, out *[]*stack.VMError) {
+	var ve *stack.VMError
 	if errors.As(err, &ve) {
 		if j, ok := err.(interface{ Unwrap() []error }); ok {
 			for _, e := range j.Unwrap() {

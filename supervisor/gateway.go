@@ -1,4 +1,4 @@
-package stack
+package supervisor
 
 import (
 	"context"
@@ -8,13 +8,14 @@ import (
 
 	"github.com/stackvm/stack/netswitch"
 	"github.com/stackvm/stack/netswitch/gateway"
-	"github.com/stackvm/stack/supervisor"
+	"github.com/stackvm/stack/supervisor/api"
 )
 
-// newGateway returns the factory of network gateways (DHCP, DNS, published
-// ports, egress) that the supervisor attaches to every switch.
-func newGateway() supervisor.GatewayFactory {
-	return func(sw *netswitch.Switch, spec supervisor.NetworkSpec, namespace string) (supervisor.Gateway, error) {
+// Gateways is the factory of the real network gateways (package
+// netswitch/gateway: DHCP, DNS, published ports, egress) that a supervisor
+// attaches to every switch.
+func Gateways() GatewayFactory {
+	return func(sw *netswitch.Switch, spec api.NetworkSpec, namespace string) (Gateway, error) {
 		gw, err := gateway.New(gateway.Config{
 			Namespace: namespace, Network: spec.Name, Subnet: spec.Subnet, GatewayIP: spec.Gateway,
 			DHCP: spec.DHCP, DNS: spec.DNS, Egress: spec.Egress,
@@ -26,7 +27,7 @@ func newGateway() supervisor.GatewayFactory {
 			gw.Close()
 			return nil, err
 		}
-		return &gatewayAdapter{gw: gw, hosts: map[string]host{}, publish: map[supervisor.PublishSpec]string{}}, nil
+		return &gatewayAdapter{gw: gw, hosts: map[string]host{}, publish: map[api.Port]netip.Addr{}}, nil
 	}
 }
 
@@ -36,35 +37,31 @@ type gatewayAdapter struct {
 	gw      *gateway.Gateway
 	mu      sync.Mutex
 	hosts   map[string]host
-	publish map[supervisor.PublishSpec]string // → guest IP
+	publish map[api.Port]netip.Addr // → guest IP
 }
 
 type host struct {
 	ip  netip.Addr
-	mac string
+	mac api.MAC
 }
 
 func (a *gatewayAdapter) update() error {
 	u := gateway.Update{Hosts: map[string]netip.Addr{}, Leases: map[string]netip.Addr{}}
 	for name, h := range a.hosts {
 		u.Hosts[name] = h.ip
-		u.Leases[h.mac] = h.ip
+		u.Leases[h.mac.String()] = h.ip
 	}
 	for p, ip := range a.publish {
 		u.Publish = append(u.Publish, gateway.Forward{Protocol: p.Protocol, HostPort: p.HostPort,
-			GuestIP: netip.MustParseAddr(ip), GuestPort: p.GuestPort})
+			GuestIP: ip, GuestPort: p.GuestPort})
 	}
 	return a.gw.Update(u)
 }
 
-func (a *gatewayAdapter) AddHost(name, ip, mac string) error {
-	addr, err := netip.ParseAddr(ip)
-	if err != nil {
-		return err
-	}
+func (a *gatewayAdapter) AddHost(name string, ip netip.Addr, mac api.MAC) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.hosts[name] = host{addr, mac}
+	a.hosts[name] = host{ip, mac}
 	return a.update()
 }
 
@@ -75,7 +72,7 @@ func (a *gatewayAdapter) RemoveHost(name string) {
 	a.update()
 }
 
-func (a *gatewayAdapter) Publish(p supervisor.PublishSpec, guestIP string) error {
+func (a *gatewayAdapter) Publish(p api.Port, guestIP netip.Addr) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.publish[p] = guestIP
@@ -87,7 +84,7 @@ func (a *gatewayAdapter) Publish(p supervisor.PublishSpec, guestIP string) error
 	return nil
 }
 
-func (a *gatewayAdapter) Unpublish(p supervisor.PublishSpec) {
+func (a *gatewayAdapter) Unpublish(p api.Port) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	delete(a.publish, p)

@@ -1,0 +1,251 @@
+package engine
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/stackvm/stack/cloudinit"
+	"github.com/stackvm/stack/disks"
+	"github.com/stackvm/stack/guestproto"
+	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/internal/netaddr"
+	"github.com/stackvm/stack/stackfile"
+	"github.com/stackvm/stack/state"
+	"github.com/stackvm/stack/supervisor/api"
+)
+
+// vmSpec prepares everything a VM needs on disk (scratch disks, overlay,
+// seed) and describes it for the supervisor. hold: the guest init holds
+// the workload until release-vm.
+func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api.VMSpec, error) {
+	dir := a.vmDir(vm.Name)
+	if err := os.MkdirAll(dir, filenames.DirMode); err != nil {
+		return nil, err
+	}
+	nics := a.plan.NICs[vm.Address]
+	spec := &api.VMSpec{
+		Address: vm.Address, Name: vm.Name, StateDir: dir,
+		Machine: api.Machine{
+			CPUs: vm.CPUs, MemoryMB: vm.MemoryMB, Kernel: vm.Kernel, Initramfs: vm.Initramfs,
+			Cmdline: vm.Cmdline, Machine: vm.Machine, Accel: vm.Accel,
+		},
+		Publish: publishSpecs(vm), Restart: api.Restart(vm.Restart),
+	}
+	for _, n := range nics {
+		mac, err := netaddr.ParseMAC(n.MAC)
+		if err != nil {
+			return nil, err
+		}
+		spec.NICs = append(spec.NICs, api.NIC{Network: n.Network, MAC: mac, IP: n.IP})
+	}
+
+	// Disks: volumes by their file, scratch disks in the VM's directory.
+	a.emit(vm.Address, PhaseDisks, "preparing disks")
+	var mounts []guestproto.Mount
+	var ciMounts []cloudinit.Mount
+	for _, d := range vm.Disks {
+		serial := DiskSerial(d.Name)
+		path := filenames.Volume(a.e.opts.StateRoot, a.e.opts.Namespace, d.Volume)
+		format := "ext4"
+		if d.Volume == "" {
+			path = filepath.Join(dir, filenames.ScratchPrefix+d.Name+".img")
+			if _, err := disks.EnsureVolume(ctx, path, d.SizeBytes, "ext4"); err != nil {
+				return nil, err
+			}
+		} else if v := a.vols[d.Volume]; v != nil {
+			format = v.Format
+		}
+		spec.Disks = append(spec.Disks, api.Disk{Path: path, Format: "raw", Serial: serial})
+		if d.GuestPath != "" && format == "ext4" {
+			mounts = append(mounts, guestproto.Mount{Source: "disk:" + serial, Target: d.GuestPath, FSType: "ext4"})
+			ciMounts = append(ciMounts, cloudinit.Mount{Serial: serial, GuestPath: d.GuestPath, FSType: "ext4"})
+		}
+	}
+	var ciShares []cloudinit.Share
+	for _, sd := range vm.SharedDirs {
+		spec.Shares = append(spec.Shares, api.Share{Tag: sd.Name, HostPath: sd.HostPath, ReadOnly: sd.ReadOnly})
+		mounts = append(mounts, guestproto.Mount{Source: "share:" + sd.Name, Target: sd.GuestPath, ReadOnly: sd.ReadOnly})
+		ciShares = append(ciShares, cloudinit.Share{Tag: sd.Name, GuestPath: sd.GuestPath, ReadOnly: sd.ReadOnly})
+	}
+
+	if vm.Mode() == stackfile.ModeCloudInit {
+		overlay := filepath.Join(dir, filenames.OverlayDisk)
+		if err := disks.CreateOverlay(ctx, vm.RootDisk, overlay); err != nil {
+			return nil, err
+		}
+		a.emit(vm.Address, PhaseSeed, "writing the cloud-init seed")
+		in := cloudinit.Input{VMName: vm.Name, Namespace: a.e.opts.Namespace, Hosts: a.peers(vm)}
+		for i, n := range nics {
+			net := a.nets[n.Network]
+			nic := cloudinit.NIC{MAC: n.MAC, Address: netip.PrefixFrom(n.IP, net.Subnet.Bits())}
+			if i == 0 {
+				nic.Gateway = net.Gateway
+			}
+			if net.DNS {
+				nic.DNS = []netip.Addr{net.Gateway}
+			}
+			in.NICs = append(in.NICs, nic)
+		}
+		in.Mounts, in.Shares = ciMounts, ciShares
+		if vm.CloudInit != nil {
+			in.UserData, in.SSHAuthorizedKeys = vm.CloudInit.UserData, vm.CloudInit.SSHAuthorizedKeys
+			in.UserDataFile = vm.CloudInit.UserDataRange.Filename
+		}
+		if err := a.e.execKeys(&in, dir); err != nil {
+			return nil, err
+		}
+		seedPath := filepath.Join(dir, filenames.SeedISO)
+		seed, _, err := cloudinit.EnsureISO(in, seedPath)
+		if err != nil {
+			return nil, err
+		}
+		spec.Root = &api.Disk{Path: overlay, Format: "qcow2", Serial: "root"}
+		seedDisk := api.Disk{Path: seedPath, Format: "raw", ReadOnly: true, Serial: cloudinit.VolumeID}
+		spec.Disks = append([]api.Disk{seedDisk}, spec.Disks...)
+		spec.Ready = readySpec(vm, seed.InstanceID)
+		return spec, nil
+	}
+
+	// Initramfs mode: the guest init configures the VM from its config.
+	if vm.Kernel == "" || vm.Initramfs == "" {
+		k, i, err := a.image(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if spec.Machine.Kernel == "" {
+			spec.Machine.Kernel = k
+		}
+		if spec.Machine.Initramfs == "" {
+			spec.Machine.Initramfs = i
+		}
+	}
+	ns := a.e.opts.Namespace
+	gc := guestproto.Config{
+		Version: guestproto.Version, Hostname: vm.Name, Hosts: a.guestHosts(vm),
+		Mounts: mounts, Command: vm.Command, Env: vm.Env, OneShot: len(vm.Command) > 0, HoldWorkload: hold,
+		Search: []string{cloudinit.HostsDomain(ns)}, WatchPorts: probePorts(vm, nics),
+	}
+	for i, n := range nics {
+		net := a.nets[n.Network]
+		g := guestproto.NIC{MAC: n.MAC, Address: netip.PrefixFrom(n.IP, net.Subnet.Bits()).String()}
+		if i == 0 {
+			g.Gateway = net.Gateway.String()
+			if net.DNS {
+				gc.DNS = []string{net.Gateway.String()}
+			}
+		}
+		gc.NICs = append(gc.NICs, g)
+	}
+	raw, err := json.Marshal(gc)
+	if err != nil {
+		return nil, err
+	}
+	spec.GuestConfig, spec.Hold = raw, hold
+	spec.Ready = readySpec(vm, "")
+	return spec, nil
+}
+
+func publishSpecs(vm *stackfile.VM) []api.Port {
+	var out []api.Port
+	for _, p := range vm.Publish {
+		out = append(out, api.Port{HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: p.Protocol})
+	}
+	return out
+}
+
+// probePorts are the guest ports the VM's tcp or http readiness probe
+// connects to; the guest init reports when they listen, so that the probe
+// runs at once instead of at its next tick. An http probe counts only when
+// its URL names the VM itself.
+func probePorts(vm *stackfile.VM, nics []state.NIC) []int {
+	if vm.Ready.TCP != 0 {
+		return []int{vm.Ready.TCP}
+	}
+	u, err := url.Parse(vm.Ready.HTTP)
+	if vm.Ready.HTTP == "" || err != nil {
+		return nil
+	}
+	self := u.Hostname() == "localhost" || u.Hostname() == "127.0.0.1" || u.Hostname() == vm.Name
+	for _, n := range nics {
+		self = self || u.Hostname() == n.IP.String()
+	}
+	if !self {
+		return nil
+	}
+	port, err := strconv.Atoi(u.Port())
+	switch {
+	case u.Port() == "" && u.Scheme == "https":
+		port = 443
+	case u.Port() == "":
+		port = 80
+	case err != nil:
+		return nil
+	}
+	return []int{port}
+}
+
+// readySpec says how the supervisor decides that vm is ready. instanceID
+// is the cloud-init instance (cloud-init mode only).
+func readySpec(vm *stackfile.VM, instanceID string) api.Ready {
+	r := api.Ready{TCP: vm.Ready.TCP, HTTP: vm.Ready.HTTP, Timeout: api.Duration(vm.Ready.Timeout)}
+	if r.TCP != 0 || r.HTTP != "" {
+		return r
+	}
+	if vm.Mode() == stackfile.ModeCloudInit {
+		r.ConsoleLine, r.ConsoleFailLine = cloudinit.ReadyLine(instanceID), cloudinit.FailedLine(instanceID)
+	} else {
+		r.Guest = true
+	}
+	return r
+}
+
+// peers lists the other VMs of the stack with the address by which vm
+// reaches each: their address on the first network they share with vm.
+func (a *applier) peers(vm *stackfile.VM) []cloudinit.Host {
+	mine := map[string]bool{}
+	for _, n := range vm.NICs {
+		mine[n.Network] = true
+	}
+	var out []cloudinit.Host
+	for _, other := range a.desired.VMs {
+		if other.Address == vm.Address {
+			continue
+		}
+		for _, n := range a.plan.NICs[other.Address] {
+			if mine[n.Network] {
+				out = append(out, cloudinit.Host{Name: other.Name, IP: n.IP})
+				break
+			}
+		}
+	}
+	return out
+}
+
+func (a *applier) guestHosts(vm *stackfile.VM) []guestproto.Host {
+	domain := cloudinit.HostsDomain(a.e.opts.Namespace)
+	var out []guestproto.Host
+	if nics := a.plan.NICs[vm.Address]; len(nics) > 0 {
+		out = append(out, guestproto.Host{IP: nics[0].IP.String(), Names: []string{vm.Name, vm.Name + "." + domain}})
+	}
+	for _, h := range a.peers(vm) {
+		out = append(out, guestproto.Host{IP: h.IP.String(), Names: []string{h.Name, h.Name + "." + domain}})
+	}
+	return out
+}
+
+// DiskSerial is the virtio-blk serial of a VM's disk (at most 20 bytes):
+// the disk's name when it fits, else a prefix and a hash.
+func DiskSerial(name string) string {
+	if len(name) <= 20 {
+		return name
+	}
+	h := sha256.Sum256([]byte(name))
+	return name[:11] + "-" + hex.EncodeToString(h[:4])
+}

@@ -1,0 +1,164 @@
+package engine
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/planner"
+	"github.com/stackvm/stack/stackfile"
+	"github.com/stackvm/stack/state"
+)
+
+// PlanOptions tune Plan.
+type PlanOptions struct {
+	DeleteVolumes bool // plan orphaned volumes for deletion
+	Destroy       bool // plan everything for deletion (down)
+}
+
+// Plan reads the recorded state, observes which VMs still run, and plans
+// desired against them. It changes nothing and takes no lock.
+func (e *Engine) Plan(desired *stackfile.Stack, opts PlanOptions) (*planner.Plan, *state.State, error) {
+	st, err := e.store.Read()
+	if err != nil {
+		return nil, nil, err
+	}
+	plan, err := planner.Make(planner.Input{
+		Desired: desired, State: st, Observed: e.Observe(st),
+		DeleteVolumes: opts.DeleteVolumes, Destroy: opts.Destroy,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return plan, st, nil
+}
+
+// UpOptions tune Up.
+type UpOptions struct {
+	// SavedPlan is a plan written by `plan --out`; it is applied exactly,
+	// or refused when the state moved since it was made.
+	SavedPlan []byte
+	// NoWait returns once every VMM runs, without waiting for readiness.
+	NoWait bool
+	// Timeout bounds the whole command (0: none beyond the VMs' own
+	// ready timeouts).
+	Timeout time.Duration
+	// LockTimeout bounds the wait for another command on the namespace.
+	LockTimeout time.Duration
+	// OnLockWait is called once when the lock is busy (to tell the user).
+	OnLockWait func()
+	// Progress receives every event.
+	Progress func(Event)
+	// OwnerPID, when set, makes the namespace's supervisor bring everything
+	// down when that process dies (stacktest passes the test binary's pid).
+	OwnerPID int
+}
+
+// Up applies desired: it plans against the recorded state and the running
+// VMs (or takes the saved plan), and carries out the plan. It returns the
+// plan it applied; a plan without changes touches nothing.
+func (e *Engine) Up(ctx context.Context, desired *stackfile.Stack, opts UpOptions) (*planner.Plan, error) {
+	if opts.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, opts.Timeout)
+		defer cancel()
+	}
+	lock, err := e.lock(ctx, opts.LockTimeout, opts.OnLockWait)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Unlock()
+	st, err := e.store.Read()
+	if err != nil {
+		return nil, err
+	}
+	var plan *planner.Plan
+	if opts.SavedPlan != nil {
+		plan, desired, err = planner.LoadSaved(opts.SavedPlan, st)
+	} else {
+		plan, err = planner.Make(planner.Input{Desired: desired, State: st, Observed: e.Observe(st)})
+	}
+	if err != nil {
+		return nil, err
+	}
+	// The supervisor is started even for an empty plan: when it was
+	// killed, this is what re-adopts the running VMs.
+	if !plan.HasChanges() && len(st.VMs) == 0 {
+		return plan, nil
+	}
+	a := e.newApplier(st, desired, opts.Progress)
+	a.noWait = opts.NoWait
+	a.prefetch(ctx, plan)
+	sup, err := e.connect(ctx, opts.OwnerPID)
+	if err != nil {
+		return nil, err
+	}
+	if !plan.HasChanges() {
+		return plan, nil
+	}
+	if err := a.begin(ctx, sup); err != nil {
+		return nil, err
+	}
+	return plan, a.apply(ctx, plan)
+}
+
+// DownOptions tune Down.
+type DownOptions struct {
+	Volumes     bool // delete volumes too
+	StopTimeout time.Duration
+	LockTimeout time.Duration
+	OnLockWait  func()
+	Progress    func(Event)
+}
+
+// Down stops and removes everything Up created in the namespace but its
+// volumes (and those too with Volumes). It works from the recorded state:
+// it needs no stack files.
+func (e *Engine) Down(ctx context.Context, opts DownOptions) error {
+	lock, err := e.lock(ctx, opts.LockTimeout, opts.OnLockWait)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	st, err := e.store.Read()
+	if err != nil {
+		return err
+	}
+	plan, err := planner.Make(planner.Input{State: st, Destroy: true, DeleteVolumes: opts.Volumes})
+	if err != nil {
+		return err
+	}
+	sup, err := e.connect(ctx, 0)
+	if err != nil {
+		return err
+	}
+	a := e.newApplier(st, &stackfile.Stack{Namespace: e.opts.Namespace}, opts.Progress)
+	if opts.StopTimeout > 0 {
+		a.stopTimeout = opts.StopTimeout
+	}
+	if err := a.begin(ctx, sup); err != nil {
+		return err
+	}
+	if err := a.apply(ctx, plan); err != nil {
+		return err
+	}
+	if err := sup.Shutdown(ctx); err != nil && !IsNoSupervisor(err) {
+		return err
+	}
+	if st.Empty() {
+		if err := e.store.Remove(); err != nil {
+			return err
+		}
+		// Leave nothing behind but the lock file, which another command may
+		// be waiting on (removing it would let two commands lock two files).
+		nsDir := filenames.NamespaceState(e.opts.StateRoot, e.opts.Namespace)
+		for _, name := range []string{filenames.NetworkDir, filenames.VMDir, filenames.VolumeDir, filenames.SupervisorLog, filenames.SSHClientKey} {
+			os.RemoveAll(filepath.Join(nsDir, name))
+		}
+	}
+	// The supervisor removed its sockets; the directory goes too.
+	os.Remove(filenames.NamespaceRuntime(e.opts.RuntimeRoot, e.opts.Namespace))
+	return nil
+}

@@ -1,0 +1,248 @@
+// Package api is the wire protocol of a namespace's supervisor: the types
+// that cross its control socket, and nothing of the packages on either side
+// (the engine's state file, the hypervisor driver's config). The supervisor
+// (package supervisor) serves it; package supervisor/client calls it.
+//
+// One connection carries one request and one response, except for watch (a
+// stream of Events until the connection closes) and exec (a stream of
+// ExecEvents, with ExecInputs from the client on the same connection). Every
+// message is one JSON value. Version says which protocol a supervisor
+// speaks: a client refuses a supervisor of another version rather than
+// guess at its messages.
+package api
+
+import (
+	"encoding/json"
+	"net/netip"
+	"time"
+
+	"github.com/stackvm/stack/internal/netaddr"
+)
+
+// MAC is a NIC's Ethernet address.
+type MAC = netaddr.MAC
+
+// Version is the protocol version; it changes with any incompatible change
+// of the messages below or of the supervisor's on-disk records.
+const Version = 2
+
+// VMState is a VM's state as `ps` shows it.
+type VMState string
+
+const (
+	StateCreating VMState = "creating"
+	StateBooting  VMState = "booting"
+	StateReady    VMState = "ready"
+	StateStopped  VMState = "stopped"
+	StateFailed   VMState = "failed"
+)
+
+func (s VMState) String() string { return string(s) }
+
+// Ended reports whether a VM in state s is not running: it stopped or
+// failed.
+func (s VMState) Ended() bool { return s == StateStopped || s == StateFailed }
+
+// Restart is a VM's restart policy.
+type Restart string
+
+const (
+	RestartNo        Restart = "no"
+	RestartOnFailure Restart = "on-failure"
+	RestartAlways    Restart = "always"
+)
+
+// Applies reports whether a VM that exited with code is restarted.
+func (r Restart) Applies(code int) bool {
+	return r == RestartAlways || (r == RestartOnFailure && code != 0)
+}
+
+// Phase names a step in an Event.
+type Phase string
+
+// Phases the supervisor reports (the engine adds its own for disks and
+// seeds).
+const (
+	PhaseNetwork  Phase = "network"
+	PhaseVMMStart Phase = "vmm-start"
+	PhaseBooting  Phase = "booting"
+	PhaseReady    Phase = "ready"
+	PhaseFailed   Phase = "failed"
+	PhaseExited   Phase = "exited"
+	PhaseRestart  Phase = "restart"
+	PhaseStopped  Phase = "stopped"
+)
+
+func (p Phase) String() string { return string(p) }
+
+// Event is one step of a VM's or network's life, streamed by watch.
+type Event struct {
+	Time    time.Time `json:"time"`
+	Address string    `json:"address"`
+	// Instance is the VMSpec.Instance of the VM incarnation the event is
+	// about ("" for networks).
+	Instance string `json:"instance,omitempty"`
+	Phase    Phase  `json:"phase"`
+	Message  string `json:"message,omitempty"`
+}
+
+// NetworkSpec is a network as the supervisor runs it: a switch, and a
+// gateway with the services asked for.
+type NetworkSpec struct {
+	Name    string       `json:"name"`
+	Subnet  netip.Prefix `json:"subnet"`
+	Gateway netip.Addr   `json:"gateway"`
+	DHCP    bool         `json:"dhcp"`
+	DNS     bool         `json:"dns"`
+	Egress  bool         `json:"egress"`
+}
+
+// NIC attaches a VM to a network with its address.
+type NIC struct {
+	Network string     `json:"network"`
+	MAC     MAC        `json:"mac"`
+	IP      netip.Addr `json:"ip"`
+}
+
+// Port forwards a host port to a guest port.
+type Port struct {
+	HostPort  int    `json:"host_port"`
+	GuestPort int    `json:"guest_port"`
+	Protocol  string `json:"protocol"` // tcp | udp
+}
+
+// Ready is how the supervisor decides a VM is ready.
+type Ready struct {
+	// Guest waits for the guest init's ready report (initramfs mode).
+	Guest bool `json:"guest,omitempty"`
+	// ConsoleLine waits for this text on the serial console (cloud-init);
+	// ConsoleFailLine, seen first, fails the VM at once.
+	ConsoleLine     string `json:"console_line,omitempty"`
+	ConsoleFailLine string `json:"console_fail_line,omitempty"`
+	// Probes, run through the network's gateway.
+	TCP  int    `json:"tcp,omitempty"`
+	HTTP string `json:"http,omitempty"`
+	// Timeout bounds the whole wait.
+	Timeout Duration `json:"timeout"`
+}
+
+// Machine is what the VMM emulates and boots. Machine and Accel are
+// requests ("auto" included); the supervisor's driver resolves them.
+type Machine struct {
+	CPUs      int    `json:"cpus"`
+	MemoryMB  int    `json:"memory_mb"`
+	Kernel    string `json:"kernel"`
+	Initramfs string `json:"initramfs,omitempty"`
+	// Cmdline is the VM's own part of the kernel command line; the driver
+	// adds what the VMM and the root disk need.
+	Cmdline string `json:"cmdline,omitempty"`
+	Machine string `json:"machine"` // auto | microvm | q35
+	Accel   string `json:"accel"`   // auto | kvm | tcg
+}
+
+// Disk is a block device. Serial names it in the guest.
+type Disk struct {
+	Path     string `json:"path"`
+	Format   string `json:"format"` // raw | qcow2
+	ReadOnly bool   `json:"read_only,omitempty"`
+	Serial   string `json:"serial,omitempty"`
+}
+
+// Share is a host directory exported to the guest under Tag.
+type Share struct {
+	Tag      string `json:"tag"`
+	HostPath string `json:"host_path"`
+	ReadOnly bool   `json:"read_only,omitempty"`
+}
+
+// VMSpec is a VM to start. Paths are absolute.
+type VMSpec struct {
+	Address string `json:"address"`
+	Name    string `json:"name"`
+	// Instance is a token the caller picks for this incarnation of the VM;
+	// the supervisor tags the VM's events with it.
+	Instance string `json:"instance,omitempty"`
+	// StateDir is the VM's state directory: console log, record, keys.
+	StateDir string  `json:"state_dir"`
+	Machine  Machine `json:"machine"`
+	// Root is the root disk (cloud-init mode): the first disk, which the
+	// kernel mounts as its root file system.
+	Root   *Disk   `json:"root,omitempty"`
+	Disks  []Disk  `json:"disks,omitempty"`
+	Shares []Share `json:"shares,omitempty"`
+	// GuestConfig is the guest init's configuration (initramfs mode; see
+	// package guestproto). A VM with one gets the agent channel.
+	GuestConfig json.RawMessage `json:"guest_config,omitempty"`
+	NICs        []NIC           `json:"nics"`
+	Publish     []Port          `json:"publish,omitempty"`
+	Ready       Ready           `json:"ready"`
+	Restart     Restart         `json:"restart"`
+	// Hold: the guest config holds the workload until release-vm (the
+	// engine releases it once the VM's dependencies are ready). A released
+	// VM that restarts is released again at once.
+	Hold bool `json:"hold,omitempty"`
+}
+
+// Update is what update-vm changes in place: the attributes that the host
+// side owns.
+type Update struct {
+	Address string  `json:"address"`
+	Publish []Port  `json:"publish,omitempty"`
+	Restart Restart `json:"restart"`
+	Ready   Ready   `json:"ready"`
+}
+
+// Process identifies a VMM process: a pid alone can be reused, so the
+// process start time (clock ticks since boot) is given beside it.
+type Process struct {
+	Driver    string `json:"driver"`
+	PID       int    `json:"pid"`
+	StartTime uint64 `json:"start_time"`
+	RunDir    string `json:"run_dir"`
+}
+
+// Started is the answer to start-vm and boot-vm.
+type Started struct {
+	Process Process `json:"process"`
+	// Accel is the accelerator the VMM runs under (kvm or tcg); Fallback,
+	// when set, says why "auto" did not use the host's KVM device.
+	Accel         string `json:"accel"`
+	AccelFallback string `json:"accel_fallback,omitempty"`
+}
+
+// VMStatus is one VM as the supervisor knows it.
+type VMStatus struct {
+	Address   string            `json:"address"`
+	Name      string            `json:"name"`
+	State     VMState           `json:"state"`
+	ExitCode  *int              `json:"exit_code"`
+	Reason    string            `json:"reason,omitempty"`
+	Addresses map[string]string `json:"addresses"`
+	Ports     []Port            `json:"ports"`
+	StartedAt time.Time         `json:"started_at,omitzero"`
+	Restarts  int               `json:"restarts,omitempty"`
+	// Held: booted, its workload waiting for release-vm.
+	Held bool `json:"held,omitempty"`
+	PID  int  `json:"pid,omitempty"`
+	// Halted: stopped on request by halt-vm (`stack stop`). The VM is kept,
+	// spec and disks, and its restart policy does not apply; boot-vm (or the
+	// next `up`) starts it again.
+	Halted bool `json:"halted,omitempty"`
+	// Accel is the accelerator of its VMM: kvm or tcg.
+	Accel string `json:"accel,omitempty"`
+}
+
+// Duration is a time.Duration that reads and writes as "1m30s" in JSON.
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	*d = Duration(v)
+	return err
+}

@@ -1,0 +1,283 @@
+// Package client calls a namespace's supervisor over its control socket,
+// with one typed method per operation of package supervisor/api, and starts
+// the supervisor process when none answers (Ensure).
+package client
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/supervisor/api"
+)
+
+// Client calls one namespace's supervisor. It holds no connection: every
+// call dials the socket, so a Client outlives supervisor restarts.
+type Client struct {
+	path string
+	pid  int // the supervisor's, from the ping that made this client
+}
+
+// ErrNotRunning is returned when no supervisor answers on the socket.
+var ErrNotRunning = errors.New("no supervisor is running for this namespace")
+
+// Default deadlines of calls whose context has none: a supervisor that is
+// alive but does not answer (stopped, wedged) must not hang a command
+// forever. Starting and stopping VMs wait for QEMU and so get longer.
+const (
+	quickCall  = 30 * time.Second
+	vmCall     = 3 * time.Minute
+	stopMargin = time.Minute // beyond a stop's own graceful timeout
+)
+
+// Dial returns a client for the namespace's supervisor if one answers,
+// speaks this protocol version and runs the namespace of stateRoot. A
+// supervisor is found by namespace alone (its socket is in the user's
+// runtime directory), so a command for another state directory with the
+// same namespace reaches it too: Dial refuses that with a *StateRootError
+// instead of letting the command stop or replace VMs it has no state for.
+func Dial(ctx context.Context, runtimeRoot, stateRoot, namespace string) (*Client, error) {
+	c := &Client{path: filenames.SupervisorSocketPath(runtimeRoot, namespace)}
+	pong, err := c.Ping(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if pong.Version != api.Version {
+		return nil, fmt.Errorf("the supervisor of namespace %q (pid %d) speaks protocol version %d, this stack speaks %d: it was started by another version of stack; stop it with that version's `stack down`, or end it (kill %d: its VMs keep running)",
+			namespace, pong.PID, pong.Version, api.Version, pong.PID)
+	}
+	if !sameDir(pong.StateRoot, stateRoot) {
+		return nil, &StateRootError{Namespace: namespace, Running: pong.StateRoot, Wanted: stateRoot}
+	}
+	c.pid = pong.PID
+	return c, nil
+}
+
+// PID is the supervisor's process id.
+func (c *Client) PID() int { return c.pid }
+
+// StateRootError says that a namespace's supervisor runs it for another
+// state directory.
+type StateRootError struct {
+	Namespace string
+	Running   string // the supervisor's state directory
+	Wanted    string // the command's
+}
+
+func (e *StateRootError) Error() string {
+	return fmt.Sprintf("namespace %q is running with the state directory %s, not %s: use that state directory (--state-dir or STACK_STATE_DIR), or another namespace (-p)",
+		e.Namespace, e.Running, e.Wanted)
+}
+
+// sameDir reports whether a and b name one directory: the same clean path,
+// or one that exists under both names (a symlink).
+func sameDir(a, b string) bool {
+	if filepath.Clean(a) == filepath.Clean(b) {
+		return true
+	}
+	sa, errA := os.Stat(a)
+	sb, errB := os.Stat(b)
+	return errA == nil && errB == nil && os.SameFile(sa, sb)
+}
+
+// Ping asks who answers.
+func (c *Client) Ping(ctx context.Context) (api.Pong, error) {
+	resp, err := c.call(ctx, quickCall, &api.Request{Op: api.OpPing})
+	if err != nil {
+		return api.Pong{}, err
+	}
+	if resp.Pong == nil {
+		// A supervisor of protocol version 1 answered with bare fields.
+		return api.Pong{Version: 1}, nil
+	}
+	return *resp.Pong, nil
+}
+
+// EnsureNetwork starts the network's switch and gateway, or reconfigures
+// the gateway of a running one; it does nothing when it runs as asked.
+func (c *Client) EnsureNetwork(ctx context.Context, n api.NetworkSpec) error {
+	_, err := c.call(ctx, quickCall, &api.Request{Op: api.OpEnsureNetwork, Network: &n})
+	return err
+}
+
+// RemoveNetwork stops a network's switch and gateway.
+func (c *Client) RemoveNetwork(ctx context.Context, name string) error {
+	_, err := c.call(ctx, quickCall, &api.Request{Op: api.OpRemoveNetwork, Address: name})
+	return err
+}
+
+// StartVM starts (or starts anew) a VM. Readiness comes later, as events.
+func (c *Client) StartVM(ctx context.Context, spec api.VMSpec) (api.Started, error) {
+	return c.started(c.call(ctx, vmCall, &api.Request{Op: api.OpStartVM, VM: &spec}))
+}
+
+// BootVM boots a VM that does not run again, from its recorded spec and
+// disks, as the incarnation instance.
+func (c *Client) BootVM(ctx context.Context, address, instance string) (api.Started, error) {
+	return c.started(c.call(ctx, vmCall, &api.Request{Op: api.OpBootVM, Address: address, Instance: instance}))
+}
+
+func (c *Client) started(resp *api.Response, err error) (api.Started, error) {
+	if err != nil {
+		return api.Started{}, err
+	}
+	if resp.Started == nil {
+		return api.Started{}, errors.New("the supervisor did not say which VMM it started")
+	}
+	return *resp.Started, nil
+}
+
+// StopVM stops a VM (gracefully, then forcibly after timeout; 0 is the
+// supervisor's default) and forgets it.
+func (c *Client) StopVM(ctx context.Context, address string, timeout time.Duration) error {
+	_, err := c.call(ctx, stopDeadline(timeout), &api.Request{Op: api.OpStopVM, Address: address, Timeout: api.Duration(timeout)})
+	return err
+}
+
+// HaltVM stops a VM and keeps it, to be booted again (`stack stop`).
+func (c *Client) HaltVM(ctx context.Context, address string, timeout time.Duration) error {
+	_, err := c.call(ctx, stopDeadline(timeout), &api.Request{Op: api.OpHaltVM, Address: address, Timeout: api.Duration(timeout)})
+	return err
+}
+
+func stopDeadline(timeout time.Duration) time.Duration {
+	if timeout <= 0 {
+		timeout = 30 * time.Second // the supervisor's default
+	}
+	return timeout + stopMargin
+}
+
+// UpdateVM changes a running VM's host-side attributes in place.
+func (c *Client) UpdateVM(ctx context.Context, u api.Update) error {
+	_, err := c.call(ctx, quickCall, &api.Request{Op: api.OpUpdateVM, Update: &u})
+	return err
+}
+
+// ReleaseVM starts a held VM's workload (VMSpec.Hold).
+func (c *Client) ReleaseVM(ctx context.Context, address string) error {
+	_, err := c.call(ctx, quickCall, &api.Request{Op: api.OpReleaseVM, Address: address})
+	return err
+}
+
+// Status lists the supervisor's VMs, sorted by address.
+func (c *Client) Status(ctx context.Context) ([]api.VMStatus, error) {
+	resp, err := c.call(ctx, quickCall, &api.Request{Op: api.OpStatus})
+	if err != nil {
+		return nil, err
+	}
+	return resp.VMs, nil
+}
+
+// Shutdown asks the supervisor to stop every VM and network and exit.
+func (c *Client) Shutdown(ctx context.Context) error {
+	_, err := c.call(ctx, quickCall, &api.Request{Op: api.OpShutdown})
+	return err
+}
+
+// call sends one request and returns its response, within the default
+// deadline d unless ctx has its own; a response carrying an error is
+// returned as a Go error.
+func (c *Client) call(ctx context.Context, d time.Duration, req *api.Request) (*api.Response, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	conn, err := c.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	defer stop()
+	if err := json.NewEncoder(conn).Encode(req); err != nil {
+		return nil, fmt.Errorf("send %s to supervisor: %w", req.Op, err)
+	}
+	var resp api.Response
+	if err := json.NewDecoder(bufio.NewReader(conn)).Decode(&resp); err != nil {
+		if ctx.Err() != nil {
+			return nil, c.noAnswer(req.Op, ctx.Err())
+		}
+		return nil, fmt.Errorf("read %s reply from supervisor: %w", req.Op, err)
+	}
+	if resp.Error != "" {
+		return &resp, errors.New(resp.Error)
+	}
+	return &resp, nil
+}
+
+// noAnswer explains a call that ran out of time.
+func (c *Client) noAnswer(op api.Op, err error) error {
+	if !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	who := "the supervisor"
+	if c.pid != 0 {
+		who = fmt.Sprintf("the supervisor (pid %d)", c.pid)
+	}
+	return fmt.Errorf("%s did not answer %s in time: %w", who, op, err)
+}
+
+func (c *Client) dial(ctx context.Context) (net.Conn, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.path)
+	if err != nil {
+		return nil, fmt.Errorf("%w (%v)", ErrNotRunning, err)
+	}
+	return conn, nil
+}
+
+// Watch subscribes to the supervisor's events. It returns once the
+// subscription is in place, so no event after the call returns is missed.
+// The channel closes when ctx ends or the supervisor goes away.
+func (c *Client) Watch(ctx context.Context) (<-chan api.Event, error) {
+	conn, err := c.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ack := make(chan error, 1)
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	dec := json.NewDecoder(bufio.NewReader(conn))
+	go func() {
+		if err := json.NewEncoder(conn).Encode(&api.Request{Op: api.OpWatch}); err != nil {
+			ack <- err
+			return
+		}
+		var first api.Event
+		ack <- dec.Decode(&first)
+	}()
+	select {
+	case err = <-ack:
+	case <-time.After(quickCall):
+		err = c.noAnswer(api.OpWatch, context.DeadlineExceeded)
+	}
+	if err != nil {
+		stop()
+		conn.Close()
+		return nil, fmt.Errorf("watch supervisor: %w", err)
+	}
+	ch := make(chan api.Event, 256)
+	go func() {
+		defer close(ch)
+		defer conn.Close()
+		for {
+			var ev api.Event
+			if err := dec.Decode(&ev); err != nil {
+				return
+			}
+			select {
+			case ch <- ev:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return ch, nil
+}

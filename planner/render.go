@@ -179,8 +179,39 @@ func compact(raw json.RawMessage) string {
 	if err := json.Compact(&buf, raw); err != nil {
 		return string(raw)
 	}
-	return buf.String()
+	return string(unescapeHTML(buf.Bytes()))
 }
+
+// unescapeHTML undoes the escaping of <, > and & that encoding/json does by
+// default: attribute values are recorded with json.Marshal, which writes
+// them as \u003c, \u003e and \u0026, and a plan should show a command such
+// as `echo a >> /f && cat < /f` as it was written. The result is the same
+// JSON value, as an encoder with SetEscapeHTML(false) writes it. data must
+// be valid JSON, where a backslash only occurs inside strings.
+func unescapeHTML(data []byte) []byte {
+	if !bytes.Contains(data, []byte(`\u00`)) {
+		return data
+	}
+	out := make([]byte, 0, len(data))
+	for i := 0; i < len(data); i++ {
+		if data[i] != '\\' || i+1 == len(data) {
+			out = append(out, data[i])
+			continue
+		}
+		if data[i+1] == 'u' && i+6 <= len(data) {
+			if c, ok := htmlEscapes[strings.ToLower(string(data[i+2:i+6]))]; ok {
+				out = append(out, c)
+				i += 5
+				continue
+			}
+		}
+		out = append(out, data[i], data[i+1]) // any other escape, \\ included
+		i++
+	}
+	return out
+}
+
+var htmlEscapes = map[string]byte{"003c": '<', "003e": '>', "0026": '&'}
 
 // JSONFormatVersion is the format_version of `plan --json` and saved plans.
 const JSONFormatVersion = "1"
@@ -215,9 +246,12 @@ func (p *Plan) jsonActions() []jsonAction {
 }
 
 // MarshalJSON gives the `plan --json` document: {"format_version": "1",
-// "actions": [...]} with every action, no-ops included.
+// "actions": [...]} with every action, no-ops included. <, > and & are not
+// escaped, in attribute values either; encode it with SetEscapeHTML(false)
+// to keep them so.
 func (p *Plan) MarshalJSON() ([]byte, error) {
-	return json.Marshal(jsonPlan{JSONFormatVersion, p.Namespace, p.jsonActions(), p.Barriers, p.Counts()})
+	data, err := json.Marshal(jsonPlan{JSONFormatVersion, p.Namespace, p.jsonActions(), p.Barriers, p.Counts()})
+	return unescapeHTML(data), err
 }
 
 // Counts is also part of the JSON output.

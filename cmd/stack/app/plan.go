@@ -46,6 +46,7 @@ func newPlanCmd(g *globals, s Streams) *cobra.Command {
 			if asJSON {
 				enc := json.NewEncoder(s.Out)
 				enc.SetIndent("", "  ")
+				enc.SetEscapeHTML(false) // show `a >> f && b` as written
 				if err := enc.Encode(plan); err != nil {
 					return err
 				}

@@ -44,3 +44,28 @@ func TestStyledPlanIsThePlainPlanColoured(t *testing.T) {
 		}
 	}
 }
+
+// A command with <, > and & is shown as written in the text plan and in
+// `plan --json`, not as \u003c, \u003e and \u0026.
+func TestPlanDoesNotEscapeHTML(t *testing.T) {
+	dir := writeStack(t, strings.Replace(stackHCL, `["httpd", "-f", "-p", "80"]`, `["sh", "-c", "echo a >> /f && cat < /f"]`, 1))
+	sd := "--state-dir=" + t.TempDir()
+	for _, args := range [][]string{{"plan", sd}, {"plan", "--json", sd}} {
+		r := run(t, dir, args...)
+		if r.code != 0 || !strings.Contains(r.stdout, `"echo a >> /f && cat < /f"`) || strings.Contains(r.stdout, `\u00`) {
+			t.Fatalf("%v: %+v", args, r)
+		}
+	}
+	var p struct {
+		Actions []struct {
+			After struct{ Command []string } `json:"after"`
+		} `json:"actions"`
+	}
+	r := run(t, dir, "plan", "--json", sd)
+	if err := json.Unmarshal([]byte(r.stdout), &p); err != nil {
+		t.Fatalf("plan --json output: %v", err)
+	}
+	if got := p.Actions[1].After.Command; len(got) != 3 || got[2] != "echo a >> /f && cat < /f" {
+		t.Fatalf("plan --json: vm.web[0] command %q", got)
+	}
+}

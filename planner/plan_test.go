@@ -102,11 +102,15 @@ func mustPlan(t *testing.T, in Input) *Plan {
 
 func golden(t *testing.T, name string, p *Plan) {
 	t.Helper()
-	js, err := json.MarshalIndent(p, "", "  ")
-	if err != nil {
+	// As `plan --json` encodes it.
+	var js strings.Builder
+	enc := json.NewEncoder(&js)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(p); err != nil {
 		t.Fatal(err)
 	}
-	for ext, got := range map[string]string{".txt": p.String(), ".json": string(js) + "\n"} {
+	for ext, got := range map[string]string{".txt": p.String(), ".json": js.String()} {
 		path := filepath.Join("testdata", name+ext)
 		if *update {
 			if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
@@ -176,6 +180,39 @@ func TestPlans(t *testing.T) {
 		// web waits for db: it depends on it and db is replaced.
 		if d := p.Action("vm.web[0]").DependsOn; d != nil {
 			t.Fatalf("a no-op must not wait: %v", d)
+		}
+	})
+	t.Run("html", func(t *testing.T) {
+		// <, > and & are shown as written, not as \u003c, \u003e, \u0026.
+		s := base.stack()
+		cmd := []string{"sh", "-c", "echo a >> /f && cat < /f"}
+		for _, vm := range s.VMs {
+			if vm.Address == "vm.web[0]" {
+				vm.Command = cmd
+			}
+		}
+		p := mustPlan(t, Input{Desired: s, State: applied})
+		golden(t, "html", p)
+		if a := p.Action("vm.web[0]"); a.Kind != Replace {
+			t.Fatalf("vm.web[0]: %s, want replace", a.Kind)
+		}
+		js, err := json.Marshal(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back struct {
+			Actions []struct {
+				Address string
+				Changes []struct{ New []string }
+			}
+		}
+		if err := json.Unmarshal(js, &back); err != nil {
+			t.Fatalf("plan JSON does not decode: %v", err)
+		}
+		for _, a := range back.Actions {
+			if a.Address == "vm.web[0]" && strings.Join(a.Changes[0].New, "|") != strings.Join(cmd, "|") {
+				t.Fatalf("command decodes as %q, want %q", a.Changes[0].New, cmd)
+			}
 		}
 	})
 	t.Run("delete", func(t *testing.T) {

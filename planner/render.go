@@ -11,45 +11,68 @@ import (
 	"github.com/stackvm/stack/state"
 )
 
-// Styles colours parts of the rendered plan. A nil func leaves its text
-// plain; the CLI fills them with lipgloss styles on a TTY.
-type Styles struct {
-	Create, Start, Update, Replace, Delete, Comment func(string) string
+// Part says what a piece of the rendered plan is. The planner does no
+// styling: it gives the plan as lines of parts, String joins them plainly,
+// and the CLI colours each part (by its Kind where it has one).
+type Part int
+
+const (
+	PartText    Part = iota // the opening line
+	PartComment             // "  # vm.db will be created"
+	// PartHeader is an action's symbol and address ("  + vm.db"); its Kind
+	// is the action's.
+	PartHeader
+	// PartAttribute is an attribute line ("      ~ memory_mb = 512 -> 1024");
+	// its Kind is what its symbol stands for: Create (+), Update (~) or
+	// Delete (-).
+	PartAttribute
+	PartNote    // " # forces replacement", at the end of an attribute line
+	PartSummary // "Plan: 0 to create, ..."
+)
+
+// Segment is a piece of one line of the rendered plan.
+type Segment struct {
+	Part Part
+	Kind Kind // for PartHeader and PartAttribute
+	Text string
 }
 
-func apply(f func(string) string, s string) string {
-	if f == nil {
-		return s
-	}
-	return f(s)
-}
+// Line is one line of the rendered plan, without its newline; a blank line
+// has no segments.
+type Line []Segment
 
 // String renders the plan as plain text, deterministically: golden tests
 // compare it byte for byte.
-func (p *Plan) String() string { return p.Render(Styles{}) }
-
-// Render renders the plan with Terraform's symbols, one block per action
-// that changes something, and the summary line.
-func (p *Plan) Render(s Styles) string {
+func (p *Plan) String() string {
 	var b strings.Builder
-	if !p.HasChanges() {
-		fmt.Fprintf(&b, "No changes. Namespace %q matches the stack files.\n\n", p.Namespace)
-		b.WriteString(p.Summary() + "\n")
-		return b.String()
+	for _, l := range p.Lines() {
+		for _, s := range l {
+			b.WriteString(s.Text)
+		}
+		b.WriteByte('\n')
 	}
-	fmt.Fprintf(&b, "Namespace %q: stack will perform the following actions.\n", p.Namespace)
+	return b.String()
+}
+
+// Lines renders the plan with Terraform's symbols, one block per action that
+// changes something, and the summary line.
+func (p *Plan) Lines() []Line {
+	text := func(part Part, s string) Line { return Line{{Part: part, Text: s}} }
+	summary := text(PartSummary, p.Summary())
+	if !p.HasChanges() {
+		return []Line{text(PartText, fmt.Sprintf("No changes. Namespace %q matches the stack files.", p.Namespace)), nil, summary}
+	}
+	lines := []Line{text(PartText, fmt.Sprintf("Namespace %q: stack will perform the following actions.", p.Namespace))}
 	for _, a := range p.Actions {
 		if a.Kind == NoOp {
 			continue
 		}
-		b.WriteString("\n")
-		b.WriteString(apply(s.Comment, "  # "+a.Address+" "+headline(a)) + "\n")
-		sym, style := symbol(a.Kind, s)
-		b.WriteString(apply(style, sym+" "+a.Address) + "\n")
-		writeAttrs(&b, a, s)
+		lines = append(lines, nil,
+			text(PartComment, "  # "+a.Address+" "+headline(a)),
+			Line{{Part: PartHeader, Kind: a.Kind, Text: symbol(a.Kind) + " " + a.Address}})
+		lines = append(lines, attrLines(a)...)
 	}
-	b.WriteString("\n" + p.Summary() + "\n")
-	return b.String()
+	return append(lines, nil, summary)
 }
 
 // Summary is the closing line: "Plan: N to create, N to update, ...".
@@ -89,55 +112,63 @@ func headline(a *Action) string {
 	return ""
 }
 
-func symbol(k Kind, s Styles) (string, func(string) string) {
+func symbol(k Kind) string {
 	switch k {
 	case Create:
-		return "  +", s.Create
+		return "  +"
 	case Start:
-		return "  >", s.Start
+		return "  >"
 	case Update:
-		return "  ~", s.Update
+		return "  ~"
 	case Replace:
-		return "-/+", s.Replace
+		return "-/+"
 	case Delete:
-		return "  -", s.Delete
+		return "  -"
 	}
-	return "   ", nil
+	return "   "
 }
 
-func writeAttrs(b *strings.Builder, a *Action, s Styles) {
-	type line struct{ sym, name, value, note string }
-	var lines []line
+// attrLines lists an action's attributes: all of them for a creation, the
+// changed ones otherwise, their names aligned.
+func attrLines(a *Action) []Line {
+	type attr struct {
+		kind        Kind
+		name, value string
+		forces      bool
+	}
+	var attrs []attr
 	switch a.Kind {
 	case Create:
 		for _, name := range sortedKeys(a.After) {
-			lines = append(lines, line{"+", name, compact(a.After[name]), ""})
+			attrs = append(attrs, attr{Create, name, compact(a.After[name]), false})
 		}
 	case Update, Replace, Start:
 		for _, c := range a.Changes {
-			l := line{sym: "~", name: c.Attribute}
+			at := attr{kind: Update, name: c.Attribute, forces: c.ForcesReplacement && a.Kind == Replace}
 			switch {
 			case c.Old == nil:
-				l.sym, l.value = "+", compact(c.New)
+				at.kind, at.value = Create, compact(c.New)
 			case c.New == nil:
-				l.sym, l.value = "-", compact(c.Old)
+				at.kind, at.value = Delete, compact(c.Old)
 			default:
-				l.value = compact(c.Old) + " -> " + compact(c.New)
+				at.value = compact(c.Old) + " -> " + compact(c.New)
 			}
-			if c.ForcesReplacement && a.Kind == Replace {
-				l.note = " # forces replacement"
-			}
-			lines = append(lines, l)
+			attrs = append(attrs, at)
 		}
 	}
 	width := 0
-	for _, l := range lines {
-		width = max(width, len(l.name))
+	for _, at := range attrs {
+		width = max(width, len(at.name))
 	}
-	for _, l := range lines {
-		text := fmt.Sprintf("      %s %-*s = %s", l.sym, width, l.name, l.value)
-		b.WriteString(text + apply(s.Comment, l.note) + "\n")
+	lines := make([]Line, len(attrs))
+	for i, at := range attrs {
+		text := fmt.Sprintf("      %s %-*s = %s", strings.TrimSpace(symbol(at.kind)), width, at.name, at.value)
+		lines[i] = Line{{Part: PartAttribute, Kind: at.kind, Text: text}}
+		if at.forces {
+			lines[i] = append(lines[i], Segment{Part: PartNote, Text: " # forces replacement"})
+		}
 	}
+	return lines
 }
 
 func compact(raw json.RawMessage) string {
@@ -148,8 +179,39 @@ func compact(raw json.RawMessage) string {
 	if err := json.Compact(&buf, raw); err != nil {
 		return string(raw)
 	}
-	return buf.String()
+	return string(unescapeHTML(buf.Bytes()))
 }
+
+// unescapeHTML undoes the escaping of <, > and & that encoding/json does by
+// default: attribute values are recorded with json.Marshal, which writes
+// them as \u003c, \u003e and \u0026, and a plan should show a command such
+// as `echo a >> /f && cat < /f` as it was written. The result is the same
+// JSON value, as an encoder with SetEscapeHTML(false) writes it. data must
+// be valid JSON, where a backslash only occurs inside strings.
+func unescapeHTML(data []byte) []byte {
+	if !bytes.Contains(data, []byte(`\u00`)) {
+		return data
+	}
+	out := make([]byte, 0, len(data))
+	for i := 0; i < len(data); i++ {
+		if data[i] != '\\' || i+1 == len(data) {
+			out = append(out, data[i])
+			continue
+		}
+		if data[i+1] == 'u' && i+6 <= len(data) {
+			if c, ok := htmlEscapes[strings.ToLower(string(data[i+2:i+6]))]; ok {
+				out = append(out, c)
+				i += 5
+				continue
+			}
+		}
+		out = append(out, data[i], data[i+1]) // any other escape, \\ included
+		i++
+	}
+	return out
+}
+
+var htmlEscapes = map[string]byte{"003c": '<', "003e": '>', "0026": '&'}
 
 // JSONFormatVersion is the format_version of `plan --json` and saved plans.
 const JSONFormatVersion = "1"
@@ -184,9 +246,12 @@ func (p *Plan) jsonActions() []jsonAction {
 }
 
 // MarshalJSON gives the `plan --json` document: {"format_version": "1",
-// "actions": [...]} with every action, no-ops included.
+// "actions": [...]} with every action, no-ops included. <, > and & are not
+// escaped, in attribute values either; encode it with SetEscapeHTML(false)
+// to keep them so.
 func (p *Plan) MarshalJSON() ([]byte, error) {
-	return json.Marshal(jsonPlan{JSONFormatVersion, p.Namespace, p.jsonActions(), p.Barriers, p.Counts()})
+	data, err := json.Marshal(jsonPlan{JSONFormatVersion, p.Namespace, p.jsonActions(), p.Barriers, p.Counts()})
+	return unescapeHTML(data), err
 }
 
 // Counts is also part of the JSON output.

@@ -3,7 +3,8 @@ package app
 import (
 	"encoding/json"
 	"fmt"
-	"os"
+	"io"
+	"strings"
 
 	"github.com/charmbracelet/lipgloss"
 	"github.com/muesli/termenv"
@@ -45,11 +46,12 @@ func newPlanCmd(g *globals, s Streams) *cobra.Command {
 			if asJSON {
 				enc := json.NewEncoder(s.Out)
 				enc.SetIndent("", "  ")
+				enc.SetEscapeHTML(false) // show `a >> f && b` as written
 				if err := enc.Encode(plan); err != nil {
 					return err
 				}
 			} else {
-				fmt.Fprint(s.Out, plan.Render(planStyles(s)))
+				printPlan(s.Out, plan)
 				if out != "" {
 					fmt.Fprintf(s.Out, "\nSaved the plan to %s. Apply exactly this plan with:\n    stack up --plan %s\n", out, out)
 				}
@@ -69,15 +71,38 @@ func newPlanCmd(g *globals, s Streams) *cobra.Command {
 	return cmd
 }
 
-// planStyles colours the plan like Terraform does, on a terminal only.
-func planStyles(s Streams) planner.Styles {
-	if !colorEnabled(s.Out) {
-		return planner.Styles{}
+// printPlan writes the plan: plain text, coloured like Terraform's plans on
+// a terminal.
+func printPlan(w io.Writer, plan *planner.Plan) {
+	if !colorEnabled(w) {
+		fmt.Fprint(w, plan.String())
+		return
 	}
-	r := lipgloss.NewRenderer(s.Out.(*os.File), termenv.WithProfile(termenv.ANSI))
-	fg := func(c string) func(string) string {
-		st := r.NewStyle().Foreground(lipgloss.Color(c))
-		return func(x string) string { return st.Render(x) }
+	fmt.Fprint(w, styledPlan(plan, lipgloss.NewRenderer(w, termenv.WithProfile(termenv.ANSI))))
+}
+
+// styledPlan is plan.String() with its parts coloured by r: comments grey,
+// each action's header in the colour of its kind.
+func styledPlan(plan *planner.Plan, r *lipgloss.Renderer) string {
+	fg := func(c string) lipgloss.Style { return r.NewStyle().Foreground(lipgloss.Color(c)) }
+	comment := fg("8")
+	action := map[planner.Kind]lipgloss.Style{planner.Create: fg("2"), planner.Start: fg("2"),
+		planner.Update: fg("3"), planner.Replace: fg("5"), planner.Delete: fg("1")}
+	var b strings.Builder
+	for _, line := range plan.Lines() {
+		for _, seg := range line {
+			text := seg.Text
+			switch seg.Part {
+			case planner.PartComment, planner.PartNote:
+				text = comment.Render(text)
+			case planner.PartHeader:
+				if st, ok := action[seg.Kind]; ok {
+					text = st.Render(text)
+				}
+			}
+			b.WriteString(text)
+		}
+		b.WriteByte('\n')
 	}
-	return planner.Styles{Create: fg("2"), Start: fg("2"), Update: fg("3"), Replace: fg("5"), Delete: fg("1"), Comment: fg("8")}
+	return b.String()
 }

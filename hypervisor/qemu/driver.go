@@ -140,37 +140,67 @@ func (d *Driver) versionHint(cfg *hypervisor.Config) string {
 	return fmt.Sprintf(" (-netdev dgram/stream need QEMU 7.2 or later, have %d.%d)", v.Major, v.Minor)
 }
 
-// Start implements hypervisor.Driver.
+// Start implements hypervisor.Driver. It runs in steps; each step that
+// acquires something (a virtiofsd, the QEMU process, the QMP connection)
+// pushes its undo right after, and a failed start unwinds them, so that it
+// leaves no process behind.
 func (d *Driver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.Instance, error) {
-	host, err := d.Host()
+	inst, err := d.start(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("start vm %s: %w", cfg.Name, err)
+	}
+	return inst, nil
+}
+
+func (d *Driver) start(ctx context.Context, cfg *hypervisor.Config) (*instance, error) {
+	host, err := d.Host()
+	if err != nil {
+		return nil, err
 	}
 	host.GuestMicrovm = ProbeKernel(cfg.Kernel)
 	accel, err := d.accel(ctx, cfg, &host)
 	if err != nil {
-		return nil, fmt.Errorf("start vm %s: %w", cfg.Name, err)
+		return nil, err
 	}
 	args, err := BuildArgs(cfg, host)
 	if err != nil {
-		return nil, fmt.Errorf("start vm %s: %w", cfg.Name, err)
+		return nil, err
 	}
 	if d.opts.BeforeBoot != nil {
 		args = append(args, "-S")
 	}
 	if err := d.prepareRunDir(cfg, args); err != nil {
-		return nil, fmt.Errorf("start vm %s: %w", cfg.Name, err)
+		return nil, err
 	}
 
-	stopVirtiofsd, err := startVirtiofsd(cfg, host)
-	if err != nil {
-		return nil, fmt.Errorf("start vm %s: %w", cfg.Name, err)
+	var undo cleanups
+	defer undo.unwind()
+	if err := startVirtiofsd(cfg, host, &undo); err != nil {
+		return nil, err
 	}
-	stderrPath := filepath.Join(cfg.RunDir, filenames.StderrFile)
-	stderr, err := os.OpenFile(stderrPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, filenames.FileMode)
+	t0 := time.Now()
+	inst, err := d.spawn(cfg, args, accel, &undo)
 	if err != nil {
-		stopVirtiofsd()
-		return nil, fmt.Errorf("start vm %s: open stderr file: %w", cfg.Name, err)
+		return nil, err
+	}
+	if err := d.bringUp(ctx, cfg, inst, &undo); err != nil {
+		// QEMU ran, so its stderr and virtiofsd's logs may say why it
+		// failed; they are complete once the unwind has ended both.
+		undo.unwind()
+		return nil, fmt.Errorf("%w%s%s%s%s", err, d.versionHint(cfg), kvmHint(accel), stderrTail(stderrPath(cfg.RunDir)), virtiofsdTails(cfg, host))
+	}
+	undo.disarm()
+	inst.log.Debug("vm started", "took", time.Since(t0))
+	return inst, nil
+}
+
+// spawn starts QEMU, its output going to the run directory's stderr file.
+// Its undo kills QEMU, waits for it and removes the sockets it served,
+// which QEMU unlinks only on a clean exit.
+func (d *Driver) spawn(cfg *hypervisor.Config, args []string, accel hypervisor.Accel, undo *cleanups) (*instance, error) {
+	stderr, err := os.OpenFile(stderrPath(cfg.RunDir), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, filenames.FileMode)
+	if err != nil {
+		return nil, fmt.Errorf("open stderr file: %w", err)
 	}
 	defer stderr.Close() // the child has its own copy
 	cmd := exec.Command(d.opts.Binary, args...)
@@ -180,10 +210,8 @@ func (d *Driver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.
 	// Own session: the VMM outlives the caller and is not hit by signals
 	// sent to the caller's process group (Ctrl-C on `stack up`).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	t0 := time.Now()
 	if err := cmd.Start(); err != nil {
-		stopVirtiofsd()
-		return nil, fmt.Errorf("start vm %s: %w", cfg.Name, err)
+		return nil, err
 	}
 	pid := cmd.Process.Pid
 	inst := &instance{
@@ -201,32 +229,36 @@ func (d *Driver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.
 		inst.waitErr = cmd.Wait()
 		close(inst.exited)
 	}()
-	fail := func(err error) (hypervisor.Instance, error) {
+	undo.push(func() {
 		_ = cmd.Process.Kill()
 		<-inst.exited
-		stopVirtiofsd()
-		if inst.qmp != nil {
-			inst.qmp.Close()
-		}
 		removeSockets(cfg.RunDir)
-		return nil, fmt.Errorf("start vm %s: %w%s%s%s%s", cfg.Name, err, d.versionHint(cfg), kvmHint(accel), stderrTail(stderrPath), virtiofsdTails(cfg, host))
-	}
+	})
+	return inst, nil
+}
+
+// bringUp makes the running QEMU a VM to hand out: its identity recorded,
+// its QMP monitor connected and, after BeforeBoot, its guest's CPUs
+// started. Errors here are QEMU's to explain (see start).
+func (d *Driver) bringUp(ctx context.Context, cfg *hypervisor.Config, inst *instance, undo *cleanups) error {
+	pid := inst.cmd.Process.Pid
 	st, err := proc.StartTime(pid)
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	inst.id = hypervisor.Identity{Driver: DriverName, PID: pid, StartTime: st, RunDir: cfg.RunDir}
 	if err := os.WriteFile(filepath.Join(cfg.RunDir, filenames.PIDFile), []byte(strconv.Itoa(pid)+"\n"), filenames.FileMode); err != nil {
-		return fail(fmt.Errorf("write pid file: %w", err))
+		return fmt.Errorf("write pid file: %w", err)
 	}
 
 	sctx, cancel := context.WithTimeout(ctx, d.opts.StartTimeout)
 	defer cancel()
 	c, err := dialQMP(sctx, qmpPath(cfg.RunDir), inst.exited)
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	inst.qmp = c
+	undo.push(func() { c.Close() })
 	d.privateSockets(cfg)
 	d.versionOnce.Do(func() {
 		v := c.Greeting().Version.QEMU
@@ -235,15 +267,33 @@ func (d *Driver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.
 	go inst.watchEvents()
 	if d.opts.BeforeBoot != nil {
 		if err := d.opts.BeforeBoot(sctx, cfg); err != nil {
-			return fail(fmt.Errorf("before boot: %w", err))
+			return fmt.Errorf("before boot: %w", err)
 		}
 		if err := c.Cont(sctx); err != nil {
-			return fail(err)
+			return err
 		}
 	}
-	inst.log.Debug("vm started", "took", time.Since(t0))
-	return inst, nil
+	return nil
 }
+
+// cleanups is a stack of undos, in the manner of defer: each start-up step
+// pushes the undo of what it acquired right after acquiring it, a failed
+// start unwinds the stack (last pushed, first run), and a successful one
+// disarms it to keep everything.
+type cleanups []func()
+
+func (c *cleanups) push(undo func()) { *c = append(*c, undo) }
+
+// unwind runs the undos in reverse order and empties the stack, so that a
+// second unwind (the deferred one after an explicit one) does nothing.
+func (c *cleanups) unwind() {
+	for i := len(*c) - 1; i >= 0; i-- {
+		(*c)[i]()
+	}
+	*c = nil
+}
+
+func (c *cleanups) disarm() { *c = nil }
 
 // KVM is the verdict on this host's KVM for a machine type and kernel, as
 // Start uses it: cached, or probed now (see accel.go).

@@ -18,6 +18,7 @@ func qmpPath(runDir string) string        { return filepath.Join(runDir, filenam
 func consoleVMMPath(runDir string) string { return filepath.Join(runDir, filenames.ConsoleVMMSocket) }
 func agentPath(runDir string) string      { return filepath.Join(runDir, filenames.AgentSocket) }
 func configDiskPath(runDir string) string { return filepath.Join(runDir, filenames.RunConfigDisk) }
+func stderrPath(runDir string) string     { return filepath.Join(runDir, filenames.StderrFile) }
 
 func virtiofsPath(runDir string, i int) string {
 	return filepath.Join(runDir, filenames.VirtiofsSocket(i))

@@ -14,7 +14,8 @@ import (
 )
 
 // HostInfo is what BuildArgs needs to know about the host and the guest
-// kernel; DetectHost and ProbeKernel fill it in, tests set it by hand.
+// kernel. Driver.Host fills it in, and Start adds the KVM probe's verdict
+// and ProbeKernel's answer for each VM; tests set it by hand.
 type HostInfo struct {
 	// KVM says that KVM runs guests on this host (the probe's verdict, see
 	// accel.go); KVMReason says why not, when it does not.

@@ -1,8 +1,10 @@
 // Package qemu is the QEMU driver: it turns a hypervisor.Config into the
-// argv of qemu-system-x86_64 (BuildArgs, pure and golden-tested), starts it
-// as a detached process, controls it over QMP, re-adopts it from a recorded
-// Identity in a later process, and speaks the host side of the guest agent
-// channel (see package guestproto).
+// argv of qemu-system-x86_64 (BuildArgs, pure and golden-tested), uses KVM
+// only where a test boot showed that it runs guests (accel.go), starts QEMU
+// as a detached process (with a virtiofsd per shared directory where one is
+// at hand), controls it over QMP, re-adopts it from a recorded Identity in a
+// later process, and speaks the host side of the guest agent channel (see
+// package guestproto).
 package qemu
 
 import (

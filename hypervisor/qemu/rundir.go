@@ -24,8 +24,8 @@ func virtiofsPath(runDir string, i int) string {
 	return filepath.Join(runDir, filenames.VirtiofsSocket(i))
 }
 
-// ConsoleVMMSocket is where QEMU serves the serial console for cfg (the
-// console relay connects to it).
+// ConsoleVMMSocket is where QEMU serves the serial console of the VM whose
+// run directory is runDir (the console relay connects to it).
 func ConsoleVMMSocket(runDir string) string { return consoleVMMPath(runDir) }
 
 // privateSockets makes the sockets QEMU serves, which it creates with the

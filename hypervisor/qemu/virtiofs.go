@@ -42,34 +42,28 @@ func FindVirtiofsd() string {
 // gets its socket already listening (--fd), so that QEMU, which connects
 // at start and does not retry, can never come too early. A virtiofsd
 // serves one connection and exits when QEMU closes it, so the daemons live
-// exactly as long as their VMM. The returned stop kills them, for when the
-// VMM never started.
-func startVirtiofsd(cfg *hypervisor.Config, host HostInfo) (stop func(), err error) {
-	var exited []chan struct{}
-	var cmds []*exec.Cmd
-	stop = func() {
-		for i, c := range cmds {
-			c.Process.Kill()
-			<-exited[i]
-		}
-	}
+// exactly as long as their VMM. Each daemon's undo, pushed on undo, kills
+// it, for when the VMM never starts.
+func startVirtiofsd(cfg *hypervisor.Config, host HostInfo, undo *cleanups) error {
 	if host.Virtiofsd == "" {
-		return stop, nil
+		return nil
 	}
 	for i, s := range cfg.SharedDirs {
 		cmd, err := virtiofsd(host.Virtiofsd, cfg.RunDir, i, s)
 		if err != nil {
-			stop()
-			return nil, fmt.Errorf("start virtiofsd for shared dir %q: %w", s.Tag, err)
+			return fmt.Errorf("start virtiofsd for shared dir %q: %w", s.Tag, err)
 		}
-		done := make(chan struct{})
+		exited := make(chan struct{})
 		go func() {
 			cmd.Wait()
-			close(done)
+			close(exited)
 		}()
-		cmds, exited = append(cmds, cmd), append(exited, done)
+		undo.push(func() {
+			cmd.Process.Kill()
+			<-exited
+		})
 	}
-	return stop, nil
+	return nil
 }
 
 // virtiofsd starts the daemon of the i-th shared directory on a socket it

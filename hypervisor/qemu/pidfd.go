@@ -1,12 +1,14 @@
 package qemu
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"os"
+	"strconv"
+	"syscall"
 
+	"github.com/stackvm/stack/hypervisor"
+	"github.com/stackvm/stack/hypervisor/proc"
 	"golang.org/x/sys/unix"
 )
 
@@ -38,37 +40,21 @@ func pidfdSendSignal(f *os.File, sig unix.Signal) error {
 	return serr
 }
 
-// lineReader reads newline-terminated lines of bounded length.
-type lineReader struct {
-	r   *bufio.Reader
-	max int
-}
-
-func newLineReader(r io.Reader, max int) *lineReader {
-	return &lineReader{r: bufio.NewReaderSize(r, 64<<10), max: max}
-}
-
-var errLineTooLong = errors.New("line too long")
-
-// next returns the next line without its newline. A final line without a
-// newline is returned before io.EOF.
-func (l *lineReader) next() ([]byte, error) {
-	var line []byte
-	for {
-		frag, err := l.r.ReadSlice('\n')
-		line = append(line, frag...)
-		if len(line) > l.max {
-			return nil, fmt.Errorf("read guest line: %w", errLineTooLong)
+// openPidfd opens a pidfd for id and checks, after opening, that the pid
+// still has the recorded start time: from then on the pidfd refers to that
+// process whatever happens to the pid.
+func openPidfd(id hypervisor.Identity) (*os.File, error) {
+	fd, err := pidfdOpen(id.PID)
+	if err != nil {
+		if errors.Is(err, syscall.ESRCH) {
+			return nil, hypervisor.ErrGone
 		}
-		switch {
-		case err == nil:
-			return line[:len(line)-1], nil
-		case errors.Is(err, bufio.ErrBufferFull):
-			continue
-		case errors.Is(err, io.EOF) && len(line) > 0:
-			return line, nil
-		default:
-			return nil, err
-		}
+		return nil, fmt.Errorf("open pidfd: %w", err)
 	}
+	f := os.NewFile(uintptr(fd), "pidfd:"+strconv.Itoa(id.PID))
+	if !proc.Alive(id.PID, id.StartTime) {
+		f.Close()
+		return nil, hypervisor.ErrGone
+	}
+	return f, nil
 }

@@ -1,0 +1,171 @@
+package qemu
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+)
+
+// agentChannel is the host end of the virtio-serial agent port. It connects
+// in the background (QEMU serves the socket from startup; the guest speaks
+// once its init runs) and delivers each line the guest sends.
+type agentChannel struct {
+	path   string
+	log    *slog.Logger
+	events chan []byte
+	ready  chan struct{} // closed once connected
+	stop   chan struct{}
+	once   sync.Once
+	wmu    sync.Mutex
+	conn   net.Conn // set before ready closes
+	done   chan struct{}
+}
+
+func newAgentChannel(path string, exited, closed <-chan struct{}, lg *slog.Logger) *agentChannel {
+	a := &agentChannel{
+		path:   path,
+		log:    lg,
+		events: make(chan []byte, 64),
+		ready:  make(chan struct{}),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+	go func() {
+		select {
+		case <-exited:
+		case <-closed:
+		case <-a.done:
+		}
+		a.close()
+	}()
+	go a.run()
+	return a
+}
+
+func (a *agentChannel) close() { a.once.Do(func() { close(a.stop) }) }
+
+func (a *agentChannel) run() {
+	defer close(a.done)
+	defer close(a.events)
+	var conn net.Conn
+	for {
+		c, err := net.Dial("unix", a.path)
+		if err == nil {
+			conn = c
+			break
+		}
+		select {
+		case <-a.stop:
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	a.conn = conn
+	// Ask for the guest's status. The guest also sends a hello by itself
+	// when it sees the host connect, but a disconnect followed quickly by a
+	// reconnect (a handle closed, another attached) can pass unseen by a
+	// guest blocked in read(): the port is "connected" again before the
+	// reader wakes. An explicit request is never missed. Guests answer any
+	// host hello with their own.
+	if _, err := conn.Write([]byte(`{"type":"hello"}` + "\n")); err != nil {
+		a.log.Debug("guest hello request failed", "err", err)
+	}
+	close(a.ready)
+	go func() {
+		<-a.stop
+		conn.Close()
+	}()
+	// Lines are JSON messages, short except for future exec output; a
+	// generous limit keeps one bad line from eating memory.
+	r := newLineReader(conn, 1<<20)
+	for {
+		line, err := r.next()
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				a.log.Warn("guest agent channel read failed", "err", err)
+			}
+			return
+		}
+		if len(line) == 0 {
+			continue
+		}
+		select {
+		case a.events <- line:
+		case <-a.stop:
+			return
+		}
+	}
+}
+
+// Events implements hypervisor.GuestChannel.
+func (a *agentChannel) Events() <-chan []byte { return a.events }
+
+// Send implements hypervisor.GuestChannel: msg must be one JSON value; it is
+// compacted onto one line.
+func (a *agentChannel) Send(ctx context.Context, msg []byte) error {
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, msg); err != nil {
+		return fmt.Errorf("send to guest: message is not JSON: %w", err)
+	}
+	buf.WriteByte('\n')
+	select {
+	case <-a.ready:
+	case <-a.stop:
+		return errors.New("send to guest: channel closed")
+	case <-ctx.Done():
+		return fmt.Errorf("send to guest: connect: %w", ctx.Err())
+	}
+	a.wmu.Lock()
+	defer a.wmu.Unlock()
+	if dl, ok := ctx.Deadline(); ok {
+		a.conn.SetWriteDeadline(dl)
+		defer a.conn.SetWriteDeadline(time.Time{})
+	}
+	if _, err := a.conn.Write(buf.Bytes()); err != nil {
+		return fmt.Errorf("send to guest: %w", err)
+	}
+	return nil
+}
+
+// lineReader reads newline-terminated lines of bounded length.
+type lineReader struct {
+	r   *bufio.Reader
+	max int
+}
+
+func newLineReader(r io.Reader, max int) *lineReader {
+	return &lineReader{r: bufio.NewReaderSize(r, 64<<10), max: max}
+}
+
+var errLineTooLong = errors.New("line too long")
+
+// next returns the next line without its newline. A final line without a
+// newline is returned before io.EOF.
+func (l *lineReader) next() ([]byte, error) {
+	var line []byte
+	for {
+		frag, err := l.r.ReadSlice('\n')
+		line = append(line, frag...)
+		if len(line) > l.max {
+			return nil, fmt.Errorf("read guest line: %w", errLineTooLong)
+		}
+		switch {
+		case err == nil:
+			return line[:len(line)-1], nil
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case errors.Is(err, io.EOF) && len(line) > 0:
+			return line, nil
+		default:
+			return nil, err
+		}
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/internal/netaddr"
 	"github.com/stackvm/stack/state"
 )
 
@@ -25,7 +26,7 @@ func TestVMHandleFromState(t *testing.T) {
 	p := ForNamespace(ns, t.TempDir())
 	st := state.New(ns)
 	st.VMs["vm.web[0]"] = &state.VM{Address: "vm.web[0]", Name: "web-0", Status: state.StatusReady,
-		NICs:       []state.NIC{{Network: "lan", IP: netip.MustParseAddr("10.1.0.2"), MAC: "52:54:00:00:00:02"}},
+		NICs:       []state.NIC{{Network: "lan", IP: netip.MustParseAddr("10.1.0.2"), MAC: netaddr.MustParseMAC("52:54:00:00:00:02")}},
 		Attributes: state.Attributes{"publish": json.RawMessage(`[{"host_port":8080,"guest_port":80,"protocol":"tcp"}]`)}}
 	if err := p.Store().Write(st); err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 	"github.com/stackvm/stack/cloudinit"
 	"github.com/stackvm/stack/disks"
 	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/internal/netaddr"
 )
 
 // Files of the image made by scripts/build-debian-image.sh.
@@ -117,7 +118,7 @@ func TestBootDebianWithSeed(t *testing.T) {
 		// QEMU's user-mode network (restricted: nothing leaves the host)
 		// gives a real NIC; its gateway and DNS addresses are fixed.
 		NICs: []cloudinit.NIC{{
-			MAC:     "52:54:00:c1:00:01",
+			MAC:     netaddr.MustParseMAC("52:54:00:c1:00:01"),
 			Address: netip.MustParsePrefix("10.0.2.15/24"),
 			Gateway: netip.MustParseAddr("10.0.2.2"),
 			DNS:     []netip.Addr{netip.MustParseAddr("10.0.2.3")},
@@ -147,7 +148,7 @@ func TestBootDebianWithSeed(t *testing.T) {
 		"-drive", "file="+volume+",format=raw,if=none,id=vol",
 		"-device", "virtio-blk-pci,drive=vol,serial=vol-data",
 		"-netdev", "user,id=net0,restrict=on",
-		"-device", "virtio-net-pci,netdev=net0,mac="+in.NICs[0].MAC,
+		"-device", "virtio-net-pci,netdev=net0,mac="+in.NICs[0].MAC.String(),
 	)
 	var stderr bytes.Buffer
 	qemu.Stderr = &stderr

@@ -14,7 +14,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/netip"
 	"path"
 	"regexp"
@@ -22,6 +21,7 @@ import (
 	"strings"
 	"unicode"
 
+	"github.com/stackvm/stack/internal/netaddr"
 	"gopkg.in/yaml.v3"
 )
 
@@ -59,7 +59,7 @@ type Input struct {
 
 // NIC is one network interface, matched in the guest by its MAC.
 type NIC struct {
-	MAC string
+	MAC netaddr.MAC
 	// Address is the static address and prefix length; the zero Prefix
 	// means DHCP.
 	Address netip.Prefix
@@ -210,14 +210,13 @@ func normalise(in Input) (Input, error) {
 		return out, fmt.Errorf("check namespace %q: not a DNS label", in.Namespace)
 	}
 	for i, nic := range in.NICs {
-		hw, err := net.ParseMAC(nic.MAC)
-		if err != nil || len(hw) != 6 {
-			return out, fmt.Errorf("check nic %d mac %q: not a 48-bit MAC address", i, nic.MAC)
+		if nic.MAC.IsZero() {
+			return out, fmt.Errorf("check nic %d: no mac", i)
 		}
 		if nic.Address.IsValid() && nic.Address.Addr().IsUnspecified() {
 			return out, fmt.Errorf("check nic %d address %s: unspecified address", i, nic.Address)
 		}
-		c := NIC{MAC: hw.String(), Address: nic.Address, Gateway: nic.Gateway, DNS: slices.Clone(nic.DNS)}
+		c := NIC{MAC: nic.MAC, Address: nic.Address, Gateway: nic.Gateway, DNS: slices.Clone(nic.DNS)}
 		for _, d := range c.DNS {
 			if !d.IsValid() {
 				return out, fmt.Errorf("check nic %d dns: invalid address", i)
@@ -330,7 +329,7 @@ func networkConfig(n Input) ([]byte, error) {
 	var have4, have6 bool
 	for i, nic := range n.NICs {
 		name := fmt.Sprintf("eth%d", i)
-		e := ethernet{Match: ethMatch{MACAddress: nic.MAC}, SetName: name}
+		e := ethernet{Match: ethMatch{MACAddress: nic.MAC.String()}, SetName: name}
 		if nic.Address.IsValid() {
 			e.Addresses = []string{nic.Address.String()}
 		} else {

@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/stackvm/stack/internal/netaddr"
 )
 
 // Test-only keys (ed25519 from the seeds 0x01…, 0x02…, 0x03…).
@@ -25,7 +27,7 @@ AYqI4910CfGV/VLbLTy6XXLKZwm/HZQSG/N0iAG0D29cAAAAAAECAwQF
 func sshInput() Input {
 	return Input{
 		VMName: "web-0", Namespace: "demo",
-		NICs:    []NIC{{MAC: "52:54:00:12:34:56", Address: pfx("10.42.0.10/24"), Gateway: ip("10.42.0.1"), DNS: []netip.Addr{ip("10.42.0.1")}}},
+		NICs:    []NIC{{MAC: netaddr.MustParseMAC("52:54:00:12:34:56"), Address: pfx("10.42.0.10/24"), Gateway: ip("10.42.0.1"), DNS: []netip.Addr{ip("10.42.0.1")}}},
 		ExecKey: execKey,
 		HostKey: &HostKey{Private: hostKeyPEM, Public: hostKeyPub},
 	}

@@ -15,7 +15,6 @@ import (
 	"github.com/stackvm/stack/disks"
 	"github.com/stackvm/stack/guestproto"
 	"github.com/stackvm/stack/internal/filenames"
-	"github.com/stackvm/stack/internal/netaddr"
 	"github.com/stackvm/stack/stackfile"
 	"github.com/stackvm/stack/state"
 	"github.com/stackvm/stack/supervisor/api"
@@ -39,11 +38,7 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 		Publish: publishSpecs(vm), Restart: api.Restart(vm.Restart),
 	}
 	for _, n := range nics {
-		mac, err := netaddr.ParseMAC(n.MAC)
-		if err != nil {
-			return nil, err
-		}
-		spec.NICs = append(spec.NICs, api.NIC{Network: n.Network, MAC: mac, IP: n.IP})
+		spec.NICs = append(spec.NICs, api.NIC{Network: n.Network, MAC: n.MAC, IP: n.IP})
 	}
 
 	// Disks: volumes by their file, scratch disks in the VM's directory.
@@ -134,11 +129,11 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 	}
 	for i, n := range nics {
 		net := a.nets[n.Network]
-		g := guestproto.NIC{MAC: n.MAC, Address: netip.PrefixFrom(n.IP, net.Subnet.Bits()).String()}
+		g := guestproto.NIC{MAC: n.MAC, Address: netip.PrefixFrom(n.IP, net.Subnet.Bits())}
 		if i == 0 {
-			g.Gateway = net.Gateway.String()
+			g.Gateway = net.Gateway
 			if net.DNS {
-				gc.DNS = []string{net.Gateway.String()}
+				gc.DNS = []netip.Addr{net.Gateway}
 			}
 		}
 		gc.NICs = append(gc.NICs, g)
@@ -232,10 +227,10 @@ func (a *applier) guestHosts(vm *stackfile.VM) []guestproto.Host {
 	domain := cloudinit.HostsDomain(a.e.opts.Namespace)
 	var out []guestproto.Host
 	if nics := a.plan.NICs[vm.Address]; len(nics) > 0 {
-		out = append(out, guestproto.Host{IP: nics[0].IP.String(), Names: []string{vm.Name, vm.Name + "." + domain}})
+		out = append(out, guestproto.Host{IP: nics[0].IP, Names: []string{vm.Name, vm.Name + "." + domain}})
 	}
 	for _, h := range a.peers(vm) {
-		out = append(out, guestproto.Host{IP: h.IP.String(), Names: []string{h.Name, h.Name + "." + domain}})
+		out = append(out, guestproto.Host{IP: h.IP, Names: []string{h.Name, h.Name + "." + domain}})
 	}
 	return out
 }

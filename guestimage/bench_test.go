@@ -3,6 +3,7 @@ package guestimage
 import (
 	"bytes"
 	"context"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,6 +15,7 @@ import (
 	"github.com/u-root/u-root/pkg/cpio"
 
 	"github.com/stackvm/stack/guestproto"
+	"github.com/stackvm/stack/internal/netaddr"
 )
 
 // Boot benchmarks. They boot real VMs (TCG), so they are slow; run them
@@ -34,7 +36,7 @@ func benchSpec(initrd string) vmSpec {
 		cmdline:   os.Getenv("STACK_BENCH_CMDLINE"),
 		cfg: guestproto.Config{
 			Hostname: "bench",
-			NICs:     []guestproto.NIC{{MAC: benchMAC, Address: "10.42.0.2/24", Gateway: "10.42.0.1"}},
+			NICs:     []guestproto.NIC{{MAC: netaddr.MustParseMAC(benchMAC), Address: netip.MustParsePrefix("10.42.0.2/24"), Gateway: netip.MustParseAddr("10.42.0.1")}},
 		},
 	}
 }

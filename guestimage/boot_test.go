@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/stackvm/stack/guestproto"
 	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/internal/netaddr"
 )
 
 const bootTimeout = 3 * time.Minute // TCG on a loaded 2-core machine
@@ -122,8 +124,8 @@ func TestBootStaticIPOneShotExit(t *testing.T) {
 		cfg: guestproto.Config{
 			Hostname: "vm-exit",
 			NICs: []guestproto.NIC{
-				{MAC: mac, Address: "10.42.0.2/24", Gateway: "10.42.0.1"},
-				{MAC: dhcpMAC, DHCP: true},
+				{MAC: netaddr.MustParseMAC(mac), Address: netip.MustParsePrefix("10.42.0.2/24"), Gateway: netip.MustParseAddr("10.42.0.1")},
+				{MAC: netaddr.MustParseMAC(dhcpMAC), DHCP: true},
 			},
 			Command: []string{"sh", "-c", `ping -c 1 -W 1 10.42.0.1 >/dev/null 2>&1; echo "hostname=$(hostname) greeting=$GREETING"; cat /etc/resolv.conf; ip -4 addr show dev eth1; exit 3`},
 			Env:     map[string]string{"GREETING": "hi"},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/stackvm/stack/hypervisor"
 	"github.com/stackvm/stack/hypervisor/qemu"
 	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/internal/netaddr"
 	"github.com/stackvm/stack/internal/testutil"
 )
 
@@ -48,7 +50,7 @@ func TestBootThroughQEMUDriver(t *testing.T) {
 	gc, err := json.Marshal(guestproto.Config{
 		Version:  guestproto.Version,
 		Hostname: "drv",
-		NICs:     []guestproto.NIC{{MAC: mac, Address: "10.42.0.7/24", Gateway: "10.42.0.1"}},
+		NICs:     []guestproto.NIC{{MAC: netaddr.MustParseMAC(mac), Address: netip.MustParsePrefix("10.42.0.7/24"), Gateway: netip.MustParseAddr("10.42.0.1")}},
 		Mounts: []guestproto.Mount{
 			{Source: "share:src", Target: "/src", ReadOnly: true},
 			{Source: "share:out", Target: "/out"},
@@ -70,7 +72,7 @@ func TestBootThroughQEMUDriver(t *testing.T) {
 		Name: "drv", RunDir: runDir, CPUs: 1, MemoryMB: 256,
 		Kernel: img.Kernel, Initramfs: img.Initramfs, Cmdline: "quiet",
 		Machine: "auto", Accel: "auto",
-		NICs:       []hypervisor.NIC{{MAC: mac, DgramLocal: filepath.Join(runDir, "q.sock"), DgramRemote: hostSock}},
+		NICs:       []hypervisor.NIC{{MAC: netaddr.MustParseMAC(mac), DgramLocal: filepath.Join(runDir, "q.sock"), DgramRemote: hostSock}},
 		GuestAgent: true, GuestConfig: gc,
 		SharedDirs: []hypervisor.SharedDir{{Tag: "src", HostPath: src, ReadOnly: true}, {Tag: "out", HostPath: out}},
 	})

@@ -15,13 +15,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"path"
 	"sort"
 	"strings"
 
 	"github.com/stackvm/stack/guestproto"
+	"github.com/stackvm/stack/internal/netaddr"
 )
 
 // MaxConfigSize caps how much of the config disk is read.
@@ -60,38 +60,31 @@ func Validate(cfg *guestproto.Config) error {
 	if cfg.Hostname != "" && !validHostname(cfg.Hostname) {
 		return fmt.Errorf("validate guest config: bad hostname %q", cfg.Hostname)
 	}
-	seen := map[string]bool{}
+	seen := map[netaddr.MAC]bool{}
 	for i, n := range cfg.NICs {
-		hw, err := net.ParseMAC(n.MAC)
-		if err != nil || len(hw) != 6 {
-			return fmt.Errorf("validate guest config: nic %d: bad mac %q", i, n.MAC)
+		if n.MAC.IsZero() {
+			return fmt.Errorf("validate guest config: nic %d: no mac", i)
 		}
-		if seen[hw.String()] {
-			return fmt.Errorf("validate guest config: nic %d: duplicate mac %s", i, hw)
+		if seen[n.MAC] {
+			return fmt.Errorf("validate guest config: nic %d: duplicate mac %s", i, n.MAC)
 		}
-		seen[hw.String()] = true
-		if n.DHCP && n.Address != "" {
-			return fmt.Errorf("validate guest config: nic %s: both dhcp and address %s", hw, n.Address)
+		seen[n.MAC] = true
+		if n.DHCP && n.Address.IsValid() {
+			return fmt.Errorf("validate guest config: nic %s: both dhcp and address %s", n.MAC, n.Address)
 		}
-		if !n.DHCP && n.Address == "" {
-			return fmt.Errorf("validate guest config: nic %s: neither dhcp nor an address", hw)
+		if !n.DHCP && !n.Address.IsValid() {
+			return fmt.Errorf("validate guest config: nic %s: neither dhcp nor an address", n.MAC)
 		}
-		if n.Address != "" {
-			p, err := netip.ParsePrefix(n.Address)
-			if err != nil || !p.Addr().Is4() {
-				return fmt.Errorf("validate guest config: nic %s: address %q is not an IPv4 CIDR", hw, n.Address)
-			}
+		if n.Address.IsValid() && !n.Address.Addr().Is4() {
+			return fmt.Errorf("validate guest config: nic %s: address %s is not an IPv4 CIDR", n.MAC, n.Address)
 		}
-		if n.Gateway != "" {
-			a, err := netip.ParseAddr(n.Gateway)
-			if err != nil || !a.Is4() {
-				return fmt.Errorf("validate guest config: nic %s: gateway %q is not an IPv4 address", hw, n.Gateway)
-			}
+		if n.Gateway.IsValid() && !n.Gateway.Is4() {
+			return fmt.Errorf("validate guest config: nic %s: gateway %s is not an IPv4 address", n.MAC, n.Gateway)
 		}
 	}
 	for _, d := range cfg.DNS {
-		if _, err := netip.ParseAddr(d); err != nil {
-			return fmt.Errorf("validate guest config: dns server %q: %w", d, err)
+		if !d.IsValid() {
+			return errors.New("validate guest config: a dns server without an address")
 		}
 	}
 	for _, s := range cfg.Search {
@@ -100,8 +93,8 @@ func Validate(cfg *guestproto.Config) error {
 		}
 	}
 	for _, h := range cfg.Hosts {
-		if _, err := netip.ParseAddr(h.IP); err != nil {
-			return fmt.Errorf("validate guest config: hosts entry %q: %w", h.IP, err)
+		if !h.IP.IsValid() {
+			return fmt.Errorf("validate guest config: hosts entry %q without an address", h.Names)
 		}
 		if len(h.Names) == 0 {
 			return fmt.Errorf("validate guest config: hosts entry %s has no names", h.IP)
@@ -191,7 +184,7 @@ func RenderHosts(cfg *guestproto.Config) []byte {
 }
 
 // RenderResolvConf is /etc/resolv.conf for the given servers and domains.
-func RenderResolvConf(dns, search []string) []byte {
+func RenderResolvConf(dns []netip.Addr, search []string) []byte {
 	var b bytes.Buffer
 	for _, d := range dns {
 		fmt.Fprintf(&b, "nameserver %s\n", d)

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/stackvm/stack/guestproto"
+	"github.com/stackvm/stack/internal/netaddr"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -37,14 +39,14 @@ func validConfig() guestproto.Config {
 		Version:  guestproto.Version,
 		Hostname: "web-0",
 		Hosts: []guestproto.Host{
-			{IP: "10.42.0.10", Names: []string{"web-0", "web-0.demo.internal"}},
-			{IP: "10.42.0.11", Names: []string{"db"}},
+			{IP: netip.MustParseAddr("10.42.0.10"), Names: []string{"web-0", "web-0.demo.internal"}},
+			{IP: netip.MustParseAddr("10.42.0.11"), Names: []string{"db"}},
 		},
 		NICs: []guestproto.NIC{
-			{MAC: "52:54:00:12:34:56", Address: "10.42.0.10/24", Gateway: "10.42.0.1"},
-			{MAC: "52:54:00:AB:CD:EF", DHCP: true},
+			{MAC: netaddr.MustParseMAC("52:54:00:12:34:56"), Address: netip.MustParsePrefix("10.42.0.10/24"), Gateway: netip.MustParseAddr("10.42.0.1")},
+			{MAC: netaddr.MustParseMAC("52:54:00:AB:CD:EF"), DHCP: true},
 		},
-		DNS:     []string{"10.42.0.1"},
+		DNS:     []netip.Addr{netip.MustParseAddr("10.42.0.1")},
 		Search:  []string{"demo.internal"},
 		Mounts:  []guestproto.Mount{{Source: "disk:vol-data", Target: "/var/lib/data"}, {Source: "share:src", Target: "/src", ReadOnly: true}},
 		Command: []string{"httpd", "-f", "-p", "80"},
@@ -86,16 +88,18 @@ func TestParseConfigErrors(t *testing.T) {
 		"trailing":       {[]byte(`{"version":1} {}`), "trailing"},
 		"version":        {mod(func(c *guestproto.Config) { c.Version = 2 }), "version 2"},
 		"hostname":       {mod(func(c *guestproto.Config) { c.Hostname = "bad name" }), "bad hostname"},
-		"mac":            {mod(func(c *guestproto.Config) { c.NICs[0].MAC = "52:54:00" }), "bad mac"},
-		"dup mac":        {mod(func(c *guestproto.Config) { c.NICs[1].MAC = "52:54:00:12:34:56" }), "duplicate mac"},
-		"dhcp and addr":  {mod(func(c *guestproto.Config) { c.NICs[1].Address = "10.0.0.2/24" }), "both dhcp"},
+		"mac":            {[]byte(`{"version":1,"nics":[{"mac":"52:54:00","dhcp":true}]}`), "invalid MAC address"},
+		"no mac":         {mod(func(c *guestproto.Config) { c.NICs[0].MAC = netaddr.MAC{} }), "no mac"},
+		"dup mac":        {mod(func(c *guestproto.Config) { c.NICs[1].MAC = netaddr.MustParseMAC("52:54:00:12:34:56") }), "duplicate mac"},
+		"dhcp and addr":  {mod(func(c *guestproto.Config) { c.NICs[1].Address = netip.MustParsePrefix("10.0.0.2/24") }), "both dhcp"},
 		"no addr":        {mod(func(c *guestproto.Config) { c.NICs[1].DHCP = false }), "neither dhcp"},
-		"addr not cidr":  {mod(func(c *guestproto.Config) { c.NICs[0].Address = "10.42.0.10" }), "not an IPv4 CIDR"},
-		"addr v6":        {mod(func(c *guestproto.Config) { c.NICs[0].Address = "fd00::1/64" }), "not an IPv4 CIDR"},
-		"gateway":        {mod(func(c *guestproto.Config) { c.NICs[0].Gateway = "gw" }), "gateway"},
-		"dns":            {mod(func(c *guestproto.Config) { c.DNS = []string{"x"} }), "dns server"},
+		"addr not cidr":  {[]byte(`{"version":1,"nics":[{"mac":"52:54:00:12:34:56","address":"10.42.0.10"}]}`), "netip.ParsePrefix"},
+		"addr v6":        {mod(func(c *guestproto.Config) { c.NICs[0].Address = netip.MustParsePrefix("fd00::1/64") }), "not an IPv4 CIDR"},
+		"gateway":        {mod(func(c *guestproto.Config) { c.NICs[0].Gateway = netip.MustParseAddr("fd00::1") }), "gateway"},
+		"bad gateway":    {[]byte(`{"version":1,"nics":[{"mac":"52:54:00:12:34:56","address":"10.42.0.10/24","gateway":"gw"}]}`), "ParseAddr"},
+		"dns":            {[]byte(`{"version":1,"dns":["x"]}`), "ParseAddr"},
 		"search":         {mod(func(c *guestproto.Config) { c.Search = []string{"a b"} }), "search domain"},
-		"hosts ip":       {mod(func(c *guestproto.Config) { c.Hosts[0].IP = "nope" }), "hosts entry"},
+		"hosts ip":       {mod(func(c *guestproto.Config) { c.Hosts[0].IP = netip.Addr{} }), "hosts entry"},
 		"hosts names":    {mod(func(c *guestproto.Config) { c.Hosts[0].Names = nil }), "no names"},
 		"mount source":   {mod(func(c *guestproto.Config) { c.Mounts[0].Source = "vol-data" }), "disk:<serial>"},
 		"mount target":   {mod(func(c *guestproto.Config) { c.Mounts[0].Target = "rel/path" }), "clean absolute path"},

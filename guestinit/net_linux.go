@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -21,7 +22,7 @@ const dhcpTimeout = 15 * time.Second
 // configureNetwork brings lo up and configures each NIC by MAC: a static
 // address with a default route via its gateway, or DHCP. It returns MAC →
 // IPv4 address and the DNS servers DHCP offered.
-func configureNetwork(ctx context.Context, nics []guestproto.NIC, log *slog.Logger) (map[string]string, []string, error) {
+func configureNetwork(ctx context.Context, nics []guestproto.NIC, log *slog.Logger) (map[string]string, []netip.Addr, error) {
 	lo, err := netlink.LinkByName("lo")
 	if err != nil {
 		return nil, nil, fmt.Errorf("find lo: %w", err)
@@ -30,12 +31,9 @@ func configureNetwork(ctx context.Context, nics []guestproto.NIC, log *slog.Logg
 		return nil, nil, fmt.Errorf("bring lo up: %w", err)
 	}
 	addrs := map[string]string{}
-	var dns []string
+	var dns []netip.Addr
 	for i, nic := range nics {
-		hw, err := net.ParseMAC(nic.MAC)
-		if err != nil {
-			return nil, nil, fmt.Errorf("configure nic %q: %w", nic.MAC, err)
-		}
+		hw := nic.MAC.HardwareAddr()
 		var link netlink.Link
 		if _, err := waitFor(deviceWait, func() (string, error) {
 			link, err = linkByMAC(hw)
@@ -58,15 +56,15 @@ func configureNetwork(ctx context.Context, nics []guestproto.NIC, log *slog.Logg
 			log.Info("dhcp lease", "nic", name, "mac", hw, "ip", ip)
 			continue
 		}
-		a, err := netlink.ParseAddr(nic.Address)
+		a, err := netlink.ParseAddr(nic.Address.String())
 		if err != nil {
 			return nil, nil, fmt.Errorf("parse address %s of %s: %w", nic.Address, name, err)
 		}
 		if err := netlink.AddrReplace(link, a); err != nil {
 			return nil, nil, fmt.Errorf("add address %s to %s: %w", nic.Address, name, err)
 		}
-		if nic.Gateway != "" {
-			if err := addDefaultRoute(link, net.ParseIP(nic.Gateway), i); err != nil {
+		if nic.Gateway.IsValid() {
+			if err := addDefaultRoute(link, net.IP(nic.Gateway.AsSlice()), i); err != nil {
 				return nil, nil, err
 			}
 		}
@@ -102,7 +100,7 @@ func addDefaultRoute(link netlink.Link, gw net.IP, n int) error {
 // dhcp gets a lease and applies it (address, default route). The lease is
 // applied with an infinite lifetime and not renewed: the stack gateway's
 // addresses are stable for the VM's life.
-func dhcp(ctx context.Context, link netlink.Link, n int) (string, []string, error) {
+func dhcp(ctx context.Context, link netlink.Link, n int) (string, []netip.Addr, error) {
 	name := link.Attrs().Name
 	c, err := nclient4.New(name, nclient4.WithTimeout(2*time.Second), nclient4.WithRetry(5))
 	if err != nil {
@@ -129,9 +127,11 @@ func dhcp(ctx context.Context, link netlink.Link, n int) (string, []string, erro
 			return "", nil, err
 		}
 	}
-	var dns []string
+	var dns []netip.Addr
 	for _, ip := range ack.DNS() {
-		dns = append(dns, ip.String())
+		if a, ok := netip.AddrFromSlice(ip.To4()); ok {
+			dns = append(dns, a)
+		}
 	}
 	return ack.YourIPAddr.String(), dns, nil
 }

@@ -28,7 +28,12 @@
 // TestBootThroughQEMUDriver: two hellos arrive before "ready").
 package guestproto
 
-import "encoding/json"
+import (
+	"encoding/json"
+	"net/netip"
+
+	"github.com/stackvm/stack/internal/netaddr"
+)
 
 const (
 	// ConfigDiskSerial is the virtio-blk serial of the config disk.
@@ -45,7 +50,7 @@ type Config struct {
 	Hostname string            `json:"hostname"`
 	Hosts    []Host            `json:"hosts,omitempty"` // written to /etc/hosts
 	NICs     []NIC             `json:"nics,omitempty"`
-	DNS      []string          `json:"dns,omitempty"`    // resolv.conf nameservers
+	DNS      []netip.Addr      `json:"dns,omitempty"`    // resolv.conf nameservers
 	Search   []string          `json:"search,omitempty"` // resolv.conf search domains
 	Mounts   []Mount           `json:"mounts,omitempty"`
 	Command  []string          `json:"command,omitempty"` // the workload; none: stay up idle
@@ -67,16 +72,16 @@ type Config struct {
 
 // Host is one /etc/hosts line.
 type Host struct {
-	IP    string   `json:"ip"`
-	Names []string `json:"names"`
+	IP    netip.Addr `json:"ip"`
+	Names []string   `json:"names"`
 }
 
 // NIC configures the interface whose MAC matches.
 type NIC struct {
-	MAC     string `json:"mac"`
-	Address string `json:"address,omitempty"` // CIDR, e.g. 10.42.0.2/24; "" with DHCP
-	Gateway string `json:"gateway,omitempty"`
-	DHCP    bool   `json:"dhcp,omitempty"`
+	MAC     netaddr.MAC  `json:"mac"`
+	Address netip.Prefix `json:"address,omitzero"` // e.g. 10.42.0.2/24; none with DHCP
+	Gateway netip.Addr   `json:"gateway,omitzero"`
+	DHCP    bool         `json:"dhcp,omitempty"`
 }
 
 // Mount is a disk or shared directory to mount.

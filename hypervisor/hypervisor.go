@@ -1,4 +1,4 @@
-// Package hypervisor owns the driver interface between the engine and a
+// Package hypervisor owns the driver interface between the supervisor and a
 // virtual machine monitor. A driver turns a typed Config into a running VMM
 // process that outlives the calling process, and re-adopts it later from its
 // recorded Identity. Implementations live in sub-packages (qemu first).
@@ -10,6 +10,8 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"github.com/stackvm/stack/internal/netaddr"
 )
 
 // ErrGone is returned by Attach when the recorded process no longer exists
@@ -131,7 +133,7 @@ type Config struct {
 
 // NIC is one network interface. Exactly one of the transports is set.
 type NIC struct {
-	MAC string
+	MAC netaddr.MAC
 	// Datagram unix sockets, one frame per datagram: the VMM binds
 	// DgramLocal and sends to DgramRemote (the switch port).
 	DgramLocal, DgramRemote string

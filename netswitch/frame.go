@@ -4,49 +4,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"github.com/stackvm/stack/internal/netaddr"
 )
 
 // MAC is an Ethernet address as it appears on the wire.
-type MAC [6]byte
-
-func (m MAC) String() string {
-	return fmt.Sprintf("%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5])
-}
-
-// IsMulticast reports whether m is a group address (broadcast included).
-func (m MAC) IsMulticast() bool { return m[0]&1 == 1 }
-
-// ParseMAC parses the canonical aa:bb:cc:dd:ee:ff form (either case).
-func ParseMAC(s string) (MAC, error) {
-	var m MAC
-	if len(s) != 17 {
-		return m, fmt.Errorf("parse mac %q: want 17 characters", s)
-	}
-	for i := 0; i < 6; i++ {
-		if i > 0 && s[3*i-1] != ':' {
-			return m, fmt.Errorf("parse mac %q: want ':' separators", s)
-		}
-		hi, ok1 := unhex(s[3*i])
-		lo, ok2 := unhex(s[3*i+1])
-		if !ok1 || !ok2 {
-			return m, fmt.Errorf("parse mac %q: bad hex digit", s)
-		}
-		m[i] = hi<<4 | lo
-	}
-	return m, nil
-}
-
-func unhex(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
-	case 'A' <= c && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
-}
+type MAC = netaddr.MAC
 
 const (
 	// EthHeaderLen is the length of an untagged Ethernet header.

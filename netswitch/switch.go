@@ -18,7 +18,7 @@
 // without waiting, until a send succeeds again. So a paused VM costs the
 // others at most one stall timeout, not a blocked switch.
 //
-// Use from the engine, per network:
+// Use from the supervisor, per network:
 //
 //	sw, _ := netswitch.New(netswitch.Config{Name: net, Dir: filenames.NetworkRuntime(run, ns, net)})
 //	swPath, _ := sw.AddDgramPort(portName, vmmPath) // NIC{DgramLocal: vmmPath, DgramRemote: swPath}

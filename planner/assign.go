@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/stackvm/stack/internal/netaddr"
 	"github.com/stackvm/stack/stackfile"
 	"github.com/stackvm/stack/state"
 )
@@ -26,20 +27,20 @@ func assignNICs(desired *stackfile.Stack, st *state.State) (map[string][]state.N
 		net string
 		ip  netip.Addr
 	}
-	pinnedIP := map[key]string{}     // → address of the VM that pins it
-	pinnedMAC := map[string]string{} // → address of the VM that pins it
+	pinnedIP := map[key]string{}          // → address of the VM that pins it
+	pinnedMAC := map[netaddr.MAC]string{} // → address of the VM that pins it
 	for _, vm := range desired.VMs {
 		for _, n := range vm.NICs {
 			if n.IP.IsValid() {
 				pinnedIP[key{n.Network, n.IP}] = vm.Address
 			}
-			if n.MAC != "" {
+			if !n.MAC.IsZero() {
 				pinnedMAC[n.MAC] = vm.Address
 			}
 		}
 	}
 	usedIP := map[key]bool{}
-	usedMAC := map[string]bool{}
+	usedMAC := map[netaddr.MAC]bool{}
 	for k := range pinnedIP {
 		usedIP[k] = true
 	}
@@ -91,9 +92,9 @@ func assignNICs(desired *stackfile.Stack, st *state.State) (map[string][]state.N
 				needIP = append(needIP, pending{vm, i})
 			}
 			switch {
-			case n.MAC != "":
+			case !n.MAC.IsZero():
 				nics[i].MAC = n.MAC
-			case hasOld && old.MAC != "" && !usedMAC[old.MAC]:
+			case hasOld && !old.MAC.IsZero() && !usedMAC[old.MAC]:
 				nics[i].MAC = old.MAC
 				usedMAC[old.MAC] = true
 			default:
@@ -165,7 +166,7 @@ func lastAddr(p netip.Prefix) netip.Addr {
 // DeriveMAC gives a VM's NIC a stable, locally administered unicast MAC
 // (52:54 prefix, as QEMU uses) from the namespace, VM and network names. salt
 // moves past the rare collision.
-func DeriveMAC(namespace, vm, network string, salt int) string {
+func DeriveMAC(namespace, vm, network string, salt int) netaddr.MAC {
 	h := sha256.Sum256(fmt.Appendf(nil, "%s/%s/%s/%d", namespace, vm, network, salt))
-	return fmt.Sprintf("52:54:%02x:%02x:%02x:%02x", h[0], h[1], h[2], h[3])
+	return netaddr.MAC{0x52, 0x54, h[0], h[1], h[2], h[3]}
 }

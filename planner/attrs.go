@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/stackvm/stack/internal/netaddr"
 	"github.com/stackvm/stack/stackfile"
 	"github.com/stackvm/stack/state"
 )
@@ -53,11 +54,11 @@ func volumeAttributes(v *stackfile.Volume) state.Attributes {
 // nicAttr is how one resolved attachment appears in a VM's "network"
 // attribute: everything the guest is configured with at boot.
 type nicAttr struct {
-	Network string `json:"network"`
-	IP      string `json:"ip"`
-	Prefix  int    `json:"prefix"`
-	Gateway string `json:"gateway"`
-	MAC     string `json:"mac"`
+	Network string      `json:"network"`
+	IP      string      `json:"ip"`
+	Prefix  int         `json:"prefix"`
+	Gateway string      `json:"gateway"`
+	MAC     netaddr.MAC `json:"mac"`
 }
 
 // diskAttr is one entry of a VM's "disk" attribute.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/stackvm/stack/internal/netaddr"
 	"github.com/zclconf/go-cty/cty"
 )
 
@@ -108,7 +109,7 @@ type loader struct {
 	invariant    map[*hcl.Attribute]bool
 	evalCache    map[*hcl.Attribute]cachedVal
 	ipOwner      map[ipKey]string
-	macOwner     map[string]string
+	macOwner     map[netaddr.MAC]string
 	portOwner    map[portKey]string
 	volOwner     map[string]string
 	statCache    map[string]statResult
@@ -156,7 +157,7 @@ func Load(opts Options) (*Stack, *Sources, hcl.Diagnostics) {
 		invariant:    map[*hcl.Attribute]bool{},
 		evalCache:    map[*hcl.Attribute]cachedVal{},
 		ipOwner:      map[ipKey]string{},
-		macOwner:     map[string]string{},
+		macOwner:     map[netaddr.MAC]string{},
 		portOwner:    map[portKey]string{},
 		volOwner:     map[string]string{},
 		statCache:    map[string]statResult{},

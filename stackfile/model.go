@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
+	"github.com/stackvm/stack/internal/netaddr"
 )
 
 // Boot modes of a VM.
@@ -140,8 +141,8 @@ type NIC struct {
 	Network string `json:"network"`
 	// IP and MAC are what the file says; zero/"" means "assign one". The
 	// planner resolves them against state.
-	IP  netip.Addr `json:"ip,omitempty"`
-	MAC string     `json:"mac,omitempty"` // canonical lower-case aa:bb:cc:dd:ee:ff
+	IP  netip.Addr  `json:"ip,omitempty"`
+	MAC netaddr.MAC `json:"mac,omitzero"`
 
 	DeclRange hcl.Range `json:"-"`
 }

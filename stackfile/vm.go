@@ -2,7 +2,6 @@ package stackfile
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
 	"net/url"
 	"os"
@@ -14,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
+	"github.com/stackvm/stack/internal/netaddr"
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/convert"
 )
@@ -619,15 +619,14 @@ func (l *loader) buildNIC(s sub, vm *VM, ctx *hcl.EvalContext, sc scope) *NIC {
 	}
 	if a := s.c.Attributes["mac"]; a != nil {
 		if str, ok := l.evalString(a, ctx, sc); ok {
-			hw, err := net.ParseMAC(str)
+			mac, err := netaddr.ParseMAC(str)
 			rng := a.Expr.Range()
 			switch {
-			case err != nil || len(hw) != 6:
+			case err != nil:
 				l.errorf(rng, "Invalid MAC address", "mac must be six hex bytes separated by ':', as in \"52:54:00:12:34:56\"; got %q.", str)
-			case hw[0]&1 == 1:
+			case mac.IsMulticast():
 				l.errorf(rng, "Multicast MAC address", "%s is a multicast address (the lowest bit of the first byte is set); a NIC needs a unicast address such as 52:54:00:...", str)
 			default:
-				mac := hw.String()
 				if prev, used := l.macOwner[mac]; used {
 					l.errorf(rng, "MAC address used twice", "%s is already used by %s.", mac, prev)
 				} else {

@@ -16,6 +16,8 @@ import (
 	"net/netip"
 	"sort"
 	"time"
+
+	"github.com/stackvm/stack/internal/netaddr"
 )
 
 // FormatVersion is the version this build writes. A state with a higher
@@ -78,9 +80,9 @@ type VM struct {
 // planner reuses them for as long as the VM exists and the file does not pin
 // other values.
 type NIC struct {
-	Network string     `json:"network"`
-	IP      netip.Addr `json:"ip"`
-	MAC     string     `json:"mac"`
+	Network string      `json:"network"`
+	IP      netip.Addr  `json:"ip"`
+	MAC     netaddr.MAC `json:"mac"`
 }
 
 // Process identifies a VMM process: a pid alone can be reused, so the

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stackvm/stack/internal/netaddr"
 )
 
 func TestReadMissingIsEmpty(t *testing.T) {
@@ -27,7 +29,7 @@ func TestWriteAdvancesSerialKeepsLineage(t *testing.T) {
 	s := Open(root, "demo")
 	st := New("demo")
 	st.VMs["vm.web[0]"] = &VM{Address: "vm.web[0]", Name: "web-0", Status: StatusReady,
-		NICs: []NIC{{Network: "lan", IP: netip.MustParseAddr("10.0.0.2"), MAC: "52:54:00:00:00:01"}}}
+		NICs: []NIC{{Network: "lan", IP: netip.MustParseAddr("10.0.0.2"), MAC: netaddr.MustParseMAC("52:54:00:00:00:01")}}}
 	if err := s.Write(st); err != nil {
 		t.Fatal(err)
 	}

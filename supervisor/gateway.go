@@ -46,10 +46,10 @@ type host struct {
 }
 
 func (a *gatewayAdapter) update() error {
-	u := gateway.Update{Hosts: map[string]netip.Addr{}, Leases: map[string]netip.Addr{}}
+	u := gateway.Update{Hosts: map[string]netip.Addr{}, Leases: map[api.MAC]netip.Addr{}}
 	for name, h := range a.hosts {
 		u.Hosts[name] = h.ip
-		u.Leases[h.mac.String()] = h.ip
+		u.Leases[h.mac] = h.ip
 	}
 	for p, ip := range a.publish {
 		u.Publish = append(u.Publish, gateway.Forward{Protocol: p.Protocol, HostPort: p.HostPort,

@@ -182,7 +182,7 @@ func (s *Supervisor) wire(v *vmRun) error {
 		if err != nil {
 			return err
 		}
-		v.nics = append(v.nics, hypervisor.NIC{MAC: nic.MAC.String(), DgramLocal: vmmPath, DgramRemote: swPath})
+		v.nics = append(v.nics, hypervisor.NIC{MAC: nic.MAC, DgramLocal: vmmPath, DgramRemote: swPath})
 		if n.gw != nil {
 			if err := n.gw.AddHost(v.spec.Name, nic.IP, nic.MAC); err != nil {
 				return err

@@ -3,7 +3,6 @@ package qemu
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -221,7 +220,7 @@ func BuildArgs(cfg *hypervisor.Config, host HostInfo) ([]string, error) {
 			nd = "tap,id=" + id + ",ifname=" + esc(n.TAP) + ",script=no,downscript=no"
 		}
 		a = append(a, "-netdev", nd,
-			"-device", dev("net")+",netdev="+id+",mac="+n.MAC)
+			"-device", dev("net")+",netdev="+id+",mac="+n.MAC.String())
 	}
 
 	// Shared directories use virtio-fs when a virtiofsd is at hand (Start
@@ -346,8 +345,8 @@ func validate(cfg *hypervisor.Config) error {
 		if set != 1 {
 			return bad("nic %d has %d transports, want exactly one", i, set)
 		}
-		if mac, err := net.ParseMAC(n.MAC); err != nil || len(mac) != 6 {
-			return bad("nic %d: bad MAC %q", i, n.MAC)
+		if n.MAC.IsZero() || n.MAC.IsMulticast() {
+			return bad("nic %d: MAC %s is not a unicast address", i, n.MAC)
 		}
 	}
 	for i, s := range cfg.SharedDirs {

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/stackvm/stack/hypervisor"
+	"github.com/stackvm/stack/internal/netaddr"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -28,7 +29,7 @@ func baseConfig() *hypervisor.Config {
 		GuestAgent:  true,
 		GuestConfig: []byte(`{"version":1,"hostname":"web-0"}`),
 		NICs: []hypervisor.NIC{{
-			MAC:        "52:54:00:12:34:56",
+			MAC:        netaddr.MustParseMAC("52:54:00:12:34:56"),
 			DgramLocal: runDir + "/n0.sock", DgramRemote: "/run/user/0/stack/0123456789ab/net-aaaaaaaaaaaa/p0.sock",
 		}},
 	}
@@ -62,7 +63,7 @@ func TestBuildArgsGolden(t *testing.T) {
 				{Path: "/state/ns/vms/db/seed.iso", Format: "raw", ReadOnly: true, Serial: "cidata"},
 				{Path: "/state/ns/volumes/pgdata.img", Format: "raw", Serial: "vol-pgdata"},
 			}
-			c.NICs = []hypervisor.NIC{{MAC: "52:54:00:00:00:02", StreamPath: "/run/sw/p1.sock"}}
+			c.NICs = []hypervisor.NIC{{MAC: netaddr.MustParseMAC("52:54:00:00:00:02"), StreamPath: "/run/sw/p1.sock"}}
 		}},
 		// A root disk: first, and root= unless the cmdline has one; auto
 		// picks q35 for a VM without the agent channel.
@@ -77,11 +78,11 @@ func TestBuildArgsGolden(t *testing.T) {
 		}},
 		{"nics-all-transports", tcgHost, func(c *hypervisor.Config) {
 			c.NICs = []hypervisor.NIC{
-				{MAC: "52:54:00:00:00:01", DgramLocal: runDir + "/n0.sock", DgramRemote: "/run/sw/p0.sock"},
-				{MAC: "52:54:00:00:00:02", StreamPath: "/run/sw/p1.sock"},
-				{MAC: "52:54:00:00:00:03", FD: os.Stdin},
-				{MAC: "52:54:00:00:00:04", TAP: "stk0"},
-				{MAC: "52:54:00:00:00:05", FD: os.Stdout},
+				{MAC: netaddr.MustParseMAC("52:54:00:00:00:01"), DgramLocal: runDir + "/n0.sock", DgramRemote: "/run/sw/p0.sock"},
+				{MAC: netaddr.MustParseMAC("52:54:00:00:00:02"), StreamPath: "/run/sw/p1.sock"},
+				{MAC: netaddr.MustParseMAC("52:54:00:00:00:03"), FD: os.Stdin},
+				{MAC: netaddr.MustParseMAC("52:54:00:00:00:04"), TAP: "stk0"},
+				{MAC: netaddr.MustParseMAC("52:54:00:00:00:05"), FD: os.Stdout},
 			}
 		}},
 		{"shared-dirs", tcgHost, func(c *hypervisor.Config) {
@@ -154,11 +155,14 @@ func TestBuildArgsRejects(t *testing.T) {
 			c.Disks = []hypervisor.Disk{{Path: "/d", Format: "raw", Serial: "stack-config"}}
 		},
 		"nic two transports": func(c *hypervisor.Config) { c.NICs[0].TAP = "tap0" },
-		"nic no transport":   func(c *hypervisor.Config) { c.NICs = []hypervisor.NIC{{MAC: "52:54:00:00:00:01"}} },
-		"nic half dgram":     func(c *hypervisor.Config) { c.NICs[0].DgramRemote = "" },
-		"bad mac":            func(c *hypervisor.Config) { c.NICs[0].MAC = "52:54:00:00:00:01,x=y" },
-		"bad tag":            func(c *hypervisor.Config) { c.SharedDirs = []hypervisor.SharedDir{{Tag: "a,b", HostPath: "/x"}} },
-		"newline cmdline":    func(c *hypervisor.Config) { c.Cmdline = "a\nb" },
+		"nic no transport": func(c *hypervisor.Config) {
+			c.NICs = []hypervisor.NIC{{MAC: netaddr.MustParseMAC("52:54:00:00:00:01")}}
+		},
+		"nic half dgram":  func(c *hypervisor.Config) { c.NICs[0].DgramRemote = "" },
+		"no mac":          func(c *hypervisor.Config) { c.NICs[0].MAC = netaddr.MAC{} },
+		"multicast mac":   func(c *hypervisor.Config) { c.NICs[0].MAC = netaddr.MustParseMAC("01:00:5e:00:00:01") },
+		"bad tag":         func(c *hypervisor.Config) { c.SharedDirs = []hypervisor.SharedDir{{Tag: "a,b", HostPath: "/x"}} },
+		"newline cmdline": func(c *hypervisor.Config) { c.Cmdline = "a\nb" },
 	}
 	for name, mut := range cases {
 		cfg := baseConfig()
@@ -173,10 +177,11 @@ func FuzzBuildArgs(f *testing.F) {
 	f.Add("web", "quiet", "/k", "52:54:00:00:00:01", "raw", "ser", "tag", "/p", "auto", "auto", 1, 256)
 	f.Add("a,b", "x=y,z", "/k,", "zz", "qcow2", "", "", "", "q35", "kvm", 0, 0)
 	f.Fuzz(func(t *testing.T, name, cmdline, kernel, mac, format, serial, tag, path, machine, accel string, cpus, mem int) {
+		hw, _ := netaddr.ParseMAC(mac) // a bad one is the zero MAC, which BuildArgs refuses
 		cfg := &hypervisor.Config{
 			Name: name, RunDir: "/run/x", CPUs: cpus, MemoryMB: mem, Kernel: kernel, Cmdline: cmdline,
 			Machine: machine, Accel: accel, GuestAgent: true, GuestConfig: []byte("{}"),
-			NICs:       []hypervisor.NIC{{MAC: mac, TAP: "t0"}},
+			NICs:       []hypervisor.NIC{{MAC: hw, TAP: "t0"}},
 			Disks:      []hypervisor.Disk{{Path: path, Format: format, Serial: serial}},
 			SharedDirs: []hypervisor.SharedDir{{Tag: tag, HostPath: path}},
 		}

@@ -25,6 +25,7 @@ import (
 	"github.com/stackvm/stack/hypervisor/console"
 	"github.com/stackvm/stack/hypervisor/proc"
 	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/internal/netaddr"
 	"github.com/stackvm/stack/internal/testutil"
 )
 
@@ -578,9 +579,9 @@ func TestArgvAcceptedByQEMU(t *testing.T) {
 				{Path: raw, Format: "raw", ReadOnly: true, Serial: "seed"},
 			}
 			cfg.NICs = []hypervisor.NIC{
-				{MAC: "52:54:00:00:00:01", DgramLocal: filepath.Join(cfg.RunDir, "n0.sock"), DgramRemote: remote},
-				{MAC: "52:54:00:00:00:02", StreamPath: streamPath},
-				{MAC: "52:54:00:00:00:03", FD: theirs},
+				{MAC: netaddr.MustParseMAC("52:54:00:00:00:01"), DgramLocal: filepath.Join(cfg.RunDir, "n0.sock"), DgramRemote: remote},
+				{MAC: netaddr.MustParseMAC("52:54:00:00:00:02"), StreamPath: streamPath},
+				{MAC: netaddr.MustParseMAC("52:54:00:00:00:03"), FD: theirs},
 			}
 			cfg.SharedDirs = []hypervisor.SharedDir{{Tag: "src", HostPath: data, ReadOnly: true}}
 
@@ -657,7 +658,7 @@ func TestOldQEMUExplained(t *testing.T) {
 		"echo \"qemu-system-x86_64: -netdev dgram,id=n0: Parameter 'type' expects a netdev backend type\" >&2\n"+
 		"exit 1\n")
 	dir := filepath.Dir(bin)
-	cfg.NICs = []hypervisor.NIC{{MAC: "52:54:00:00:00:01", DgramLocal: filepath.Join(dir, "l.sock"), DgramRemote: filepath.Join(dir, "r.sock")}}
+	cfg.NICs = []hypervisor.NIC{{MAC: netaddr.MustParseMAC("52:54:00:00:00:01"), DgramLocal: filepath.Join(dir, "l.sock"), DgramRemote: filepath.Join(dir, "r.sock")}}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_, err := New(Options{Binary: bin}).Start(ctx, cfg)

@@ -16,7 +16,7 @@ import (
 )
 
 // startDHCP serves DHCP on UDP port 67 of the gateway. Clients get the
-// address the engine assigned to their MAC (static leases only); unknown
+// address the planner assigned to their MAC (static leases only); unknown
 // clients get no answer, so that two servers on one segment cannot fight
 // over them and an unexpected guest stays visible as unconfigured.
 func (g *Gateway) startDHCP() error {

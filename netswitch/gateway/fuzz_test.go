@@ -7,11 +7,12 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/miekg/dns"
+	"github.com/stackvm/stack/netswitch"
 )
 
 func fuzzGateway(f *testing.F) *Gateway {
 	g, err := New(Config{Namespace: "demo", Network: "lan", Subnet: subnet, GatewayIP: gwIP, DHCP: true, DNS: true,
-		Hosts: map[string]netip.Addr{"db": ipB}, Leases: map[string]netip.Addr{macA.String(): ipA}})
+		Hosts: map[string]netip.Addr{"db": ipB}, Leases: map[netswitch.MAC]netip.Addr{macA: ipA}})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -1,5 +1,5 @@
 // Package gateway owns the services at a network's gateway address: ARP,
-// DHCP (static leases given by the engine), DNS for the namespace's VMs,
+// DHCP (static leases given by the supervisor), DNS for the namespace's VMs,
 // published ports (host 127.0.0.1:port to guest ip:port) and, when egress is
 // on, NAT to the host's network. It needs no root.
 //
@@ -73,9 +73,9 @@ type Config struct {
 	// Hosts maps VM names to addresses: "<vm>" and
 	// "<vm>.<namespace>.internal" resolve to them.
 	Hosts map[string]netip.Addr
-	// Leases maps MAC addresses ("aa:bb:cc:dd:ee:ff") to the address DHCP
-	// gives them. Unknown clients get no answer.
-	Leases  map[string]netip.Addr
+	// Leases maps MAC addresses to the address DHCP gives them. Unknown
+	// clients get no answer.
+	Leases  map[netswitch.MAC]netip.Addr
 	Publish []Forward
 
 	// LeaseTime is the DHCP lease time (default 1 h).
@@ -96,7 +96,7 @@ type Config struct {
 // Update is what may change while the gateway runs.
 type Update struct {
 	Hosts   map[string]netip.Addr
-	Leases  map[string]netip.Addr
+	Leases  map[netswitch.MAC]netip.Addr
 	Publish []Forward
 }
 
@@ -310,7 +310,7 @@ func (g *Gateway) Update(u Update) error {
 	return nil
 }
 
-func (g *Gateway) setHosts(hosts map[string]netip.Addr, leases map[string]netip.Addr) error {
+func (g *Gateway) setHosts(hosts map[string]netip.Addr, leases map[netswitch.MAC]netip.Addr) error {
 	h := make(map[string]netip.Addr, len(hosts))
 	for n, a := range hosts {
 		if !a.Is4() {
@@ -319,13 +319,9 @@ func (g *Gateway) setHosts(hosts map[string]netip.Addr, leases map[string]netip.
 		h[strings.ToLower(n)] = a
 	}
 	l := make(map[netswitch.MAC]netip.Addr, len(leases))
-	for m, a := range leases {
-		mac, err := netswitch.ParseMAC(m)
-		if err != nil {
-			return fmt.Errorf("lease: %w", err)
-		}
+	for mac, a := range leases {
 		if !a.Is4() || !g.cfg.Subnet.Contains(a) || a == g.cfg.GatewayIP {
-			return fmt.Errorf("lease for %s: address %v not usable in %v", m, a, g.cfg.Subnet)
+			return fmt.Errorf("lease for %s: address %v not usable in %v", mac, a, g.cfg.Subnet)
 		}
 		l[mac] = a
 	}

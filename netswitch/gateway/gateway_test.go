@@ -52,7 +52,7 @@ func setup(t *testing.T, mod func(*Config)) (*netswitch.Switch, *Gateway) {
 		Namespace: "demo", Network: "lan", Subnet: subnet, GatewayIP: gwIP,
 		DHCP: true, DNS: true,
 		Hosts:  map[string]netip.Addr{"web-0": ipA, "db": ipB},
-		Leases: map[string]netip.Addr{macA.String(): ipA, macB.String(): ipB},
+		Leases: map[netswitch.MAC]netip.Addr{macA: ipA, macB: ipB},
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -276,7 +276,7 @@ func TestDHCP(t *testing.T) {
 	}
 
 	// Leases change at run time.
-	if err := g.Update(Update{Leases: map[string]netip.Addr{stranger.String(): ipB}}); err != nil {
+	if err := g.Update(Update{Leases: map[netswitch.MAC]netip.Addr{stranger: ipB}}); err != nil {
 		t.Fatal(err)
 	}
 	r.Inject(udpFrame(stranger, bcastMAC, zero, bcast, 68, 67, disc2.ToBytes()))
@@ -333,7 +333,7 @@ func TestDNS(t *testing.T) {
 		t.Fatalf("example.com without egress: rcode %d, want REFUSED", resp.Rcode)
 	}
 	// Hosts change at run time.
-	if err := g.Update(Update{Hosts: map[string]netip.Addr{"cache": ipB}, Leases: map[string]netip.Addr{}}); err != nil {
+	if err := g.Update(Update{Hosts: map[string]netip.Addr{"cache": ipB}, Leases: map[netswitch.MAC]netip.Addr{}}); err != nil {
 		t.Fatal(err)
 	}
 	if resp := dnsQuery(t, gs, "cache", dns.TypeA); len(resp.Answer) != 1 {
@@ -460,7 +460,7 @@ func TestPublishedPorts(t *testing.T) {
 	}
 
 	// Unpublishing closes the host listener.
-	if err := g.Update(Update{Hosts: map[string]netip.Addr{}, Leases: map[string]netip.Addr{}}); err != nil {
+	if err := g.Update(Update{Hosts: map[string]netip.Addr{}, Leases: map[netswitch.MAC]netip.Addr{}}); err != nil {
 		t.Fatal(err)
 	}
 	if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", tcpPort)); err == nil {
@@ -572,8 +572,7 @@ func TestNewValidates(t *testing.T) {
 	for _, cfg := range []Config{
 		{Network: "x", Subnet: netip.MustParsePrefix("fd00::/64"), GatewayIP: netip.MustParseAddr("fd00::1")},
 		{Network: "x", Subnet: subnet, GatewayIP: netip.MustParseAddr("10.9.9.9")},
-		{Network: "x", Subnet: subnet, GatewayIP: gwIP, Leases: map[string]netip.Addr{"zz": ipA}},
-		{Network: "x", Subnet: subnet, GatewayIP: gwIP, Leases: map[string]netip.Addr{macA.String(): netip.MustParseAddr("10.9.9.9")}},
+		{Network: "x", Subnet: subnet, GatewayIP: gwIP, Leases: map[netswitch.MAC]netip.Addr{macA: netip.MustParseAddr("10.9.9.9")}},
 	} {
 		if g, err := New(cfg); err == nil {
 			g.Close()

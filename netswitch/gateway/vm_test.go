@@ -267,9 +267,9 @@ func TestTwoGuests(t *testing.T) {
 	swDir := filepath.Join(dir, "net")
 	httpPort := freePort(t, "tcp")
 
-	macServer, macClient := "52:54:00:aa:00:0a", "52:54:00:aa:00:0b"
+	macServer, macClient := netswitch.MAC{0x52, 0x54, 0, 0xaa, 0, 0x0a}, netswitch.MAC{0x52, 0x54, 0, 0xaa, 0, 0x0b}
 	hosts := map[string]netip.Addr{"vm-a": ipA, "vm-b": ipB}
-	leases := map[string]netip.Addr{macServer: ipA, macClient: ipB}
+	leases := map[netswitch.MAC]netip.Addr{macServer: ipA, macClient: ipB}
 	publish := []Forward{{Protocol: "tcp", HostPort: httpPort, GuestIP: ipA, GuestPort: 80}}
 
 	// up starts a switch with its gateway and both VMs' ports, as the
@@ -322,8 +322,8 @@ func TestTwoGuests(t *testing.T) {
 	})
 
 	start := time.Now()
-	a := startVM(t, "vm-a", img.Kernel, initrd, "role=server", macServer, filepath.Join(dir, "vm-a.sock"), paths["vm-a"])
-	b := startVM(t, "vm-b", img.Kernel, initrd, "role=client peer=vm-a", macClient, filepath.Join(dir, "vm-b.sock"), paths["vm-b"])
+	a := startVM(t, "vm-a", img.Kernel, initrd, "role=server", macServer.String(), filepath.Join(dir, "vm-a.sock"), paths["vm-a"])
+	b := startVM(t, "vm-b", img.Kernel, initrd, "role=client peer=vm-a", macClient.String(), filepath.Join(dir, "vm-b.sock"), paths["vm-b"])
 
 	// DHCP: each guest gets its lease, the gateway as router and DNS, and
 	// its name.

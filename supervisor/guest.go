@@ -39,9 +39,9 @@ func (s *Supervisor) onGuestMessage(v *vmRun, m *guestproto.Message) {
 	st := m.Status
 	switch m.Type {
 	case guestproto.TypeExecOutput, guestproto.TypeExecExit, guestproto.TypeExecInputAck:
-		s.mu.Lock()
+		v.mu.Lock()
 		q := v.execs[m.ID]
-		s.mu.Unlock()
+		v.mu.Unlock()
 		if q != nil {
 			q.push(*m) // the session drains it until exec-exit
 		}
@@ -49,27 +49,27 @@ func (s *Supervisor) onGuestMessage(v *vmRun, m *guestproto.Message) {
 	case guestproto.TypeExit:
 		if st != nil {
 			code := st.ExitCode
-			s.mu.Lock()
+			v.mu.Lock()
 			v.guestExit = &code
-			s.mu.Unlock()
+			v.mu.Unlock()
 			s.emitVM(v, api.PhaseExited, fmt.Sprintf("the workload exited with status %d", code))
 		}
 	case guestproto.TypeError:
-		s.mu.Lock()
+		v.mu.Lock()
 		v.guestErr = m.Error
 		v.guestNewsLocked()
-		s.mu.Unlock()
+		v.mu.Unlock()
 	case guestproto.TypeReady:
-		s.mu.Lock()
+		v.mu.Lock()
 		v.guestReady = true
 		v.guestNewsLocked()
-		s.mu.Unlock()
+		v.mu.Unlock()
 	case guestproto.TypeListening:
-		s.mu.Lock()
+		v.mu.Lock()
 		v.guestNewsLocked() // a probe waiting for its next tick looks now
-		s.mu.Unlock()
+		v.mu.Unlock()
 	case guestproto.TypeHello:
-		s.mu.Lock()
+		v.mu.Lock()
 		if st != nil && st.Ready {
 			v.guestReady = true
 			v.guestNewsLocked()
@@ -78,12 +78,12 @@ func (s *Supervisor) onGuestMessage(v *vmRun, m *guestproto.Message) {
 			code := st.ExitCode
 			v.guestExit = &code
 		}
-		s.mu.Unlock()
+		v.mu.Unlock()
 	}
 	if st != nil && st.Error != "" {
-		s.mu.Lock()
+		v.mu.Lock()
 		v.st.Reason = st.Error
-		s.mu.Unlock()
+		v.mu.Unlock()
 	}
 }
 
@@ -97,8 +97,8 @@ func (v *vmRun) guestNewsLocked() {
 
 // guestNewsChan returns the channel closed at the guest's next report.
 func (v *vmRun) guestNewsChan() <-chan struct{} {
-	v.s.mu.Lock()
-	defer v.s.mu.Unlock()
+	v.mu.Lock()
+	defer v.mu.Unlock()
 	if v.guestNews == nil {
 		v.guestNews = make(chan struct{})
 	}
@@ -107,13 +107,18 @@ func (v *vmRun) guestNewsChan() <-chan struct{} {
 
 // releaseVM starts a held VM's workload (see api.VMSpec.Hold).
 func (s *Supervisor) releaseVM(ctx context.Context, address string) error {
+	// s.mu stays held while the record is written, so that a stop-vm
+	// cannot remove the VM and its record in between and have it written
+	// back.
 	s.mu.Lock()
 	v := s.vms[address]
 	var inst hypervisor.Instance
 	if v != nil {
+		v.mu.Lock()
 		v.released, v.st.Held = true, false
 		v.writeRecordLocked()
 		inst = v.inst
+		v.mu.Unlock()
 	}
 	s.mu.Unlock()
 	if v == nil || inst == nil {

@@ -16,16 +16,13 @@ import (
 // startVM starts (or restarts from scratch) one VM and says which VMM it
 // started. Readiness is reported later through events.
 func (s *Supervisor) startVM(ctx context.Context, spec api.VMSpec) (*api.Started, error) {
-	s.mu.Lock()
-	_, exists := s.vms[spec.Address]
-	s.mu.Unlock()
-	if exists {
+	if s.vm(spec.Address) != nil {
 		if err := s.stopVM(ctx, spec.Address, s.opts.StopTimeout); err != nil {
 			return nil, err
 		}
 	}
-	v := &vmRun{s: s, spec: spec, runDir: filenames.VMRuntime(s.opts.RuntimeRoot, s.opts.Namespace, spec.Name)}
-	v.st = api.VMStatus{Address: spec.Address, Name: spec.Name, State: api.StateCreating}
+	v := &vmRun{s: s, spec: spec, runDir: filenames.VMRuntime(s.opts.RuntimeRoot, s.opts.Namespace, spec.Name),
+		st: api.VMStatus{Address: spec.Address, Name: spec.Name, State: api.StateCreating}}
 	for _, dir := range []string{v.runDir, spec.StateDir} {
 		if err := os.MkdirAll(dir, filenames.DirMode); err != nil {
 			return nil, fmt.Errorf("start %s: %w", spec.Address, err)
@@ -51,23 +48,29 @@ func (s *Supervisor) startVM(ctx context.Context, spec api.VMSpec) (*api.Started
 		os.RemoveAll(v.runDir)
 		return nil, err
 	}
-	return started(v.inst)
+	return started(v.instance())
 }
 
 // launch starts the VMM and the goroutine that supervises it.
 func (s *Supervisor) launch(ctx context.Context, v *vmRun) error {
 	cfg := v.config()
 	loopCtx, cancel := context.WithCancel(context.Background())
-	s.mu.Lock()
-	if v.relay != nil {
-		v.relay.Close() // the previous VMM's console (restart)
-		v.relay = nil
+	v.mu.Lock()
+	relay := v.relay // the previous VMM's console (restart)
+	v.relay = nil
+	v.mu.Unlock()
+	if relay != nil {
+		relay.Close() // before the log's size is taken: it writes the last lines
 	}
-	v.loopCtx, v.cancel = loopCtx, cancel
-	v.logStart = 0
+	var logStart int64
 	if fi, err := os.Stat(filepath.Join(v.spec.StateDir, filenames.ConsoleLog)); err == nil {
-		v.logStart = fi.Size()
+		logStart = fi.Size()
 	}
+	v.mu.Lock()
+	v.loopCtx, v.cancel = loopCtx, cancel
+	v.logStart = logStart
+	v.mu.Unlock()
+	s.mu.Lock()
 	s.booting[v.runDir] = v
 	s.mu.Unlock()
 	defer func() {
@@ -96,18 +99,23 @@ func (s *Supervisor) BeforeBoot(ctx context.Context, cfg *hypervisor.Config) err
 	if v == nil {
 		return nil
 	}
-	relay, err := s.startRelay(v)
+	v.mu.Lock()
+	loopCtx := v.loopCtx
+	v.mu.Unlock()
+	relay, err := s.startRelay(loopCtx, v)
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
+	v.mu.Lock()
 	v.relay = relay
-	s.mu.Unlock()
+	v.mu.Unlock()
 	return nil
 }
 
-func (s *Supervisor) startRelay(v *vmRun) (*console.Relay, error) {
-	return console.Start(v.loopCtx, console.Options{
+// startRelay connects v's console relay; it lives until ctx, v's
+// supervising loop's, ends or it is closed.
+func (s *Supervisor) startRelay(ctx context.Context, v *vmRun) (*console.Relay, error) {
+	return console.Start(ctx, console.Options{
 		VMMSocket: filepath.Join(v.runDir, filenames.ConsoleVMMSocket),
 		Socket:    filepath.Join(v.runDir, filenames.ConsoleSocket),
 		LogPath:   filepath.Join(v.spec.StateDir, filenames.ConsoleLog),
@@ -118,29 +126,32 @@ func (s *Supervisor) startRelay(v *vmRun) (*console.Relay, error) {
 // adopt takes over a running VMM: console relay (unless BeforeBoot already
 // started it), readiness, exit.
 func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
+	v.mu.Lock()
 	if readopted {
 		v.loopCtx, v.cancel = context.WithCancel(context.Background())
 	}
-	s.mu.Lock()
+	loopCtx := v.loopCtx
 	if v.relay == nil {
 		// A re-adopted VM: connect the relay in the background (it retries
 		// until the VMM's console socket answers or the VM goes away).
 		go func(ctx context.Context) {
-			r, err := s.startRelay(v)
+			r, err := s.startRelay(ctx, v)
 			if err != nil {
 				if ctx.Err() == nil {
 					s.log.Warn("console relay", "vm", v.spec.Address, "err", err)
 				}
 				return
 			}
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			if v.relay != nil || ctx.Err() != nil {
-				r.Close()
-				return
+			v.mu.Lock()
+			keep := v.relay == nil && ctx.Err() == nil
+			if keep {
+				v.relay = r
 			}
-			v.relay = r
-		}(v.loopCtx)
+			v.mu.Unlock()
+			if !keep {
+				r.Close()
+			}
+		}(loopCtx)
 	}
 	v.inst = inst
 	v.loopDone = make(chan struct{})
@@ -156,37 +167,38 @@ func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
 		v.st.Accel = a
 	}
 	v.writeRecordLocked()
-	s.mu.Unlock()
+	v.mu.Unlock()
 	if !readopted {
 		s.emitVM(v, api.PhaseBooting, fmt.Sprintf("VMM running (pid %d); booting", inst.Identity().PID))
 	}
-	s.mu.Lock()
+	v.mu.Lock()
 	resend := v.spec.Hold && v.released
-	s.mu.Unlock()
+	v.mu.Unlock()
 	if resend {
 		s.sendStart(v, inst)
 	}
-	go s.superviseLoop(v.loopCtx, v, inst, readopted)
+	go s.superviseLoop(loopCtx, v, inst, readopted)
 }
 
 // superviseLoop waits for readiness and for the VMM's exit, and applies the
 // restart policy.
 func (s *Supervisor) superviseLoop(ctx context.Context, v *vmRun, inst hypervisor.Instance, readopted bool) {
-	defer close(v.loopDone)
-	s.mu.Lock()
-	wake := v.wake
-	s.mu.Unlock()
+	v.mu.Lock()
+	done, wake := v.loopDone, v.wake
+	ready := v.st.State == api.StateReady
+	v.mu.Unlock()
+	defer close(done)
 	go s.guestEvents(ctx, v, inst)
-	if !readopted || v.st.State != api.StateReady {
+	if !readopted || !ready {
 		go s.awaitReady(ctx, v, inst)
 	}
 	status, err := inst.Wait(ctx)
 	if ctx.Err() != nil {
 		return // released: the VMM keeps running without us
 	}
-	s.mu.Lock()
+	v.mu.Lock()
 	relay := v.relay
-	s.mu.Unlock()
+	v.mu.Unlock()
 	if relay != nil {
 		// Give the relay a moment to drain the last console lines.
 		select {
@@ -194,10 +206,10 @@ func (s *Supervisor) superviseLoop(ctx context.Context, v *vmRun, inst hyperviso
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
-	s.mu.Lock()
+	v.mu.Lock()
 	stopping := v.stopping
 	guestExit := v.guestExit
-	s.mu.Unlock()
+	v.mu.Unlock()
 	code, reason := exitOf(status, err, guestExit)
 	switch {
 	case stopping:
@@ -211,24 +223,26 @@ func (s *Supervisor) superviseLoop(ctx context.Context, v *vmRun, inst hyperviso
 		s.setState(v, api.StateFailed, reason, &code)
 		s.emitVM(v, api.PhaseFailed, reason)
 	}
-	if !v.spec.Restart.Applies(code) {
+	v.mu.Lock()
+	restart := v.spec.Restart
+	if !restart.Applies(code) {
+		v.mu.Unlock()
 		return
 	}
-	s.mu.Lock()
 	v.st.Restarts++
 	n := v.st.Restarts
-	s.mu.Unlock()
+	v.mu.Unlock()
 	delay := min(time.Duration(1<<min(n-1, 5))*time.Second, 30*time.Second)
-	s.emitVM(v, api.PhaseRestart, fmt.Sprintf("restarting in %s (restart = %q, restart %d)", delay, v.spec.Restart, n))
+	s.emitVM(v, api.PhaseRestart, fmt.Sprintf("restarting in %s (restart = %q, restart %d)", delay, restart, n))
 	select {
 	case <-time.After(delay):
 	case <-ctx.Done():
 		return
 	case <-wake:
 	}
-	s.mu.Lock()
+	v.mu.Lock()
 	stopping = v.stopping
-	s.mu.Unlock()
+	v.mu.Unlock()
 	if stopping {
 		return
 	}

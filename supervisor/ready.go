@@ -22,7 +22,9 @@ import (
 // that is not ready in time is marked failed but left running, so that its
 // console can be inspected; the next `up` replaces it.
 func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.Instance) {
+	v.mu.Lock()
 	spec := v.spec.Ready
+	v.mu.Unlock()
 	timeout := time.Duration(spec.Timeout)
 	if timeout <= 0 {
 		timeout = 2 * time.Minute
@@ -33,7 +35,7 @@ func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.I
 	var err error
 	switch {
 	case spec.TCP != 0 || spec.HTTP != "":
-		what, err = s.probe(ctx, v)
+		what, err = s.probe(ctx, v, spec)
 	case spec.ConsoleLine != "":
 		what, err = s.waitConsoleLine(ctx, v, spec.ConsoleLine, spec.ConsoleFailLine)
 	case spec.Guest:
@@ -44,10 +46,10 @@ func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.I
 	if ctx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) && err != nil {
 		return // released or stopped
 	}
-	s.mu.Lock()
+	v.mu.Lock()
 	stopping := v.stopping
 	exited := v.st.State == api.StateStopped || v.st.State == api.StateFailed
-	s.mu.Unlock()
+	v.mu.Unlock()
 	if stopping || exited {
 		return
 	}
@@ -80,9 +82,9 @@ func (s *Supervisor) waitGuestReady(ctx context.Context, v *vmRun, inst hypervis
 	// guestEvents consumes the channel and leaves what it saw in v.
 	for {
 		news := v.guestNewsChan()
-		s.mu.Lock()
+		v.mu.Lock()
 		ready, gerr := v.guestReady, v.guestErr
-		s.mu.Unlock()
+		v.mu.Unlock()
 		switch {
 		case gerr != "":
 			return "", errors.New("guest init: " + gerr)
@@ -129,9 +131,9 @@ func (s *Supervisor) waitConsoleLine(ctx context.Context, v *vmRun, marker, fail
 	logPath := filepath.Join(v.spec.StateDir, filenames.ConsoleLog)
 	var failed bool
 	found := false
-	s.mu.Lock()
+	v.mu.Lock()
 	from := v.logStart
-	s.mu.Unlock()
+	v.mu.Unlock()
 	err := console.Follow(ctx, logPath, from, func(line string) bool {
 		switch {
 		case strings.Contains(line, marker):
@@ -150,28 +152,22 @@ func (s *Supervisor) waitConsoleLine(ctx context.Context, v *vmRun, marker, fail
 	return "", err
 }
 
-// probe runs the VM's tcp or http readiness probe through the gateway of
-// its first network.
-func (s *Supervisor) probe(ctx context.Context, v *vmRun) (string, error) {
+// probe runs the VM's tcp or http readiness probe, spec, through the
+// gateway of its first network.
+func (s *Supervisor) probe(ctx context.Context, v *vmRun, spec api.Ready) (string, error) {
 	if len(v.spec.NICs) == 0 {
 		return "", errors.New("a tcp or http readiness probe needs a network")
 	}
 	nic := v.spec.NICs[0]
-	s.mu.Lock()
-	n := s.nets[nic.Network]
-	s.mu.Unlock()
+	n := s.network(nic.Network)
 	if n == nil || n.gw == nil {
 		return "", fmt.Errorf("network %q has no gateway to probe through", nic.Network)
 	}
-	spec := v.spec.Ready
 	// A VM with a guest init starts its workload only after it reported
 	// ready: probing before that finds nothing to connect to, and a dial
 	// sent before the guest answers ARP stalls in the gateway's neighbour
 	// resolution for about a second.
-	s.mu.Lock()
-	inst := v.inst
-	s.mu.Unlock()
-	if inst != nil && inst.Guest() != nil {
+	if inst := v.instance(); inst != nil && inst.Guest() != nil {
 		if _, err := s.waitGuestReady(ctx, v, inst); err != nil {
 			return "", err
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 
 	"github.com/stackvm/stack/hypervisor"
@@ -16,13 +17,24 @@ import (
 	"github.com/stackvm/stack/supervisor/api"
 )
 
-// vmRun is one supervised VM. Its fields are guarded by the supervisor's mu,
-// except spec, which is fixed at start (update-vm replaces the parts that
-// may change in place under mu).
+// vmRun is one supervised VM. Its own mu guards its fields, so that one
+// VM's work (a slow probe, a stop, an exec) never waits for another's.
+// s, runDir and spec are fixed at start, except the parts of spec that
+// change in place: Publish, Restart and Ready (update-vm) and Instance
+// (boot-vm), which mu guards too.
+//
+// Lock order: Supervisor.mu may be taken before a vmRun's mu, never the
+// other way round, and no two vmRuns' mu are held at once. Neither is
+// held across a blocking call (the driver, QMP, the guest channel, a
+// gateway, a relay's Close, a channel send that can block): the code
+// copies what it needs under the lock and calls after unlocking. emitVM
+// takes both in turn, so it is never called with either held.
 type vmRun struct {
 	s      *Supervisor
-	spec   api.VMSpec
 	runDir string
+
+	mu   sync.Mutex
+	spec api.VMSpec
 	// nics are the VMM's ends of the VM's switch ports, made by wire.
 	nics []hypervisor.NIC
 
@@ -50,10 +62,28 @@ type vmRun struct {
 	wake chan struct{}
 }
 
+// vm is the VM at address, or nil.
+func (s *Supervisor) vm(address string) *vmRun {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.vms[address]
+}
+
+// allVMs is every VM, in no order.
+func (s *Supervisor) allVMs() []*vmRun {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	vms := make([]*vmRun, 0, len(s.vms))
+	for _, v := range s.vms {
+		vms = append(vms, v)
+	}
+	return vms
+}
+
 func recordPath(spec *api.VMSpec) string { return filepath.Join(spec.StateDir, filenames.VMRecord) }
 
 // writeRecordLocked writes v's record (api.Record), which a later
-// supervisor re-adopts it from and `ps` reads when none runs.
+// supervisor re-adopts it from and `ps` reads when none runs. v.mu is held.
 func (v *vmRun) writeRecordLocked() {
 	r := api.Record{Version: api.Version, Spec: v.spec, Status: v.st}
 	if v.inst != nil {
@@ -69,7 +99,10 @@ func (v *vmRun) writeRecordLocked() {
 	}
 }
 
+// snapshot is v's status as status reports it.
 func (v *vmRun) snapshot() api.VMStatus {
+	v.mu.Lock()
+	defer v.mu.Unlock()
 	st := v.st
 	st.Addresses = map[string]string{}
 	for _, n := range v.spec.NICs {
@@ -80,10 +113,25 @@ func (v *vmRun) snapshot() api.VMStatus {
 }
 
 func (s *Supervisor) setState(v *vmRun, stateName api.VMState, reason string, exit *int) {
-	s.mu.Lock()
+	v.mu.Lock()
 	v.st.State, v.st.Reason, v.st.ExitCode = stateName, reason, exit
 	v.writeRecordLocked()
-	s.mu.Unlock()
+	v.mu.Unlock()
+}
+
+// instance is v's current VMM (nil before the first one started).
+func (v *vmRun) instance() hypervisor.Instance {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.inst
+}
+
+// publish is v's published ports. update-vm replaces the slice, never
+// changes it in place, so it may be read after v.mu is let go.
+func (v *vmRun) publish() []api.Port {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.spec.Publish
 }
 
 // started is what start-vm and boot-vm answer: the new VMM's identity and
@@ -100,6 +148,8 @@ func process(id hypervisor.Identity) api.Process {
 
 // config is the driver's configuration of v's next VMM.
 func (v *vmRun) config() hypervisor.Config {
+	v.mu.Lock()
+	defer v.mu.Unlock()
 	m := v.spec.Machine
 	cfg := hypervisor.Config{
 		Name: v.spec.Name, RunDir: v.runDir, CPUs: m.CPUs, MemoryMB: m.MemoryMB,
@@ -121,11 +171,12 @@ func (v *vmRun) config() hypervisor.Config {
 // wire connects the VM's NICs to their switches and registers it with the
 // gateways (DHCP lease, DNS name, published ports).
 func (s *Supervisor) wire(v *vmRun) error {
+	v.mu.Lock()
 	v.nics = nil
+	publish := v.spec.Publish
+	v.mu.Unlock()
 	for i, nic := range v.spec.NICs {
-		s.mu.Lock()
-		n := s.nets[nic.Network]
-		s.mu.Unlock()
+		n := s.network(nic.Network)
 		if n == nil {
 			return fmt.Errorf("network %q is not running", nic.Network)
 		}
@@ -134,13 +185,15 @@ func (s *Supervisor) wire(v *vmRun) error {
 		if err != nil {
 			return err
 		}
+		v.mu.Lock()
 		v.nics = append(v.nics, hypervisor.NIC{MAC: nic.MAC.String(), DgramLocal: vmmPath, DgramRemote: swPath})
+		v.mu.Unlock()
 		if n.gw != nil {
 			if err := n.gw.AddHost(v.spec.Name, nic.IP, nic.MAC); err != nil {
 				return err
 			}
 			if i == 0 {
-				for _, p := range v.spec.Publish {
+				for _, p := range publish {
 					if err := n.gw.Publish(p, nic.IP); err != nil {
 						return err
 					}
@@ -152,10 +205,9 @@ func (s *Supervisor) wire(v *vmRun) error {
 }
 
 func (s *Supervisor) unwire(v *vmRun) {
+	publish := v.publish()
 	for i, nic := range v.spec.NICs {
-		s.mu.Lock()
-		n := s.nets[nic.Network]
-		s.mu.Unlock()
+		n := s.network(nic.Network)
 		if n == nil {
 			continue
 		}
@@ -163,7 +215,7 @@ func (s *Supervisor) unwire(v *vmRun) {
 		if n.gw != nil {
 			n.gw.RemoveHost(v.spec.Name)
 			if i == 0 {
-				for _, p := range v.spec.Publish {
+				for _, p := range publish {
 					n.gw.Unpublish(p)
 				}
 			}
@@ -176,21 +228,18 @@ func portName(vm string, i int) string { return vm + "-" + strconv.Itoa(i) }
 // updateVM applies the attributes that change in place: publish, restart
 // and ready.
 func (s *Supervisor) updateVM(spec api.Update) error {
-	s.mu.Lock()
-	v := s.vms[spec.Address]
-	s.mu.Unlock()
+	v := s.vm(spec.Address)
 	if v == nil {
 		return fmt.Errorf("update %s: not running", spec.Address)
 	}
-	s.mu.Lock()
+	v.mu.Lock()
 	halted := v.st.Halted // unwired: boot-vm publishes its ports again
-	s.mu.Unlock()
+	publish := v.spec.Publish
+	v.mu.Unlock()
 	if len(v.spec.NICs) > 0 && !halted {
-		s.mu.Lock()
-		n := s.nets[v.spec.NICs[0].Network]
-		s.mu.Unlock()
+		n := s.network(v.spec.NICs[0].Network)
 		if n != nil && n.gw != nil {
-			for _, p := range v.spec.Publish {
+			for _, p := range publish {
 				n.gw.Unpublish(p)
 			}
 			for _, p := range spec.Publish {
@@ -200,23 +249,26 @@ func (s *Supervisor) updateVM(spec api.Update) error {
 			}
 		}
 	}
-	s.mu.Lock()
+	v.mu.Lock()
 	v.spec.Publish, v.spec.Restart, v.spec.Ready = spec.Publish, spec.Restart, spec.Ready
 	v.writeRecordLocked()
-	s.mu.Unlock()
+	v.mu.Unlock()
 	return nil
 }
 
 // release lets go of the VM without stopping it.
 func (v *vmRun) release() {
-	if v.cancel != nil {
-		v.cancel()
+	v.mu.Lock()
+	cancel, relay, inst := v.cancel, v.relay, v.inst
+	v.mu.Unlock()
+	if cancel != nil {
+		cancel()
 	}
-	if v.relay != nil {
-		v.relay.Close()
+	if relay != nil {
+		relay.Close()
 	}
-	if v.inst != nil {
-		v.inst.Close()
+	if inst != nil {
+		inst.Close()
 	}
 }
 

@@ -63,7 +63,7 @@ func (s *Supervisor) launch(ctx context.Context, v *vmRun) error {
 		relay.Close() // before the log's size is taken: it writes the last lines
 	}
 	var logStart int64
-	if fi, err := os.Stat(filepath.Join(v.spec.StateDir, filenames.ConsoleLog)); err == nil {
+	if fi, err := os.Stat(consoleLogPath(&v.spec)); err == nil {
 		logStart = fi.Size()
 	}
 	v.mu.Lock()
@@ -118,7 +118,7 @@ func (s *Supervisor) startRelay(ctx context.Context, v *vmRun) (*console.Relay, 
 	return console.Start(ctx, console.Options{
 		VMMSocket: filepath.Join(v.runDir, filenames.ConsoleVMMSocket),
 		Socket:    filepath.Join(v.runDir, filenames.ConsoleSocket),
-		LogPath:   filepath.Join(v.spec.StateDir, filenames.ConsoleLog),
+		LogPath:   consoleLogPath(&v.spec),
 		Logger:    s.log,
 	})
 }

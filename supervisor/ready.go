@@ -6,14 +6,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/stackvm/stack/hypervisor"
 	"github.com/stackvm/stack/hypervisor/console"
-	"github.com/stackvm/stack/internal/filenames"
 	"github.com/stackvm/stack/supervisor/api"
 )
 
@@ -128,7 +126,7 @@ func (s *Supervisor) pollUntil(ctx context.Context, v *vmRun, check func() (stri
 }
 
 func (s *Supervisor) waitConsoleLine(ctx context.Context, v *vmRun, marker, failMarker string) (string, error) {
-	logPath := filepath.Join(v.spec.StateDir, filenames.ConsoleLog)
+	logPath := consoleLogPath(&v.spec)
 	var failed bool
 	found := false
 	v.mu.Lock()

@@ -82,6 +82,12 @@ func (s *Supervisor) allVMs() []*vmRun {
 
 func recordPath(spec *api.VMSpec) string { return filepath.Join(spec.StateDir, filenames.VMRecord) }
 
+// consoleLogPath is the VM's console log, which its relays write and the
+// console-line readiness check reads.
+func consoleLogPath(spec *api.VMSpec) string {
+	return filepath.Join(spec.StateDir, filenames.ConsoleLog)
+}
+
 // writeRecordLocked writes v's record (api.Record), which a later
 // supervisor re-adopts it from and `ps` reads when none runs. v.mu is held.
 func (v *vmRun) writeRecordLocked() {

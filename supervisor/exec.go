@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/stackvm/stack/guestproto"
+	"github.com/stackvm/stack/hypervisor"
 	"github.com/stackvm/stack/supervisor/api"
 )
 
@@ -57,22 +58,28 @@ func (s *Supervisor) exec(ctx context.Context, dec *json.Decoder, enc *json.Enco
 		out.exit(-1, "exec without a command")
 		return
 	}
-	s.mu.Lock()
-	v := s.vms[req.Address]
-	running := v != nil && v.inst != nil && v.st.State == "ready"
-	s.mu.Unlock()
-	if !running {
+	v := s.vm(req.Address)
+	var inst hypervisor.Instance
+	if v != nil {
+		v.mu.Lock()
+		if v.st.State == api.StateReady {
+			inst = v.inst
+		}
+		v.mu.Unlock()
+	}
+	if inst == nil {
 		out.exit(-1, fmt.Sprintf("%s is not running (exec needs a ready VM)", req.Address))
 		return
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	inputs, hangup := readInputs(sctx, dec)
-	if v.inst.Guest() == nil {
+	g := inst.Guest()
+	if g == nil {
 		s.execSSH(sctx, v, req.Exec, out, inputs, hangup)
 		return
 	}
-	s.execAgent(sctx, v, req.Exec, out, inputs, hangup)
+	s.execAgent(sctx, v, g, req.Exec, out, inputs, hangup)
 }
 
 // readInputs decodes the client's ExecInputs until the connection ends,
@@ -153,23 +160,22 @@ func (w *inputWindow) release(n int) {
 	w.changed = make(chan struct{})
 }
 
-// execAgent runs an exec through the guest init's agent channel.
-func (s *Supervisor) execAgent(ctx context.Context, v *vmRun, spec *api.ExecSpec, out *execOut, inputs <-chan api.ExecInput, hangup <-chan struct{}) {
-	g := v.inst.Guest()
+// execAgent runs an exec through the guest init's agent channel, g.
+func (s *Supervisor) execAgent(ctx context.Context, v *vmRun, g hypervisor.GuestChannel, spec *api.ExecSpec, out *execOut, inputs <-chan api.ExecInput, hangup <-chan struct{}) {
 	var idb [8]byte
 	rand.Read(idb[:])
 	id := hex.EncodeToString(idb[:])
 	q := newExecQueue()
-	s.mu.Lock()
+	v.mu.Lock()
 	if v.execs == nil {
 		v.execs = map[string]*execQueue{}
 	}
 	v.execs[id] = q
-	s.mu.Unlock()
+	v.mu.Unlock()
 	defer func() {
-		s.mu.Lock()
+		v.mu.Lock()
 		delete(v.execs, id)
-		s.mu.Unlock()
+		v.mu.Unlock()
 	}()
 	send := func(ctx context.Context, typ string, body any) error {
 		b, err := json.Marshal(body)

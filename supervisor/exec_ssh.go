@@ -132,9 +132,7 @@ func (s *Supervisor) dialSSHWith(ctx context.Context, v *vmRun, key, host *sshke
 		return nil, errors.New("exec in a cloud-init VM goes over SSH and needs a network")
 	}
 	nic := v.spec.NICs[0]
-	s.mu.Lock()
-	n := s.nets[nic.Network]
-	s.mu.Unlock()
+	n := s.network(nic.Network)
 	if n == nil || n.gw == nil {
 		return nil, fmt.Errorf("network %q has no gateway to reach the VM's SSH server through", nic.Network)
 	}

@@ -12,13 +12,18 @@ import (
 	"github.com/stackvm/stack/supervisor/api"
 )
 
+// network is the running network called name, or nil.
+func (s *Supervisor) network(name string) *network {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.nets[name]
+}
+
 // ensureNetwork starts the switch and gateway of a network, or reconfigures
 // the gateway of a running one. Changing a running network's addressing is
 // the engine's business (it replaces the network): here it is an error.
 func (s *Supervisor) ensureNetwork(spec api.NetworkSpec) error {
-	s.mu.Lock()
-	n := s.nets[spec.Name]
-	s.mu.Unlock()
+	n := s.network(spec.Name)
 	if n != nil {
 		if n.spec.Subnet != spec.Subnet || n.spec.Gateway != spec.Gateway {
 			return fmt.Errorf("network %q runs with subnet %s; remove it before changing its addressing", spec.Name, n.spec.Subnet)
@@ -72,19 +77,16 @@ func (s *Supervisor) regateway(n *network, spec api.NetworkSpec) error {
 	}
 	s.mu.Lock()
 	n.spec = spec
-	var vms []*vmRun
-	for _, v := range s.vms {
-		vms = append(vms, v)
-	}
 	s.mu.Unlock()
-	for _, v := range vms {
+	for _, v := range s.allVMs() {
+		publish := v.publish()
 		for i, nic := range v.spec.NICs {
 			if nic.Network != spec.Name || n.gw == nil {
 				continue
 			}
 			n.gw.AddHost(v.spec.Name, nic.IP, nic.MAC)
 			if i == 0 {
-				for _, p := range v.spec.Publish {
+				for _, p := range publish {
 					n.gw.Publish(p, nic.IP)
 				}
 			}

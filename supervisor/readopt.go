@@ -71,7 +71,9 @@ func (s *Supervisor) retire(r *api.Record) {
 	v := &vmRun{s: s, spec: r.Spec, st: st, runDir: filenames.VMRuntime(s.opts.RuntimeRoot, s.opts.Namespace, r.Spec.Name)}
 	s.mu.Lock()
 	s.vms[v.spec.Address] = v
+	v.mu.Lock()
 	v.writeRecordLocked()
+	v.mu.Unlock()
 	s.mu.Unlock()
 	os.RemoveAll(v.runDir)
 	s.log.Warn("retired a VM of another stack version", "vm", v.spec.Address, "reason", reason)
@@ -83,7 +85,7 @@ func (s *Supervisor) readoptVM(ctx context.Context, r *api.Record) {
 	s.mu.Lock()
 	s.vms[v.spec.Address] = v
 	s.mu.Unlock()
-	if r.Process == nil || v.st.State == api.StateStopped || v.st.State == api.StateFailed {
+	if r.Process == nil || r.Status.State == api.StateStopped || r.Status.State == api.StateFailed {
 		return // nothing runs; the record stays for ps and the planner
 	}
 	inst, err := s.opts.Driver.Attach(ctx, hypervisor.Identity{
@@ -94,10 +96,10 @@ func (s *Supervisor) readoptVM(ctx context.Context, r *api.Record) {
 		if !errors.Is(err, hypervisor.ErrGone) {
 			reason = "re-adopting its VMM failed: " + err.Error()
 		}
-		s.mu.Lock()
+		v.mu.Lock()
 		v.st.State, v.st.Reason = api.StateFailed, reason
 		v.writeRecordLocked()
-		s.mu.Unlock()
+		v.mu.Unlock()
 		s.emitVM(v, api.PhaseFailed, reason)
 		return
 	}

@@ -60,6 +60,8 @@ type Supervisor struct {
 	opts Options
 	log  *slog.Logger
 
+	// mu guards the maps below and nothing else: a VM's own fields are
+	// under its vmRun's mu (see vmRun for the lock order).
 	mu      sync.Mutex
 	nets    map[string]*network
 	vms     map[string]*vmRun
@@ -303,12 +305,16 @@ func (s *Supervisor) teardown() {
 // release lets go of everything without stopping VMs: the VMMs keep running
 // and the next supervisor re-adopts them from their records.
 func (s *Supervisor) release() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, v := range s.vms {
+	for _, v := range s.allVMs() {
 		v.release()
 	}
+	s.mu.Lock()
+	nets := make([]*network, 0, len(s.nets))
 	for _, n := range s.nets {
+		nets = append(nets, n)
+	}
+	s.mu.Unlock()
+	for _, n := range nets {
 		if n.gw != nil {
 			n.gw.Close()
 		}
@@ -435,8 +441,12 @@ func (s *Supervisor) watch(ctx context.Context, c net.Conn, enc *json.Encoder) {
 
 // emitVM emits an event of one VM incarnation, tagged with its instance
 // token so that a waiter tells it from the events of the VM it replaced.
+// Neither s.mu nor v.mu may be held.
 func (s *Supervisor) emitVM(v *vmRun, phase api.Phase, msg string) {
-	s.send(api.Event{Time: time.Now(), Address: v.spec.Address, Instance: v.spec.Instance, Phase: phase, Message: msg})
+	v.mu.Lock()
+	instance := v.spec.Instance
+	v.mu.Unlock()
+	s.send(api.Event{Time: time.Now(), Address: v.spec.Address, Instance: instance, Phase: phase, Message: msg})
 }
 
 // emit sends an event to every watcher; a watcher that cannot keep up
@@ -458,10 +468,9 @@ func (s *Supervisor) send(ev api.Event) {
 }
 
 func (s *Supervisor) status() []api.VMStatus {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]api.VMStatus, 0, len(s.vms))
-	for _, v := range s.vms {
+	vms := s.allVMs()
+	out := make([]api.VMStatus, 0, len(vms))
+	for _, v := range vms {
 		out = append(out, v.snapshot())
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Address < out[j].Address })

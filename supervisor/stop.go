@@ -39,14 +39,14 @@ func (s *Supervisor) quiesce(ctx context.Context, v *vmRun, timeout time.Duratio
 		if err := s.awaitLaunch(ctx, v); err != nil {
 			return err
 		}
-		s.mu.Lock()
+		v.mu.Lock()
 		v.stopping = true
 		if v.wake != nil {
 			close(v.wake) // a loop waiting to restart the VM looks at stopping now
 			v.wake = nil
 		}
 		inst, done := v.inst, v.loopDone
-		s.mu.Unlock()
+		v.mu.Unlock()
 		if inst == nil {
 			break
 		}
@@ -54,19 +54,17 @@ func (s *Supervisor) quiesce(ctx context.Context, v *vmRun, timeout time.Duratio
 			<-done
 		}
 		inst.Close()
-		s.mu.Lock()
 		// The loop may have launched a restart just before it saw stopping:
 		// then the VM has a new VMM to stop.
-		again := err == nil && v.inst != inst
-		s.mu.Unlock()
+		again := err == nil && v.instance() != inst
 		if !again {
 			break
 		}
 	}
-	s.mu.Lock()
+	v.mu.Lock()
 	cancel, relay := v.cancel, v.relay
 	v.relay = nil
-	s.mu.Unlock()
+	v.mu.Unlock()
 	if cancel != nil {
 		cancel() // ends the readiness wait and the guest event reader
 	}
@@ -85,8 +83,10 @@ func (s *Supervisor) quiesce(ctx context.Context, v *vmRun, timeout time.Duratio
 func (s *Supervisor) awaitLaunch(ctx context.Context, v *vmRun) error {
 	for {
 		s.mu.Lock()
+		v.mu.Lock()
 		busy := s.booting[v.runDir] == v ||
 			(s.vms[v.spec.Address] == v && v.inst == nil && v.st.State == api.StateCreating) // start-vm before its launch
+		v.mu.Unlock()
 		s.mu.Unlock()
 		if !busy {
 			return nil
@@ -102,9 +102,7 @@ func (s *Supervisor) awaitLaunch(ctx context.Context, v *vmRun) error {
 // stopVM stops a VM gracefully (then forcibly after timeout) and removes
 // everything the supervisor made for it.
 func (s *Supervisor) stopVM(ctx context.Context, address string, timeout time.Duration) error {
-	s.mu.Lock()
-	v := s.vms[address]
-	s.mu.Unlock()
+	v := s.vm(address)
 	if v == nil {
 		return nil // already gone: stopping is idempotent
 	}
@@ -124,17 +122,15 @@ func (s *Supervisor) stopVM(ctx context.Context, address string, timeout time.Du
 // Halted, with the state and exit code of its last run, and the next `ps`,
 // plan and supervisor see it so. Halting a halted VM does nothing more.
 func (s *Supervisor) haltVM(ctx context.Context, address string, timeout time.Duration) error {
-	s.mu.Lock()
-	v := s.vms[address]
-	s.mu.Unlock()
+	v := s.vm(address)
 	if v == nil {
 		return fmt.Errorf("stop %s: no such VM", address)
 	}
 	if err := s.quiesce(ctx, v, timeout); err != nil {
 		return fmt.Errorf("stop %s: %w", address, err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	v.mu.Lock()
+	defer v.mu.Unlock()
 	v.st.Halted, v.st.Held, v.st.PID = true, false, 0
 	if v.st.State != api.StateStopped && v.st.State != api.StateFailed {
 		// No loop saw it exit: it never ran, or was re-adopted without a VMM.
@@ -151,28 +147,25 @@ func (s *Supervisor) haltVM(ctx context.Context, address string, timeout time.Du
 // first. Its workload is not held: what it depends on was ready when it
 // first started.
 func (s *Supervisor) bootVM(ctx context.Context, address, instance string) (*api.Started, error) {
-	s.mu.Lock()
-	v := s.vms[address]
-	var st api.VMStatus
-	if v != nil {
-		st = v.st
-	}
-	s.mu.Unlock()
+	v := s.vm(address)
 	if v == nil {
 		return nil, fmt.Errorf("start %s: no such VM", address)
 	}
+	v.mu.Lock()
+	st := v.st
+	v.mu.Unlock()
 	if !st.Halted && st.State != api.StateStopped && st.State != api.StateFailed {
 		return nil, fmt.Errorf("start %s: it is %s", address, st.State)
 	}
 	if err := s.quiesce(ctx, v, s.opts.StopTimeout); err != nil {
 		return nil, fmt.Errorf("start %s: %w", address, err)
 	}
-	s.mu.Lock()
+	v.mu.Lock()
 	v.stopping, v.st.Halted, v.released = false, false, true
 	if instance != "" {
 		v.spec.Instance = instance
 	}
-	s.mu.Unlock()
+	v.mu.Unlock()
 	if err := os.MkdirAll(v.runDir, filenames.DirMode); err != nil {
 		return nil, fmt.Errorf("start %s: %w", address, err)
 	}
@@ -187,5 +180,5 @@ func (s *Supervisor) bootVM(ctx context.Context, address, instance string) (*api
 	if err := s.launch(ctx, v); err != nil {
 		return fail(err)
 	}
-	return started(v.inst)
+	return started(v.instance())
 }

@@ -313,7 +313,7 @@ func TestConsoleReadyLineOnlyFromThisBoot(t *testing.T) {
 	events, _ := c.Watch(ctx)
 	spec := startSpec(t, s, "no")
 	spec.Ready = api.Ready{ConsoleLine: "STACK-READY id-1", ConsoleFailLine: "STACK-FAILED id-1", Timeout: api.Duration(10 * time.Second)}
-	logPath := filepath.Join(spec.StateDir, filenames.ConsoleLog)
+	logPath := consoleLogPath(&spec)
 	os.MkdirAll(spec.StateDir, 0o700)
 	if err := os.WriteFile(logPath, []byte("previous boot\nSTACK-READY id-1\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,218 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/stackvm/stack/hypervisor"
+	"github.com/stackvm/stack/hypervisor/console"
+	"github.com/stackvm/stack/supervisor/api"
+)
+
+// awaitReady decides when the VM is ready: the probe when one is set, else
+// the guest's own report (guest init or cloud-init's console line). A VM
+// that is not ready in time is marked failed but left running, so that its
+// console can be inspected; the next `up` replaces it.
+func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.Instance) {
+	v.mu.Lock()
+	spec := v.spec.Ready
+	v.mu.Unlock()
+	timeout := time.Duration(spec.Timeout)
+	if timeout <= 0 {
+		timeout = 2 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var what string
+	var err error
+	switch {
+	case spec.TCP != 0 || spec.HTTP != "":
+		what, err = s.probe(ctx, v, spec)
+	case spec.ConsoleLine != "":
+		what, err = s.waitConsoleLine(ctx, v, spec.ConsoleLine, spec.ConsoleFailLine)
+	case spec.Guest:
+		what, err = s.waitGuestReady(ctx, v, inst)
+	default:
+		what = "the VMM is running"
+	}
+	if ctx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) && err != nil {
+		return // released or stopped
+	}
+	v.mu.Lock()
+	stopping := v.stopping
+	exited := v.st.State == api.StateStopped || v.st.State == api.StateFailed
+	v.mu.Unlock()
+	if stopping || exited {
+		return
+	}
+	if err != nil {
+		reason := err.Error()
+		if errors.Is(err, context.DeadlineExceeded) {
+			reason = fmt.Sprintf("not ready after %s (%s)", timeout, readyWhat(spec))
+		}
+		s.setState(v, api.StateFailed, reason, nil)
+		s.emitVM(v, api.PhaseFailed, reason)
+		return
+	}
+	s.setState(v, api.StateReady, "", nil)
+	s.emitVM(v, api.PhaseReady, "ready: "+what)
+}
+
+func readyWhat(r api.Ready) string {
+	switch {
+	case r.TCP != 0:
+		return fmt.Sprintf("waiting for TCP port %d", r.TCP)
+	case r.HTTP != "":
+		return "waiting for " + r.HTTP
+	case r.ConsoleLine != "":
+		return "waiting for cloud-init to finish"
+	}
+	return "waiting for the guest init's ready report"
+}
+
+func (s *Supervisor) waitGuestReady(ctx context.Context, v *vmRun, inst hypervisor.Instance) (string, error) {
+	// guestEvents consumes the channel and leaves what it saw in v.
+	for {
+		news := v.guestNewsChan()
+		v.mu.Lock()
+		ready, gerr := v.guestReady, v.guestErr
+		v.mu.Unlock()
+		switch {
+		case gerr != "":
+			return "", errors.New("guest init: " + gerr)
+		case ready:
+			return "the guest init reported ready", nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-news:
+		}
+	}
+}
+
+// probeInterval is the readiness probes' cadence (the spec asks for 100 to
+// 250 ms).
+const probeInterval = 100 * time.Millisecond
+
+// pollUntil calls check at the probe cadence until it reports done, errs,
+// the VM stops, or ctx ends; news from the guest (such as a watched port
+// now listening, see guestproto.Config.WatchPorts) runs the check at once.
+func (s *Supervisor) pollUntil(ctx context.Context, v *vmRun, check func() (string, bool, error)) (string, error) {
+	t := time.NewTicker(probeInterval)
+	defer t.Stop()
+	for {
+		news := v.guestNewsChan()
+		what, done, err := check()
+		if err != nil {
+			return "", err
+		}
+		if done {
+			return what, nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-t.C:
+		case <-news:
+		}
+	}
+}
+
+func (s *Supervisor) waitConsoleLine(ctx context.Context, v *vmRun, marker, failMarker string) (string, error) {
+	logPath := consoleLogPath(&v.spec)
+	var failed bool
+	found := false
+	v.mu.Lock()
+	from := v.logStart
+	v.mu.Unlock()
+	err := console.Follow(ctx, logPath, from, func(line string) bool {
+		switch {
+		case strings.Contains(line, marker):
+			found = true
+		case failMarker != "" && strings.Contains(line, failMarker):
+			failed = true
+		}
+		return !found && !failed
+	})
+	switch {
+	case found:
+		return "cloud-init finished", nil
+	case failed:
+		return "", errors.New("cloud-init finished with errors (see the console log)")
+	}
+	return "", err
+}
+
+// probe runs the VM's tcp or http readiness probe, spec, through the
+// gateway of its first network.
+func (s *Supervisor) probe(ctx context.Context, v *vmRun, spec api.Ready) (string, error) {
+	if len(v.spec.NICs) == 0 {
+		return "", errors.New("a tcp or http readiness probe needs a network")
+	}
+	nic := v.spec.NICs[0]
+	n := s.network(nic.Network)
+	if n == nil || n.gw == nil {
+		return "", fmt.Errorf("network %q has no gateway to probe through", nic.Network)
+	}
+	// A VM with a guest init starts its workload only after it reported
+	// ready: probing before that finds nothing to connect to, and a dial
+	// sent before the guest answers ARP stalls in the gateway's neighbour
+	// resolution for about a second.
+	if inst := v.instance(); inst != nil && inst.Guest() != nil {
+		if _, err := s.waitGuestReady(ctx, v, inst); err != nil {
+			return "", err
+		}
+	}
+	if spec.TCP != 0 {
+		addr := nic.IP.String() + ":" + strconv.Itoa(spec.TCP)
+		return s.pollUntil(ctx, v, func() (string, bool, error) {
+			// Shorter than a TCP retransmission: a lost SYN is sent
+			// again by the next probe instead.
+			pctx, cancel := context.WithTimeout(ctx, 2*probeInterval)
+			defer cancel()
+			c, err := n.gw.DialContext(pctx, "tcp", addr)
+			if err != nil {
+				return "", false, nil
+			}
+			c.Close()
+			return "TCP port " + strconv.Itoa(spec.TCP) + " accepts connections", true, nil
+		})
+	}
+	client := &http.Client{
+		Timeout:   time.Second,
+		Transport: &http.Transport{DialContext: guestDialer(n.gw, nic.IP.String())},
+	}
+	return s.pollUntil(ctx, v, func() (string, bool, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, spec.HTTP, nil)
+		if err != nil {
+			return "", false, fmt.Errorf("ready probe %q: %w", spec.HTTP, err)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return "", false, nil
+		}
+		resp.Body.Close()
+		if resp.StatusCode >= 200 && resp.StatusCode < 400 {
+			return fmt.Sprintf("%s answered %d", spec.HTTP, resp.StatusCode), true, nil
+		}
+		return "", false, nil
+	})
+}
+
+// guestDialer dials "localhost" in probe URLs as the guest itself.
+func guestDialer(gw Gateway, guestIP string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, port, ok := strings.Cut(addr, ":")
+		if ok && (host == "localhost" || host == "127.0.0.1") {
+			addr = guestIP + ":" + port
+		}
+		return gw.DialContext(ctx, network, addr)
+	}
+}

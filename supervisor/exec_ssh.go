@@ -133,13 +133,17 @@ func (s *Supervisor) dialSSHWith(ctx context.Context, v *vmRun, key, host *sshke
 	}
 	nic := v.spec.NICs[0]
 	n := s.network(nic.Network)
-	if n == nil || n.gw == nil {
+	var gw Gateway
+	if n != nil {
+		gw = n.gateway()
+	}
+	if gw == nil {
 		return nil, fmt.Errorf("network %q has no gateway to reach the VM's SSH server through", nic.Network)
 	}
 	addr := net.JoinHostPort(nic.IP.String(), "22")
 	dctx, cancel := context.WithTimeout(ctx, sshHandshakeTimeout)
 	defer cancel()
-	conn, err := n.gw.DialContext(dctx, "tcp", addr)
+	conn, err := gw.DialContext(dctx, "tcp", addr)
 	// A VM whose readiness is a tcp or http probe can be ready before
 	// cloud-init has written the host key from the seed and started sshd:
 	// a refused connection is tried again until the handshake timeout.
@@ -147,7 +151,7 @@ func (s *Supervisor) dialSSHWith(ctx context.Context, v *vmRun, key, host *sshke
 		select {
 		case <-dctx.Done():
 		case <-time.After(250 * time.Millisecond):
-			conn, err = n.gw.DialContext(dctx, "tcp", addr)
+			conn, err = gw.DialContext(dctx, "tcp", addr)
 			continue
 		}
 		break

@@ -67,9 +67,15 @@ func (s *Supervisor) launch(ctx context.Context, v *vmRun) error {
 		logStart = fi.Size()
 	}
 	v.mu.Lock()
+	previous := v.cancel
 	v.loopCtx, v.cancel = loopCtx, cancel
 	v.logStart = logStart
 	v.mu.Unlock()
+	if previous != nil {
+		// A restart: what still waits on the VMM before (a readiness
+		// probe, a console follow) ends with it.
+		previous()
+	}
 	s.mu.Lock()
 	s.booting[v.runDir] = v
 	s.mu.Unlock()

@@ -25,10 +25,11 @@ func (s *Supervisor) network(name string) *network {
 func (s *Supervisor) ensureNetwork(spec api.NetworkSpec) error {
 	n := s.network(spec.Name)
 	if n != nil {
-		if n.spec.Subnet != spec.Subnet || n.spec.Gateway != spec.Gateway {
-			return fmt.Errorf("network %q runs with subnet %s; remove it before changing its addressing", spec.Name, n.spec.Subnet)
+		cur := n.current()
+		if cur.Subnet != spec.Subnet || cur.Gateway != spec.Gateway {
+			return fmt.Errorf("network %q runs with subnet %s; remove it before changing its addressing", spec.Name, cur.Subnet)
 		}
-		if n.spec == spec {
+		if cur == spec {
 			return nil
 		}
 		return s.regateway(n, spec)
@@ -65,29 +66,33 @@ func (s *Supervisor) ensureNetwork(spec api.NetworkSpec) error {
 // regateway replaces a network's gateway after a dhcp/dns/egress change and
 // registers the VMs on it again. The switch, and so every VM's link, stays.
 func (s *Supervisor) regateway(n *network, spec api.NetworkSpec) error {
-	if n.gw != nil {
-		n.gw.Close()
-		n.gw = nil
+	n.mu.Lock()
+	old := n.gw
+	n.gw = nil
+	n.mu.Unlock()
+	if old != nil {
+		old.Close() // its ports and leases go before the new one takes them
 	}
-	var err error
+	var gw Gateway
 	if s.opts.Gateway != nil {
-		if n.gw, err = s.opts.Gateway(n.sw, spec, s.opts.Namespace); err != nil {
+		var err error
+		if gw, err = s.opts.Gateway(n.sw, spec, s.opts.Namespace); err != nil {
 			return fmt.Errorf("reconfigure gateway of network %q: %w", spec.Name, err)
 		}
 	}
-	s.mu.Lock()
-	n.spec = spec
-	s.mu.Unlock()
+	n.mu.Lock()
+	n.spec, n.gw = spec, gw
+	n.mu.Unlock()
 	for _, v := range s.allVMs() {
 		publish := v.publish()
 		for i, nic := range v.spec.NICs {
-			if nic.Network != spec.Name || n.gw == nil {
+			if nic.Network != spec.Name || gw == nil {
 				continue
 			}
-			n.gw.AddHost(v.spec.Name, nic.IP, nic.MAC)
+			gw.AddHost(v.spec.Name, nic.IP, nic.MAC)
 			if i == 0 {
 				for _, p := range publish {
-					n.gw.Publish(p, nic.IP)
+					gw.Publish(p, nic.IP)
 				}
 			}
 		}
@@ -104,8 +109,8 @@ func (s *Supervisor) removeNetwork(name string) error {
 	if n == nil {
 		return nil
 	}
-	if n.gw != nil {
-		n.gw.Close()
+	if gw := n.gateway(); gw != nil {
+		gw.Close()
 	}
 	err := n.sw.Close()
 	os.RemoveAll(filenames.NetworkRuntime(s.opts.RuntimeRoot, s.opts.Namespace, name))

@@ -158,7 +158,11 @@ func (s *Supervisor) probe(ctx context.Context, v *vmRun, spec api.Ready) (strin
 	}
 	nic := v.spec.NICs[0]
 	n := s.network(nic.Network)
-	if n == nil || n.gw == nil {
+	var gw Gateway
+	if n != nil {
+		gw = n.gateway()
+	}
+	if gw == nil {
 		return "", fmt.Errorf("network %q has no gateway to probe through", nic.Network)
 	}
 	// A VM with a guest init starts its workload only after it reported
@@ -177,7 +181,7 @@ func (s *Supervisor) probe(ctx context.Context, v *vmRun, spec api.Ready) (strin
 			// again by the next probe instead.
 			pctx, cancel := context.WithTimeout(ctx, 2*probeInterval)
 			defer cancel()
-			c, err := n.gw.DialContext(pctx, "tcp", addr)
+			c, err := gw.DialContext(pctx, "tcp", addr)
 			if err != nil {
 				return "", false, nil
 			}
@@ -187,7 +191,7 @@ func (s *Supervisor) probe(ctx context.Context, v *vmRun, spec api.Ready) (strin
 	}
 	client := &http.Client{
 		Timeout:   time.Second,
-		Transport: &http.Transport{DialContext: guestDialer(n.gw, nic.IP.String())},
+		Transport: &http.Transport{DialContext: guestDialer(gw, nic.IP.String())},
 	}
 	return s.pollUntil(ctx, v, func() (string, bool, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, spec.HTTP, nil)

@@ -74,9 +74,26 @@ type Supervisor struct {
 }
 
 type network struct {
+	sw *netswitch.Switch
+	// mu guards spec and gw, which a dhcp/dns/egress change replaces
+	// while VMs' probes, execs and wiring use the gateway.
+	mu   sync.Mutex
 	spec api.NetworkSpec
-	sw   *netswitch.Switch
 	gw   Gateway
+}
+
+// gateway is the network's current gateway, or nil.
+func (n *network) gateway() Gateway {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.gw
+}
+
+// current is the spec the network runs with.
+func (n *network) current() api.NetworkSpec {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.spec
 }
 
 // New creates a supervisor; Serve runs it.
@@ -315,8 +332,8 @@ func (s *Supervisor) release() {
 	}
 	s.mu.Unlock()
 	for _, n := range nets {
-		if n.gw != nil {
-			n.gw.Close()
+		if gw := n.gateway(); gw != nil {
+			gw.Close()
 		}
 		n.sw.Close()
 	}

@@ -194,13 +194,13 @@ func (s *Supervisor) wire(v *vmRun) error {
 		v.mu.Lock()
 		v.nics = append(v.nics, hypervisor.NIC{MAC: nic.MAC, DgramLocal: vmmPath, DgramRemote: swPath})
 		v.mu.Unlock()
-		if n.gw != nil {
-			if err := n.gw.AddHost(v.spec.Name, nic.IP, nic.MAC); err != nil {
+		if gw := n.gateway(); gw != nil {
+			if err := gw.AddHost(v.spec.Name, nic.IP, nic.MAC); err != nil {
 				return err
 			}
 			if i == 0 {
 				for _, p := range publish {
-					if err := n.gw.Publish(p, nic.IP); err != nil {
+					if err := gw.Publish(p, nic.IP); err != nil {
 						return err
 					}
 				}
@@ -218,11 +218,11 @@ func (s *Supervisor) unwire(v *vmRun) {
 			continue
 		}
 		n.sw.RemovePort(portName(v.spec.Name, i))
-		if n.gw != nil {
-			n.gw.RemoveHost(v.spec.Name)
+		if gw := n.gateway(); gw != nil {
+			gw.RemoveHost(v.spec.Name)
 			if i == 0 {
 				for _, p := range publish {
-					n.gw.Unpublish(p)
+					gw.Unpublish(p)
 				}
 			}
 		}
@@ -243,13 +243,16 @@ func (s *Supervisor) updateVM(spec api.Update) error {
 	publish := v.spec.Publish
 	v.mu.Unlock()
 	if len(v.spec.NICs) > 0 && !halted {
-		n := s.network(v.spec.NICs[0].Network)
-		if n != nil && n.gw != nil {
+		var gw Gateway
+		if n := s.network(v.spec.NICs[0].Network); n != nil {
+			gw = n.gateway()
+		}
+		if gw != nil {
 			for _, p := range publish {
-				n.gw.Unpublish(p)
+				gw.Unpublish(p)
 			}
 			for _, p := range spec.Publish {
-				if err := n.gw.Publish(p, v.spec.NICs[0].IP); err != nil {
+				if err := gw.Publish(p, v.spec.NICs[0].IP); err != nil {
 					return fmt.Errorf("update %s: %w", spec.Address, err)
 				}
 			}

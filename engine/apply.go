@@ -27,6 +27,8 @@ type applier struct {
 	mu sync.Mutex // guards st and its writes
 	st *state.State
 	w  *waiters
+	// unwatch ends the subscription to the supervisor's events (end).
+	unwatch context.CancelFunc
 	// accelOnce: the fallback from KVM to TCG is said once per apply.
 	accelOnce sync.Once
 	img       struct {
@@ -61,12 +63,23 @@ func (e *Engine) newApplier(st *state.State, desired *stackfile.Stack, progress 
 // begin subscribes to the supervisor's events before anything is started,
 // so that none is missed.
 func (a *applier) begin(ctx context.Context, sup Supervisor) error {
-	events, err := sup.Watch(ctx)
+	wctx, cancel := context.WithCancel(ctx)
+	events, err := sup.Watch(wctx)
 	if err != nil {
+		cancel()
 		return err
 	}
-	a.sup, a.w = sup, newWaiters(events, a.forward)
+	a.sup, a.w, a.unwatch = sup, newWaiters(events, a.forward), cancel
 	return nil
+}
+
+// end stops the subscription and returns once no event is forwarded any
+// more: the operation's progress ends with it.
+func (a *applier) end() {
+	if a.unwatch != nil {
+		a.unwatch()
+		<-a.w.done
+	}
 }
 
 // apply carries out plan. Actions run as soon as what they depend on is

@@ -101,6 +101,7 @@ func (e *Engine) Up(ctx context.Context, desired *stackfile.Stack, opts UpOption
 	if err := a.begin(ctx, sup); err != nil {
 		return nil, err
 	}
+	defer a.end()
 	return plan, a.apply(ctx, plan)
 }
 
@@ -141,6 +142,7 @@ func (e *Engine) Down(ctx context.Context, opts DownOptions) error {
 	if err := a.begin(ctx, sup); err != nil {
 		return err
 	}
+	defer a.end()
 	if err := a.apply(ctx, plan); err != nil {
 		return err
 	}

@@ -154,6 +154,7 @@ func (e *Engine) Start(ctx context.Context, names []string, opts StartOptions) e
 	if err := a.begin(ctx, o.sup); err != nil {
 		return err
 	}
+	defer a.end()
 	errs := parallel(boot, func(addr string) error {
 		return a.boot(ctx, addr, o.st.VMs[addr].Name, unknownReadyWait, &Slot{release: func() {}})
 	})

@@ -131,6 +131,8 @@ func (p *progress) finish() {}
 
 // say prints a closing message (never in JSON mode, whose stdout is events).
 func (p *progress) say(format string, args ...any) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.mode == "json" {
 		return
 	}

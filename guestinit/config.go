@@ -60,6 +60,9 @@ func Validate(cfg *guestproto.Config) error {
 	if cfg.Hostname != "" && !validHostname(cfg.Hostname) {
 		return fmt.Errorf("validate guest config: bad hostname %q", cfg.Hostname)
 	}
+	if cfg.MachineID != "" && !guestproto.ValidMachineID(cfg.MachineID) {
+		return fmt.Errorf("validate guest config: bad machine id %q", cfg.MachineID)
+	}
 	seen := map[netaddr.MAC]bool{}
 	for i, n := range cfg.NICs {
 		if n.MAC.IsZero() {

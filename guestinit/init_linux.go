@@ -5,6 +5,7 @@ package guestinit
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -54,6 +55,9 @@ type Init struct {
 	workDone chan struct{}
 	release  chan struct{} // closed by the host's TypeStart (HoldWorkload)
 	released sync.Once
+	unpark   chan guestproto.Unpark // the host's TypeUnpark, at the park point
+	// restored: unparked from a template (guestproto.Unpark.Restored).
+	restored bool
 	stopOnce sync.Once
 }
 
@@ -70,6 +74,7 @@ func Main() {
 		console:  console,
 		workDone: make(chan struct{}),
 		release:  make(chan struct{}),
+		unpark:   make(chan guestproto.Unpark, 1),
 	}
 	in.level.Set(slog.LevelInfo)
 	in.log = slog.New(slog.NewTextHandler(console, &slog.HandlerOptions{
@@ -96,7 +101,8 @@ func (in *Init) run() {
 		in.fail(err)
 	}
 	// stack.debug on the kernel command line turns on step timings.
-	if b, err := os.ReadFile("/proc/cmdline"); err == nil && hasWord(string(b), "stack.debug") {
+	cmdline, _ := os.ReadFile("/proc/cmdline")
+	if hasWord(string(cmdline), "stack.debug") {
 		in.level.Set(slog.LevelDebug)
 	}
 	// The kernel's uptime when the init got going, to tell kernel boot time
@@ -123,6 +129,9 @@ func (in *Init) run() {
 	// it, and whatever it missed, its first hello reports.
 	in.goSafe("agent", in.startAgent)
 
+	if hasWord(string(cmdline), guestproto.ParkArg) {
+		in.park()
+	}
 	cfg, err := in.readConfig()
 	if err != nil {
 		in.fail(err)
@@ -213,6 +222,41 @@ func hasPCI() bool {
 	return err == nil && len(ents) > 0
 }
 
+// park waits at the park point (see guestproto.ParkArg) for the host's
+// TypeUnpark, then makes the VM its own: the host's clock, fresh entropy,
+// and, when it was restored from a template, no cached block of a disk
+// that belongs to another VM.
+func (in *Init) park() {
+	in.mu.Lock()
+	in.status.Parked = true
+	st := in.status
+	in.mu.Unlock()
+	in.log.Info("parked; waiting for the host", "uptime", bootSeconds())
+	in.send(guestproto.Message{Type: guestproto.TypeHello, Status: &st})
+	u := <-in.unpark
+	in.mu.Lock()
+	in.status.Parked = false
+	in.restored = u.Restored
+	in.mu.Unlock()
+	if u.Time != 0 {
+		ts := unix.NsecToTimespec(u.Time)
+		if err := unix.ClockSettime(unix.CLOCK_REALTIME, &ts); err != nil {
+			in.log.Warn("set the clock", "err", err)
+		}
+	}
+	if len(u.Entropy) > 0 {
+		if err := os.WriteFile("/dev/urandom", u.Entropy, 0); err != nil {
+			in.log.Warn("add entropy", "err", err)
+		}
+	}
+	if u.Restored {
+		for _, err := range FlushBlockCaches("/sys/block") {
+			in.log.Warn("flush disk cache", "err", err)
+		}
+	}
+	in.log.Info("unparked", "restored", u.Restored)
+}
+
 func (in *Init) readConfig() (*guestproto.Config, error) {
 	dev, err := waitFor(deviceWait, func() (string, error) { return FindDiskBySerial("/sys/block", guestproto.ConfigDiskSerial) })
 	if err != nil {
@@ -236,11 +280,19 @@ func (in *Init) bringUp(cfg *guestproto.Config) error {
 			return fmt.Errorf("set hostname: %w", err)
 		}
 	}
+	if cfg.MachineID != "" {
+		if err := os.WriteFile("/etc/machine-id", []byte(cfg.MachineID+"\n"), 0o444); err != nil {
+			return fmt.Errorf("write /etc/machine-id: %w", err)
+		}
+	}
 	if err := os.WriteFile("/etc/hosts", RenderHosts(cfg), 0o644); err != nil {
 		return fmt.Errorf("write /etc/hosts: %w", err)
 	}
 	in.log.Debug("hostname and hosts set")
-	addrs, dns, err := configureNetwork(context.Background(), cfg.NICs, in.log)
+	in.mu.Lock()
+	byPosition := in.restored
+	in.mu.Unlock()
+	addrs, dns, err := configureNetwork(context.Background(), cfg.NICs, byPosition, in.log)
 	if err != nil {
 		return err
 	}
@@ -392,6 +444,16 @@ func (in *Init) onMessage(m guestproto.Message) {
 		in.execInput(m)
 	case guestproto.TypeStart:
 		in.released.Do(func() { close(in.release) })
+	case guestproto.TypeUnpark:
+		var u guestproto.Unpark
+		if err := json.Unmarshal(m.Body, &u); err != nil {
+			in.log.Warn("agent: bad unpark", "err", err)
+			return
+		}
+		select {
+		case in.unpark <- u:
+		default: // unparked already
+		}
 	default:
 		in.log.Warn("agent: ignoring message", "type", m.Type)
 	}

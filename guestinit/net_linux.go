@@ -3,11 +3,13 @@
 package guestinit
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"sort"
 	"strings"
 	"time"
 
@@ -21,8 +23,10 @@ const dhcpTimeout = 15 * time.Second
 
 // configureNetwork brings lo up and configures each NIC by MAC: a static
 // address with a default route via its gateway, or DHCP. It returns MAC →
-// IPv4 address and the DNS servers DHCP offered.
-func configureNetwork(ctx context.Context, nics []guestproto.NIC, log *slog.Logger) (map[string]string, []netip.Addr, error) {
+// IPv4 address and the DNS servers DHCP offered. byPosition finds the i-th
+// NIC of the config as the i-th Ethernet device and gives it the config's
+// MAC: a VM restored from a template has the template VM's MACs.
+func configureNetwork(ctx context.Context, nics []guestproto.NIC, byPosition bool, log *slog.Logger) (map[string]string, []netip.Addr, error) {
 	lo, err := netlink.LinkByName("lo")
 	if err != nil {
 		return nil, nil, fmt.Errorf("find lo: %w", err)
@@ -35,13 +39,23 @@ func configureNetwork(ctx context.Context, nics []guestproto.NIC, log *slog.Logg
 	for i, nic := range nics {
 		hw := nic.MAC.HardwareAddr()
 		var link netlink.Link
+		var err error
 		if _, err := waitFor(deviceWait, func() (string, error) {
-			link, err = linkByMAC(hw)
+			if byPosition {
+				link, err = linkAt(i)
+			} else {
+				link, err = linkByMAC(hw)
+			}
 			return "", err
 		}); err != nil {
 			return nil, nil, err
 		}
 		name := link.Attrs().Name
+		if byPosition && !bytes.Equal(link.Attrs().HardwareAddr, hw) {
+			if err := netlink.LinkSetHardwareAddr(link, hw); err != nil {
+				return nil, nil, fmt.Errorf("set mac %s on %s: %w", hw, name, err)
+			}
+		}
 		log.Debug("nic found", "nic", name)
 		if err := netlink.LinkSetUp(link); err != nil {
 			return nil, nil, fmt.Errorf("bring %s up: %w", name, err)
@@ -85,6 +99,26 @@ func linkByMAC(hw net.HardwareAddr) (netlink.Link, error) {
 		}
 	}
 	return nil, fmt.Errorf("find nic %s: no interface with that mac", hw)
+}
+
+// linkAt is the i-th Ethernet device, in the order the kernel found them
+// (the order of the VMM's devices).
+func linkAt(i int) (netlink.Link, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	var eth []netlink.Link
+	for _, l := range links {
+		if l.Type() == "device" && len(l.Attrs().HardwareAddr) == 6 && l.Attrs().Flags&net.FlagLoopback == 0 {
+			eth = append(eth, l)
+		}
+	}
+	sort.Slice(eth, func(a, b int) bool { return eth[a].Attrs().Index < eth[b].Attrs().Index })
+	if i >= len(eth) {
+		return nil, fmt.Errorf("find nic %d: the VM has %d", i, len(eth))
+	}
+	return eth[i], nil
 }
 
 // addDefaultRoute adds a default route; the nth NIC's route gets metric

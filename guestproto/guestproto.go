@@ -48,6 +48,8 @@ const (
 type Config struct {
 	Version  int               `json:"version"`
 	Hostname string            `json:"hostname"`
+	// MachineID is written to /etc/machine-id (32 lower-case hex digits).
+	MachineID string `json:"machine_id,omitempty"`
 	Hosts    []Host            `json:"hosts,omitempty"` // written to /etc/hosts
 	NICs     []NIC             `json:"nics,omitempty"`
 	DNS      []netip.Addr      `json:"dns,omitempty"`    // resolv.conf nameservers
@@ -107,6 +109,9 @@ const (
 	TypeLog      = "log"      // guest → host: a line from the init for the host's log
 	TypePoweroff = "poweroff" // host → guest: stop the workload and power off
 	TypeStart    = "start"    // host → guest: start the held workload (HoldWorkload)
+	// TypeUnpark: host → guest, with an Unpark body: leave the park point
+	// (see ParkArg) and bring the VM up.
+	TypeUnpark = "unpark"
 	// TypeListening: guest → host when a port of Config.WatchPorts starts
 	// listening; Status.Listening lists those that do.
 	TypeListening = "listening"
@@ -125,6 +130,45 @@ const (
 	TypeExecInput    = "exec-input"
 	TypeExecInputAck = "exec-input-ack"
 )
+
+// ParkArg on the kernel command line makes the guest init stop at its park
+// point: the kernel has booted, the modules are loaded and the agent
+// channel is up, but nothing that differs from one VM to another has been
+// read (the config disk, the NICs' addresses, the disks' contents). It
+// reports Status.Parked and waits for TypeUnpark. Everything before the
+// park point is the same for every VM of one shape, which is what makes a
+// snapshot taken there (a boot template) a valid start for any of them.
+const ParkArg = "stack.park"
+
+// Unpark is the body of TypeUnpark: what a VM restored from a template
+// must not keep from the template.
+type Unpark struct {
+	// Time is the host's wall clock (Unix nanoseconds): the guest's clock
+	// resumes at the snapshot's time otherwise.
+	Time int64 `json:"time"`
+	// Entropy is mixed into the guest's random pool, beside the reseed
+	// that the VM generation ID device triggers.
+	Entropy []byte `json:"entropy,omitempty"`
+	// Restored: the VM was restored from a template, so its disks' and
+	// NICs' state in the guest belongs to the template's VM: the guest
+	// drops the disks' cached blocks before reading them and finds its
+	// NICs by position, giving each the MAC of its config.
+	Restored bool `json:"restored,omitempty"`
+}
+
+// ValidMachineID reports whether id is a machine ID as /etc/machine-id
+// holds it: 32 lower-case hexadecimal digits, not all zero.
+func ValidMachineID(id string) bool {
+	if len(id) != 32 || id == "00000000000000000000000000000000" {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
 
 // NinePMountOptions mount a shared directory over 9p, the fallback when the
 // host offers no virtio-fs. Both kinds of guest use them: the guest init,
@@ -209,7 +253,9 @@ type Message struct {
 type Status struct {
 	Ready bool `json:"ready"`
 	// Held: bring-up is done and the workload waits for TypeStart.
-	Held      bool              `json:"held,omitempty"`
+	Held bool `json:"held,omitempty"`
+	// Parked: the init waits at its park point for TypeUnpark.
+	Parked    bool              `json:"parked,omitempty"`
 	Addresses map[string]string `json:"addresses,omitempty"` // MAC → IPv4 address
 	// Exited and ExitCode describe the workload; a signalled workload has
 	// ExitCode 128+signal, as a shell would report it.

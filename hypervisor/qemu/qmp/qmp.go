@@ -20,6 +20,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrClosed is wrapped by every error caused by the connection going away:
@@ -270,6 +272,19 @@ func (c *Client) read(dec *json.Decoder) {
 // is returned as a *Error (wrapped); a closed connection as ErrClosed
 // (wrapped). args may be nil.
 func (c *Client) Execute(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
+	return c.execute(ctx, cmd, args, nil)
+}
+
+// GetFD hands f to QEMU under name (QMP getfd, the descriptor passed as
+// SCM_RIGHTS with the command), for commands that take "fd:name" such as
+// migrate and migrate-incoming. The caller may close f afterwards.
+func (c *Client) GetFD(ctx context.Context, name string, f *os.File) error {
+	_, err := c.execute(ctx, "getfd", map[string]string{"fdname": name}, unix.UnixRights(int(f.Fd())))
+	return err
+}
+
+// execute sends cmd with oob as the message's ancillary data.
+func (c *Client) execute(ctx context.Context, cmd string, args any, oob []byte) (json.RawMessage, error) {
 	ch := make(chan reply, 1)
 	c.mu.Lock()
 	if c.closed {
@@ -287,7 +302,7 @@ func (c *Client) Execute(ctx context.Context, cmd string, args any) (json.RawMes
 		c.forget(id)
 		return nil, fmt.Errorf("execute %s: encode arguments: %w", cmd, err)
 	}
-	if err := c.write(ctx, append(b, '\n')); err != nil {
+	if err := c.write(ctx, append(b, '\n'), oob); err != nil {
 		c.forget(id)
 		if e := c.Err(); e != nil {
 			err = e
@@ -312,12 +327,20 @@ func (c *Client) forget(id string) {
 	c.mu.Unlock()
 }
 
-func (c *Client) write(ctx context.Context, b []byte) error {
+func (c *Client) write(ctx context.Context, b, oob []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if dl, ok := ctx.Deadline(); ok {
 		c.conn.SetWriteDeadline(dl)
 		defer c.conn.SetWriteDeadline(time.Time{})
+	}
+	if len(oob) > 0 {
+		uc, ok := c.conn.(*net.UnixConn)
+		if !ok {
+			return errors.New("pass a descriptor: not a unix socket")
+		}
+		_, _, err := uc.WriteMsgUnix(b, oob, nil)
+		return err
 	}
 	_, err := c.conn.Write(b)
 	return err

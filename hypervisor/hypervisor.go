@@ -51,8 +51,36 @@ type Instance interface {
 	// Accel says which accelerator the VMM runs under ("" when unknown: a
 	// re-adopted VMM whose command line is gone).
 	Accel() Accel
+	// Boot says how the VMM came up: booted cold, or restored from a boot
+	// template (Config.Template).
+	Boot() Boot
+	// Parked is called when the guest reports that it waits at its park
+	// point (see guestproto.ParkArg). A VMM started to make a boot
+	// template makes it now, while the guest waits; a VMM left paused by
+	// a supervisor that died meanwhile runs again. It returns when the
+	// guest may be told to go on; failing to make a template is not an
+	// error for the VM (it is logged and the template dropped).
+	Parked(ctx context.Context) error
 	Close() error
 }
+
+// Boot says how a VMM came up.
+type Boot struct {
+	Kind BootKind `json:"kind"`
+	// Took is how long the restore took (BootTemplate).
+	Took time.Duration `json:"took,omitempty"`
+	// Note, when set, says why a template was not used although one was
+	// asked for and there, for the user to read once (a restore failed).
+	Note string `json:"note,omitempty"`
+}
+
+// BootKind is how a VMM came up.
+type BootKind string
+
+const (
+	BootCold     BootKind = "cold"
+	BootTemplate BootKind = "template"
+)
 
 // Accel is the accelerator a VMM runs under. Fallback is set when "auto"
 // chose software emulation although the host has a KVM device: it says
@@ -129,6 +157,13 @@ type Config struct {
 
 	// ConsoleLogMax caps the console log file in bytes (0: driver default).
 	ConsoleLogMax int64
+
+	// Template lets the driver boot the VM from a boot template of its
+	// shape, or make one while it boots (the guest then parks: see
+	// guestproto.ParkArg). Drivers use templates only for the shapes they
+	// can restore (QEMU: initramfs mode without shared directories) and
+	// boot the others cold.
+	Template bool
 }
 
 // NIC is one network interface. Exactly one of the transports is set.

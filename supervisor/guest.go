@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -78,11 +79,44 @@ func (s *Supervisor) onGuestMessage(v *vmRun, m *guestproto.Message) {
 			code := st.ExitCode
 			v.guestExit = &code
 		}
+		unpark := st != nil && st.Parked && !v.unparking && v.inst != nil
+		if unpark {
+			v.unparking = true
+		}
+		inst, restored := v.inst, v.st.Boot == string(hypervisor.BootTemplate)
 		v.mu.Unlock()
+		if unpark {
+			go s.unpark(v, inst, restored)
+		}
 	}
 	if st != nil && st.Error != "" {
 		v.mu.Lock()
 		v.st.Reason = st.Error
+		v.mu.Unlock()
+	}
+}
+
+// unparkTimeout bounds making a template and telling the guest to go on.
+const unparkTimeout = time.Minute
+
+// unpark lets a guest that waits at its park point go on: the driver makes
+// the VM's boot template first when it is to, then the guest gets the
+// host's clock and fresh entropy, and, when restored from a template, word
+// that its disks and NICs are not the template's.
+func (s *Supervisor) unpark(v *vmRun, inst hypervisor.Instance, restored bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), unparkTimeout)
+	defer cancel()
+	if err := inst.Parked(ctx); err != nil {
+		s.log.Warn("parked vm", "vm", v.spec.Address, "err", err)
+	}
+	var entropy [32]byte
+	rand.Read(entropy[:])
+	body, _ := json.Marshal(guestproto.Unpark{Time: time.Now().UnixNano(), Entropy: entropy[:], Restored: restored})
+	msg, _ := json.Marshal(guestproto.Message{Type: guestproto.TypeUnpark, Body: body})
+	if err := inst.Guest().Send(ctx, msg); err != nil {
+		s.log.Warn("unpark vm", "vm", v.spec.Address, "err", err)
+		v.mu.Lock()
+		v.unparking = false // the next hello tries again
 		v.mu.Unlock()
 	}
 }

@@ -167,7 +167,9 @@ func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
 		v.st.Held = v.spec.Hold && !v.released
 		v.st.StartedAt = time.Now().UTC()
 		v.guestExit, v.guestReady, v.guestErr = nil, false, ""
+		v.st.Boot = string(inst.Boot().Kind)
 	}
+	v.unparking = false
 	v.st.PID = inst.Identity().PID
 	if a := inst.Accel().Name; a != "" {
 		v.st.Accel = a
@@ -175,7 +177,7 @@ func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
 	v.writeRecordLocked()
 	v.mu.Unlock()
 	if !readopted {
-		s.emitVM(v, api.PhaseBooting, fmt.Sprintf("VMM running (pid %d); booting", inst.Identity().PID))
+		s.emitVM(v, api.PhaseBooting, bootingMessage(inst))
 	}
 	v.mu.Lock()
 	resend := v.spec.Hold && v.released
@@ -184,6 +186,15 @@ func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
 		s.sendStart(v, inst)
 	}
 	go s.superviseLoop(loopCtx, v, inst, readopted)
+}
+
+// bootingMessage says how the VMM came up.
+func bootingMessage(inst hypervisor.Instance) string {
+	pid := inst.Identity().PID
+	if b := inst.Boot(); b.Kind == hypervisor.BootTemplate {
+		return fmt.Sprintf("VMM restored from the boot template of its shape in %s (pid %d); booting", b.Took.Round(time.Millisecond), pid)
+	}
+	return fmt.Sprintf("VMM running (pid %d); booting", pid)
 }
 
 // superviseLoop waits for readiness and for the VMM's exit, and applies the

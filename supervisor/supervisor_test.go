@@ -99,6 +99,8 @@ func (f *fakeInst) Wait(ctx context.Context) (hypervisor.ExitStatus, error) {
 }
 func (f *fakeInst) Guest() hypervisor.GuestChannel { return f }
 func (f *fakeInst) Accel() hypervisor.Accel        { return hypervisor.Accel{Name: "tcg"} }
+func (f *fakeInst) Boot() hypervisor.Boot          { return hypervisor.Boot{Kind: hypervisor.BootCold} }
+func (f *fakeInst) Parked(context.Context) error   { return nil }
 func (f *fakeInst) Close() error                   { return nil }
 func (f *fakeInst) Events() <-chan []byte          { return f.events }
 func (f *fakeInst) Send(context.Context, []byte) error {

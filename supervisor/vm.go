@@ -47,6 +47,9 @@ type vmRun struct {
 	guestExit  *int   // the workload's exit code, as the guest reported it
 	guestReady bool   // the guest init reported ready
 	guestErr   string // the guest init reported a bring-up failure
+	// unparking: the guest reported that it waits at its park point, and
+	// the unpark is under way (or done) for this incarnation.
+	unparking bool
 	// guestNews is closed (and replaced) when guestReady or guestErr
 	// changes, so that waiters wake at once instead of at a poll tick.
 	guestNews chan struct{}
@@ -143,8 +146,9 @@ func (v *vmRun) publish() []api.Port {
 // started is what start-vm and boot-vm answer: the new VMM's identity and
 // its accelerator.
 func started(inst hypervisor.Instance) (*api.Started, error) {
-	a := inst.Accel()
-	return &api.Started{Process: process(inst.Identity()), Accel: a.Name, AccelFallback: a.Fallback}, nil
+	a, b := inst.Accel(), inst.Boot()
+	return &api.Started{Process: process(inst.Identity()), Accel: a.Name, AccelFallback: a.Fallback,
+		Boot: string(b.Kind), BootNote: b.Note}, nil
 }
 
 // process is a VMM's identity as the protocol and the records carry it.
@@ -161,6 +165,7 @@ func (v *vmRun) config() hypervisor.Config {
 		Name: v.spec.Name, RunDir: v.runDir, CPUs: m.CPUs, MemoryMB: m.MemoryMB,
 		Kernel: m.Kernel, Initramfs: m.Initramfs, Cmdline: m.Cmdline, Machine: m.Machine, Accel: m.Accel,
 		NICs: v.nics, GuestAgent: len(v.spec.GuestConfig) > 0, GuestConfig: v.spec.GuestConfig,
+		Template: m.Template,
 	}
 	if r := v.spec.Root; r != nil {
 		cfg.Root = &hypervisor.Disk{Path: r.Path, Format: r.Format, ReadOnly: r.ReadOnly, Serial: r.Serial}

@@ -57,6 +57,14 @@ type Options struct {
 	// AccelCache is where KVM probe verdicts are kept (default:
 	// filenames.AccelCache under the cache root).
 	AccelCache string
+	// Templates is where boot templates are kept (default:
+	// filenames.TemplateCache under the cache root); TemplateLimit bounds
+	// their disk use (default templates.DefaultLimit).
+	Templates     string
+	TemplateLimit int64
+	// TemplateShm is where a VM that makes a template keeps its memory
+	// while it runs (default /dev/shm).
+	TemplateShm string
 }
 
 // Driver starts and re-adopts QEMU VMs. It implements hypervisor.Driver.
@@ -108,6 +116,9 @@ func (d *Driver) Host() (HostInfo, error) {
 		if d.opts.AccelCache == "" {
 			d.opts.AccelCache = filenames.AccelCache(filenames.CacheRoot())
 		}
+		if d.opts.Templates == "" {
+			d.opts.Templates = filenames.TemplateCache(filenames.CacheRoot())
+		}
 		d.host = HostInfo{TSCkHz: DetectTSCkHz(), Virtiofsd: d.opts.Virtiofsd}
 		d.kvm = newKVMProber(bin, d.opts.AccelCache, d.host.TSCkHz, d.log)
 		if d.host.Virtiofsd == "" && os.Geteuid() == 0 {
@@ -155,6 +166,32 @@ func (d *Driver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.
 }
 
 func (d *Driver) start(ctx context.Context, cfg *hypervisor.Config) (*instance, error) {
+	inst, err := d.startAs(ctx, cfg, true)
+	var re *restoreError
+	if errors.As(err, &re) {
+		// A template that does not restore is not used again: the VM
+		// boots cold and makes a new one.
+		d.log.Warn("restore from template failed; booting cold", "key", re.key, "err", re.err)
+		d.templates().Remove(re.key)
+		inst, err = d.startAs(ctx, cfg, false)
+		if inst != nil {
+			inst.boot.Note = fmt.Sprintf("restoring it from the boot template of its shape failed (%v); it booted cold and the template was discarded", re.err)
+		}
+	}
+	return inst, err
+}
+
+// restoreError is a start that failed while restoring a template.
+type restoreError struct {
+	key string
+	err error
+}
+
+func (e *restoreError) Error() string { return "restore from template: " + e.err.Error() }
+
+// startAs starts QEMU for cfg; restore false boots it cold even when a
+// template of its shape is there.
+func (d *Driver) startAs(ctx context.Context, cfg *hypervisor.Config, restore bool) (*instance, error) {
 	host, err := d.Host()
 	if err != nil {
 		return nil, err
@@ -164,19 +201,39 @@ func (d *Driver) start(ctx context.Context, cfg *hypervisor.Config) (*instance, 
 	if err != nil {
 		return nil, err
 	}
+	tpl := templateEligible(cfg)
+	if tpl {
+		cfg = templateConfig(cfg)
+	}
 	args, err := BuildArgs(cfg, host)
 	if err != nil {
 		return nil, err
 	}
+	var plan *templatePlan
+	configSize := 0
+	if tpl {
+		args = append(args, "-device", "vmgenid,guid=auto")
+		machine, _ := ResolveMachine(cfg, host)
+		if plan, args, err = d.planTemplate(ctx, cfg, args, machine, accel.Name, restore); err != nil {
+			return nil, err
+		}
+		configSize = configDiskTemplateSize
+	}
 	if d.opts.BeforeBoot != nil {
 		args = append(args, "-S")
 	}
-	if err := d.prepareRunDir(cfg, args); err != nil {
-		return nil, err
-	}
-
 	var undo cleanups
 	defer undo.unwind()
+	if plan != nil && plan.making != nil {
+		undo.push(func() {
+			plan.making.Abort()
+			plan.mem.Close()
+			os.Remove(plan.mem.Name())
+		})
+	}
+	if err := d.prepareRunDir(cfg, args, configSize); err != nil {
+		return nil, err
+	}
 	if err := startVirtiofsd(cfg, host, &undo); err != nil {
 		return nil, err
 	}
@@ -185,14 +242,28 @@ func (d *Driver) start(ctx context.Context, cfg *hypervisor.Config) (*instance, 
 	if err != nil {
 		return nil, err
 	}
-	if err := d.bringUp(ctx, cfg, inst, &undo); err != nil {
+	inst.boot = hypervisor.Boot{Kind: hypervisor.BootCold}
+	if plan != nil {
+		inst.boot.Note = plan.note
+		if plan.making != nil {
+			inst.making = plan
+		}
+	}
+	if err := d.bringUp(ctx, cfg, inst, plan, &undo); err != nil {
 		// QEMU ran, so its stderr and virtiofsd's logs may say why it
 		// failed; they are complete once the unwind has ended both.
 		undo.unwind()
+		if plan != nil && plan.restore != nil {
+			return nil, &restoreError{key: plan.key, err: fmt.Errorf("%w%s", err, stderrTail(stderrPath(cfg.RunDir)))}
+		}
 		return nil, fmt.Errorf("%w%s%s%s%s", err, d.versionHint(cfg), kvmHint(accel), stderrTail(stderrPath(cfg.RunDir)), virtiofsdTails(cfg, host))
 	}
+	if plan != nil && plan.restore != nil {
+		inst.boot = hypervisor.Boot{Kind: hypervisor.BootTemplate, Took: time.Since(t0)}
+		d.templates().Use(plan.restore)
+	}
 	undo.disarm()
-	inst.log.Debug("vm started", "took", time.Since(t0))
+	inst.log.Debug("vm started", "took", time.Since(t0), "boot", inst.boot.Kind)
 	return inst, nil
 }
 
@@ -242,7 +313,7 @@ func (d *Driver) spawn(cfg *hypervisor.Config, args []string, accel hypervisor.A
 // bringUp makes the running QEMU a VM to hand out: its identity recorded,
 // its QMP monitor connected and, after BeforeBoot, its guest's CPUs
 // started. Errors here are QEMU's to explain (see start).
-func (d *Driver) bringUp(ctx context.Context, cfg *hypervisor.Config, inst *instance, undo *cleanups) error {
+func (d *Driver) bringUp(ctx context.Context, cfg *hypervisor.Config, inst *instance, plan *templatePlan, undo *cleanups) error {
 	pid := inst.cmd.Process.Pid
 	st, err := proc.StartTime(pid)
 	if err != nil {
@@ -267,6 +338,16 @@ func (d *Driver) bringUp(ctx context.Context, cfg *hypervisor.Config, inst *inst
 		d.log.Info("qemu version", "version", fmt.Sprintf("%d.%d.%d", v.Major, v.Minor, v.Micro))
 	})
 	go inst.watchEvents()
+	switch {
+	case plan != nil && plan.restore != nil:
+		if err := restore(sctx, c, plan.restore); err != nil {
+			return err
+		}
+	case plan != nil && plan.making != nil:
+		// QEMU has mapped the memory file: its name can go, so that
+		// nothing is left behind when QEMU and the driver are gone.
+		os.Remove(plan.mem.Name())
+	}
 	if d.opts.BeforeBoot != nil {
 		if err := d.opts.BeforeBoot(sctx, cfg); err != nil {
 			return fmt.Errorf("before boot: %w", err)

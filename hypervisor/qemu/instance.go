@@ -24,7 +24,10 @@ type instance struct {
 	runDir   string
 	hasAgent bool
 	accel    hypervisor.Accel
-	qmp      *qmp.Client
+	boot     hypervisor.Boot
+	// making is the boot template this VM makes when its guest parks.
+	making *templatePlan
+	qmp    *qmp.Client
 
 	cmd     *exec.Cmd // set when we are QEMU's parent
 	waitErr error     // cmd.Wait's result, valid once exited is closed
@@ -49,6 +52,33 @@ func (in *instance) Identity() hypervisor.Identity { return in.id }
 // Accel implements hypervisor.Instance. A re-adopted VMM's accelerator is
 // read back from the argv its start recorded.
 func (in *instance) Accel() hypervisor.Accel { return in.accel }
+
+// Boot implements hypervisor.Instance.
+func (in *instance) Boot() hypervisor.Boot { return in.boot }
+
+// Parked implements hypervisor.Instance: the guest waits at its park
+// point. A VM that makes a template makes it now; a re-adopted VM that a
+// dead supervisor left paused (in the middle of making one) runs again.
+func (in *instance) Parked(ctx context.Context) error {
+	in.mu.Lock()
+	p := in.making
+	in.making = nil
+	in.mu.Unlock()
+	if p != nil {
+		if err := in.makeTemplate(ctx, p); err != nil {
+			in.log.Warn("make a boot template", "key", p.key, "err", err)
+		}
+		return nil
+	}
+	st, err := in.qmp.QueryStatus(ctx)
+	if err != nil {
+		return fmt.Errorf("parked vm: %w", err)
+	}
+	if st.Status == "paused" || st.Status == "postmigrate" {
+		return in.qmp.Cont(ctx)
+	}
+	return nil
+}
 
 // watchEvents records the SHUTDOWN event (why QEMU is exiting) until the QMP
 // connection ends.
@@ -277,8 +307,14 @@ func (in *instance) Close() error {
 			in.qmp.Close()
 		}
 		in.mu.Lock()
-		a := in.agent
+		a, p := in.agent, in.making
+		in.making = nil
 		in.mu.Unlock()
+		if p != nil {
+			// The guest never parked: no template from this VM.
+			p.making.Abort()
+			p.mem.Close()
+		}
 		if a != nil {
 			a.close()
 		}

@@ -49,7 +49,8 @@ func (d *Driver) privateSockets(cfg *hypervisor.Config) {
 // prepareRunDir removes sockets left by an earlier VMM in the same run
 // directory (QEMU refuses to bind over them), writes the config disk and
 // records the argv.
-func (d *Driver) prepareRunDir(cfg *hypervisor.Config, args []string) error {
+// configSize, when larger, is the config disk's size (a sparse tail).
+func (d *Driver) prepareRunDir(cfg *hypervisor.Config, args []string, configSize int) error {
 	st, err := os.Stat(cfg.RunDir)
 	if err != nil {
 		return fmt.Errorf("check run dir: %w", err)
@@ -59,8 +60,14 @@ func (d *Driver) prepareRunDir(cfg *hypervisor.Config, args []string) error {
 	}
 	removeSockets(cfg.RunDir)
 	if len(cfg.GuestConfig) > 0 {
-		if err := writePrivate(configDiskPath(cfg.RunDir), ConfigDiskImage(cfg.GuestConfig)); err != nil {
+		img := ConfigDiskImage(cfg.GuestConfig)
+		if err := writePrivate(configDiskPath(cfg.RunDir), img); err != nil {
 			return fmt.Errorf("write config disk: %w", err)
+		}
+		if configSize > len(img) {
+			if err := os.Truncate(configDiskPath(cfg.RunDir), int64(configSize)); err != nil {
+				return fmt.Errorf("write config disk: %w", err)
+			}
 		}
 	}
 	b, err := json.MarshalIndent(append([]string{d.opts.Binary}, args...), "", "  ")

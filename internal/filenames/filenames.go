@@ -229,6 +229,12 @@ func AccelCache(cacheRoot string) string {
 	return filepath.Join(cacheRoot, "accel")
 }
 
+// TemplateCache is the directory of boot templates (one directory per VM
+// shape; see package hypervisor/qemu/templates).
+func TemplateCache(cacheRoot string) string {
+	return filepath.Join(cacheRoot, "templates")
+}
+
 // KernelCache is the directory of one unpacked kernel package.
 func KernelCache(cacheRoot, pkg, version string) string {
 	return filepath.Join(cacheRoot, "kernels", pkg+"_"+version)

@@ -138,6 +138,9 @@ type Machine struct {
 	Cmdline string `json:"cmdline,omitempty"`
 	Machine string `json:"machine"` // auto | microvm | q35
 	Accel   string `json:"accel"`   // auto | kvm | tcg
+	// Template lets the VM boot from (or make) the boot template of its
+	// shape.
+	Template bool `json:"template,omitempty"`
 }
 
 // Disk is a block device. Serial names it in the guest.
@@ -208,6 +211,10 @@ type Started struct {
 	// when set, says why "auto" did not use the host's KVM device.
 	Accel         string `json:"accel"`
 	AccelFallback string `json:"accel_fallback,omitempty"`
+	// Boot is how the VMM came up (cold, template); BootNote, when set,
+	// says why a template of its shape was not used (a failed restore).
+	Boot     string `json:"boot"`
+	BootNote string `json:"boot_note,omitempty"`
 }
 
 // VMStatus is one VM as the supervisor knows it.
@@ -230,6 +237,9 @@ type VMStatus struct {
 	Halted bool `json:"halted,omitempty"`
 	// Accel is the accelerator of its VMM: kvm or tcg.
 	Accel string `json:"accel,omitempty"`
+	// Boot is how its VMM came up: cold, or template (restored from the
+	// boot template of its shape).
+	Boot string `json:"boot,omitempty"`
 }
 
 // Duration is a time.Duration that reads and writes as "1m30s" in JSON.

@@ -81,6 +81,9 @@ func (a *applier) launch(ctx context.Context, address, name string, timeout time
 		return a.e.vmFailure(address, name, err.Error())
 	}
 	a.noteAccel(started)
+	if started.BootNote != "" {
+		a.emit(address, PhaseWarning, started.BootNote)
+	}
 	p := started.Process
 	if err := a.recordVM(address, func(v *state.VM) {
 		v.Status, v.StartedAt, v.ExitCode, v.Reason = state.StatusBooting, time.Now().UTC(), nil, ""

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/stackvm/stack/cloudinit"
 	"github.com/stackvm/stack/disks"
@@ -33,7 +34,7 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 		Address: vm.Address, Name: vm.Name, StateDir: dir,
 		Machine: api.Machine{
 			CPUs: vm.CPUs, MemoryMB: vm.MemoryMB, Kernel: vm.Kernel, Initramfs: vm.Initramfs,
-			Cmdline: vm.Cmdline, Machine: vm.Machine, Accel: vm.Accel,
+			Cmdline: vm.Cmdline, Machine: vm.Machine, Accel: vm.Accel, Template: vm.Template,
 		},
 		Publish: publishSpecs(vm), Restart: api.Restart(vm.Restart),
 	}
@@ -101,6 +102,9 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 		if err != nil {
 			return nil, err
 		}
+		// systemd takes the machine ID from the command line before it
+		// would make one of its own (and before cloud-init runs).
+		spec.Machine.Cmdline = strings.TrimSpace(spec.Machine.Cmdline + " systemd.machine_id=" + vm.MachineID)
 		spec.Root = &api.Disk{Path: overlay, Format: "qcow2", Serial: "root"}
 		seedDisk := api.Disk{Path: seedPath, Format: "raw", ReadOnly: true, Serial: cloudinit.VolumeID}
 		spec.Disks = append([]api.Disk{seedDisk}, spec.Disks...)
@@ -123,7 +127,7 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 	}
 	ns := a.e.opts.Namespace
 	gc := guestproto.Config{
-		Version: guestproto.Version, Hostname: vm.Name, Hosts: a.guestHosts(vm),
+		Version: guestproto.Version, Hostname: vm.Name, MachineID: vm.MachineID, Hosts: a.guestHosts(vm),
 		Mounts: mounts, Command: vm.Command, Env: vm.Env, OneShot: len(vm.Command) > 0, HoldWorkload: hold,
 		Search: []string{cloudinit.HostsDomain(ns)}, WatchPorts: probePorts(vm, nics),
 	}

@@ -28,6 +28,9 @@ type VMStatus struct {
 	Halted bool `json:"halted,omitempty"`
 	// Accel is the accelerator of its VMM: kvm or tcg.
 	Accel string `json:"accel,omitempty"`
+	// Boot is how its VMM came up: cold, or template (restored from the
+	// boot template of its shape).
+	Boot string `json:"boot,omitempty"`
 }
 
 // Port is a published port: 127.0.0.1:HostPort on the host forwards to
@@ -42,7 +45,7 @@ func statusOf(v api.VMStatus) VMStatus {
 	s := VMStatus{
 		Address: v.Address, Name: v.Name, State: string(v.State), ExitCode: v.ExitCode, Reason: v.Reason,
 		Addresses: v.Addresses, Ports: []Port{}, StartedAt: v.StartedAt, Restarts: v.Restarts,
-		Held: v.Held, PID: v.PID, Halted: v.Halted, Accel: v.Accel,
+		Held: v.Held, PID: v.PID, Halted: v.Halted, Accel: v.Accel, Boot: v.Boot,
 	}
 	if s.Addresses == nil {
 		s.Addresses = map[string]string{}

@@ -80,7 +80,7 @@ type readyAttr struct {
 
 // vmAttributes flattens a VM into the attributes the planner compares. Empty
 // values are left out so that an absent and an empty attribute compare equal.
-func vmAttributes(vm *stackfile.VM, nics []state.NIC, nets map[string]*stackfile.Network) state.Attributes {
+func vmAttributes(vm *stackfile.VM, namespace string, nics []state.NIC, nets map[string]*stackfile.Network) state.Attributes {
 	a := state.Attributes{}
 	set(a, "cpus", vm.CPUs)
 	set(a, "memory_mb", vm.MemoryMB)
@@ -128,6 +128,11 @@ func vmAttributes(vm *stackfile.VM, nics []state.NIC, nets map[string]*stackfile
 	set(a, "restart", vm.Restart)
 	set(a, "hypervisor", vm.Hypervisor)
 	set(a, "machine", vm.Machine)
+	if vm.MachineID != "" && vm.MachineID != stackfile.DeriveMachineID(namespace, vm.Name) {
+		// Left out when derived (it never changes then), so that states
+		// written before machine_id existed plan no change.
+		set(a, "machine_id", vm.MachineID)
+	}
 	if vm.Accel != "" && vm.Accel != stackfile.AccelAuto {
 		// Left out when auto, so that states written before accel
 		// existed plan no change.

@@ -297,7 +297,7 @@ func (b *builder) vms() error {
 		if rec != nil {
 			old = rec.Attributes
 		}
-		a := diff(vm.Address, TypeVM, old, vmAttributes(vm, nics[vm.Address], nets), vmForces)
+		a := diff(vm.Address, TypeVM, old, vmAttributes(vm, b.desired.Namespace, nics[vm.Address], nets), vmForces)
 		a.Name = vm.Name
 		if rec != nil && a.Kind != Replace {
 			live, ok := b.in.Observed[vm.Address]

@@ -79,13 +79,15 @@ type loader struct {
 	diags   hcl.Diagnostics
 	seen    map[diagKey]bool
 
-	files     []*file
-	root      string
-	ns        string // the namespace, once resolved
-	accel     string // every VM's default accel (accelDefault)
-	accelOnce sync.Once
-	vars      map[string]cty.Value // shared by every file's EvalContext
-	stackDcl  *decl
+	files         []*file
+	root          string
+	ns            string // the namespace, once resolved
+	accel         string // every VM's default accel (accelDefault)
+	accelOnce     sync.Once
+	templates     bool // every VM's default template (templatesDefault)
+	templatesOnce sync.Once
+	vars          map[string]cty.Value // shared by every file's EvalContext
+	stackDcl      *decl
 
 	variables map[string]*variable
 	varOrder  []string

@@ -115,6 +115,15 @@ type VM struct {
 	// Accel is auto, kvm or tcg: the attribute, else $STACK_ACCEL, else
 	// auto (KVM where a test boot shows it runs guests, else TCG).
 	Accel string `json:"accel"`
+	// Template lets the VM boot from the boot template of its shape (and
+	// make it the first time): the attribute, else false when
+	// $STACK_TEMPLATES is off, else true. It changes how a VM boots, not
+	// what it is: it is not compared by the planner.
+	Template bool `json:"template"`
+	// MachineID is the guest's /etc/machine-id: the attribute, else one
+	// derived from the namespace and the VM's name (stable across
+	// re-creations, distinct between VMs and namespaces).
+	MachineID string `json:"machine_id"`
 
 	DeclRange hcl.Range `json:"-"`
 }
@@ -185,6 +194,10 @@ const (
 	AccelKVM  = "kvm"
 	AccelTCG  = "tcg"
 )
+
+// TemplatesEnv names the environment variable that turns boot templates
+// off for every VM (STACK_TEMPLATES=off), for debugging.
+const TemplatesEnv = "STACK_TEMPLATES"
 
 // AccelEnv names the environment variable that sets the default accel of
 // every VM (CI sets STACK_ACCEL=tcg to skip the KVM probe).

@@ -72,6 +72,8 @@ var vmSchema = &hcl.BodySchema{
 		{Name: "hypervisor"},
 		{Name: "machine"},
 		{Name: "accel"},
+		{Name: "template"},
+		{Name: "machine_id"},
 	},
 	Blocks: []hcl.BlockHeaderSchema{
 		{Type: "network", LabelNames: []string{"name"}},

@@ -1,6 +1,8 @@
 package stackfile
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"net/url"
@@ -13,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
+	"github.com/stackvm/stack/guestproto"
 	"github.com/stackvm/stack/internal/netaddr"
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/convert"
@@ -430,6 +433,34 @@ func (l *loader) accelDefault() string {
 	return l.accel
 }
 
+// DeriveMachineID is the machine ID of a VM that sets none: stable for a
+// namespace and VM name, so that a re-created VM keeps it.
+func DeriveMachineID(namespace, vm string) string {
+	h := sha256.Sum256([]byte("stack machine-id\x00" + namespace + "\x00" + vm))
+	return hex.EncodeToString(h[:16])
+}
+
+// templatesDefault is every VM's template unless it sets its own: false
+// when $STACK_TEMPLATES is off (or 0, false, no), else true. Another value
+// is reported once.
+func (l *loader) templatesDefault() bool {
+	l.templatesOnce.Do(func() {
+		l.templates = true
+		v, ok := l.getenv(TemplatesEnv)
+		switch strings.ToLower(v) {
+		case "", "on", "1", "true", "yes":
+		case "off", "0", "false", "no":
+			l.templates = false
+		default:
+			if ok {
+				l.add(&hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid " + TemplatesEnv,
+					Detail: fmt.Sprintf("The environment variable %s is %q; use off (or on), or unset it.", TemplatesEnv, v)})
+			}
+		}
+	})
+	return l.templates
+}
+
 var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
@@ -446,6 +477,7 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 		Hypervisor: "auto",
 		Machine:    "auto",
 		Accel:      l.accelDefault(),
+		Template:   l.templatesDefault(),
 		DependsOn:  slices.Clone(l.vmDepends[d.name]),
 		DeclRange:  d.block.DefRange,
 	}
@@ -480,6 +512,17 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 	vm.Hypervisor = l.evalHypervisor(attr["hypervisor"], ctx, sc)
 	vm.Machine = l.evalEnum(attr["machine"], ctx, sc, validMachines, "auto")
 	vm.Accel = l.evalEnum(attr["accel"], ctx, sc, validAccels, vm.Accel)
+	vm.Template = l.evalBool(attr["template"], ctx, sc, vm.Template)
+	vm.MachineID = DeriveMachineID(l.ns, vm.Name)
+	if a := attr["machine_id"]; a != nil {
+		if id, ok := l.evalString(a, ctx, sc); ok {
+			if !guestproto.ValidMachineID(id) {
+				l.errorf(a.Expr.Range(), "Invalid machine_id", "machine_id must be 32 lower-case hexadecimal digits, not all zero, as in %q; got %q.", vm.MachineID, id)
+			} else {
+				vm.MachineID = id
+			}
+		}
+	}
 
 	for _, s := range vb.nics {
 		vm.NICs = append(vm.NICs, l.buildNIC(s, vm, ctx, sc))

@@ -23,6 +23,7 @@ type psEntry struct {
 	Uptime    string            `json:"uptime,omitempty"`
 	PID       int               `json:"pid,omitempty"`
 	Accel     string            `json:"accel,omitempty"` // kvm | tcg
+	Boot      string            `json:"boot,omitempty"`  // cold | template
 }
 
 type psPort struct {
@@ -48,7 +49,7 @@ func newPsCmd(g *globals, s Streams) *cobra.Command {
 			}
 			list := make([]psEntry, 0, len(vms))
 			for _, v := range vms {
-				e := psEntry{Address: v.Address, Name: v.Name, State: v.State, Reason: v.Reason, Addresses: v.Addresses, Ports: []psPort{}, PID: v.PID, Accel: v.Accel}
+				e := psEntry{Address: v.Address, Name: v.Name, State: v.State, Reason: v.Reason, Addresses: v.Addresses, Ports: []psPort{}, PID: v.PID, Accel: v.Accel, Boot: v.Boot}
 				if v.State == "stopped" || v.State == "failed" {
 					e.ExitCode = v.ExitCode
 				}

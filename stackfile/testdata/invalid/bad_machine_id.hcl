@@ -1,0 +1,4 @@
+# want: 3: Invalid machine_id
+vm "web" {
+  machine_id = "ABC"
+}

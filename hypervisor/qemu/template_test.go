@@ -196,3 +196,86 @@ func field(id, k string) string {
 	}
 	return ""
 }
+
+// TestTemplateKey: what differs between two VMs of one shape does not
+// change the key; what the snapshot depends on does.
+func TestTemplateKey(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, size int) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, make([]byte, size), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	bin, kernel, initrd := write("qemu", 10), write("vmlinuz", 20), write("initrd", 30)
+	diskA, diskB := write("a.img", 4096), write("b.img", 4096)
+	vm := func(name, run, mac, disk string) *hypervisor.Config {
+		return &hypervisor.Config{
+			Name: name, RunDir: run, CPUs: 1, MemoryMB: 256, Kernel: kernel, Initramfs: initrd,
+			Machine: "microvm", Accel: "tcg", GuestAgent: true, GuestConfig: []byte("{}"), Template: true,
+			NICs:  []hypervisor.NIC{{MAC: netaddr.MustParseMAC(mac), DgramLocal: run + "/n0.sock", DgramRemote: "/sw/" + name}},
+			Disks: []hypervisor.Disk{{Path: disk, Format: "raw", Serial: "data"}},
+		}
+	}
+	key := func(cfg *hypervisor.Config) string {
+		t.Helper()
+		cfg = templateConfig(cfg)
+		args, err := BuildArgs(cfg, tcgHost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := templateKey(append(args, "-device", "vmgenid,guid=auto"), cfg, bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	base := key(vm("a", "/run/a", "52:54:00:00:00:01", diskA))
+	if other := key(vm("b", "/run/bb", "52:54:00:00:00:02", diskB)); other != base {
+		t.Fatal("two VMs of one shape (other name, run dir, MAC, disk path) got different keys")
+	}
+	fd := vm("b", "/run/bb", "52:54:00:00:00:02", diskB)
+	fd.NICs[0] = hypervisor.NIC{MAC: fd.NICs[0].MAC, FD: os.Stdin}
+	if key(fd) != base {
+		t.Error("a NIC wired another way (the host's side) changed the key")
+	}
+	for name, change := range map[string]func(c *hypervisor.Config){
+		"memory":    func(c *hypervisor.Config) { c.MemoryMB = 512 },
+		"cpus":      func(c *hypervisor.Config) { c.CPUs = 2 },
+		"accel":     func(c *hypervisor.Config) { c.Accel = "kvm" },
+		"cmdline":   func(c *hypervisor.Config) { c.Cmdline = "loglevel=7" },
+		"nics":      func(c *hypervisor.Config) { c.NICs = append(c.NICs, c.NICs[0]) },
+		"disk size": func(c *hypervisor.Config) { c.Disks[0].Path = write("big.img", 8192) },
+		"read-only": func(c *hypervisor.Config) { c.Disks[0].ReadOnly = true },
+	} {
+		c := vm("a", "/run/a", "52:54:00:00:00:01", diskA)
+		change(c)
+		host := tcgHost
+		host.KVM = true
+		cc := templateConfig(c)
+		args, err := BuildArgs(cc, host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := templateKey(append(args, "-device", "vmgenid,guid=auto"), cc, bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k == base {
+			t.Errorf("%s: same key as the base shape", name)
+		}
+	}
+	// A QEMU upgrade or a rebuilt kernel (another file at the same path)
+	// makes a new key: an old template is never restored by another QEMU.
+	later := time.Now().Add(time.Hour)
+	os.Chtimes(bin, later, later)
+	if key(vm("a", "/run/a", "52:54:00:00:00:01", diskA)) == base {
+		t.Error("a changed QEMU binary kept the key")
+	}
+	base = key(vm("a", "/run/a", "52:54:00:00:00:01", diskA))
+	os.WriteFile(kernel, make([]byte, 21), 0o600)
+	if key(vm("a", "/run/a", "52:54:00:00:00:01", diskA)) == base {
+		t.Error("a rebuilt kernel kept the key")
+	}
+}

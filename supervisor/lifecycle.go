@@ -169,7 +169,10 @@ func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
 		v.guestExit, v.guestReady, v.guestErr = nil, false, ""
 		v.st.Boot = string(inst.Boot().Kind)
 	}
-	v.unparking = false
+	// A VM restored from a template is parked: it is told to go on at
+	// once rather than after the round trip of its hello.
+	restored := !readopted && inst.Boot().Kind == hypervisor.BootTemplate
+	v.unparking = restored
 	v.st.PID = inst.Identity().PID
 	if a := inst.Accel().Name; a != "" {
 		v.st.Accel = a
@@ -178,6 +181,9 @@ func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
 	v.mu.Unlock()
 	if !readopted {
 		s.emitVM(v, api.PhaseBooting, bootingMessage(inst))
+	}
+	if restored {
+		go s.unpark(v, inst, true)
 	}
 	v.mu.Lock()
 	resend := v.spec.Hold && v.released

@@ -10,7 +10,7 @@ DEBIAN_IMAGE_DIR ?= $(CACHE)/images/debian-12
 export STACK_DEBIAN_IMAGE_DIR := $(DEBIAN_IMAGE_DIR)
 FUZZTIME ?= 10s
 
-.PHONY: all deps build guest-image debian-image test test-short vet fuzz examples demo bench bench-switch bench-up bench-cloud-init clean
+.PHONY: all deps build guest-image debian-image test test-short vet fuzz examples demo bench bench-switch bench-up bench-boot bench-cloud-init clean
 
 all: build
 
@@ -64,6 +64,12 @@ bench-switch: deps
 bench-up: deps build guest-image
 	$(GO) build -o $(BIN)/bench-up ./cmd/bench-up
 	$(BIN)/bench-up -runs 8 -flat cmd/bench-up/testdata/quickstart-flat.hcl
+
+# Boot templates: `up` of one VM and of the quickstart, cold against from
+# templates, and the memory of 8 idle VMs each way.
+bench-boot: deps build guest-image
+	$(GO) build -o $(BIN)/bench-boot ./cmd/bench-boot
+	$(BIN)/bench-boot -runs 6
 
 # `up` to ready of one cloud-init VM against bare QEMU with the same image
 # and seed.

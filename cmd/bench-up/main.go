@@ -42,6 +42,7 @@ import (
 	"github.com/stackvm/stack/cloudinit"
 	"github.com/stackvm/stack/disks"
 	"github.com/stackvm/stack/guestproto"
+	"github.com/stackvm/stack/internal/benchstat"
 	"github.com/stackvm/stack/internal/filenames"
 )
 
@@ -49,6 +50,11 @@ func main() {
 	if code, started := stack.Supervise(); started {
 		os.Exit(code) // re-executed as a namespace's supervisor
 	}
+	// The bare runs replay stack's argv and config disks; a VM restored
+	// from a boot template has neither (it parks and waits for the
+	// supervisor), so this benchmark compares cold boots. cmd/bench-boot
+	// measures templates.
+	os.Setenv("STACK_TEMPLATES", "off")
 	runs := flag.Int("runs", 5, "measured runs of each variant")
 	file := flag.String("f", "examples/stacks/quickstart.hcl", "the stack to bring up")
 	flat := flag.String("flat", "", "optional: the same VMs without depends_on and readiness probes")
@@ -172,30 +178,30 @@ func run(runs int, file, flatFile string, vars []string) error {
 	if err != nil {
 		return err
 	}
-	up, par, seq := median(upT), median(parT), median(seqT)
+	up, par, seq := benchstat.Median(upT), benchstat.Median(parT), benchstat.Median(seqT)
 	fmt.Printf("%-40s %10s\n", "variant (median of runs)", "time")
 	fmt.Printf("%-40s %10s\n", "stack up quickstart (2 VMs)", up.Round(time.Millisecond))
 	fmt.Printf("%-40s %10s\n", "bare QEMU, both at once", par.Round(time.Millisecond))
-	fmt.Printf("%-40s %10s\n", "bare QEMU, both at once, console read", median(conT).Round(time.Millisecond))
+	fmt.Printf("%-40s %10s\n", "bare QEMU, both at once, console read", benchstat.Median(conT).Round(time.Millisecond))
 	fmt.Printf("%-40s %10s\n", "bare QEMU, web then client", seq.Round(time.Millisecond))
-	fmt.Printf("%-40s %10s\n", "bare QEMU, at once, client held", median(relT).Round(time.Millisecond))
+	fmt.Printf("%-40s %10s\n", "bare QEMU, at once, client held", benchstat.Median(relT).Round(time.Millisecond))
 	if flat != nil {
-		fmt.Printf("%-40s %10s\n", "stack up, no depends_on, no tcp probe", median(flatT).Round(time.Millisecond))
+		fmt.Printf("%-40s %10s\n", "stack up, no depends_on, no tcp probe", benchstat.Median(flatT).Round(time.Millisecond))
 	}
 	fmt.Printf("%-40s %10s\n", "stack up, unchanged 10-VM stack", noop.Round(time.Microsecond))
 	fmt.Printf("stack up quickstart: first VMM started after %s, last VM ready after %s, returned after %s (medians)\n",
-		median(upPhases.vmm).Round(time.Millisecond), median(upPhases.ready).Round(time.Millisecond), up.Round(time.Millisecond))
+		benchstat.Median(upPhases.vmm).Round(time.Millisecond), benchstat.Median(upPhases.ready).Round(time.Millisecond), up.Round(time.Millisecond))
 	if flat != nil {
 		fmt.Printf("stack up without depends_on/probe: first VMM started after %s, last VM ready after %s, returned after %s (medians)\n",
-			median(flatPhases.vmm).Round(time.Millisecond), median(flatPhases.ready).Round(time.Millisecond), median(flatT).Round(time.Millisecond))
+			benchstat.Median(flatPhases.vmm).Round(time.Millisecond), benchstat.Median(flatPhases.ready).Round(time.Millisecond), benchstat.Median(flatT).Round(time.Millisecond))
 	}
 	// Overheads are medians of per-run ratios: each run's up against the
 	// bare boots of the same run, which shared its moment's machine load.
 	fmt.Printf("overhead_vs_parallel=%s overhead_vs_ordered=%s unchanged10_ms=%.1f",
-		ratio(upT, parT), ratio(upT, seqT), float64(noop)/float64(time.Millisecond))
-	fmt.Printf(" overhead_vs_parallel_console_read=%s overhead_vs_parallel_held=%s", ratio(upT, conT), ratio(upT, relT))
+		benchstat.Overhead(upT, parT), benchstat.Overhead(upT, seqT), float64(noop)/float64(time.Millisecond))
+	fmt.Printf(" overhead_vs_parallel_console_read=%s overhead_vs_parallel_held=%s", benchstat.Overhead(upT, conT), benchstat.Overhead(upT, relT))
 	if flat != nil {
-		fmt.Printf(" flat_overhead_vs_parallel=%s flat_overhead_vs_parallel_console_read=%s", ratio(flatT, parT), ratio(flatT, conT))
+		fmt.Printf(" flat_overhead_vs_parallel=%s flat_overhead_vs_parallel_console_read=%s", benchstat.Overhead(flatT, parT), benchstat.Overhead(flatT, conT))
 	}
 	fmt.Println()
 	return nil
@@ -529,22 +535,5 @@ func unchanged10(ctx context.Context, runs int) (time.Duration, error) {
 			return 0, fmt.Errorf("unchanged stack planned changes:\n%s", plan)
 		}
 	}
-	return median(ts), nil
-}
-
-// ratio is the median, minimum and maximum of a[i]/b[i]-1 over the runs,
-// as "median[min..max]".
-func ratio(a, b []time.Duration) string {
-	r := make([]float64, len(a))
-	for i := range a {
-		r[i] = float64(a[i])/float64(b[i]) - 1
-	}
-	sort.Float64s(r)
-	return fmt.Sprintf("%.3f[%.3f..%.3f]", r[len(r)/2], r[0], r[len(r)-1])
-}
-
-func median(ts []time.Duration) time.Duration {
-	s := append([]time.Duration(nil), ts...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2]
+	return benchstat.Median(ts), nil
 }

@@ -46,17 +46,17 @@ const (
 
 // Config is what the guest init needs to bring the VM up.
 type Config struct {
-	Version  int               `json:"version"`
-	Hostname string            `json:"hostname"`
+	Version  int    `json:"version"`
+	Hostname string `json:"hostname"`
 	// MachineID is written to /etc/machine-id (32 lower-case hex digits).
-	MachineID string `json:"machine_id,omitempty"`
-	Hosts    []Host            `json:"hosts,omitempty"` // written to /etc/hosts
-	NICs     []NIC             `json:"nics,omitempty"`
-	DNS      []netip.Addr      `json:"dns,omitempty"`    // resolv.conf nameservers
-	Search   []string          `json:"search,omitempty"` // resolv.conf search domains
-	Mounts   []Mount           `json:"mounts,omitempty"`
-	Command  []string          `json:"command,omitempty"` // the workload; none: stay up idle
-	Env      map[string]string `json:"env,omitempty"`
+	MachineID string            `json:"machine_id,omitempty"`
+	Hosts     []Host            `json:"hosts,omitempty"` // written to /etc/hosts
+	NICs      []NIC             `json:"nics,omitempty"`
+	DNS       []netip.Addr      `json:"dns,omitempty"`    // resolv.conf nameservers
+	Search    []string          `json:"search,omitempty"` // resolv.conf search domains
+	Mounts    []Mount           `json:"mounts,omitempty"`
+	Command   []string          `json:"command,omitempty"` // the workload; none: stay up idle
+	Env       map[string]string `json:"env,omitempty"`
 	// OneShot powers the VM off when the workload exits.
 	OneShot bool `json:"one_shot,omitempty"`
 	// HoldWorkload makes the guest finish its bring-up and then wait for

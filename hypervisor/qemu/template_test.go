@@ -41,7 +41,7 @@ func templateVM(t *testing.T, name, mac, ip string) *hypervisor.Config {
 	t.Cleanup(func() { vmEnd.Close(); hostEnd.Close() })
 	gc, _ := json.Marshal(guestproto.Config{
 		Version: guestproto.Version, Hostname: name,
-		NICs: []guestproto.NIC{{MAC: netaddr.MustParseMAC(mac), Address: netip.MustParsePrefix(ip + "/24")}},
+		NICs:    []guestproto.NIC{{MAC: netaddr.MustParseMAC(mac), Address: netip.MustParsePrefix(ip + "/24")}},
 		Command: []string{"sh", "-c", `echo "ID host=$(hostname) mac=$(cat /sys/class/net/eth0/address) ip=$(ip -4 -o addr show dev eth0 | awk '{print $4}') rand=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n') year=$(date +%Y)"; exec sleep 100000`},
 	})
 	return &hypervisor.Config{

@@ -129,10 +129,16 @@ func (in *Init) run() {
 	// it, and whatever it missed, its first hello reports.
 	in.goSafe("agent", in.startAgent)
 
+	var unparked guestproto.Unpark
 	if hasWord(string(cmdline), guestproto.ParkArg) {
-		in.park()
+		unparked = in.park()
 	}
-	cfg, err := in.readConfig()
+	var cfg *guestproto.Config
+	if len(unparked.Config) > 0 {
+		cfg, err = ParseConfig(unparked.Config)
+	} else {
+		cfg, err = in.readConfig()
+	}
 	if err != nil {
 		in.fail(err)
 		return
@@ -226,7 +232,7 @@ func hasPCI() bool {
 // TypeUnpark, then makes the VM its own: the host's clock, fresh entropy,
 // and, when it was restored from a template, no cached block of a disk
 // that belongs to another VM.
-func (in *Init) park() {
+func (in *Init) park() guestproto.Unpark {
 	in.mu.Lock()
 	in.status.Parked = true
 	st := in.status
@@ -255,6 +261,7 @@ func (in *Init) park() {
 		}
 	}
 	in.log.Info("unparked", "restored", u.Restored)
+	return u
 }
 
 func (in *Init) readConfig() (*guestproto.Config, error) {

@@ -154,6 +154,10 @@ type Unpark struct {
 	// drops the disks' cached blocks before reading them and finds its
 	// NICs by position, giving each the MAC of its config.
 	Restored bool `json:"restored,omitempty"`
+	// Config, when set, is the guest's Config, which it then takes from
+	// here rather than from its config disk (a restored guest is told at
+	// once, without a disk read).
+	Config json.RawMessage `json:"config,omitempty"`
 }
 
 // ValidMachineID reports whether id is a machine ID as /etc/machine-id
@@ -169,6 +173,10 @@ func ValidMachineID(id string) bool {
 	}
 	return true
 }
+
+// MaxUnparkConfig bounds the config an Unpark carries: the agent port's
+// lines are at most 1 MiB. A larger config stays on the config disk only.
+const MaxUnparkConfig = 512 << 10
 
 // NinePMountOptions mount a shared directory over 9p, the fallback when the
 // host offers no virtio-fs. Both kinds of guest use them: the guest init,

@@ -111,7 +111,14 @@ func (s *Supervisor) unpark(v *vmRun, inst hypervisor.Instance, restored bool) {
 	}
 	var entropy [32]byte
 	rand.Read(entropy[:])
-	body, _ := json.Marshal(guestproto.Unpark{Time: time.Now().UnixNano(), Entropy: entropy[:], Restored: restored})
+	u := guestproto.Unpark{Time: time.Now().UnixNano(), Entropy: entropy[:], Restored: restored}
+	if restored && len(v.spec.GuestConfig) <= guestproto.MaxUnparkConfig {
+		// The guest of a restored VM takes its config from here: its
+		// config disk holds the same, but reading it costs the guest
+		// a cache flush and a read.
+		u.Config = v.spec.GuestConfig
+	}
+	body, _ := json.Marshal(u)
 	msg, _ := json.Marshal(guestproto.Message{Type: guestproto.TypeUnpark, Body: body})
 	if err := inst.Guest().Send(ctx, msg); err != nil {
 		s.log.Warn("unpark vm", "vm", v.spec.Address, "err", err)

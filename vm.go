@@ -95,6 +95,15 @@ func (p *Project) Status(ctx context.Context) ([]VMStatus, error) {
 	return p.engine().Status(ctx)
 }
 
+// PoolStatus is a warm pool: its VM block, its size and how many of its
+// VMs wait to be taken.
+type PoolStatus = engine.PoolStatus
+
+// Pools lists the namespace's warm pools.
+func (p *Project) Pools(ctx context.Context) ([]PoolStatus, error) {
+	return p.engine().Pools(ctx)
+}
+
 // Exec runs argv in the running VM named vm and returns its exit code
 // (128+n for a command killed by signal n). Initramfs VMs run it through
 // the guest init's agent channel, with the workload's environment;

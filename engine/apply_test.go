@@ -185,6 +185,13 @@ func (f *fakeSupervisor) Shutdown(ctx context.Context) error {
 	return nil
 }
 
+func (f *fakeSupervisor) SetPools(ctx context.Context, specs []api.PoolSpec) error {
+	f.call(fmt.Sprintf("set-pools %d", len(specs)))
+	return nil
+}
+
+func (f *fakeSupervisor) Pools(ctx context.Context) ([]api.PoolStatus, error) { return nil, nil }
+
 var _ Supervisor = (*fakeSupervisor)(nil)
 
 // applyStack loads src, plans it against st (nil: nothing yet) and

@@ -38,6 +38,9 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 		},
 		Publish: publishSpecs(vm), Restart: api.Restart(vm.Restart),
 	}
+	if vm.Pool > 0 {
+		spec.Pool = poolName(vm)
+	}
 	for _, n := range nics {
 		spec.NICs = append(spec.NICs, api.NIC{Network: n.Network, MAC: n.MAC, IP: n.IP})
 	}
@@ -149,6 +152,43 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 	spec.GuestConfig, spec.Hold = raw, hold
 	spec.Ready = readySpec(vm, "")
 	return spec, nil
+}
+
+// poolName is the warm pool of vm's block.
+func poolName(vm *stackfile.VM) string { return "vm." + vm.Block }
+
+// pools are the warm pools desired asks for: one per VM block with a pool,
+// with its shape. The built-in image is resolved when one uses it.
+func (a *applier) pools(ctx context.Context) ([]api.PoolSpec, error) {
+	var out []api.PoolSpec
+	seen := map[string]bool{}
+	for _, vm := range a.desired.VMs {
+		name := poolName(vm)
+		if vm.Pool == 0 || seen[name] {
+			continue
+		}
+		seen[name] = true
+		m := api.Machine{CPUs: vm.CPUs, MemoryMB: vm.MemoryMB, Kernel: vm.Kernel, Initramfs: vm.Initramfs,
+			Cmdline: vm.Cmdline, Machine: vm.Machine, Accel: vm.Accel, Template: vm.Template}
+		if m.Kernel == "" || m.Initramfs == "" {
+			k, i, err := a.image(ctx)
+			if err != nil {
+				return nil, err
+			}
+			if m.Kernel == "" {
+				m.Kernel = k
+			}
+			if m.Initramfs == "" {
+				m.Initramfs = i
+			}
+		}
+		p := api.PoolSpec{Name: name, Size: vm.Pool, Machine: m}
+		for _, n := range vm.NICs {
+			p.Networks = append(p.Networks, n.Network)
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 func publishSpecs(vm *stackfile.VM) []api.Port {

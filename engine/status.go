@@ -115,6 +115,21 @@ func (e *Engine) recordedStatus(rec *state.VM) VMStatus {
 	return v
 }
 
+// PoolStatus is a warm pool as `ps` shows it.
+type PoolStatus = api.PoolStatus
+
+// Pools lists the namespace's warm pools (none when no supervisor runs).
+func (e *Engine) Pools(ctx context.Context) ([]PoolStatus, error) {
+	sup, err := e.dial(ctx)
+	if IsNoSupervisor(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return sup.Pools(ctx)
+}
+
 // NotReadyError is what Wait returns for a VM that stopped or failed
 // instead of becoming ready.
 type NotReadyError struct {

@@ -31,6 +31,8 @@ type Supervisor interface {
 	Watch(ctx context.Context) (<-chan api.Event, error)
 	Exec(ctx context.Context, address string, spec api.ExecSpec, stdio client.ExecIO) (int, error)
 	Shutdown(ctx context.Context) error
+	SetPools(ctx context.Context, specs []api.PoolSpec) error
+	Pools(ctx context.Context) ([]api.PoolStatus, error)
 }
 
 var _ Supervisor = (*client.Client)(nil)

@@ -85,7 +85,7 @@ func (e *Engine) Up(ctx context.Context, desired *stackfile.Stack, opts UpOption
 	}
 	// The supervisor is started even for an empty plan: when it was
 	// killed, this is what re-adopts the running VMs.
-	if !plan.HasChanges() && len(st.VMs) == 0 {
+	if !plan.HasChanges() && len(st.VMs) == 0 && !hasPools(desired) {
 		return plan, nil
 	}
 	a := e.newApplier(st, desired, opts.Progress)
@@ -95,14 +95,31 @@ func (e *Engine) Up(ctx context.Context, desired *stackfile.Stack, opts UpOption
 	if err != nil {
 		return nil, err
 	}
-	if !plan.HasChanges() {
-		return plan, nil
+	if plan.HasChanges() {
+		if err := a.begin(ctx, sup); err != nil {
+			return nil, err
+		}
+		defer a.end()
+		if err := a.apply(ctx, plan); err != nil {
+			return plan, err
+		}
 	}
-	if err := a.begin(ctx, sup); err != nil {
-		return nil, err
+	// Pools are set once the plan's networks run; an unchanged stack may
+	// still have changed its pools.
+	pools, err := a.pools(ctx)
+	if err == nil {
+		err = sup.SetPools(ctx, pools)
 	}
-	defer a.end()
-	return plan, a.apply(ctx, plan)
+	return plan, err
+}
+
+func hasPools(st *stackfile.Stack) bool {
+	for _, vm := range st.VMs {
+		if vm.Pool > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // DownOptions tune Down.
@@ -133,6 +150,10 @@ func (e *Engine) Down(ctx context.Context, opts DownOptions) error {
 	}
 	sup, err := e.connect(ctx, 0)
 	if err != nil {
+		return err
+	}
+	// Warm pools go first: their VMs sit on the networks the plan removes.
+	if err := sup.SetPools(ctx, nil); err != nil {
 		return err
 	}
 	a := e.newApplier(st, &stackfile.Stack{Namespace: e.opts.Namespace}, opts.Progress)

@@ -61,6 +61,10 @@ type Instance interface {
 	// guest may be told to go on; failing to make a template is not an
 	// error for the VM (it is logged and the template dropped).
 	Parked(ctx context.Context) error
+	// Claim makes a VMM started paused (Config.Paused) the VM of cfg: its
+	// guest will read cfg's guest config, then its CPUs run. Its NICs are
+	// the ones it was started with; the guest gives them cfg's MACs.
+	Claim(ctx context.Context, cfg *Config) error
 	Close() error
 }
 
@@ -77,9 +81,14 @@ type Boot struct {
 // BootKind is how a VMM came up.
 type BootKind string
 
+// Restored reports whether the VMM was restored from a template (taken from
+// a pool or not): its guest was parked, and is the template's until told.
+func (k BootKind) Restored() bool { return k == BootTemplate || k == BootPool }
+
 const (
 	BootCold     BootKind = "cold"
 	BootTemplate BootKind = "template"
+	BootPool     BootKind = "pool" // restored ahead of time, and claimed
 )
 
 // Accel is the accelerator a VMM runs under. Fallback is set when "auto"
@@ -164,7 +173,15 @@ type Config struct {
 	// can restore (QEMU: initramfs mode without shared directories) and
 	// boot the others cold.
 	Template bool
+	// Paused restores the VM from the template of its shape and leaves it
+	// paused, parked, to be handed to a VM later by Instance.Claim (a warm
+	// pool). Start fails with ErrNoTemplate when the shape has none.
+	Paused bool
 }
+
+// ErrNoTemplate: a paused start (Config.Paused) found no template of the
+// VM's shape.
+var ErrNoTemplate = errors.New("no boot template of this shape yet")
 
 // NIC is one network interface. Exactly one of the transports is set.
 type NIC struct {

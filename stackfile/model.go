@@ -124,6 +124,9 @@ type VM struct {
 	// derived from the namespace and the VM's name (stable across
 	// re-creations, distinct between VMs and namespaces).
 	MachineID string `json:"machine_id"`
+	// Pool is how many VMs of this block's shape the supervisor keeps
+	// restored and paused, to start the block's VMs from (0: none).
+	Pool int `json:"pool,omitempty"`
 
 	DeclRange hcl.Range `json:"-"`
 }
@@ -211,4 +214,5 @@ const (
 	MaxCPUs             = 255
 	MinMemoryMB         = 64
 	MaxMemoryMB         = 1 << 20 // 1 TiB
+	MaxPool             = 16
 )

@@ -74,6 +74,7 @@ var vmSchema = &hcl.BodySchema{
 		{Name: "accel"},
 		{Name: "template"},
 		{Name: "machine_id"},
+		{Name: "pool"},
 	},
 	Blocks: []hcl.BlockHeaderSchema{
 		{Type: "network", LabelNames: []string{"name"}},

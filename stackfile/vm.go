@@ -513,6 +513,21 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 	vm.Machine = l.evalEnum(attr["machine"], ctx, sc, validMachines, "auto")
 	vm.Accel = l.evalEnum(attr["accel"], ctx, sc, validAccels, vm.Accel)
 	vm.Template = l.evalBool(attr["template"], ctx, sc, vm.Template)
+	if n, ok := l.evalInt(attr["pool"], ctx, sc, 0, MaxPool, "pool out of range"); ok && n > 0 {
+		// A pool's VMs are restored from the template of their shape and
+		// started before their VM exists, so the files of disks and shared
+		// directories, which QEMU opens when it starts, cannot be theirs.
+		switch {
+		case vm.RootDisk != "":
+			l.errorf(attr["pool"].NameRange, "Pool needs initramfs mode", "pool keeps VMs restored from a boot template, which cloud-init-mode VMs (root_disk) do not use.")
+		case len(vb.disks) > 0 || len(vb.sharedDirs) > 0:
+			l.errorf(attr["pool"].NameRange, "Pool with disks or shared directories", "pool keeps VMs started before the VM that takes one exists, so they cannot have its disk or shared_dir blocks (their files are opened when the VMM starts); use a VM without them.")
+		case !vm.Template:
+			l.errorf(attr["pool"].NameRange, "Pool without templates", "pool keeps VMs restored from a boot template; it cannot be used with template = false or STACK_TEMPLATES=off.")
+		default:
+			vm.Pool = n
+		}
+	}
 	vm.MachineID = DeriveMachineID(l.ns, vm.Name)
 	if a := attr["machine_id"]; a != nil {
 		if id, ok := l.evalString(a, ctx, sc); ok {

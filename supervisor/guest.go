@@ -83,7 +83,7 @@ func (s *Supervisor) onGuestMessage(v *vmRun, m *guestproto.Message) {
 		if unpark {
 			v.unparking = true
 		}
-		inst, restored := v.inst, v.st.Boot == string(hypervisor.BootTemplate)
+		inst, restored := v.inst, hypervisor.BootKind(v.st.Boot).Restored()
 		v.mu.Unlock()
 		if unpark {
 			go s.unpark(v, inst, restored)

@@ -21,6 +21,13 @@ func (s *Supervisor) startVM(ctx context.Context, spec api.VMSpec) (*api.Started
 			return nil, err
 		}
 	}
+	if p, m := s.take(spec); m != nil {
+		st, err := s.claim(ctx, spec, p, m)
+		if err == nil {
+			return st, nil
+		}
+		s.log.Warn("take a VM from its pool failed; starting it", "vm", spec.Address, "err", err)
+	}
 	v := &vmRun{s: s, spec: spec, runDir: filenames.VMRuntime(s.opts.RuntimeRoot, s.opts.Namespace, spec.Name),
 		st: api.VMStatus{Address: spec.Address, Name: spec.Name, State: api.StateCreating}}
 	for _, dir := range []string{v.runDir, spec.StateDir} {
@@ -171,7 +178,7 @@ func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
 	}
 	// A VM restored from a template is parked: it is told to go on at
 	// once rather than after the round trip of its hello.
-	restored := !readopted && inst.Boot().Kind == hypervisor.BootTemplate
+	restored := !readopted && inst.Boot().Kind.Restored()
 	v.unparking = restored
 	v.st.PID = inst.Identity().PID
 	if a := inst.Accel().Name; a != "" {
@@ -197,8 +204,11 @@ func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
 // bootingMessage says how the VMM came up.
 func bootingMessage(inst hypervisor.Instance) string {
 	pid := inst.Identity().PID
-	if b := inst.Boot(); b.Kind == hypervisor.BootTemplate {
+	switch b := inst.Boot(); b.Kind {
+	case hypervisor.BootTemplate:
 		return fmt.Sprintf("VMM restored from the boot template of its shape in %s (pid %d); booting", b.Took.Round(time.Millisecond), pid)
+	case hypervisor.BootPool:
+		return fmt.Sprintf("VMM taken from the warm pool (pid %d); booting", pid)
 	}
 	return fmt.Sprintf("VMM running (pid %d); booting", pid)
 }

@@ -80,8 +80,11 @@ func (s *Supervisor) retire(r *api.Record) {
 }
 
 func (s *Supervisor) readoptVM(ctx context.Context, r *api.Record) {
-	v := &vmRun{s: s, spec: r.Spec, st: r.Status,
+	v := &vmRun{s: s, spec: r.Spec, st: r.Status, ports: r.Ports,
 		runDir: filenames.VMRuntime(s.opts.RuntimeRoot, s.opts.Namespace, r.Spec.Name)}
+	if r.RunDir != "" {
+		v.runDir = r.RunDir // taken from a pool
+	}
 	s.mu.Lock()
 	s.vms[v.spec.Address] = v
 	s.mu.Unlock()

@@ -66,6 +66,7 @@ type Supervisor struct {
 	nets    map[string]*network
 	vms     map[string]*vmRun
 	booting map[string]*vmRun // by run dir, while the driver starts them
+	pools   map[string]*pool  // warm pools by name (see pool.go)
 	subs    map[chan api.Event]struct{}
 
 	idle     chan struct{} // signalled when nothing is left to supervise
@@ -110,6 +111,7 @@ func New(opts Options) *Supervisor {
 		nets:     map[string]*network{},
 		vms:      map[string]*vmRun{},
 		booting:  map[string]*vmRun{},
+		pools:    map[string]*pool{},
 		subs:     map[chan api.Event]struct{}{},
 		idle:     make(chan struct{}, 1),
 		shutdown: make(chan struct{}),
@@ -151,6 +153,7 @@ func (s *Supervisor) Serve(ctx context.Context) error {
 		s.opts.Listening()
 	}
 
+	s.endLeftMembers()
 	s.readopt(ctx)
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -314,6 +317,7 @@ func (s *Supervisor) teardown() {
 		names = append(names, n)
 	}
 	s.mu.Unlock()
+	s.drainPools()
 	for _, n := range names {
 		s.removeNetwork(n)
 	}
@@ -322,6 +326,8 @@ func (s *Supervisor) teardown() {
 // release lets go of everything without stopping VMs: the VMMs keep running
 // and the next supervisor re-adopts them from their records.
 func (s *Supervisor) release() {
+	// Pool members are not re-adopted: they end with this supervisor.
+	s.drainPools()
 	for _, v := range s.allVMs() {
 		v.release()
 	}
@@ -406,7 +412,9 @@ func (s *Supervisor) handle(ctx context.Context, req *api.Request) api.Response 
 		resp.Started, err = s.bootVM(bctx, req.Address, req.Instance)
 		cancel()
 	case api.OpStatus:
-		resp.VMs = s.status()
+		resp.VMs, resp.Pools = s.status(), s.poolStatus()
+	case api.OpSetPools:
+		s.setPools(req.Pools)
 	case api.OpShutdown:
 		s.once.Do(func() { close(s.shutdown) })
 	default:

@@ -165,6 +165,11 @@ func (s *Supervisor) bootVM(ctx context.Context, address, instance string) (*api
 	if instance != "" {
 		v.spec.Instance = instance
 	}
+	if v.ports != nil {
+		// Taken from a pool: its member's VMM and ports are gone with
+		// the stop; it boots again as any VM does.
+		v.ports, v.runDir = nil, filenames.VMRuntime(s.opts.RuntimeRoot, s.opts.Namespace, v.spec.Name)
+	}
 	v.mu.Unlock()
 	if err := os.MkdirAll(v.runDir, filenames.DirMode); err != nil {
 		return nil, fmt.Errorf("start %s: %w", address, err)

@@ -32,13 +32,20 @@ type fakeDriver struct {
 	nextPID int
 	gate    chan struct{} // when set, Start waits for it to close
 	fail    error         // when set, Start writes into the run dir, as QEMU's driver does, and fails
+	// template: a paused start (a pool member) finds a template.
+	template bool
 }
 
 type fakeInst struct {
 	id     hypervisor.Identity
 	events chan []byte
-	exit   chan hypervisor.ExitStatus
+	done   chan struct{} // closed when the VMM ends, with st set
+	st     hypervisor.ExitStatus
 	once   sync.Once
+
+	mu      sync.Mutex
+	boot    hypervisor.BootKind
+	claimed *hypervisor.Config
 }
 
 func (d *fakeDriver) Name() string { return "fake" }
@@ -53,9 +60,16 @@ func (d *fakeDriver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervi
 		os.WriteFile(filepath.Join(cfg.RunDir, "args.json"), []byte("[]"), 0o600)
 		return nil, d.fail
 	}
+	boot := hypervisor.BootCold
+	if cfg.Paused {
+		if !d.template {
+			return nil, hypervisor.ErrNoTemplate
+		}
+		boot = hypervisor.BootTemplate
+	}
 	d.nextPID++
 	in := &fakeInst{id: hypervisor.Identity{Driver: "fake", PID: 100000 + d.nextPID, RunDir: cfg.RunDir},
-		events: make(chan []byte, 16), exit: make(chan hypervisor.ExitStatus, 1)}
+		events: make(chan []byte, 16), done: make(chan struct{}), boot: boot}
 	d.started = append(d.started, in)
 	return in, nil
 }
@@ -88,21 +102,33 @@ func (f *fakeInst) Kill() error {
 	f.end(hypervisor.ExitStatus{Code: -1, Signal: syscall.SIGKILL, Known: true})
 	return nil
 }
-func (f *fakeInst) end(st hypervisor.ExitStatus) { f.once.Do(func() { f.exit <- st; close(f.events) }) }
+func (f *fakeInst) end(st hypervisor.ExitStatus) {
+	f.once.Do(func() { f.st = st; close(f.done); close(f.events) })
+}
 func (f *fakeInst) Wait(ctx context.Context) (hypervisor.ExitStatus, error) {
 	select {
-	case st := <-f.exit:
-		return st, nil
+	case <-f.done:
+		return f.st, nil
 	case <-ctx.Done():
 		return hypervisor.ExitStatus{}, ctx.Err()
 	}
 }
 func (f *fakeInst) Guest() hypervisor.GuestChannel { return f }
 func (f *fakeInst) Accel() hypervisor.Accel        { return hypervisor.Accel{Name: "tcg"} }
-func (f *fakeInst) Boot() hypervisor.Boot          { return hypervisor.Boot{Kind: hypervisor.BootCold} }
-func (f *fakeInst) Parked(context.Context) error   { return nil }
-func (f *fakeInst) Close() error                   { return nil }
-func (f *fakeInst) Events() <-chan []byte          { return f.events }
+func (f *fakeInst) Boot() hypervisor.Boot {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return hypervisor.Boot{Kind: f.boot}
+}
+func (f *fakeInst) Parked(context.Context) error { return nil }
+func (f *fakeInst) Claim(_ context.Context, cfg *hypervisor.Config) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.boot, f.claimed = hypervisor.BootPool, cfg
+	return nil
+}
+func (f *fakeInst) Close() error          { return nil }
+func (f *fakeInst) Events() <-chan []byte { return f.events }
 func (f *fakeInst) Send(context.Context, []byte) error {
 	return nil
 }
@@ -399,8 +425,8 @@ func TestLostSocketEndsTheSupervisor(t *testing.T) {
 				t.Fatal("the supervisor still serves after its socket was " + how)
 			}
 			select {
-			case st := <-drv.last().exit:
-				t.Fatalf("the supervisor stopped its VM on the way out: %+v", st)
+			case <-drv.last().done:
+				t.Fatalf("the supervisor stopped its VM on the way out: %+v", drv.last().st)
 			default:
 			}
 			if _, err := api.ReadRecord(spec.StateDir); err != nil {

@@ -37,6 +37,9 @@ type vmRun struct {
 	spec api.VMSpec
 	// nics are the VMM's ends of the VM's switch ports, made by wire.
 	nics []hypervisor.NIC
+	// ports are the names of its NICs' switch ports when they are not
+	// derived from its name (a VM taken from a pool keeps its member's).
+	ports []string
 
 	inst  hypervisor.Instance
 	relay *console.Relay
@@ -94,7 +97,10 @@ func consoleLogPath(spec *api.VMSpec) string {
 // writeRecordLocked writes v's record (api.Record), which a later
 // supervisor re-adopts it from and `ps` reads when none runs. v.mu is held.
 func (v *vmRun) writeRecordLocked() {
-	r := api.Record{Version: api.Version, Spec: v.spec, Status: v.st}
+	r := api.Record{Version: api.Version, Spec: v.spec, Status: v.st, Ports: v.ports}
+	if v.ports != nil {
+		r.RunDir = v.runDir
+	}
 	if v.inst != nil {
 		p := process(v.inst.Identity())
 		r.Process = &p
@@ -182,8 +188,32 @@ func (v *vmRun) config() hypervisor.Config {
 // wire connects the VM's NICs to their switches and registers it with the
 // gateways (DHCP lease, DNS name, published ports).
 func (s *Supervisor) wire(v *vmRun) error {
+	var nics []hypervisor.NIC
+	for i, nic := range v.spec.NICs {
+		n := s.network(nic.Network)
+		if n == nil {
+			return fmt.Errorf("network %q is not running", nic.Network)
+		}
+		vmmPath := filepath.Join(v.runDir, filenames.NICSocket(i))
+		swPath, err := n.sw.AddDgramPort(v.port(i), vmmPath)
+		if err != nil {
+			return err
+		}
+		nics = append(nics, hypervisor.NIC{DgramLocal: vmmPath, DgramRemote: swPath})
+	}
+	return s.register(v, nics)
+}
+
+// register makes nics (the VMM's ends of v's switch ports, in NIC order)
+// v's, with the MACs of its spec, and registers v with the gateways: its
+// DHCP leases, DNS name and published ports.
+func (s *Supervisor) register(v *vmRun, nics []hypervisor.NIC) error {
 	v.mu.Lock()
-	v.nics = nil
+	v.nics = make([]hypervisor.NIC, len(nics))
+	for i, n := range nics {
+		n.MAC = v.spec.NICs[i].MAC
+		v.nics[i] = n
+	}
 	publish := v.spec.Publish
 	v.mu.Unlock()
 	for i, nic := range v.spec.NICs {
@@ -191,14 +221,6 @@ func (s *Supervisor) wire(v *vmRun) error {
 		if n == nil {
 			return fmt.Errorf("network %q is not running", nic.Network)
 		}
-		vmmPath := filepath.Join(v.runDir, filenames.NICSocket(i))
-		swPath, err := n.sw.AddDgramPort(portName(v.spec.Name, i), vmmPath)
-		if err != nil {
-			return err
-		}
-		v.mu.Lock()
-		v.nics = append(v.nics, hypervisor.NIC{MAC: nic.MAC, DgramLocal: vmmPath, DgramRemote: swPath})
-		v.mu.Unlock()
 		if gw := n.gateway(); gw != nil {
 			if err := gw.AddHost(v.spec.Name, nic.IP, nic.MAC); err != nil {
 				return err
@@ -215,6 +237,10 @@ func (s *Supervisor) wire(v *vmRun) error {
 	return nil
 }
 
+// unregister undoes wire or register: v's switch ports and gateway
+// entries go.
+func (s *Supervisor) unregister(v *vmRun) { s.unwire(v) }
+
 func (s *Supervisor) unwire(v *vmRun) {
 	publish := v.publish()
 	for i, nic := range v.spec.NICs {
@@ -222,7 +248,7 @@ func (s *Supervisor) unwire(v *vmRun) {
 		if n == nil {
 			continue
 		}
-		n.sw.RemovePort(portName(v.spec.Name, i))
+		n.sw.RemovePort(v.port(i))
 		if gw := n.gateway(); gw != nil {
 			gw.RemoveHost(v.spec.Name)
 			if i == 0 {
@@ -235,6 +261,14 @@ func (s *Supervisor) unwire(v *vmRun) {
 }
 
 func portName(vm string, i int) string { return vm + "-" + strconv.Itoa(i) }
+
+// port is the name of the switch port of v's NIC i.
+func (v *vmRun) port(i int) string {
+	if i < len(v.ports) {
+		return v.ports[i]
+	}
+	return portName(v.spec.Name, i)
+}
 
 // updateVM applies the attributes that change in place: publish, restart
 // and ready.

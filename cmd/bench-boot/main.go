@@ -10,7 +10,10 @@
 //  3. density: the summed proportional set size (/proc/PID/smaps_rollup)
 //     of the QEMU processes of 8 idle VMs restored from one template
 //     against 8 booted cold;
-//  4. the cost of making a template (the VM's pause) and its size on disk.
+//  4. the cost of making a template (the VM's pause) and its size on disk;
+//  5. a warm pool: from the supervisor handing a VM a pool member (its
+//     "taken from the warm pool" event) to the VM's ready event, and the
+//     whole up that adds it.
 //
 // Cold runs set STACK_TEMPLATES=off for their stack; templated runs use
 // the template the warm-up made.
@@ -23,6 +26,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -37,6 +41,22 @@ const oneVM = `network "lan" {
 
 vm "solo" {
   command = ["sh", "-c", "echo solo-up; exec sleep 100000"]
+  network "lan" {}
+}
+`
+
+const pooled = `variable "n" {
+  default = 1
+}
+
+network "lan" {
+  subnet = "10.95.0.0/24"
+}
+
+vm "w" {
+  count   = var.n
+  pool    = 1
+  command = ["sh", "-c", "echo w-up; exec sleep 100000"]
   network "lan" {}
 }
 `
@@ -173,6 +193,9 @@ func run(runs int, quickstart string, density bool) error {
 		}
 	}
 
+	if err := poolClaims(ctx, dir, state, runs); err != nil {
+		return err
+	}
 	if !density {
 		return nil
 	}
@@ -221,4 +244,77 @@ func pssKB(pid int) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no Pss in smaps_rollup of %d", pid)
+}
+
+// poolClaims measures taking VMs from a warm pool: the stack grows from
+// one VM to two (the second taken from the pool), then shrinks back and
+// waits for the pool to refill, runs times.
+func poolClaims(ctx context.Context, dir, state string, runs int) error {
+	file := filepath.Join(dir, "pooled.hcl")
+	os.WriteFile(file, []byte(pooled), 0o600)
+	load := func(n int) (*stack.Project, error) {
+		p, diags := stack.Load(stack.Options{Files: []string{file}, Namespace: "bench-pool", StateDir: state, Vars: []string{fmt.Sprintf("n=%d", n)}})
+		if diags.HasErrors() {
+			return nil, diags
+		}
+		return p, nil
+	}
+	one, err := load(1)
+	if err != nil {
+		return err
+	}
+	two, err := load(2)
+	if err != nil {
+		return err
+	}
+	defer one.Down(ctx, stack.DownOptions{})
+	if _, err := one.Up(ctx, stack.UpOptions{}); err != nil {
+		return err
+	}
+	var claims, ups []time.Duration
+	for i := 0; i < runs; i++ {
+		if err := waitPoolFull(ctx, one); err != nil {
+			return err
+		}
+		var taken, ready time.Time
+		t0 := time.Now()
+		_, err := two.Up(ctx, stack.UpOptions{Progress: func(ev stack.Event) {
+			switch {
+			case ev.Phase == stack.PhaseBooting && strings.Contains(ev.Message, "warm pool"):
+				taken = ev.Time
+			case ev.Phase == stack.PhaseReady && ev.Address == "vm.w[1]":
+				ready = ev.Time
+			}
+		}})
+		if err != nil {
+			return err
+		}
+		ups = append(ups, time.Since(t0))
+		if taken.IsZero() || ready.IsZero() {
+			return fmt.Errorf("run %d: vm.w[1] was not taken from the pool", i+1)
+		}
+		claims = append(claims, ready.Sub(taken))
+		if _, err := one.Up(ctx, stack.UpOptions{}); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("warm pool: taken to ready %s [%s..%s], up adding the VM %s (medians, %d runs)\n",
+		benchstat.Median(claims).Round(time.Millisecond), slices.Min(claims).Round(time.Millisecond), slices.Max(claims).Round(time.Millisecond),
+		benchstat.Median(ups).Round(time.Millisecond), runs)
+	return nil
+}
+
+func waitPoolFull(ctx context.Context, p *stack.Project) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		pools, err := p.Pools(ctx)
+		if err != nil {
+			return err
+		}
+		if len(pools) == 1 && pools[0].Ready == pools[0].Size {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("the pool did not fill")
 }

@@ -202,6 +202,9 @@ func (d *Driver) startAs(ctx context.Context, cfg *hypervisor.Config, restore bo
 		return nil, err
 	}
 	tpl := templateEligible(cfg)
+	if cfg.Paused && !tpl {
+		return nil, errors.New("a paused start needs a VM that boots from a template")
+	}
 	if tpl {
 		cfg = templateConfig(cfg)
 	}
@@ -219,7 +222,7 @@ func (d *Driver) startAs(ctx context.Context, cfg *hypervisor.Config, restore bo
 		}
 		configSize = configDiskTemplateSize
 	}
-	if d.opts.BeforeBoot != nil {
+	if d.opts.BeforeBoot != nil || cfg.Paused {
 		args = append(args, "-S")
 	}
 	var undo cleanups
@@ -347,6 +350,9 @@ func (d *Driver) bringUp(ctx context.Context, cfg *hypervisor.Config, inst *inst
 		// QEMU has mapped the memory file: its name can go, so that
 		// nothing is left behind when QEMU and the driver are gone.
 		os.Remove(plan.mem.Name())
+	}
+	if cfg.Paused {
+		return nil // Claim runs it
 	}
 	if d.opts.BeforeBoot != nil {
 		if err := d.opts.BeforeBoot(sctx, cfg); err != nil {

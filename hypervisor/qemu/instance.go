@@ -56,6 +56,30 @@ func (in *instance) Accel() hypervisor.Accel { return in.accel }
 // Boot implements hypervisor.Instance.
 func (in *instance) Boot() hypervisor.Boot { return in.boot }
 
+// Claim implements hypervisor.Instance: the guest of a VMM started paused
+// has not read its config disk yet, so the disk is given cfg's config
+// (same inode: QEMU keeps it open) before the CPUs run.
+func (in *instance) Claim(ctx context.Context, cfg *hypervisor.Config) error {
+	if in.boot.Kind != hypervisor.BootTemplate {
+		return fmt.Errorf("claim vm %s: its VMM was not started paused from a template", cfg.Name)
+	}
+	if len(cfg.GuestConfig) > configDiskTemplateSize {
+		return fmt.Errorf("claim vm %s: its config has %d bytes, more than a template VM's config disk holds", cfg.Name, len(cfg.GuestConfig))
+	}
+	path := configDiskPath(in.runDir)
+	if err := writePrivate(path, ConfigDiskImage(cfg.GuestConfig)); err != nil {
+		return fmt.Errorf("claim vm %s: write config disk: %w", cfg.Name, err)
+	}
+	if err := os.Truncate(path, configDiskTemplateSize); err != nil {
+		return fmt.Errorf("claim vm %s: write config disk: %w", cfg.Name, err)
+	}
+	in.boot.Kind = hypervisor.BootPool
+	if err := in.qmp.Cont(ctx); err != nil {
+		return fmt.Errorf("claim vm %s: %w", cfg.Name, err)
+	}
+	return nil
+}
+
 // Parked implements hypervisor.Instance: the guest waits at its park
 // point. A VM that makes a template makes it now; a re-adopted VM that a
 // dead supervisor left paused (in the middle of making one) runs again.

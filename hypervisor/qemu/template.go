@@ -177,6 +177,8 @@ func (d *Driver) planTemplate(ctx context.Context, cfg *hypervisor.Config, args 
 	case err == nil:
 		p.restore = t
 		return p, d.restoreArgs(args, cfg, t), nil
+	case cfg.Paused:
+		return nil, nil, fmt.Errorf("%w (%v)", hypervisor.ErrNoTemplate, err)
 	case !errors.Is(err, fs.ErrNotExist):
 		d.log.Warn("template not used", "key", key, "err", err)
 		p.note = fmt.Sprintf("the boot template of its shape was not valid (%v); booted cold and made a new one", err)

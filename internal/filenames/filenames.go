@@ -63,6 +63,7 @@ func NetworkRecord(stateRoot, namespace, network string) string {
 // Files under a VM's state directory.
 const (
 	ConsoleLog    = "console.log"
+	PoolDir       = "pool"
 	ConsoleLogOld = "console.log.1" // the previous console log, after rotation
 	OverlayDisk   = "root.qcow2"
 	SeedISO       = "seed.iso"
@@ -191,6 +192,18 @@ func SupervisorSocketPath(runtimeRoot, namespace string) string {
 // sockets). VM names can be 63 bytes long, so they are hashed too.
 func VMRuntime(runtimeRoot, namespace, vm string) string {
 	return filepath.Join(NamespaceRuntime(runtimeRoot, namespace), "vm-"+shortHash(vm))
+}
+
+// PoolRuntime is the runtime directory of one member of a warm pool (its
+// VMM's sockets), which the VM that takes it keeps.
+func PoolRuntime(runtimeRoot, namespace, id string) string {
+	return filepath.Join(NamespaceRuntime(runtimeRoot, namespace), "pool-"+id)
+}
+
+// PoolRecord is the record of a warm pool's member (its VMM's identity),
+// by which the next supervisor ends a member that a dead one left.
+func PoolRecord(stateRoot, namespace, id string) string {
+	return filepath.Join(stateRoot, namespace, PoolDir, id+".json")
 }
 
 // NetworkRuntime is the runtime directory of one network's switch.

@@ -184,6 +184,29 @@ type VMSpec struct {
 	// engine releases it once the VM's dependencies are ready). A released
 	// VM that restarts is released again at once.
 	Hold bool `json:"hold,omitempty"`
+	// Pool names the warm pool (see PoolSpec) the VM may be taken from.
+	Pool string `json:"pool,omitempty"`
+}
+
+// PoolSpec is a warm pool: Size VMs of one shape restored from its boot
+// template and kept paused, to be handed to the VMs of a block at once.
+// Its members have the shape of a VM of Machine with one NIC on each of
+// Networks, and nothing else.
+type PoolSpec struct {
+	Name     string   `json:"name"` // the VM block's address: vm.web
+	Size     int      `json:"size"`
+	Machine  Machine  `json:"machine"`
+	Networks []string `json:"networks"`
+}
+
+// PoolStatus is a pool as the supervisor runs it.
+type PoolStatus struct {
+	Name string `json:"name"`
+	Size int    `json:"size"`
+	// Ready members are paused VMMs waiting to be taken.
+	Ready int `json:"ready"`
+	// Error is why the pool does not fill, when it does not.
+	Error string `json:"error,omitempty"`
 }
 
 // Update is what update-vm changes in place: the attributes that the host

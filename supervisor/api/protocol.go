@@ -17,6 +17,7 @@ const (
 	OpWatch         Op = "watch"
 	OpExec          Op = "exec"
 	OpShutdown      Op = "shutdown"
+	OpSetPools      Op = "set-pools"
 )
 
 // Request is one call. Op says which of the other fields are set.
@@ -32,14 +33,17 @@ type Request struct {
 	Exec    *ExecSpec `json:"exec,omitempty"`
 	// Instance is boot-vm's token for the new incarnation (VMSpec.Instance).
 	Instance string `json:"instance,omitempty"`
+	// Pools is set-pools' whole set of pools: pools not in it are drained.
+	Pools []PoolSpec `json:"pools,omitempty"`
 }
 
 // Response answers a Request. Error is a user-facing message.
 type Response struct {
-	Error   string     `json:"error,omitempty"`
-	Pong    *Pong      `json:"pong,omitempty"`    // ping
-	Started *Started   `json:"started,omitempty"` // start-vm, boot-vm
-	VMs     []VMStatus `json:"vms,omitempty"`     // status
+	Error   string       `json:"error,omitempty"`
+	Pong    *Pong        `json:"pong,omitempty"`    // ping
+	Started *Started     `json:"started,omitempty"` // start-vm, boot-vm
+	VMs     []VMStatus   `json:"vms,omitempty"`     // status
+	Pools   []PoolStatus `json:"pools,omitempty"`   // status
 }
 
 // Pong says who answers: the supervisor's pid, its protocol version, and

@@ -19,6 +19,11 @@ type Record struct {
 	Spec    VMSpec   `json:"spec"`
 	Process *Process `json:"process,omitempty"`
 	Status  VMStatus `json:"status"`
+	// RunDir and Ports, when set, are the VM's runtime directory and its
+	// NICs' switch ports, which are not derived from its name when it was
+	// taken from a pool.
+	RunDir string   `json:"run_dir,omitempty"`
+	Ports  []string `json:"ports,omitempty"`
 }
 
 // ReadRecord reads the supervisor's record of a VM from its state directory.

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/stackvm/stack/hypervisor/proc"
 	"github.com/stackvm/stack/internal/filenames"
 	"github.com/stackvm/stack/supervisor/api"
 )
@@ -21,8 +22,9 @@ import (
 // Client calls one namespace's supervisor. It holds no connection: every
 // call dials the socket, so a Client outlives supervisor restarts.
 type Client struct {
-	path string
-	pid  int // the supervisor's, from the ping that made this client
+	path  string
+	pid   int    // the supervisor's, from the ping that made this client
+	start uint64 // its start time, so that Shutdown tells it from a reused pid
 }
 
 // ErrNotRunning is returned when no supervisor answers on the socket.
@@ -57,6 +59,7 @@ func Dial(ctx context.Context, runtimeRoot, stateRoot, namespace string) (*Clien
 		return nil, &StateRootError{Namespace: namespace, Running: pong.StateRoot, Wanted: stateRoot}
 	}
 	c.pid = pong.PID
+	c.start, _ = proc.StartTime(c.pid)
 	return c, nil
 }
 
@@ -175,10 +178,44 @@ func (c *Client) Status(ctx context.Context) ([]api.VMStatus, error) {
 	return resp.VMs, nil
 }
 
-// Shutdown asks the supervisor to stop every VM and network and exit.
-func (c *Client) Shutdown(ctx context.Context) error {
-	_, err := c.call(ctx, quickCall, &api.Request{Op: api.OpShutdown})
+// SetPools makes the namespace's warm pools those of specs (others are
+// drained).
+func (c *Client) SetPools(ctx context.Context, specs []api.PoolSpec) error {
+	_, err := c.call(ctx, quickCall, &api.Request{Op: api.OpSetPools, Pools: specs})
 	return err
+}
+
+// Pools lists the namespace's warm pools.
+func (c *Client) Pools(ctx context.Context) ([]api.PoolStatus, error) {
+	resp, err := c.call(ctx, quickCall, &api.Request{Op: api.OpStatus})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Pools, nil
+}
+
+// Shutdown asks the supervisor to stop every VM and network and exit, and
+// waits until its process is gone: a command that follows (the next up)
+// must not reach a supervisor on its way out.
+func (c *Client) Shutdown(ctx context.Context) error {
+	if _, err := c.call(ctx, quickCall, &api.Request{Op: api.OpShutdown}); err != nil {
+		return err
+	}
+	if c.pid == 0 {
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, vmCall)
+	defer cancel()
+	// Alive, not kill(pid, 0): an exited supervisor stays a zombie until
+	// whoever adopted it reaps it.
+	for proc.Alive(c.pid, c.start) {
+		select {
+		case <-wctx.Done():
+			return fmt.Errorf("the supervisor (pid %d) did not exit after shutdown: %w", c.pid, wctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 // call sends one request and returns its response, within the default

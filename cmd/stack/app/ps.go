@@ -87,7 +87,22 @@ func newPsCmd(g *globals, s Streams) *cobra.Command {
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Name, state, strings.Join(addrs, ","), strings.Join(ports, ","), e.Uptime)
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			// Warm pools are not VMs of the stack: a line each.
+			pools, err := p.Pools(cmd.Context())
+			if err != nil {
+				return err
+			}
+			for _, pl := range pools {
+				fmt.Fprintf(s.Out, "pool %s: %d of %d ready", pl.Name, pl.Ready, pl.Size)
+				if pl.Error != "" && pl.Ready < pl.Size {
+					fmt.Fprintf(s.Out, " (%s)", pl.Error)
+				}
+				fmt.Fprintln(s.Out)
+			}
+			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VMs as JSON")

@@ -8,9 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stackvm/stack/hypervisor/qemu/templates"
+	"github.com/stackvm/stack/stacktest"
 )
 
 // A shape no other test boots (320 MiB), so that this test sees its
@@ -148,5 +151,115 @@ func TestBootTemplates(t *testing.T) {
 		if v.Boot != "cold" {
 			t.Errorf("%s with STACK_TEMPLATES=off: boot %q", name, v.Boot)
 		}
+	}
+}
+
+const pooled = `variable "n" {
+  default = 1
+}
+
+network "lan" {
+  subnet = "10.67.0.0/24"
+}
+
+vm "w" {
+  count     = var.n
+  pool      = 1
+  memory_mb = 336
+  command   = ["sh", "-c", "echo w-up; exec sleep 100000"]
+  network "lan" {}
+}
+`
+
+// poolMembers are the QEMU processes of the namespace's pool members: its
+// QEMUs that no VM of ps runs (a VM taken from the pool keeps its
+// member's command line).
+func poolMembers(c *cli) []int {
+	vms := map[int]bool{}
+	for _, v := range c.ps() {
+		vms[v.PID] = true
+	}
+	var out []int
+	for _, pid := range stacktest.Processes(c.ns) {
+		if !vms[pid] {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// waitPoolLine waits until ps says the pool is full.
+func waitPoolLine(t *testing.T, c *cli, want string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		r := c.mustRun("ps")
+		if strings.Contains(r.stdout, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ps never said %q:\n%s", want, r.stdout)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestWarmPool: a pool fills once its shape has a template; a new VM of
+// the block is taken from it (boot "pool"), comes up as itself and
+// reaches its peer by name; the pool refills; a member killed while it
+// waits is replaced, not handed out; down ends every member.
+func TestWarmPool(t *testing.T) {
+	requireVMs(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "stack.hcl")
+	writeFile(t, file, pooled)
+	c := newCLI(t, fmt.Sprintf("pool-%d", os.Getpid()))
+	t.Setenv("STACK_TEMPLATES", "")
+
+	c.mustRun("-f", file, "up", "--progress", "plain")
+	waitPoolLine(t, c, "pool vm.w: 1 of 1 ready")
+	members := poolMembers(c)
+	if len(members) != 1 {
+		t.Fatalf("pool members: %v", members)
+	}
+
+	r := c.mustRun("-f", file, "up", "--var", "n=2", "--progress", "plain")
+	if !strings.Contains(r.stderr, "taken from the warm pool") {
+		t.Errorf("the second VM was not taken from the pool:\n%s", r.stderr)
+	}
+	ps := c.ps()
+	if ps["w-1"].Boot != "pool" || ps["w-1"].State != "ready" || ps["w-1"].PID != members[0] {
+		t.Fatalf("w-1: %+v, want ready, taken from the pool (pid %d)", ps["w-1"], members[0])
+	}
+	if out := c.mustRun("exec", "w-1", "--", "hostname").stdout; strings.TrimSpace(out) != "w-1" {
+		t.Errorf("w-1's hostname: %q", out)
+	}
+	if r := c.run("exec", "w-1", "--", "ping", "-c", "1", "-W", "5", "w-0"); r.code != 0 {
+		t.Errorf("w-1 cannot reach w-0 by name: %+v", r)
+	}
+	waitPoolLine(t, c, "pool vm.w: 1 of 1 ready")
+
+	// A member killed while it waits is replaced.
+	members = poolMembers(c)
+	if len(members) != 1 {
+		t.Fatalf("pool members after the refill: %v", members)
+	}
+	syscall.Kill(members[0], syscall.SIGKILL)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		now := poolMembers(c)
+		if len(now) == 1 && now[0] != members[0] {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the killed member was not replaced: %v", now)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	waitPoolLine(t, c, "pool vm.w: 1 of 1 ready")
+
+	c.mustRun("down")
+	if left := stacktest.Processes(c.ns); len(left) != 0 {
+		t.Fatalf("QEMU processes after down: %v", left)
 	}
 }

@@ -1,0 +1,4 @@
+# want: 3: pool out of range
+vm "web" {
+  pool = 99
+}

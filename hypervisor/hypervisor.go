@@ -28,7 +28,8 @@ type Driver interface {
 	Start(ctx context.Context, cfg *Config) (Instance, error)
 	// Attach re-adopts a VMM started earlier, possibly by another process.
 	// It returns ErrGone (wrapped) when the identity no longer matches a
-	// live process.
+	// live process. A VMM that its earlier owner left paused (killed in
+	// the middle of making a boot template) runs again.
 	Attach(ctx context.Context, id Identity) (Instance, error)
 }
 
@@ -56,8 +57,7 @@ type Instance interface {
 	Boot() Boot
 	// Parked is called when the guest reports that it waits at its park
 	// point (see guestproto.ParkArg). A VMM started to make a boot
-	// template makes it now, while the guest waits; a VMM left paused by
-	// a supervisor that died meanwhile runs again. It returns when the
+	// template makes it now, while the guest waits. It returns when the
 	// guest may be told to go on; failing to make a template is not an
 	// error for the VM (it is logged and the template dropped).
 	Parked(ctx context.Context) error

@@ -521,5 +521,8 @@ func (d *Driver) Attach(ctx context.Context, id hypervisor.Identity) (hypervisor
 	}
 	inst.qmp = c
 	go inst.watchEvents()
+	if err := inst.resumeLeftPaused(ctx); err != nil {
+		inst.log.Warn("resume a VM left paused", "err", err)
+	}
 	return inst, nil
 }

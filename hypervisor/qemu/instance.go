@@ -81,8 +81,7 @@ func (in *instance) Claim(ctx context.Context, cfg *hypervisor.Config) error {
 }
 
 // Parked implements hypervisor.Instance: the guest waits at its park
-// point. A VM that makes a template makes it now; a re-adopted VM that a
-// dead supervisor left paused (in the middle of making one) runs again.
+// point. A VM that makes a template makes it now.
 func (in *instance) Parked(ctx context.Context) error {
 	in.mu.Lock()
 	p := in.making
@@ -92,16 +91,38 @@ func (in *instance) Parked(ctx context.Context) error {
 		if err := in.makeTemplate(ctx, p); err != nil {
 			in.log.Warn("make a boot template", "key", p.key, "err", err)
 		}
-		return nil
-	}
-	st, err := in.qmp.QueryStatus(ctx)
-	if err != nil {
-		return fmt.Errorf("parked vm: %w", err)
-	}
-	if st.Status == "paused" || st.Status == "postmigrate" {
-		return in.qmp.Cont(ctx)
 	}
 	return nil
+}
+
+// resumeLeftPaused lets a VM run again that a dead supervisor left paused
+// in the middle of making its boot template (a killed `up` or supervisor):
+// a device-state save still under way is let finish or cancelled, and the
+// CPUs go on. No VM is paused across supervisors by design: pool members,
+// the only VMs kept paused, end with theirs.
+func (in *instance) resumeLeftPaused(ctx context.Context) error {
+	for {
+		st, err := in.qmp.QueryStatus(ctx)
+		if err != nil {
+			return err
+		}
+		switch st.Status {
+		case "finish-migrate":
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(5 * time.Millisecond):
+			}
+			continue
+		case "paused", "postmigrate":
+			if _, err := in.qmp.Execute(ctx, "migrate_cancel", nil); err != nil {
+				return err
+			}
+			in.log.Info("resumed a VM left paused by a dead supervisor", "status", st.Status)
+			return in.qmp.Cont(ctx)
+		}
+		return nil
+	}
 }
 
 // watchEvents records the SHUTDOWN event (why QEMU is exiting) until the QMP

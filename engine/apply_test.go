@@ -253,6 +253,18 @@ vm "solo" {
 // depends on is ready.
 func TestApplyOrder(t *testing.T) {
 	fake := newFakeSupervisor()
+	// No VM is ready until client's VMM has been started, or 5 s have
+	// passed: an engine that waits for web before starting client's VMM
+	// shows it in the order of calls however slow the machine.
+	fake.hold = make(chan struct{})
+	go func() {
+		defer close(fake.hold)
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			if fake.index("start-vm vm.client") >= 0 {
+				return
+			}
+		}
+	}()
 	err, _, _ := applyStack(t, fake, chain, nil, 8, context.Background())
 	if err != nil {
 		t.Fatal(err)

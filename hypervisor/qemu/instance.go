@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"sync"
@@ -95,6 +96,24 @@ func (in *instance) Parked(ctx context.Context) error {
 	return nil
 }
 
+// cycleAgentPort connects to the agent port and hangs up, with the VM
+// running. When its earlier client went away while the VM was paused, the
+// guest was never told (QEMU 7.2 loses the virtio-serial port-closed event
+// of a paused VM), and what the guest writes then reaches no later client;
+// a hang-up seen while the VM runs sets the port right.
+func (in *instance) cycleAgentPort() {
+	if !in.hasAgent {
+		return
+	}
+	c, err := net.DialTimeout("unix", agentPath(in.runDir), time.Second)
+	if err != nil {
+		in.log.Warn("reset the agent port", "err", err)
+		return
+	}
+	time.Sleep(50 * time.Millisecond) // let QEMU see the client before it goes
+	c.Close()
+}
+
 // resumeLeftPaused lets a VM run again that a dead supervisor left paused
 // in the middle of making its boot template (a killed `up` or supervisor):
 // a device-state save still under way is let finish or cancelled, and the
@@ -119,7 +138,11 @@ func (in *instance) resumeLeftPaused(ctx context.Context) error {
 				return err
 			}
 			in.log.Info("resumed a VM left paused by a dead supervisor", "status", st.Status)
-			return in.qmp.Cont(ctx)
+			if err := in.qmp.Cont(ctx); err != nil {
+				return err
+			}
+			in.cycleAgentPort()
+			return nil
 		}
 		return nil
 	}

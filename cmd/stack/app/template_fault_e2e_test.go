@@ -57,7 +57,8 @@ func waitReady(t *testing.T, c *cli, vm string) psEntry {
 			return v
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s never became ready: %+v\n%s", vm, v, c.run("logs", vm).stdout)
+			sv, _ := os.ReadFile(filepath.Join(filenames.NamespaceState(c.stateDir, c.ns), filenames.SupervisorLog))
+			t.Fatalf("%s never became ready: %+v\n%s\nsupervisor log:\n%s", vm, v, c.run("logs", vm).stdout, sv)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

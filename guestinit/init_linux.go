@@ -250,10 +250,8 @@ func (in *Init) park() guestproto.Unpark {
 			in.log.Warn("set the clock", "err", err)
 		}
 	}
-	if len(u.Entropy) > 0 {
-		if err := os.WriteFile("/dev/urandom", u.Entropy, 0); err != nil {
-			in.log.Warn("add entropy", "err", err)
-		}
+	if err := reseed(u.Entropy); err != nil {
+		in.log.Warn("reseed the random generator", "err", err)
 	}
 	if u.Restored {
 		for _, err := range FlushBlockCaches("/sys/block") {
@@ -732,4 +730,24 @@ func lookPath(file, path string) (string, error) {
 		}
 	}
 	return "", exec.ErrNotFound
+}
+
+// reseed mixes the host's entropy into the kernel's pool and reseeds its
+// random generator at once. A guest restored from a saved state has the
+// generator of the VM that was saved: the VM generation ID device makes
+// the kernel reseed too, but through an ACPI notification that a workload
+// started right after can outrun (seen: two clones of one template read
+// the same bytes from /dev/urandom). RNDRESEEDCRNG closes that window.
+func reseed(entropy []byte) error {
+	f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if len(entropy) > 0 {
+		if _, err := f.Write(entropy); err != nil {
+			return err
+		}
+	}
+	return unix.IoctlSetInt(int(f.Fd()), unix.RNDRESEEDCRNG, 0)
 }

@@ -31,6 +31,10 @@ type Driver interface {
 	// live process. A VMM that its earlier owner left paused (killed in
 	// the middle of making a boot template) runs again.
 	Attach(ctx context.Context, id Identity) (Instance, error)
+	// Flatten rewrites a save (Instance.Save) into the form that restores
+	// fastest, without the VM: run it once the VM goes on. A save that
+	// was not flattened restores all the same, slower.
+	Flatten(ctx context.Context, dir string) error
 }
 
 // Instance is a handle on one running VMM. Handles are not shared between
@@ -65,7 +69,22 @@ type Instance interface {
 	// guest will read cfg's guest config, then its CPUs run. Its NICs are
 	// the ones it was started with; the guest gives them cfg's MACs.
 	Claim(ctx context.Context, cfg *Config) error
+	// Pause stops the guest's CPUs; Resume lets them run again. A VMM
+	// paused for a save is resumed by the caller, whatever the save did.
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
+	// Save writes the paused VMM's memory and device state into dir (an
+	// empty directory), for a later Start with Config.Snapshot. The VMM
+	// stays paused. Disks are the caller's: their contents at the save
+	// are what a restored VM must be started with.
+	Save(ctx context.Context, dir string) (Saved, error)
 	Close() error
+}
+
+// Saved describes what Instance.Save wrote.
+type Saved struct {
+	Bytes int64         // on disk
+	Took  time.Duration // from the call to the last byte written
 }
 
 // Boot says how a VMM came up.
@@ -89,6 +108,7 @@ const (
 	BootCold     BootKind = "cold"
 	BootTemplate BootKind = "template"
 	BootPool     BootKind = "pool" // restored ahead of time, and claimed
+	BootSnapshot BootKind = "snapshot"
 )
 
 // Accel is the accelerator a VMM runs under. Fallback is set when "auto"
@@ -177,7 +197,17 @@ type Config struct {
 	// paused, parked, to be handed to a VM later by Instance.Claim (a warm
 	// pool). Start fails with ErrNoTemplate when the shape has none.
 	Paused bool
+	// Snapshot, when set, is a directory that Instance.Save wrote: the VMM
+	// starts from it (memory, CPUs and devices as they were saved) instead
+	// of booting, and is left paused until Resume. cfg must describe the
+	// VM as it was started (the driver refuses one whose shape differs),
+	// and its disks must hold what they held at the save.
+	Snapshot string
 }
+
+// ErrSnapshotShape: a Config.Snapshot start whose VM is not the one saved
+// (its devices, memory, kernel or VMM changed since).
+var ErrSnapshotShape = errors.New("the VM is not the one that was saved")
 
 // ErrNoTemplate: a paused start (Config.Paused) found no template of the
 // VM's shape.

@@ -46,6 +46,7 @@ type fakeInst struct {
 	mu      sync.Mutex
 	boot    hypervisor.BootKind
 	claimed *hypervisor.Config
+	paused  bool
 }
 
 func (d *fakeDriver) Name() string { return "fake" }
@@ -77,6 +78,8 @@ func (d *fakeDriver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervi
 func (d *fakeDriver) Attach(ctx context.Context, id hypervisor.Identity) (hypervisor.Instance, error) {
 	return nil, hypervisor.ErrGone
 }
+
+func (d *fakeDriver) Flatten(context.Context, string) error { return nil }
 
 func (d *fakeDriver) last() *fakeInst {
 	d.mu.Lock()
@@ -126,6 +129,26 @@ func (f *fakeInst) Claim(_ context.Context, cfg *hypervisor.Config) error {
 	defer f.mu.Unlock()
 	f.boot, f.claimed = hypervisor.BootPool, cfg
 	return nil
+}
+func (f *fakeInst) Pause(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.paused = true
+	return nil
+}
+func (f *fakeInst) Resume(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.paused = false
+	return nil
+}
+func (f *fakeInst) Save(_ context.Context, dir string) (hypervisor.Saved, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.paused {
+		return hypervisor.Saved{}, errors.New("save: not paused")
+	}
+	return hypervisor.Saved{Bytes: 1}, os.WriteFile(filepath.Join(dir, "state"), []byte("saved"), 0o600)
 }
 func (f *fakeInst) Close() error          { return nil }
 func (f *fakeInst) Events() <-chan []byte { return f.events }

@@ -90,6 +90,9 @@ const maxSocketPath = 107
 // maxSerial is the virtio-blk serial length (VIRTIO_BLK_ID_BYTES).
 const maxSerial = 20
 
+// memBackendRAM is the plain memory backend, less its size.
+const memBackendRAM = "memory-backend-ram,id=mem,size="
+
 // esc makes s safe as a QEMU option value: commas are doubled.
 func esc(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
@@ -142,12 +145,12 @@ func BuildArgs(cfg *hypervisor.Config, host HostInfo) ([]string, error) {
 	// microvm the modern virtio-mmio transport: virtiofsd refuses legacy
 	// devices. Both only when the VM has shared directories, so that
 	// every other VM keeps the plain setup.
+	// Every VM's RAM is one named backend ("mem"), so that its RAM block
+	// has the same name however it was started: a VM saved (snapshot.go)
+	// restores into any backend, and a boot template's memory file takes
+	// the backend's place (template.go).
 	virtiofs := len(cfg.SharedDirs) > 0 && host.Virtiofsd != ""
-	memBackend := ""
-	if virtiofs {
-		memBackend = ",memory-backend=mem"
-	}
-	a = append(a, "-machine", machineArg(machine, memBackend), "-accel", accel)
+	a = append(a, "-machine", machineArg(machine, ",memory-backend=mem"), "-accel", accel)
 	if accel == AccelKVM {
 		a = append(a, "-cpu", "host")
 	} else {
@@ -163,6 +166,8 @@ func BuildArgs(cfg *hypervisor.Config, host HostInfo) ([]string, error) {
 		if machine == MachineMicrovm {
 			a = append(a, "-global", "virtio-mmio.force-legacy=false")
 		}
+	} else {
+		a = append(a, "-object", memBackendRAM+strconv.Itoa(cfg.MemoryMB)+"M")
 	}
 	if cfg.Initramfs != "" {
 		a = append(a, "-initrd", cfg.Initramfs)

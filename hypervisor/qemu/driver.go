@@ -166,6 +166,9 @@ func (d *Driver) Start(ctx context.Context, cfg *hypervisor.Config) (hypervisor.
 }
 
 func (d *Driver) start(ctx context.Context, cfg *hypervisor.Config) (*instance, error) {
+	if cfg.Snapshot != "" {
+		return d.startSnapshot(ctx, cfg)
+	}
 	inst, err := d.startAs(ctx, cfg, true)
 	var re *restoreError
 	if errors.As(err, &re) {
@@ -342,6 +345,19 @@ func (d *Driver) bringUp(ctx context.Context, cfg *hypervisor.Config, inst *inst
 	})
 	go inst.watchEvents()
 	switch {
+	case plan != nil && plan.snapshot != "":
+		if err := setCapability(sctx, c, "x-ignore-shared", plan.ignoreShared); err != nil {
+			return err
+		}
+		if err := migrateFrom(sctx, c, filepath.Join(plan.snapshot, filenames.SnapshotVMState)); err != nil {
+			return err
+		}
+		if d.opts.BeforeBoot != nil {
+			if err := d.opts.BeforeBoot(sctx, cfg); err != nil {
+				return fmt.Errorf("before boot: %w", err)
+			}
+		}
+		return nil // paused until Resume
 	case plan != nil && plan.restore != nil:
 		if err := restore(sctx, c, plan.restore); err != nil {
 			return err

@@ -28,7 +28,10 @@ type instance struct {
 	boot     hypervisor.Boot
 	// making is the boot template this VM makes when its guest parks.
 	making *templatePlan
-	qmp    *qmp.Client
+	// migrating is held while QEMU migrates (a template's or a
+	// snapshot's save): one at a time.
+	migrating sync.Mutex
+	qmp       *qmp.Client
 
 	cmd     *exec.Cmd // set when we are QEMU's parent
 	waitErr error     // cmd.Wait's result, valid once exited is closed

@@ -83,20 +83,11 @@ func (d *Driver) prepareRunDir(cfg *hypervisor.Config, args []string, configSize
 // recordedAccel reads the accelerator from the argv that prepareRunDir
 // recorded, or "".
 func recordedAccel(runDir string) string {
-	b, err := os.ReadFile(filepath.Join(runDir, filenames.ArgsFile))
+	argv, err := recordedArgv(runDir)
 	if err != nil {
 		return ""
 	}
-	var argv []string
-	if json.Unmarshal(b, &argv) != nil {
-		return ""
-	}
-	for i := 0; i+1 < len(argv); i++ {
-		if argv[i] == "-accel" {
-			return argv[i+1]
-		}
-	}
-	return ""
+	return argAfter(argv, "-accel")
 }
 
 func writePrivate(path string, b []byte) error {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -42,7 +41,7 @@ import (
 // its random generator on a restore.
 
 // templateFormat changes with the way keys are made or VMs restored.
-const templateFormat = "1"
+const templateFormat = "2"
 
 // configDiskTemplateSize is the config disk's size for template VMs: the
 // guest learns a disk's size at boot, so every VM of a shape must have one
@@ -59,6 +58,10 @@ type templatePlan struct {
 	mem    *os.File // the shared memory file of a making (unlinked once QEMU maps it)
 	shape  templates.Shape
 	note   string // why a template was not used (a failed restore)
+	// snapshot, when set, is the VM save this start loads (snapshot.go);
+	// ignoreShared, when its RAM is a memory file rather than in the stream.
+	snapshot     string
+	ignoreShared bool
 }
 
 // templateEligible reports whether a VM of cfg can be restored from a
@@ -78,61 +81,121 @@ func templateConfig(cfg *hypervisor.Config) *hypervisor.Config {
 	return &c
 }
 
-// templateKey is the key of the shape of the VM that args start: the argv
-// with what differs between two VMs of one shape taken out (its name, its
-// runtime directory, its disks' paths and its MACs: the guest is given its
-// own after the park point), the identity of the kernel, initramfs, disks
-// (by size) and QEMU binary, and the format of the scheme.
+// templateKey is the key of the shape of the VM that args start (see
+// shapeArgs), with its config disk at the size a template VM's has (the
+// file is written later), and the format of the scheme.
 func templateKey(args []string, cfg *hypervisor.Config, binary string) (string, error) {
+	cfgDisk := configDiskPath(cfg.RunDir)
+	shape, err := shapeArgs(args, cfg.RunDir, binary, func(path string) (int64, error) {
+		if path == cfgDisk {
+			return configDiskTemplateSize, nil
+		}
+		return fileSize(path)
+	})
+	if err != nil {
+		return "", fmt.Errorf("template key: %w", err)
+	}
 	h := sha256.New()
 	fmt.Fprintf(h, "stack-template %s\x00", templateFormat)
-	id, err := fileID(binary)
-	if err != nil {
-		return "", err
-	}
-	fmt.Fprintf(h, "%s\x00", id)
-	sizes := map[string]string{} // escaped path → size
-	for _, d := range disks(cfg) {
-		fi, err := os.Stat(d.Path)
-		if err != nil {
-			return "", fmt.Errorf("template key: %w", err)
-		}
-		sizes[esc(d.Path)] = strconv.FormatInt(fi.Size(), 10)
-	}
-	sizes[esc(configDiskPath(cfg.RunDir))] = strconv.Itoa(configDiskTemplateSize)
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		switch {
-		case a == "-name" || a == "-netdev":
-			// The name is the VM's; a NIC's backend is the host's, not
-			// the guest's (only the device migrates).
-			i++
-			if a == "-netdev" {
-				n, _, _ := strings.Cut(args[i], ",")
-				fmt.Fprintf(h, "-netdev %s\x00", n)
-			}
-			continue
-		case a == "-kernel" || a == "-initrd":
-			id, err := fileID(args[i+1])
-			if err != nil {
-				return "", fmt.Errorf("template key: %w", err)
-			}
-			fmt.Fprintf(h, "%s %s\x00", a, id)
-			i++
-			continue
-		}
-		a = strings.ReplaceAll(a, esc(cfg.RunDir), "<run>")
-		if strings.HasPrefix(a, "if=none,") {
-			for p, size := range sizes {
-				a = strings.Replace(a, "file="+strings.ReplaceAll(p, esc(cfg.RunDir), "<run>")+",", "size="+size+",", 1)
-			}
-		}
-		if i := strings.Index(a, ",mac="); i >= 0 {
-			a = a[:i]
-		}
+	for _, a := range shape {
 		fmt.Fprintf(h, "%s\x00", a)
 	}
 	return hex.EncodeToString(h.Sum(nil)[:16]), nil
+}
+
+// shapeArgs is the shape of the VM that args start, as an argv: what a
+// saved guest (a boot template, a snapshot) depends on, with what differs
+// between two VMs of one shape taken out. Kept: the machine, accelerator,
+// CPUs, memory size, command line and every device in order, the identity
+// of the QEMU binary, kernel and initramfs (path, size, modification
+// time: any rebuild or upgrade changes it) and each disk's size (the
+// guest learns it at boot; sizeOf tells it). Taken out: the VM's name, its
+// runtime directory, its disks' paths, its NICs' MACs (a guest restored
+// from a template is given its own after its park point) and host-side
+// backends, the kind of memory backend, and -S/-incoming.
+func shapeArgs(args []string, runDir, binary string, sizeOf func(path string) (int64, error)) ([]string, error) {
+	id, err := fileID(binary)
+	if err != nil {
+		return nil, err
+	}
+	out := []string{id}
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch a {
+		case "-name", "-incoming":
+			i++
+			continue
+		case "-S":
+			continue
+		case "-netdev":
+			// A NIC's backend is the host's, not the guest's (only the
+			// device migrates).
+			i++
+			n, _, _ := strings.Cut(args[i], ",")
+			out = append(out, a, n)
+			continue
+		case "-kernel", "-initrd":
+			id, err := fileID(args[i+1])
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, a, id)
+			i++
+			continue
+		}
+		if i > 0 && args[i-1] == "-object" && strings.Contains(a, ",id=mem,") {
+			_, rest, _ := strings.Cut(a, ",id=mem,size=")
+			size, _, _ := strings.Cut(rest, ",")
+			out = append(out, "memory-backend,id=mem,size="+size)
+			continue
+		}
+		if path, ok := driveFile(a); ok {
+			n, err := sizeOf(unesc(path))
+			if err != nil {
+				return nil, err
+			}
+			a = strings.Replace(a, "file="+path+",", "size="+strconv.FormatInt(n, 10)+",", 1)
+		}
+		a = strings.ReplaceAll(a, esc(runDir), "<run>")
+		if i := strings.Index(a, ",mac="); i >= 0 {
+			a = a[:i]
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// driveFile is the (escaped) file= of a -drive value.
+func driveFile(a string) (string, bool) {
+	if !strings.HasPrefix(a, "if=none,") {
+		return "", false
+	}
+	_, rest, ok := strings.Cut(a, ",file=")
+	if !ok {
+		return "", false
+	}
+	// Commas in a value are doubled (esc); the first single comma ends it.
+	for i := 0; i < len(rest); i++ {
+		if rest[i] != ',' {
+			continue
+		}
+		if i+1 < len(rest) && rest[i+1] == ',' {
+			i++
+			continue
+		}
+		return rest[:i], true
+	}
+	return rest, true
+}
+
+func unesc(s string) string { return strings.ReplaceAll(s, ",,", ",") }
+
+func fileSize(path string) (int64, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
 }
 
 // fileID names a file by path, size and modification time, which any
@@ -207,23 +270,17 @@ func (d *Driver) restoreArgs(args []string, cfg *hypervisor.Config, t *templates
 	return append(withMemory(args, "mem-path="+esc(t.Mem())+",share=off"), "-incoming", "defer")
 }
 
-// withMemory puts the guest's RAM in a file-backed memory backend.
+// withMemory puts the guest's RAM in another backend than the plain one
+// BuildArgs gives it (memory-backend-ram), with the same id and size.
 func withMemory(args []string, backend string) []string {
-	out := make([]string, 0, len(args)+4)
-	var size string
-	for i := 0; i < len(args); i++ {
-		out = append(out, args[i])
-		switch args[i] {
-		case "-machine":
-			i++
-			out = append(out, args[i]+",memory-backend=mem")
-		case "-m":
-			i++
-			out = append(out, args[i])
-			size = args[i]
+	out := make([]string, len(args))
+	for i, a := range args {
+		if i > 0 && args[i-1] == "-object" && strings.HasPrefix(a, memBackendRAM) {
+			a = strings.Replace(a, "memory-backend-ram,", "memory-backend-file,", 1) + "," + backend
 		}
+		out[i] = a
 	}
-	return append(out, "-object", "memory-backend-file,id=mem,size="+size+"M,"+backend)
+	return out
 }
 
 // sharedMemory makes the file a template-making VM's RAM lives in: on
@@ -254,51 +311,17 @@ func (d *Driver) templates() *templates.Store {
 	return &templates.Store{Root: d.opts.Templates, Limit: d.opts.TemplateLimit}
 }
 
-// ignoreShared tells QEMU that the guest's RAM is a file that the other
-// side maps itself: the migration stream then holds the device state only.
-func ignoreShared(ctx context.Context, c *qmp.Client) error {
-	_, err := c.Execute(ctx, "migrate-set-capabilities", map[string]any{
-		"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}},
-	})
-	return err
-}
-
 // restore loads the template's device state into a QEMU started with
-// restoreArgs, and returns once the VM is paused and whole.
+// restoreArgs, and returns once the VM is paused and whole. With
+// x-ignore-shared the stream carries no RAM: the memory file is it.
 func restore(ctx context.Context, c *qmp.Client, t *templates.Template) error {
-	if err := ignoreShared(ctx, c); err != nil {
+	if err := setCapability(ctx, c, "x-ignore-shared", true); err != nil {
 		return err
 	}
-	f, err := os.Open(t.State())
-	if err != nil {
-		return err
+	if err := migrateFrom(ctx, c, t.State()); err != nil {
+		return fmt.Errorf("restore from template: %w", err)
 	}
-	err = c.GetFD(ctx, "template", f)
-	f.Close()
-	if err != nil {
-		return err
-	}
-	if _, err := c.Execute(ctx, "migrate-incoming", map[string]string{"uri": "fd:template"}); err != nil {
-		return err
-	}
-	for {
-		st, err := c.QueryStatus(ctx)
-		if err != nil {
-			return err
-		}
-		switch st.Status {
-		case "inmigrate":
-		case "paused", "prelaunch", "running":
-			return nil
-		default:
-			return fmt.Errorf("restore from template: the VM is %s", st.Status)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("restore from template: %w", ctx.Err())
-		case <-time.After(2 * time.Millisecond):
-		}
-	}
+	return nil
 }
 
 // saveTimeout bounds the pause while a template is made.
@@ -311,6 +334,8 @@ func (in *instance) makeTemplate(ctx context.Context, p *templatePlan) error {
 	defer p.mem.Close()
 	ctx, cancel := context.WithTimeout(ctx, saveTimeout)
 	defer cancel()
+	in.migrating.Lock()
+	defer in.migrating.Unlock()
 	t0 := time.Now()
 	if err := in.qmp.Stop(ctx); err != nil {
 		p.making.Abort()
@@ -345,43 +370,11 @@ func (in *instance) makeTemplate(ctx context.Context, p *templatePlan) error {
 
 // saveTo writes the paused VM's device state and memory into the making.
 func (in *instance) saveTo(ctx context.Context, p *templatePlan) error {
-	if err := ignoreShared(ctx, in.qmp); err != nil {
+	if err := setCapability(ctx, in.qmp, "x-ignore-shared", true); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(filepath.Join(p.making.Dir(), templates.StateFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
+	if err := migrateTo(ctx, in.qmp, filepath.Join(p.making.Dir(), templates.StateFile)); err != nil {
+		return fmt.Errorf("save device state: %w", err)
 	}
-	err = in.qmp.GetFD(ctx, "template", f)
-	f.Close()
-	if err != nil {
-		return err
-	}
-	if _, err := in.qmp.Execute(ctx, "migrate", map[string]string{"uri": "fd:template"}); err != nil {
-		return err
-	}
-	for {
-		raw, err := in.qmp.Execute(ctx, "query-migrate", nil)
-		if err != nil {
-			return err
-		}
-		var st struct {
-			Status    string `json:"status"`
-			ErrorDesc string `json:"error-desc"`
-		}
-		if err := json.Unmarshal(raw, &st); err != nil {
-			return err
-		}
-		switch st.Status {
-		case "completed":
-			return templates.CopySparse(filepath.Join(p.making.Dir(), templates.MemFile), p.mem)
-		case "failed", "cancelled":
-			return fmt.Errorf("save device state: migration %s: %s", st.Status, st.ErrorDesc)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("save device state: %w", ctx.Err())
-		case <-time.After(2 * time.Millisecond):
-		}
-	}
+	return templates.CopySparse(filepath.Join(p.making.Dir(), templates.MemFile), p.mem)
 }

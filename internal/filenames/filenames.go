@@ -95,6 +95,34 @@ const (
 	StderrFile    = "vmm.stderr"
 )
 
+// Snapshots of a namespace (`stack snapshot`) live in its state directory,
+// one directory each (Snapshot); one being written is a hidden sibling
+// (SnapshotStaging) until it is whole, then renamed into place.
+const SnapshotsDir = "snapshots"
+
+// Snapshot is the directory of a namespace's snapshot.
+func Snapshot(stateRoot, namespace, name string) string {
+	return filepath.Join(stateRoot, namespace, SnapshotsDir, name)
+}
+
+// SnapshotStaging is where a snapshot is written before it is whole.
+func SnapshotStaging(dir string) string {
+	return filepath.Join(filepath.Dir(dir), ".saving-"+filepath.Base(dir))
+}
+
+// Files in a snapshot directory.
+const (
+	SnapshotManifest = "snapshot.json"
+	// SnapshotVMPrefix names a VM's directory (vm-<name>): its VMM's save
+	// and its state directory's files, disks frozen at the save.
+	SnapshotVMPrefix = "vm-"
+	SnapshotVMState  = "vmm.state" // the VMM's migration stream: devices and RAM
+	SnapshotVMMeta   = "vmm.json"  // the driver's record of what it saved
+	SnapshotVMMem    = "vmm.mem"   // the VMM's RAM, once flattened
+	// SnapshotVolumes holds the namespace's volumes as they were.
+	SnapshotVolumes = "volumes"
+)
+
 // VirtiofsSocket is the vhost-user socket of the i-th shared directory's
 // virtiofsd, in the VM's runtime directory.
 func VirtiofsSocket(i int) string { return "vfs" + strconv.Itoa(i) + ".sock" }

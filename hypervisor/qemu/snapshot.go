@@ -1,0 +1,473 @@
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/stackvm/stack/hypervisor"
+	"github.com/stackvm/stack/hypervisor/qemu/qmp"
+	"github.com/stackvm/stack/internal/filenames"
+)
+
+// VM snapshots (hypervisor.Instance.Save, Config.Snapshot).
+//
+// Save, with the VM paused, writes its device state and RAM as one
+// migration stream: its RAM may be anonymous or a template's private
+// mapping, so unlike a template's it must travel in the stream. Loading
+// RAM from a stream costs a restore about a second per GiB under load, so
+// Flatten, run once the VMs go on, turns the save into a memory file and a
+// stream of device state alone (an offline QEMU loads the stream into a
+// shared file mapping and saves again with x-ignore-shared): a restore
+// then maps the memory file copy-on-write, as a boot template's is, and
+// VMs restored from one snapshot share its pages.
+//
+// Beside them, the saved VM's shape (shapeArgs of the argv it was started
+// with) says what a restore must start: a restore builds the argv for the
+// config it is given, and refuses it when its shape is not the saved one,
+// naming the first difference. The restored QEMU stays paused, so that
+// every VM of a namespace can be let go at one moment.
+
+// snapshotFormat changes with the files a save writes.
+const snapshotFormat = "1"
+
+// savedVM is the driver's record of a save (filenames.SnapshotVMMeta).
+type savedVM struct {
+	Format string `json:"format"`
+	// Shape is shapeArgs of the argv the VM was started with.
+	Shape []string `json:"shape"`
+	// Argv is the argv it was started with (program first), which
+	// Flatten starts an offline QEMU from.
+	Argv []string `json:"argv"`
+	// MemFile: the RAM is in filenames.SnapshotVMMem and the stream holds
+	// the device state alone (Flatten); else the stream holds both.
+	MemFile bool `json:"mem_file"`
+	// TemplateShaped: it was started as a template VM is (parked command
+	// line, VM generation ID, a template-sized config disk).
+	TemplateShaped bool      `json:"template_shaped"`
+	Accel          string    `json:"accel"`
+	QEMU           string    `json:"qemu"`
+	Saved          time.Time `json:"saved"`
+}
+
+// maxBandwidth lifts QEMU's migration bandwidth cap (128 MiB/s by default,
+// meant for live migration over a network) for saves to a local file.
+const maxBandwidth = 1 << 40
+
+// Pause implements hypervisor.Instance.
+func (in *instance) Pause(ctx context.Context) error { return in.qmp.Stop(ctx) }
+
+// Resume implements hypervisor.Instance. A VM whose save completed is in
+// QEMU's postmigrate state, which cont leaves as well.
+func (in *instance) Resume(ctx context.Context) error { return in.qmp.Cont(ctx) }
+
+// Save implements hypervisor.Instance.
+func (in *instance) Save(ctx context.Context, dir string) (hypervisor.Saved, error) {
+	t0 := time.Now()
+	in.migrating.Lock()
+	defer in.migrating.Unlock()
+	st, err := in.qmp.QueryStatus(ctx)
+	if err != nil {
+		return hypervisor.Saved{}, fmt.Errorf("save vm: %w", err)
+	}
+	if st.Status != "paused" {
+		return hypervisor.Saved{}, fmt.Errorf("save vm: it is %s, not paused", st.Status)
+	}
+	argv, err := recordedArgv(in.runDir)
+	if err != nil {
+		return hypervisor.Saved{}, fmt.Errorf("save vm: %w", err)
+	}
+	shape, err := shapeArgs(argv[1:], in.runDir, argv[0], fileSize)
+	if err != nil {
+		return hypervisor.Saved{}, fmt.Errorf("save vm: %w", err)
+	}
+	v := in.qmp.Greeting().Version.QEMU
+	meta := savedVM{
+		Format: snapshotFormat, Shape: shape, Argv: argv,
+		TemplateShaped: slices.Contains(argv, "vmgenid,guid=auto"),
+		Accel:          argAfter(argv, "-accel"),
+		QEMU:           fmt.Sprintf("%d.%d.%d", v.Major, v.Minor, v.Micro),
+		Saved:          time.Now().UTC(),
+	}
+	if err := setCapability(ctx, in.qmp, "x-ignore-shared", false); err != nil {
+		return hypervisor.Saved{}, fmt.Errorf("save vm: %w", err)
+	}
+	if _, err := in.qmp.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": maxBandwidth}); err != nil {
+		return hypervisor.Saved{}, fmt.Errorf("save vm: %w", err)
+	}
+	statePath := filepath.Join(dir, filenames.SnapshotVMState)
+	if err := migrateTo(ctx, in.qmp, statePath); err != nil {
+		return hypervisor.Saved{}, fmt.Errorf("save vm: %w", err)
+	}
+	if err := writeSavedVM(dir, &meta); err != nil {
+		return hypervisor.Saved{}, fmt.Errorf("save vm: %w", err)
+	}
+	size, _ := fileSize(statePath)
+	return hypervisor.Saved{Bytes: size, Took: time.Since(t0)}, nil
+}
+
+// startSnapshot starts QEMU for cfg from the save in cfg.Snapshot, paused.
+func (d *Driver) startSnapshot(ctx context.Context, cfg *hypervisor.Config) (*instance, error) {
+	meta, err := readSavedVM(cfg.Snapshot)
+	if err != nil {
+		return nil, err
+	}
+	host, err := d.Host()
+	if err != nil {
+		return nil, err
+	}
+	host.GuestMicrovm = ProbeKernel(cfg.Kernel)
+	c := *cfg
+	c.Accel = meta.Accel // CPU state saved under one accelerator loads under it alone
+	cfg = &c
+	accel, err := d.accel(ctx, cfg, &host)
+	if err != nil {
+		return nil, err
+	}
+	configSize := 0
+	if meta.TemplateShaped {
+		cfg = templateConfig(cfg)
+		configSize = configDiskTemplateSize
+	}
+	args, err := BuildArgs(cfg, host)
+	if err != nil {
+		return nil, err
+	}
+	if meta.TemplateShaped {
+		args = append(args, "-device", "vmgenid,guid=auto")
+	}
+	if meta.MemFile {
+		args = withMemory(args, "mem-path="+esc(filepath.Join(cfg.Snapshot, filenames.SnapshotVMMem))+",share=off")
+	}
+	args = append(args, "-S", "-incoming", "defer")
+	var undo cleanups
+	defer undo.unwind()
+	if err := d.prepareRunDir(cfg, args, configSize); err != nil {
+		return nil, err
+	}
+	shape, err := shapeArgs(args, cfg.RunDir, d.opts.Binary, fileSize)
+	if err != nil {
+		return nil, err
+	}
+	if diff := firstDifference(meta.Shape, shape); diff != "" {
+		return nil, fmt.Errorf("%w: %s", hypervisor.ErrSnapshotShape, diff)
+	}
+	t0 := time.Now()
+	inst, err := d.spawn(cfg, args, accel, &undo)
+	if err != nil {
+		return nil, err
+	}
+	inst.boot = hypervisor.Boot{Kind: hypervisor.BootSnapshot}
+	if err := d.bringUp(ctx, cfg, inst, &templatePlan{snapshot: cfg.Snapshot, ignoreShared: meta.MemFile}, &undo); err != nil {
+		undo.unwind()
+		return nil, fmt.Errorf("restore from snapshot: %w%s", err, stderrTail(stderrPath(cfg.RunDir)))
+	}
+	inst.boot.Took = time.Since(t0)
+	undo.disarm()
+	return inst, nil
+}
+
+func writeSavedVM(dir string, m *savedVM) error {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writePrivate(filepath.Join(dir, filenames.SnapshotVMMeta), append(b, '\n'))
+}
+
+func readSavedVM(dir string) (*savedVM, error) {
+	b, err := os.ReadFile(filepath.Join(dir, filenames.SnapshotVMMeta))
+	if err != nil {
+		return nil, fmt.Errorf("read saved vm: %w", err)
+	}
+	var m savedVM
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("read saved vm %s: %w", dir, err)
+	}
+	if m.Format != snapshotFormat {
+		return nil, fmt.Errorf("read saved vm %s: format %q, this stack reads %q", dir, m.Format, snapshotFormat)
+	}
+	return &m, nil
+}
+
+// firstDifference names the first argument where two shapes differ, or ""
+// when they are the same.
+func firstDifference(saved, now []string) string {
+	for i := 0; i < len(saved) || i < len(now); i++ {
+		switch {
+		case i >= len(saved):
+			return fmt.Sprintf("it now has %q, which it had not when saved", now[i])
+		case i >= len(now):
+			return fmt.Sprintf("it had %q when saved, which it has not now", saved[i])
+		case saved[i] != now[i]:
+			return fmt.Sprintf("%q when saved, %q now", saved[i], now[i])
+		}
+	}
+	return ""
+}
+
+// argAfter is the value that follows flag in argv, or "".
+func argAfter(argv []string, flag string) string {
+	for i := 0; i+1 < len(argv); i++ {
+		if argv[i] == flag {
+			return argv[i+1]
+		}
+	}
+	return ""
+}
+
+func setCapability(ctx context.Context, c *qmp.Client, name string, on bool) error {
+	_, err := c.Execute(ctx, "migrate-set-capabilities", map[string]any{
+		"capabilities": []map[string]any{{"capability": name, "state": on}},
+	})
+	return err
+}
+
+// migrateTo writes the paused VM's migration stream to a new file at path.
+func migrateTo(ctx context.Context, c *qmp.Client, path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, filenames.FileMode)
+	if err != nil {
+		return err
+	}
+	err = c.GetFD(ctx, "migration", f)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	if _, err := c.Execute(ctx, "migrate", map[string]string{"uri": "fd:migration"}); err != nil {
+		return err
+	}
+	for {
+		raw, err := c.Execute(ctx, "query-migrate", nil)
+		if err != nil {
+			return err
+		}
+		var st struct {
+			Status    string `json:"status"`
+			ErrorDesc string `json:"error-desc"`
+		}
+		if err := json.Unmarshal(raw, &st); err != nil {
+			return err
+		}
+		switch st.Status {
+		case "completed":
+			return nil
+		case "failed", "cancelled":
+			return fmt.Errorf("migration %s: %s", st.Status, st.ErrorDesc)
+		}
+		select {
+		case <-ctx.Done():
+			c.Execute(context.WithoutCancel(ctx), "migrate_cancel", nil)
+			return ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// migrateFrom loads the migration stream at path into a QEMU started with
+// -incoming defer, and returns once the VM is whole (paused).
+func migrateFrom(ctx context.Context, c *qmp.Client, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	err = c.GetFD(ctx, "migration", f)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	if _, err := c.Execute(ctx, "migrate-incoming", map[string]string{"uri": "fd:migration"}); err != nil {
+		return err
+	}
+	for {
+		st, err := c.QueryStatus(ctx)
+		if err != nil {
+			return err
+		}
+		switch st.Status {
+		case "inmigrate":
+		case "paused", "prelaunch", "running":
+			return nil
+		default:
+			return fmt.Errorf("the VM is %s", st.Status)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// recordedArgv is the argv (program first) that prepareRunDir recorded.
+func recordedArgv(runDir string) ([]string, error) {
+	b, err := os.ReadFile(filepath.Join(runDir, filenames.ArgsFile))
+	if err != nil {
+		return nil, err
+	}
+	var argv []string
+	if err := json.Unmarshal(b, &argv); err != nil {
+		return nil, fmt.Errorf("read %s: %w", filenames.ArgsFile, err)
+	}
+	if len(argv) == 0 {
+		return nil, errors.New("empty recorded argv")
+	}
+	return argv, nil
+}
+
+// Flatten implements hypervisor.Driver: an offline QEMU, started from the
+// saved argv with its disks and NICs replaced by null ones, loads the
+// stream into a memory file it maps shared, and saves its device state
+// again with x-ignore-shared. The files are replaced once whole: a
+// flatten that fails or is killed leaves the save as it was.
+func (d *Driver) Flatten(ctx context.Context, dir string) error {
+	meta, err := readSavedVM(dir)
+	if err != nil {
+		return err
+	}
+	if meta.MemFile {
+		return nil
+	}
+	if _, err := d.Host(); err != nil {
+		return err
+	}
+	run, err := os.MkdirTemp("", "stack-flatten-")
+	if err != nil {
+		return fmt.Errorf("flatten save: %w", err)
+	}
+	defer os.RemoveAll(run)
+	memTmp := filepath.Join(dir, "."+filenames.SnapshotVMMem)
+	stateTmp := filepath.Join(dir, "."+filenames.SnapshotVMState)
+	defer os.Remove(memTmp)
+	defer os.Remove(stateTmp)
+	args, err := flattenArgs(meta, run, memTmp)
+	if err != nil {
+		return fmt.Errorf("flatten save: %w", err)
+	}
+	mem, err := os.OpenFile(memTmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, filenames.FileMode)
+	if err != nil {
+		return fmt.Errorf("flatten save: %w", err)
+	}
+	mem.Close()
+	stderr, err := os.Create(filepath.Join(run, filenames.StderrFile))
+	if err != nil {
+		return fmt.Errorf("flatten save: %w", err)
+	}
+	defer stderr.Close()
+	cmd := exec.Command(d.opts.Binary, args...)
+	cmd.Stdout, cmd.Stderr = stderr, stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("flatten save: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	defer func() { cmd.Process.Kill(); <-exited }()
+	if err := flattenWith(ctx, run, exited, dir, stateTmp); err != nil {
+		return fmt.Errorf("flatten save: %w%s", err, stderrTail(stderr.Name()))
+	}
+	if err := os.Rename(memTmp, filepath.Join(dir, filenames.SnapshotVMMem)); err != nil {
+		return fmt.Errorf("flatten save: %w", err)
+	}
+	if err := os.Rename(stateTmp, filepath.Join(dir, filenames.SnapshotVMState)); err != nil {
+		return fmt.Errorf("flatten save: %w", err)
+	}
+	meta.MemFile = true
+	return writeSavedVM(dir, meta)
+}
+
+// flattenWith drives the offline QEMU that serves QMP in run.
+func flattenWith(ctx context.Context, run string, exited <-chan struct{}, dir, stateTmp string) error {
+	c, err := dialQMP(ctx, filepath.Join(run, filenames.QMPSocket), exited)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := setCapability(ctx, c, "x-ignore-shared", false); err != nil {
+		return err
+	}
+	if err := migrateFrom(ctx, c, filepath.Join(dir, filenames.SnapshotVMState)); err != nil {
+		return err
+	}
+	if err := setCapability(ctx, c, "x-ignore-shared", true); err != nil {
+		return err
+	}
+	if err := migrateTo(ctx, c, stateTmp); err != nil {
+		return err
+	}
+	_, err = c.Execute(ctx, "quit", nil)
+	return err
+}
+
+// flattenArgs turns a saved VM's argv into an offline QEMU's: its
+// sockets in run, its disks null devices of the same size, its NICs
+// unconnected, its RAM the memory file mem (shared), and waiting for a
+// stream, paused.
+func flattenArgs(meta *savedVM, run, mem string) ([]string, error) {
+	argv := meta.Argv
+	if len(argv) < 2 {
+		return nil, errors.New("no saved argv")
+	}
+	sizes := map[string]string{} // drive id -> size, from the shape
+	for _, a := range meta.Shape {
+		if rest, ok := strings.CutPrefix(a, "if=none,id="); ok {
+			id, rest, _ := strings.Cut(rest, ",")
+			if size, ok := strings.CutPrefix(rest, "size="); ok {
+				sizes[id], _, _ = strings.Cut(size, ",")
+			}
+		}
+	}
+	oldRun := ""
+	for _, a := range argv {
+		if p, ok := strings.CutPrefix(a, "socket,id=qmp,path="); ok {
+			oldRun = filepath.Dir(unesc(strings.Split(p, ",server=")[0]))
+		}
+	}
+	if oldRun == "" {
+		return nil, errors.New("saved argv has no QMP socket")
+	}
+	var out []string
+	nic := 0
+	for i := 1; i < len(argv); i++ {
+		a := argv[i]
+		switch {
+		case a == "-S" || a == "-incoming":
+			if a == "-incoming" {
+				i++
+			}
+			continue
+		case i > 1 && argv[i-1] == "-netdev":
+			id := strings.Split(strings.SplitN(a, ",id=", 2)[1], ",")[0]
+			a = "hubport,id=" + id + ",hubid=" + strconv.Itoa(nic)
+			nic++
+		case i > 1 && argv[i-1] == "-object" && strings.Contains(a, ",id=mem,"):
+			_, rest, _ := strings.Cut(a, ",id=mem,size=")
+			size, _, _ := strings.Cut(rest, ",")
+			a = "memory-backend-file,id=mem,size=" + size + ",mem-path=" + esc(mem) + ",share=on"
+		default:
+			if path, ok := driveFile(a); ok {
+				// The drive's other options (read-only, discard) stay:
+				// they set the features the guest negotiated.
+				id := strings.Split(strings.SplitN(a, ",id=", 2)[1], ",")[0]
+				if sizes[id] == "" {
+					return nil, fmt.Errorf("saved shape has no size for drive %s", id)
+				}
+				a = strings.Replace(a, "file="+path+",", "driver=null-co,read-zeroes=on,size="+sizes[id]+",", 1)
+				a = regexp.MustCompile(`,format=[a-z0-9]+`).ReplaceAllString(a, "")
+			}
+			a = strings.ReplaceAll(a, esc(oldRun), esc(run))
+		}
+		out = append(out, a)
+	}
+	return append(out, "-S", "-incoming", "defer"), nil
+}

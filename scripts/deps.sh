@@ -7,7 +7,8 @@ packages=(
   qemu-system-x86   # the VMM
   qemu-utils        # qemu-img: copy-on-write overlays
   busybox-static    # the default guest image's userland
-  e2fsprogs         # mkfs.ext4: volumes, the Debian test image
+  e2fsprogs         # mkfs.ext4: volumes, the Debian test image, OCI image
+                    # root file systems (with debugfs; e2fsck in tests)
   cpio              # unpacking initramfs images in debugging
   vde2              # vde_switch: the switch benchmark's baseline
   cloud-init        # `cloud-init schema` validates generated seeds in tests

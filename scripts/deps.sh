@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Installs what stack needs on a Debian bookworm machine, idempotently: apt
 # runs only when a package is missing. Go itself is expected on PATH.
+#
+# Usage: scripts/deps.sh [bench-image]
+#   bench-image  also the baseline of image/'s BenchmarkConvert (skopeo,
+#                umoci), which the tests do not need
 set -euo pipefail
 
 packages=(
@@ -16,6 +20,13 @@ packages=(
   iproute2          # ip netns, TAP devices in tests
   dpkg-dev          # apt-get download / dpkg-deb for the guest kernel
 )
+
+for group in "$@"; do
+  case "$group" in
+    bench-image) packages+=(skopeo umoci) ;;
+    *) echo "deps.sh: unknown group $group (known: bench-image)" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${packages[@]}"; do

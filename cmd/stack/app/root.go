@@ -130,6 +130,7 @@ func newRoot(s Streams) *cobra.Command {
 		newExecCmd(g, s),
 		newStopCmd(g, s),
 		newStartCmd(g, s),
+		newPullCmd(g, s),
 	)
 	return root
 }

@@ -13,6 +13,8 @@
 //	<run>/<short>/net-<h>/{d,s}-<h>.sock  a network's switch port sockets
 //	<cache>/guest/<hash>/                 the built-in guest image
 //	<cache>/kernels/<package>_<version>/  unpacked Debian kernel packages
+//	<cache>/oci/<algo>-<hex>/             an OCI image converted to a root
+//	                                      file system, by its config digest
 //
 // Unix socket paths are limited to 107 bytes, so runtime directories use a
 // short hash of the namespace rather than its (up to 63-byte) name.
@@ -24,6 +26,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 )
 
 // Directory and file modes: state and sockets are private to the user.
@@ -262,6 +265,42 @@ func GuestImage(cacheRoot, key string) string {
 // cloud image that scripts/build-debian-image.sh makes (images/debian-12).
 func Image(cacheRoot, name string) string {
 	return filepath.Join(cacheRoot, "images", name)
+}
+
+// Files of a converted OCI image (<cache>/oci/<algo>-<hex>/, package
+// image). The metadata is written last and the directory renamed into place
+// whole: a directory without it is not an image.
+const (
+	OCIRootFS    = "rootfs.ext4" // the root file system image
+	OCIImageMeta = "image.json"  // digests, config, file system type
+	// OCITempPrefix starts the name of a conversion's private directory
+	// in <cache>/oci (<prefix><algo>-<hex>-<random>), removed when the
+	// conversion ends and, after a kill, by the next conversion of the
+	// same image.
+	OCITempPrefix = ".tmp-"
+)
+
+// OCIImages is the directory of converted OCI images.
+func OCIImages(cacheRoot string) string {
+	return filepath.Join(cacheRoot, "oci")
+}
+
+// OCIImageKey is the file name form of an image's config digest:
+// "sha256:<hex>" becomes "sha256-<hex>". The caller validates the digest.
+func OCIImageKey(id string) string {
+	return strings.Replace(id, ":", "-", 1)
+}
+
+// OCIImage is the cache directory of the OCI image whose config digest is
+// id.
+func OCIImage(cacheRoot, id string) string {
+	return filepath.Join(OCIImages(cacheRoot), OCIImageKey(id))
+}
+
+// OCIImageLock is the flock held while the image id is converted, so that
+// concurrent pulls of one image convert it once.
+func OCIImageLock(cacheRoot, id string) string {
+	return filepath.Join(OCIImages(cacheRoot), OCIImageKey(id)+".lock")
 }
 
 // AccelCache is the directory of the KVM probe's verdicts (one small file

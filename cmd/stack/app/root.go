@@ -131,6 +131,7 @@ func newRoot(s Streams) *cobra.Command {
 		newStopCmd(g, s),
 		newStartCmd(g, s),
 		newCacheCmd(g, s),
+		newPullCmd(g, s),
 	)
 	return root
 }

@@ -33,9 +33,10 @@ func (fw *forwarder) forward(frames [][]byte) {
 		fw.resize(ptr)
 	}
 	now := sw.cfg.Now().UnixNano()
-	var rxBytes, rxFrames, drops uint64
+	var rxBytes, rxFrames, drops, spoofed uint64
 	t := &sw.table
 	fw.learn = fw.learn[:0]
+	pinned := len(src.pins) > 0
 
 	t.mu.RLock()
 	for _, f := range frames {
@@ -43,14 +44,21 @@ func (fw *forwarder) forward(frames [][]byte) {
 			drops++
 			continue
 		}
-		rxFrames++
-		rxBytes += uint64(len(f))
 		s := srcMAC(f)
 		if e := t.m[s]; e == nil || e.port != src {
+			// A pinned port's own addresses are static entries behind
+			// it, so only a spoofed frame gets here; and nobody may
+			// send from an address pinned elsewhere.
+			if pinned || (e != nil && e.static) {
+				spoofed++
+				continue
+			}
 			fw.learn = appendUnique(fw.learn, s)
 		} else if now-e.seen.Load() > refreshEvery {
-			e.seen.Store(now)
+			e.seen.Store(now) // never for a static entry: its seen is ahead
 		}
+		rxFrames++
+		rxBytes += uint64(len(f))
 		d := dstMAC(f)
 		if !d.IsMulticast() {
 			if e := t.lookupLocked(d, now); e != nil {
@@ -77,8 +85,11 @@ func (fw *forwarder) forward(frames [][]byte) {
 	}
 	src.rxFrames.Add(rxFrames)
 	src.rxBytes.Add(rxBytes)
-	if drops > 0 {
-		src.rxDrops.Add(drops)
+	if drops+spoofed > 0 {
+		src.rxDrops.Add(drops + spoofed)
+		if spoofed > 0 {
+			src.spoofDrops.Add(spoofed)
+		}
 	}
 
 	for i, q := range fw.pend {
@@ -159,9 +170,10 @@ func (in *internalIO) close() error   { return nil }
 // during the call. recv may call Inject (a frame never comes back to the
 // port it entered by), but two internal ports on one switch must not both
 // answer synchronously: each would wait for the other's recv.
-func (sw *Switch) AddInternal(name string, recv func(frame []byte)) (*InternalPort, error) {
+func (sw *Switch) AddInternal(name string, recv func(frame []byte), opts ...PortOption) (*InternalPort, error) {
+	o := collectOptions(opts)
 	io := &internalIO{recv: recv}
-	p, err := sw.addPort(name, KindInternal, "", io, false)
+	p, err := sw.addPort(name, KindInternal, "", io, false, o)
 	if err != nil {
 		return nil, err
 	}

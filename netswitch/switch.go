@@ -18,10 +18,16 @@
 // without waiting, until a send succeeds again. So a paused VM costs the
 // others at most one stall timeout, not a blocked switch.
 //
+// A port may be created with pinned addresses (PinMACs): the VM NIC's
+// configured MAC. Such a port sends from those addresses only, nobody else
+// may send from them, and they never age out. Ports without pins learn as a
+// plain learning switch does; a guest behind one can take over any
+// unpinned address, so every VM port should be pinned.
+//
 // Use from the supervisor, per network:
 //
 //	sw, _ := netswitch.New(netswitch.Config{Name: net, Dir: filenames.NetworkRuntime(run, ns, net)})
-//	swPath, _ := sw.AddDgramPort(portName, vmmPath) // NIC{DgramLocal: vmmPath, DgramRemote: swPath}
+//	swPath, _ := sw.AddDgramPort(portName, vmmPath, netswitch.PinMACs(nic.MAC)) // NIC{DgramLocal: vmmPath, DgramRemote: swPath}
 //	...
 //	sw.RemovePort(portName); sw.Close()
 package netswitch
@@ -221,10 +227,14 @@ type port struct {
 	path string // socket file the switch created, removed on close
 
 	learned int // addresses in the table behind this port; under table.mu
+	// pins are the port's pinned addresses (PinMACs); a port with pins
+	// sends from them only and learns nothing. Fixed at creation.
+	pins    []MAC
 	removed atomic.Bool
 
 	rxFrames, rxBytes, rxDrops atomic.Uint64
 	txFrames, txBytes, txDrops atomic.Uint64
+	spoofDrops                 atomic.Uint64
 }
 
 // Port kinds, as reported in Stats.
@@ -236,9 +246,9 @@ const (
 	KindInternal   = "internal"
 )
 
-// addPort registers a port and, when the transport reads on its own, starts
-// its reader.
-func (sw *Switch) addPort(name, kind, path string, io portIO, reader bool) (*port, error) {
+// addPort registers a port with its pinned addresses and, when the
+// transport reads on its own, starts its reader.
+func (sw *Switch) addPort(name, kind, path string, io portIO, reader bool, o portOptions) (*port, error) {
 	sw.mu.Lock()
 	defer sw.mu.Unlock()
 	if sw.closed {
@@ -247,7 +257,12 @@ func (sw *Switch) addPort(name, kind, path string, io portIO, reader bool) (*por
 	if _, ok := sw.byName[name]; ok {
 		return nil, fmt.Errorf("add port %q: name in use", name)
 	}
-	p := &port{name: name, kind: kind, io: io, path: path}
+	p := &port{name: name, kind: kind, io: io, path: path, pins: append([]MAC(nil), o.pins...)}
+	for _, m := range p.pins {
+		if m.IsMulticast() || m.IsZero() {
+			return nil, fmt.Errorf("add port %q: cannot pin %s", name, m)
+		}
+	}
 	old := *sw.ports.Load()
 	slot := -1
 	for i, q := range old {
@@ -261,7 +276,12 @@ func (sw *Switch) addPort(name, kind, path string, io portIO, reader bool) (*por
 		slot = len(next)
 		next = append(next, nil)
 	}
-	p.slot = slot
+	p.slot = slot // before pin publishes p to the forwarders
+	if len(p.pins) > 0 {
+		if err := sw.table.pin(p, p.pins); err != nil {
+			return nil, fmt.Errorf("add port %q: %w", name, err)
+		}
+	}
 	next[slot] = p
 	sw.byName[name] = p
 	sw.ports.Store(&next)
@@ -336,8 +356,8 @@ func (sw *Switch) Close() error {
 
 // PortStats are one port's counters. Rx counts what the port sent into the
 // switch, Tx what the switch delivered to it. Drops in are refused frames
-// (runts, oversize, bad source, strangers, bad stream prefixes); drops out
-// are frames the port could not take (full, gone).
+// (runts, oversize, bad source, strangers, bad stream prefixes, spoofed
+// sources); drops out are frames the port could not take (full, gone).
 type PortStats struct {
 	Name     string `json:"name"`
 	Kind     string `json:"kind"`
@@ -347,7 +367,12 @@ type PortStats struct {
 	TxFrames uint64 `json:"tx_frames"`
 	TxBytes  uint64 `json:"tx_bytes"`
 	TxDrops  uint64 `json:"tx_drops"`
-	// MACs is how many addresses are learned behind the port.
+	// SpoofDrops counts the frames among RxDrops whose source address the
+	// port may not use: not one of its pinned addresses, or pinned to
+	// another port.
+	SpoofDrops uint64 `json:"spoof_drops"`
+	// MACs is how many addresses are known behind the port: learned or
+	// pinned.
 	MACs int `json:"macs"`
 }
 
@@ -374,7 +399,8 @@ func (sw *Switch) Stats() Stats {
 			Name: p.name, Kind: p.kind,
 			RxFrames: p.rxFrames.Load(), RxBytes: p.rxBytes.Load(), RxDrops: p.rxDrops.Load(),
 			TxFrames: p.txFrames.Load(), TxBytes: p.txBytes.Load(), TxDrops: p.txDrops.Load(),
-			MACs: p.learned,
+			SpoofDrops: p.spoofDrops.Load(),
+			MACs:       p.learned + len(p.pins),
 		})
 	}
 	sw.table.mu.RUnlock()

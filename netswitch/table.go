@@ -1,6 +1,7 @@
 package netswitch
 
 import (
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -9,10 +10,19 @@ import (
 // macEntry says behind which port an address was last seen. The port never
 // changes while the entry is in the map (a move replaces the entry's port
 // under the write lock); seen is refreshed under the read lock.
+//
+// A static entry is an address pinned to its port (PinMACs): it never
+// moves, and its seen lies so far in the future that it never expires and is
+// never refreshed, which keeps the forwarding path free of a branch for it.
 type macEntry struct {
-	port *port
-	seen atomic.Int64 // unix nanoseconds
+	port   *port
+	seen   atomic.Int64 // unix nanoseconds
+	static bool
 }
+
+// staticSeen is the seen time of static entries (year 2116: now-seen stays
+// negative, and far from overflowing, for any clock a test injects).
+const staticSeen = int64(1) << 62
 
 // macTable is the learning table. Lookups take the read lock once per
 // batch; learning a new or moved address takes the write lock.
@@ -52,8 +62,16 @@ func (t *macTable) learn(m MAC, p *port, now int64) bool {
 	defer t.mu.Unlock()
 	e := t.m[m]
 	if e != nil && e.port == p {
-		e.seen.Store(now)
+		if !e.static {
+			e.seen.Store(now)
+		}
 		return true
+	}
+	if e != nil && e.static {
+		// Forwarding drops such frames before they get here; this keeps
+		// the table's own contract.
+		t.refused.Add(1)
+		return false
 	}
 	if p.learned >= t.perPort || (e == nil && len(t.m) >= t.max) {
 		t.refused.Add(1)
@@ -75,6 +93,28 @@ func (t *macTable) learn(m MAC, p *port, now int64) bool {
 	return true
 }
 
+// pin installs p's pinned addresses as static entries. It fails, changing
+// nothing, when one of them is pinned to another port; an address learned
+// behind another port moves to p.
+func (t *macTable) pin(p *port, macs []MAC) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, m := range macs {
+		if e := t.m[m]; e != nil && e.static && e.port != p {
+			return fmt.Errorf("pin %s: pinned to port %q", m, e.port.name)
+		}
+	}
+	for _, m := range macs {
+		if e := t.m[m]; e != nil && !e.static {
+			e.port.learned--
+		}
+		ne := &macEntry{port: p, static: true}
+		ne.seen.Store(staticSeen)
+		t.m[m] = ne
+	}
+	return nil
+}
+
 // forget drops every address behind p (the port is being removed).
 func (t *macTable) forget(p *port) {
 	t.mu.Lock()
@@ -93,7 +133,7 @@ func (t *macTable) expire(now int64) int {
 	defer t.mu.Unlock()
 	n := 0
 	for m, e := range t.m {
-		if now-e.seen.Load() > t.maxAge {
+		if now-e.seen.Load() > t.maxAge { // never true for static entries
 			e.port.learned--
 			delete(t.m, m)
 			n++

@@ -22,6 +22,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/stackvm/stack/netswitch"
@@ -122,6 +123,14 @@ type Gateway struct {
 	hosts   map[string]netip.Addr // lower-case name -> address
 	leases  map[netswitch.MAC]netip.Addr
 	publish map[string]*publisher
+	// neigh are the static neighbour entries in the stack, one per
+	// lease; under mu.
+	neigh map[netip.Addr]netswitch.MAC
+	// senders is the leases keyed by MAC as the intake checks them,
+	// replaced whole on every update so that reading it takes no lock.
+	senders atomic.Pointer[senders]
+
+	stats counters
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -168,10 +177,14 @@ func New(cfg Config) (*Gateway, error) {
 		publish: map[string]*publisher{},
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
-	if err := g.setHosts(cfg.Hosts, cfg.Leases); err != nil {
+	if err := g.buildStack(); err != nil {
+		g.cancel()
 		return nil, fmt.Errorf("create gateway for %s: %w", cfg.Network, err)
 	}
-	if err := g.buildStack(); err != nil {
+	if err := g.setHosts(cfg.Hosts, cfg.Leases); err != nil {
+		g.cancel()
+		g.s.Close()
+		g.s.Wait()
 		return nil, fmt.Errorf("create gateway for %s: %w", cfg.Network, err)
 	}
 	return g, nil
@@ -224,7 +237,9 @@ func (g *Gateway) buildStack() error {
 // Attach adds the gateway to sw as an internal port and starts its
 // services.
 func (g *Gateway) Attach(sw *netswitch.Switch) error {
-	p, err := sw.AddInternal(PortName, g.fromSwitch)
+	// The gateway's MAC is pinned to its port: a guest sending from it
+	// would otherwise draw every other guest's gateway traffic to itself.
+	p, err := sw.AddInternal(PortName, g.fromSwitch, netswitch.PinMACs(g.mac))
 	if err != nil {
 		return fmt.Errorf("attach gateway to %s: %w", g.cfg.Network, err)
 	}
@@ -255,9 +270,10 @@ func (g *Gateway) Attach(sw *netswitch.Switch) error {
 
 // fromSwitch takes a frame from the switch into the stack. Only frames for
 // the gateway's own MAC, broadcasts and multicasts go in (the switch floods
-// unknown unicast, and the stack is promiscuous when egress is on), and
-// only ARP requests for the gateway's address: a promiscuous stack would
-// answer ARP for every address.
+// unknown unicast, and the stack is promiscuous when egress is on), only
+// ARP requests for the gateway's address (a promiscuous stack would answer
+// ARP for every address), and only frames whose sender is who the leases
+// say (see spoofed).
 func (g *Gateway) fromSwitch(f []byte) {
 	if len(f) < header.EthernetMinimumSize {
 		return
@@ -265,11 +281,12 @@ func (g *Gateway) fromSwitch(f []byte) {
 	if f[0]&1 == 0 && [6]byte(f[0:6]) != g.mac {
 		return
 	}
+	if g.spoofed(f) {
+		g.stats.spoofed.Add(1)
+		return
+	}
 	if header.Ethernet(f).Type() == header.ARPProtocolNumber {
 		a := header.ARP(f[header.EthernetMinimumSize:])
-		if !a.IsValid() {
-			return
-		}
 		if a.Op() == header.ARPRequest && [4]byte(a.ProtocolAddressTarget()) != g.gw4 {
 			return
 		}
@@ -310,6 +327,10 @@ func (g *Gateway) Update(u Update) error {
 	return nil
 }
 
+// setHosts replaces the names and leases, and with the leases the static
+// neighbour entries and the senders the intake accepts. An address may be
+// leased to one MAC only: the lease is also what the gateway believes about
+// who has the address.
 func (g *Gateway) setHosts(hosts map[string]netip.Addr, leases map[netswitch.MAC]netip.Addr) error {
 	h := make(map[string]netip.Addr, len(hosts))
 	for n, a := range hosts {
@@ -319,15 +340,51 @@ func (g *Gateway) setHosts(hosts map[string]netip.Addr, leases map[netswitch.MAC
 		h[strings.ToLower(n)] = a
 	}
 	l := make(map[netswitch.MAC]netip.Addr, len(leases))
+	neigh := make(map[netip.Addr]netswitch.MAC, len(leases))
+	who := &senders{byMAC: make(map[netswitch.MAC][4]byte, len(leases)), byIP: make(map[[4]byte]netswitch.MAC, len(leases))}
 	for mac, a := range leases {
 		if !a.Is4() || !g.cfg.Subnet.Contains(a) || a == g.cfg.GatewayIP {
 			return fmt.Errorf("lease for %s: address %v not usable in %v", mac, a, g.cfg.Subnet)
 		}
+		if other, dup := neigh[a]; dup {
+			return fmt.Errorf("lease for %s: address %v also leased to %s", mac, a, other)
+		}
+		if mac.IsMulticast() || mac.IsZero() {
+			return fmt.Errorf("lease for %s: not a unicast MAC", mac)
+		}
 		l[mac] = a
+		neigh[a] = mac
+		who.byMAC[mac] = a.As4()
+		who.byIP[a.As4()] = mac
 	}
 	g.mu.Lock()
+	defer g.mu.Unlock()
 	g.hosts, g.leases = h, l
-	g.mu.Unlock()
+	g.senders.Store(who)
+	return g.setNeighborsLocked(neigh)
+}
+
+// setNeighborsLocked makes the stack's static neighbour entries exactly
+// want. Static entries are what keeps the gateway's own traffic to a guest
+// going to that guest's MAC: the stack ignores ARP about an address it has a
+// static entry for, so a forged ARP reply or request cannot redirect it.
+func (g *Gateway) setNeighborsLocked(want map[netip.Addr]netswitch.MAC) error {
+	for a := range g.neigh {
+		if _, ok := want[a]; !ok {
+			// Not found is fine: the entry may have been removed with
+			// the NIC.
+			g.s.RemoveNeighbor(nicID, ipv4.ProtocolNumber, tcpip.AddrFrom4(a.As4()))
+		}
+	}
+	for a, mac := range want {
+		if old, ok := g.neigh[a]; ok && old == mac {
+			continue
+		}
+		if err := g.s.AddStaticNeighbor(nicID, ipv4.ProtocolNumber, tcpip.AddrFrom4(a.As4()), tcpip.LinkAddress(mac[:])); err != nil {
+			return fmt.Errorf("add neighbour %v: %s", a, err)
+		}
+	}
+	g.neigh = want
 	return nil
 }
 

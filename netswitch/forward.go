@@ -1,6 +1,9 @@
 package netswitch
 
-import "sync"
+import (
+	"fmt"
+	"sync"
+)
 
 // forwarder is the forwarding state of one source of frames (a port's
 // reader goroutine, or the callers of an internal port under its lock). It
@@ -19,6 +22,7 @@ type forwarder struct {
 func (sw *Switch) newForwarder(src *port) *forwarder {
 	fw := &forwarder{sw: sw, src: src, learn: make([]MAC, 0, maxBatch)}
 	fw.send.init()
+	fw.send.src = src
 	return fw
 }
 
@@ -167,13 +171,21 @@ func (in *internalIO) close() error   { return nil }
 
 // AddInternal adds an in-process port. recv is called for every frame the
 // switch delivers to the port, one call at a time; the frame is only valid
-// during the call. recv may call Inject (a frame never comes back to the
-// port it entered by), but two internal ports on one switch must not both
-// answer synchronously: each would wait for the other's recv.
+// during the call. Without QueuePerSource, recv runs on the sender's
+// goroutine: it may call Inject (a frame never comes back to the port it
+// entered by), but two such internal ports on one switch must not both
+// answer synchronously, as each would wait for the other's recv. With
+// QueuePerSource, recv runs on a goroutine of the port's own.
 func (sw *Switch) AddInternal(name string, recv func(frame []byte), opts ...PortOption) (*InternalPort, error) {
 	o := collectOptions(opts)
-	io := &internalIO{recv: recv}
-	p, err := sw.addPort(name, KindInternal, "", io, false, o)
+	if o.queue < 0 {
+		return nil, fmt.Errorf("add internal port %q: queue depth %d", name, o.queue)
+	}
+	var io portIO = &internalIO{recv: recv}
+	if o.queue > 0 {
+		io = newQueuedIO(recv, o.queue, sw.maxFrame)
+	}
+	p, err := sw.addPort(name, KindInternal, "", io, o.queue > 0, o)
 	if err != nil {
 		return nil, err
 	}

@@ -128,7 +128,7 @@ func TestPinnedDgramPort(t *testing.T) {
 	v.send(t, f)
 	waitFor(t, func() bool { st, _ := sw.PortStats("vm1"); return st.RxFrames == 1 })
 	wantFrames(t, b, f)
-	if _, err := sw.AddStreamPort("s", func(o *portOptions) { o.queue = 4 }); err == nil {
+	if _, err := sw.AddStreamPort("s", QueuePerSource(4)); err == nil {
 		t.Fatalf("a stream port took an internal port's option")
 	}
 }

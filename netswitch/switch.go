@@ -234,7 +234,7 @@ type port struct {
 
 	rxFrames, rxBytes, rxDrops atomic.Uint64
 	txFrames, txBytes, txDrops atomic.Uint64
-	spoofDrops                 atomic.Uint64
+	spoofDrops, queueDrops     atomic.Uint64
 }
 
 // Port kinds, as reported in Stats.
@@ -371,6 +371,10 @@ type PortStats struct {
 	// port may not use: not one of its pinned addresses, or pinned to
 	// another port.
 	SpoofDrops uint64 `json:"spoof_drops"`
+	// QueueDrops counts frames from this port that an internal port with
+	// QueuePerSource (the gateway) dropped because this port's queue
+	// into it was full.
+	QueueDrops uint64 `json:"queue_drops"`
 	// MACs is how many addresses are known behind the port: learned or
 	// pinned.
 	MACs int `json:"macs"`
@@ -399,8 +403,8 @@ func (sw *Switch) Stats() Stats {
 			Name: p.name, Kind: p.kind,
 			RxFrames: p.rxFrames.Load(), RxBytes: p.rxBytes.Load(), RxDrops: p.rxDrops.Load(),
 			TxFrames: p.txFrames.Load(), TxBytes: p.txBytes.Load(), TxDrops: p.txDrops.Load(),
-			SpoofDrops: p.spoofDrops.Load(),
-			MACs:       p.learned + len(p.pins),
+			SpoofDrops: p.spoofDrops.Load(), QueueDrops: p.queueDrops.Load(),
+			MACs: p.learned + len(p.pins),
 		})
 	}
 	sw.table.mu.RUnlock()

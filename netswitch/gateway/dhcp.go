@@ -19,20 +19,18 @@ import (
 // address the planner assigned to their MAC (static leases only); unknown
 // clients get no answer, so that two servers on one segment cannot fight
 // over them and an unexpected guest stays visible as unconfigured.
+//
+// Messages wait in a fair queue keyed by client MAC (which the intake has
+// checked against the frame's source), so that one client's flood does not
+// keep another's messages from being answered.
 func (g *Gateway) startDHCP() error {
-	var wq waiter.Queue
-	ep, terr := g.s.NewEndpoint(udp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
-	if terr != nil {
-		return fmt.Errorf("open dhcp socket: %s", terr)
+	conn, err := g.listenUDP(tcpip.FullAddress{NIC: nicID, Port: 67}, true)
+	if err != nil {
+		return fmt.Errorf("open dhcp socket: %w", err)
 	}
-	ep.SocketOptions().SetBroadcast(true)
-	if terr := ep.Bind(tcpip.FullAddress{NIC: nicID, Port: 67}); terr != nil {
-		ep.Close()
-		return fmt.Errorf("bind dhcp socket: %s", terr)
-	}
-	conn := gonet.NewUDPConn(&wq, ep)
 	g.addCloser(conn.Close)
-	g.wg.Add(1)
+	q := newFairQueue[netswitch.MAC, []byte](g.cfg.Limits.ServiceQueuePerClient, g.cfg.Limits.ServiceQueue)
+	g.wg.Add(2)
 	go func() {
 		defer g.wg.Done()
 		buf := make([]byte, 1500)
@@ -41,17 +39,50 @@ func (g *Gateway) startDHCP() error {
 			if err != nil {
 				return
 			}
-			reply, dst, err := g.dhcpReply(buf[:n])
+			if n < dhcpChaddrEnd || !q.push(netswitch.MAC(buf[dhcpChaddr:dhcpChaddrEnd]), append([]byte(nil), buf[:n]...)) {
+				g.stats.serviceDrops.Add(1)
+			}
+		}
+	}()
+	go func() {
+		defer g.wg.Done()
+		for {
+			_, msg, ok := q.pop(g.ctx.Done())
+			if !ok {
+				return
+			}
+			reply, dst, err := g.dhcpReply(msg)
 			if err != nil {
 				g.log.Debug("dhcp request ignored", "err", err)
 				continue
 			}
-			if _, err := conn.WriteTo(reply.ToBytes(), dst); err != nil {
+			if _, err := conn.WriteTo(reply.ToBytes(), dst); err != nil && g.ctx.Err() == nil {
 				g.log.Warn("send dhcp reply", "err", err)
 			}
 		}
 	}()
 	return nil
+}
+
+// serviceRcvBuf is the receive buffer of the DNS and DHCP sockets, whose
+// readers only move requests into the fair queues: a burst waits there,
+// where each client has its share, rather than in the socket.
+const serviceRcvBuf = 1 << 20
+
+// listenUDP opens a UDP socket of the gateway's stack bound at addr.
+func (g *Gateway) listenUDP(addr tcpip.FullAddress, broadcast bool) (*gonet.UDPConn, error) {
+	var wq waiter.Queue
+	ep, terr := g.s.NewEndpoint(udp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	if terr != nil {
+		return nil, fmt.Errorf("create socket: %s", terr)
+	}
+	ep.SocketOptions().SetBroadcast(broadcast)
+	ep.SocketOptions().SetReceiveBufferSize(serviceRcvBuf, true)
+	if terr := ep.Bind(addr); terr != nil {
+		ep.Close()
+		return nil, fmt.Errorf("bind socket: %s", terr)
+	}
+	return gonet.NewUDPConn(&wq, ep), nil
 }
 
 var errNoLease = errors.New("no lease for client")

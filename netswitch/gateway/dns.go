@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -14,15 +15,18 @@ import (
 
 // startDNS serves DNS on UDP and TCP port 53 of the gateway address.
 //
-// UDP queries for the gateway's own names are answered in arrival order by
-// the reading goroutine. Order matters: resolvers send A and AAAA back to
+// UDP queries wait in a fair queue keyed by client address (which the
+// intake has checked against the frame's source MAC), so that one guest's
+// flood of queries does not keep another's from being answered. Queries
+// for the gateway's own names are answered by one goroutine in the order
+// each client sent them. Order matters: resolvers send A and AAAA back to
 // back, and some (busybox nslookup on a guest whose clock is coarse, as
 // under TCG) give both the same ID and match replies by ID alone, so an
 // AAAA answer overtaking the A answer reads as "no address". Queries that
 // go upstream are answered concurrently.
 func (g *Gateway) startDNS() error {
 	addr := fullAddr(g.cfg.GatewayIP, 53)
-	pc, err := gonet.DialUDP(g.s, &addr, nil, ipv4.ProtocolNumber)
+	pc, err := g.listenUDP(addr, false)
 	if err != nil {
 		return fmt.Errorf("open dns socket: %w", err)
 	}
@@ -52,16 +56,44 @@ func (g *Gateway) startDNS() error {
 	return nil
 }
 
+// dnsRequest is a UDP query as read, waiting for its turn.
+type dnsRequest struct {
+	msg  []byte
+	from net.Addr
+}
+
+// serveDNSUDP reads queries into the fair queue; answerDNSUDP answers them.
 func (g *Gateway) serveDNSUDP(pc *gonet.UDPConn) {
 	defer g.wg.Done()
+	q := newFairQueue[netip.Addr, dnsRequest](g.cfg.Limits.ServiceQueuePerClient, g.cfg.Limits.ServiceQueue)
+	g.wg.Add(1)
+	go g.answerDNSUDP(pc, q)
 	buf := make([]byte, 65535)
 	for {
 		n, from, err := pc.ReadFrom(buf)
 		if err != nil {
 			return
 		}
+		var client netip.Addr
+		if ua, ok := from.(*net.UDPAddr); ok {
+			client = ua.AddrPort().Addr().Unmap()
+		}
+		if !q.push(client, dnsRequest{msg: append([]byte(nil), buf[:n]...), from: from}) {
+			g.stats.serviceDrops.Add(1)
+		}
+	}
+}
+
+func (g *Gateway) answerDNSUDP(pc *gonet.UDPConn, q *fairQueue[netip.Addr, dnsRequest]) {
+	defer g.wg.Done()
+	for {
+		_, r, ok := q.pop(g.ctx.Done())
+		if !ok {
+			return
+		}
+		from := r.from
 		req := new(dns.Msg)
-		if req.Unpack(buf[:n]) != nil || req.Response {
+		if req.Unpack(r.msg) != nil || req.Response {
 			continue // not a query: no answer, as the RFC allows for garbage
 		}
 		reply := func() {

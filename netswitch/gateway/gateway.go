@@ -6,7 +6,10 @@
 // The IP layer is gVisor's netstack (gvisor.dev/gvisor/pkg/tcpip), attached
 // to the network's switch as one in-process port: frames from the switch
 // are injected into the stack, frames the stack sends are injected into the
-// switch. DHCP is answered with the insomniacslk/dhcp codec on a netstack
+// switch. Frames come in through one bounded queue per switch port, taken
+// in turn, and the DNS and DHCP requests wait in per-client queues, so that
+// a guest flooding the gateway loses its own excess and delays the others
+// by little (see Limits). docs/security.md gives the threat model. DHCP is answered with the insomniacslk/dhcp codec on a netstack
 // UDP socket and DNS with miekg/dns on netstack UDP and TCP sockets, so the
 // policy (who gets which address, which names exist) is ours while TCP,
 // ARP, ICMP echo and IP are the well-tested stack's.
@@ -91,7 +94,50 @@ type Config struct {
 	// 127.0.0.1).
 	PublishHost netip.Addr
 
+	// Limits bound what the guests can make the gateway queue and hold;
+	// zero fields take the defaults in DefaultLimits.
+	Limits Limits
+
 	Logger *slog.Logger
+}
+
+// Limits bound the gateway's resources per network and per VM. A VM is
+// told apart by its source address, which the intake checks against the
+// leases (see spoofed), so one VM cannot spend another's share.
+type Limits struct {
+	// IntakeQueue is how many frames each switch port may have waiting
+	// for the gateway (netswitch.QueuePerSource). A port sending faster
+	// than the gateway takes frames loses its own excess; the others' are
+	// taken in turn with its own.
+	IntakeQueue int
+	// ServiceQueuePerClient and ServiceQueue bound the DNS queries (per
+	// client address) and DHCP messages (per client MAC) waiting for an
+	// answer: for one client, and for all. Requests beyond are dropped;
+	// clients retry.
+	ServiceQueuePerClient int
+	ServiceQueue          int
+}
+
+// DefaultLimits are the limits a zero Config.Limits field takes.
+var DefaultLimits = Limits{
+	IntakeQueue:           256,
+	ServiceQueuePerClient: 64,
+	ServiceQueue:          1024,
+}
+
+// withDefaults fills l's zero fields from DefaultLimits.
+func (l Limits) withDefaults() Limits {
+	d := DefaultLimits
+	for _, f := range []struct{ v, def *int }{
+		{&l.IntakeQueue, &d.IntakeQueue},
+		{&l.ServiceQueuePerClient, &d.ServiceQueuePerClient},
+		{&l.ServiceQueue, &d.ServiceQueue},
+	} {
+		if *f.v <= 0 {
+			*f.v = *f.def
+		}
+	}
+	return l
 }
 
 // Update is what may change while the gateway runs.
@@ -158,6 +204,7 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	cfg.Limits = cfg.Limits.withDefaults()
 	if cfg.Dial == nil {
 		var d net.Dialer
 		cfg.Dial = d.DialContext
@@ -239,7 +286,10 @@ func (g *Gateway) buildStack() error {
 func (g *Gateway) Attach(sw *netswitch.Switch) error {
 	// The gateway's MAC is pinned to its port: a guest sending from it
 	// would otherwise draw every other guest's gateway traffic to itself.
-	p, err := sw.AddInternal(PortName, g.fromSwitch, netswitch.PinMACs(g.mac))
+	// Each port has its own queue into the gateway, so that a port's flood
+	// costs that port: the switch drops its excess and takes the other
+	// ports' frames in turn.
+	p, err := sw.AddInternal(PortName, g.fromSwitch, netswitch.PinMACs(g.mac), netswitch.QueuePerSource(g.cfg.Limits.IntakeQueue))
 	if err != nil {
 		return fmt.Errorf("attach gateway to %s: %w", g.cfg.Network, err)
 	}

@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -39,7 +41,18 @@ func (g *Gateway) startDNS() error {
 	g.wg.Add(1)
 	go g.serveDNSUDP(pc)
 
-	tcpSrv := &dns.Server{Listener: ln, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+	lim := &limitedListener{Listener: ln, slots: g.dnsConns, drops: &g.stats.dnsConnDrops}
+	tcpSrv := &dns.Server{Listener: lim, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+		if !g.isLocalName(req) {
+			client := clientAddr(w.RemoteAddr())
+			if !g.upstream.acquire(client) {
+				g.stats.upstreamDrops.Add(1)
+				m := new(dns.Msg)
+				w.WriteMsg(m.SetRcode(req, dns.RcodeServerFailure))
+				return
+			}
+			defer g.upstream.release(client)
+		}
 		w.WriteMsg(g.answerDNS(req, "tcp"))
 	})}
 	started := make(chan struct{})
@@ -74,11 +87,7 @@ func (g *Gateway) serveDNSUDP(pc *gonet.UDPConn) {
 		if err != nil {
 			return
 		}
-		var client netip.Addr
-		if ua, ok := from.(*net.UDPAddr); ok {
-			client = ua.AddrPort().Addr().Unmap()
-		}
-		if !q.push(client, dnsRequest{msg: append([]byte(nil), buf[:n]...), from: from}) {
+		if !q.push(clientAddr(from), dnsRequest{msg: append([]byte(nil), buf[:n]...), from: from}) {
 			g.stats.serviceDrops.Add(1)
 		}
 	}
@@ -113,9 +122,15 @@ func (g *Gateway) answerDNSUDP(pc *gonet.UDPConn, q *fairQueue[netip.Addr, dnsRe
 			reply()
 			continue
 		}
+		client := clientAddr(from)
+		if !g.upstream.acquire(client) {
+			g.stats.upstreamDrops.Add(1) // no answer: the client retries
+			continue
+		}
 		g.wg.Add(1)
 		go func() {
 			defer g.wg.Done()
+			defer g.upstream.release(client)
 			reply()
 		}()
 	}
@@ -205,7 +220,11 @@ func (g *Gateway) forwardDNS(req *dns.Msg, network string) *dns.Msg {
 		if err != nil {
 			continue
 		}
+		// The exchange waits for its read deadline, not for ctx: closing
+		// the connection is what ends it when the gateway closes.
+		stop := context.AfterFunc(ctx, func() { conn.Close() })
 		resp, _, err := c.ExchangeWithConnContext(ctx, req, &dns.Conn{Conn: conn})
+		stop()
 		conn.Close()
 		if err == nil {
 			return resp
@@ -213,4 +232,50 @@ func (g *Gateway) forwardDNS(req *dns.Msg, network string) *dns.Msg {
 	}
 	m.SetRcode(req, dns.RcodeServerFailure)
 	return m
+}
+
+// clientAddr is the address of a DNS client.
+func clientAddr(a net.Addr) netip.Addr {
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		return a.AddrPort().Addr().Unmap()
+	case *net.TCPAddr:
+		return a.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+// limitedListener closes connections beyond its slots (per client and in
+// all) as soon as they are accepted.
+type limitedListener struct {
+	net.Listener
+	slots *clientSlots
+	drops *atomic.Uint64
+}
+
+func (l *limitedListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		client := clientAddr(c.RemoteAddr())
+		if !l.slots.acquire(client) {
+			l.drops.Add(1)
+			c.Close()
+			continue
+		}
+		return &slotConn{Conn: c, release: sync.OnceFunc(func() { l.slots.release(client) })}, nil
+	}
+}
+
+// slotConn gives its slot back when closed.
+type slotConn struct {
+	net.Conn
+	release func()
+}
+
+func (c *slotConn) Close() error {
+	c.release()
+	return c.Conn.Close()
 }

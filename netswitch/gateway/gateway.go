@@ -116,6 +116,28 @@ type Limits struct {
 	// clients retry.
 	ServiceQueuePerClient int
 	ServiceQueue          int
+
+	// Flows and FlowsPerVM bound the egress flows (UDP 5-tuples, TCP
+	// connections being dialled or established), each of which holds a
+	// host socket: in all, and per guest. A new flow beyond a bound evicts
+	// the least recently used flow of that guest, or at the total bound
+	// of the guest with the most flows.
+	Flows      int
+	FlowsPerVM int
+	// UDPIdle closes an egress UDP flow without traffic for this long once
+	// the destination has answered; UDPUnrepliedIdle one it never has.
+	UDPIdle          time.Duration
+	UDPUnrepliedIdle time.Duration
+
+	// UpstreamDNS and UpstreamDNSPerVM bound the DNS queries relayed to
+	// the host's resolvers at once. A UDP query beyond is dropped, a TCP
+	// one answered SERVFAIL.
+	UpstreamDNS      int
+	UpstreamDNSPerVM int
+	// DNSTCPConns and DNSTCPConnsPerVM bound the open DNS-over-TCP
+	// connections to the gateway; one beyond is closed at once.
+	DNSTCPConns      int
+	DNSTCPConnsPerVM int
 }
 
 // DefaultLimits are the limits a zero Config.Limits field takes.
@@ -123,6 +145,14 @@ var DefaultLimits = Limits{
 	IntakeQueue:           256,
 	ServiceQueuePerClient: 64,
 	ServiceQueue:          1024,
+	Flows:                 4096,
+	FlowsPerVM:            1024,
+	UDPIdle:               60 * time.Second,
+	UDPUnrepliedIdle:      10 * time.Second,
+	UpstreamDNS:           256,
+	UpstreamDNSPerVM:      64,
+	DNSTCPConns:           256,
+	DNSTCPConnsPerVM:      16,
 }
 
 // withDefaults fills l's zero fields from DefaultLimits.
@@ -132,10 +162,22 @@ func (l Limits) withDefaults() Limits {
 		{&l.IntakeQueue, &d.IntakeQueue},
 		{&l.ServiceQueuePerClient, &d.ServiceQueuePerClient},
 		{&l.ServiceQueue, &d.ServiceQueue},
+		{&l.Flows, &d.Flows},
+		{&l.FlowsPerVM, &d.FlowsPerVM},
+		{&l.UpstreamDNS, &d.UpstreamDNS},
+		{&l.UpstreamDNSPerVM, &d.UpstreamDNSPerVM},
+		{&l.DNSTCPConns, &d.DNSTCPConns},
+		{&l.DNSTCPConnsPerVM, &d.DNSTCPConnsPerVM},
 	} {
 		if *f.v <= 0 {
 			*f.v = *f.def
 		}
+	}
+	if l.UDPIdle <= 0 {
+		l.UDPIdle = d.UDPIdle
+	}
+	if l.UDPUnrepliedIdle <= 0 {
+		l.UDPUnrepliedIdle = d.UDPUnrepliedIdle
 	}
 	return l
 }
@@ -177,6 +219,11 @@ type Gateway struct {
 	senders atomic.Pointer[senders]
 
 	stats counters
+	// flows are the egress flows; upstream the DNS queries relayed to the
+	// host's resolvers, dnsConns the DNS-over-TCP connections.
+	flows    *flowTable
+	upstream *clientSlots
+	dnsConns *clientSlots
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -217,11 +264,14 @@ func New(cfg Config) (*Gateway, error) {
 		cfg.MAC = netswitch.MAC{0x02, h[0], h[1], h[2], h[3], h[4]}
 	}
 	g := &Gateway{
-		cfg:     cfg,
-		log:     cfg.Logger.With("network", cfg.Network, "gateway", cfg.GatewayIP),
-		mac:     cfg.MAC,
-		gw4:     cfg.GatewayIP.As4(),
-		publish: map[string]*publisher{},
+		cfg:      cfg,
+		log:      cfg.Logger.With("network", cfg.Network, "gateway", cfg.GatewayIP),
+		mac:      cfg.MAC,
+		gw4:      cfg.GatewayIP.As4(),
+		publish:  map[string]*publisher{},
+		flows:    newFlowTable(cfg.Limits),
+		upstream: newClientSlots(cfg.Limits.UpstreamDNSPerVM, cfg.Limits.UpstreamDNS),
+		dnsConns: newClientSlots(cfg.Limits.DNSTCPConnsPerVM, cfg.Limits.DNSTCPConns),
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	if err := g.buildStack(); err != nil {
@@ -273,7 +323,9 @@ func (g *Gateway) buildStack() error {
 		// claims another VM's address.
 		g.s.SetPromiscuousMode(nicID, true)
 		g.s.SetSpoofing(nicID, true)
-		tf := tcp.NewForwarder(g.s, 0, 1024, g.egressTCP)
+		// The forwarder's own bound on connections being set up stays
+		// above the flow table's, which evicts (and so cancels) dials.
+		tf := tcp.NewForwarder(g.s, 0, g.cfg.Limits.Flows+1024, g.egressTCP)
 		g.s.SetTransportProtocolHandler(tcp.ProtocolNumber, tf.HandlePacket)
 		uf := udp.NewForwarder(g.s, g.egressUDP)
 		g.s.SetTransportProtocolHandler(udp.ProtocolNumber, uf.HandlePacket)
@@ -296,6 +348,10 @@ func (g *Gateway) Attach(sw *netswitch.Switch) error {
 	g.port, g.sw = p, sw
 	g.wg.Add(1)
 	go g.toSwitch()
+	if g.cfg.Egress {
+		g.wg.Add(1)
+		go g.sweepFlows()
+	}
 	if g.cfg.DHCP {
 		if err := g.startDHCP(); err != nil {
 			g.Close()

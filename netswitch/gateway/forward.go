@@ -261,9 +261,17 @@ func (g *Gateway) serveUDPPublish(ctx context.Context, p *publisher) {
 	}
 }
 
-// inSubnet reports whether an egress destination is on the network itself
-// (other VMs are reached over L2, never through the host).
-func (g *Gateway) inSubnet(a netip.Addr) bool { return g.cfg.Subnet.Contains(a) }
+// refused reports whether egress refuses a guest's destination (see
+// egressPolicy), and counts and logs a refusal.
+func (g *Gateway) refused(src, dst netip.Addr, port uint16, proto string) bool {
+	why := g.policy.refuse(dst)
+	if why == "" {
+		return false
+	}
+	g.stats.egressRefused.Add(1)
+	g.log.Debug("egress refused", "from", src, "to", netip.AddrPortFrom(dst, port), "protocol", proto, "reason", why)
+	return true
+}
 
 // egressTCP terminates a guest's TCP connection to an outside address and
 // opens it again from the host. The connection is a flow from the SYN on,
@@ -271,12 +279,12 @@ func (g *Gateway) inSubnet(a netip.Addr) bool { return g.cfg.Subnet.Contains(a) 
 // evicted dial is cancelled).
 func (g *Gateway) egressTCP(r *tcp.ForwarderRequest) {
 	id := r.ID()
-	dst := netip.AddrFrom4(id.LocalAddress.As4())
-	if g.inSubnet(dst) || !dst.IsGlobalUnicast() {
+	src, dst := netip.AddrFrom4(id.RemoteAddress.As4()), netip.AddrFrom4(id.LocalAddress.As4())
+	if g.refused(src, dst, id.LocalPort, "tcp") {
 		r.Complete(true)
 		return
 	}
-	f := g.flows.admit(netip.AddrFrom4(id.RemoteAddress.As4()), false)
+	f := g.flows.admit(src, false)
 	addr := netip.AddrPortFrom(dst, id.LocalPort).String()
 	ctx, cancel := context.WithTimeout(g.ctx, tcpDialTimeout)
 	f.onClose(cancel)
@@ -315,11 +323,11 @@ func (g *Gateway) egressTCP(r *tcp.ForwarderRequest) {
 // be ready before taking a buffer from the pool to carry it.
 func (g *Gateway) egressUDP(r *udp.ForwarderRequest) bool {
 	id := r.ID()
-	dst := netip.AddrFrom4(id.LocalAddress.As4())
-	if g.inSubnet(dst) || !dst.IsGlobalUnicast() {
+	src, dst := netip.AddrFrom4(id.RemoteAddress.As4()), netip.AddrFrom4(id.LocalAddress.As4())
+	if g.refused(src, dst, id.LocalPort, "udp") {
 		return false
 	}
-	f := g.flows.admit(netip.AddrFrom4(id.RemoteAddress.As4()), true)
+	f := g.flows.admit(src, true)
 	var wq waiter.Queue
 	ep, terr := r.CreateEndpoint(&wq)
 	if terr != nil {

@@ -70,8 +70,11 @@ type Config struct {
 	MAC netswitch.MAC
 	MTU int // default netswitch.DefaultMTU
 
-	DHCP   bool
-	DNS    bool
+	DHCP bool
+	DNS  bool
+	// Egress relays the guests' TCP and UDP to outside addresses from the
+	// host: to the internet, not to the host itself, its other networks
+	// or cloud metadata services (see EgressAllow).
 	Egress bool
 
 	// Hosts maps VM names to addresses: "<vm>" and
@@ -94,9 +97,22 @@ type Config struct {
 	// 127.0.0.1).
 	PublishHost netip.Addr
 
+	// EgressAllow lets egress reach destinations it refuses by default:
+	// the host's own addresses, RFC 1918, 100.64/10, link-local (with the
+	// metadata endpoint 169.254.169.254), other cloud metadata endpoints
+	// and reserved ranges. The loopback network, 0/8, multicast and the
+	// network's own subnet stay refused whatever it says. Note that a
+	// prefix holding one of the host's addresses opens every service the
+	// host binds to 0.0.0.0 to the guests.
+	EgressAllow []netip.Prefix
+
 	// Limits bound what the guests can make the gateway queue and hold;
 	// zero fields take the defaults in DefaultLimits.
 	Limits Limits
+
+	// hostAddrs lists the host's addresses (default: its interfaces');
+	// tests give their own.
+	hostAddrs func() ([]netip.Addr, error)
 
 	Logger *slog.Logger
 }
@@ -224,6 +240,7 @@ type Gateway struct {
 	flows    *flowTable
 	upstream *clientSlots
 	dnsConns *clientSlots
+	policy   *egressPolicy
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -272,6 +289,10 @@ func New(cfg Config) (*Gateway, error) {
 		flows:    newFlowTable(cfg.Limits),
 		upstream: newClientSlots(cfg.Limits.UpstreamDNSPerVM, cfg.Limits.UpstreamDNS),
 		dnsConns: newClientSlots(cfg.Limits.DNSTCPConnsPerVM, cfg.Limits.DNSTCPConns),
+	}
+	var err error
+	if g.policy, err = newEgressPolicy(cfg.Subnet, cfg.EgressAllow, cfg.hostAddrs); err != nil {
+		return nil, fmt.Errorf("create gateway for %s: %w", cfg.Network, err)
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	if err := g.buildStack(); err != nil {

@@ -41,6 +41,12 @@ func serveHello(t *testing.T, gs *guest) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveConns(t, ln, func(c net.Conn) { io.WriteString(c, "hello") })
+}
+
+// serveConns accepts on ln until the test ends, handing each connection to
+// handle and closing it after.
+func serveConns(t *testing.T, ln net.Listener, handle func(net.Conn)) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -49,7 +55,7 @@ func serveHello(t *testing.T, gs *guest) {
 			if err != nil {
 				return
 			}
-			io.WriteString(c, "hello")
+			handle(c)
 			c.Close()
 		}
 	}()

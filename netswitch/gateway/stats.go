@@ -30,10 +30,13 @@ type Stats struct {
 	// DNSConnDrops counts DNS-over-TCP connections closed at once because
 	// of Limits.DNSTCPConnsPerVM or Limits.DNSTCPConns.
 	DNSConnDrops uint64 `json:"dns_conn_drops"`
+	// EgressRefused counts egress flows refused for their destination
+	// (see Config.EgressAllow).
+	EgressRefused uint64 `json:"egress_refused"`
 }
 
 type counters struct {
-	spoofed, serviceDrops, upstreamDrops, dnsConnDrops atomic.Uint64
+	spoofed, serviceDrops, upstreamDrops, dnsConnDrops, egressRefused atomic.Uint64
 }
 
 // Stats returns the gateway's counters.
@@ -48,5 +51,6 @@ func (g *Gateway) Stats() Stats {
 		FlowsExpired:  g.flows.expired.Load(),
 		UpstreamDrops: g.stats.upstreamDrops.Load(),
 		DNSConnDrops:  g.stats.dnsConnDrops.Load(),
+		EgressRefused: g.stats.egressRefused.Load(),
 	}
 }

@@ -1,6 +1,7 @@
 package netswitch
 
 import (
+	"encoding/binary"
 	"fmt"
 	"sync"
 )
@@ -40,12 +41,16 @@ func (fw *forwarder) forward(frames [][]byte) {
 	var rxBytes, rxFrames, drops, spoofed uint64
 	t := &sw.table
 	fw.learn = fw.learn[:0]
-	pinned := len(src.pins) > 0
+	pinned, pinnedIPs := len(src.pins) > 0, src.ownIP
 
 	t.mu.RLock()
 	for _, f := range frames {
 		if checkFrame(f, sw.maxFrame) != nil {
 			drops++
+			continue
+		}
+		if et := binary.BigEndian.Uint16(f[12:14]); (pinnedIPs || et == 0x0806 || et == 0x8100) && t.ipSpoofed(f, src) {
+			spoofed++
 			continue
 		}
 		s := srcMAC(f)

@@ -1,6 +1,8 @@
 package netswitch
 
 import (
+	"encoding/binary"
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -131,4 +133,116 @@ func TestPinnedDgramPort(t *testing.T) {
 	if _, err := sw.AddStreamPort("s", QueuePerSource(4)); err == nil {
 		t.Fatalf("a stream port took an internal port's option")
 	}
+}
+
+func ip4(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// ipv4Frame is an IPv4 header from sip after an Ethernet header.
+func ipv4Frame(dst, src MAC, sip string) []byte {
+	f := frame(dst, src, 40)
+	f[EthHeaderLen] = 0x45
+	a := ip4(sip).As4()
+	copy(f[EthHeaderLen+12:], a[:])
+	return f
+}
+
+// arpFrame is an ARP packet from sender (sha, spa).
+func arpFrame(src, sha MAC, spa string) []byte {
+	f := frame(broadcast, src, 28)
+	binary.BigEndian.PutUint16(f[12:14], 0x0806)
+	a := f[EthHeaderLen:]
+	binary.BigEndian.PutUint16(a[0:2], 1)
+	binary.BigEndian.PutUint16(a[2:4], 0x0800)
+	a[4], a[5] = 6, 4
+	binary.BigEndian.PutUint16(a[6:8], 1)
+	copy(a[8:14], sha[:])
+	p := ip4(spa).As4()
+	copy(a[14:18], p[:])
+	return f
+}
+
+// tagged puts an 802.1Q tag into f.
+func tagged(f []byte) []byte {
+	t := append([]byte(nil), f[:12]...)
+	t = append(t, 0x81, 0x00, 0, 1)
+	return append(t, f[12:]...)
+}
+
+func TestPinnedIPs(t *testing.T) {
+	sw := newTestSwitch(t, Config{Name: "t"})
+	a := addFake(t, sw, "a", PinMACs(mac(1)), PinIPs(ip4("10.0.0.1")))
+	b := addFake(t, sw, "b", PinMACs(mac(2)), PinIPs(ip4("10.0.0.2")))
+	c := addFake(t, sw, "c") // unpinned
+
+	pass := func(from *fakePort, f []byte) {
+		t.Helper()
+		from.Inject(f)
+		for _, p := range []*fakePort{a, b, c} {
+			if p != from {
+				wantFrames(t, p, f)
+			}
+		}
+	}
+	drop := func(from *fakePort, f []byte) {
+		t.Helper()
+		before, _ := sw.PortStats(from.Name())
+		from.Inject(f)
+		for _, p := range []*fakePort{a, b, c} {
+			wantFrames(t, p)
+		}
+		after, _ := sw.PortStats(from.Name())
+		if after.SpoofDrops != before.SpoofDrops+1 {
+			t.Fatalf("%s: spoofed frame not counted", from.Name())
+		}
+	}
+
+	pass(a, ipv4Frame(broadcast, mac(1), "10.0.0.1"))
+	pass(a, ipv4Frame(broadcast, mac(1), "0.0.0.0")) // a DHCP client
+	drop(a, ipv4Frame(broadcast, mac(1), "10.0.0.9"))
+	drop(a, ipv4Frame(broadcast, mac(1), "10.0.0.2"))
+	pass(a, arpFrame(mac(1), mac(1), "10.0.0.1"))
+	pass(a, arpFrame(mac(1), mac(1), "0.0.0.0")) // a probe
+	// Answering ARP for another's address (the gateway's, say) or
+	// naming another MAC as sender is refused, tagged or not.
+	drop(a, arpFrame(mac(1), mac(1), "10.0.0.2"))
+	drop(a, arpFrame(mac(1), mac(1), "10.0.0.7"))
+	drop(a, arpFrame(mac(1), mac(9), "10.0.0.1"))
+	drop(a, tagged(arpFrame(mac(1), mac(1), "10.0.0.2")))
+	drop(a, tagged(ipv4Frame(broadcast, mac(1), "10.0.0.9")))
+	// An unpinned port may not claim a pinned address in ARP either; its
+	// other traffic is not checked (the gateway checks what it gets).
+	drop(c, arpFrame(mac(3), mac(3), "10.0.0.2"))
+	pass(c, arpFrame(mac(3), mac(3), "10.0.0.3"))
+	pass(c, ipv4Frame(broadcast, mac(3), "10.0.0.2"))
+
+	// A reserved address (the gateway's) is refused to the others in ARP
+	// while its port sends from any address.
+	gw := addFake(t, sw, "gw", PinMACs(mac(100)), ReserveIPs(ip4("10.0.0.254")))
+	pass = func(from *fakePort, f []byte) {
+		t.Helper()
+		from.Inject(f)
+		for _, p := range []*fakePort{a, b, c, gw} {
+			if p != from {
+				wantFrames(t, p, f)
+			}
+		}
+	}
+	pass(gw, ipv4Frame(broadcast, mac(100), "198.51.100.7"))
+	pass(gw, arpFrame(mac(100), mac(100), "10.0.0.254"))
+	drop(c, arpFrame(mac(3), mac(3), "10.0.0.254"))
+	drop(a, arpFrame(mac(1), mac(1), "10.0.0.254"))
+	gw.take()
+
+	if _, err := sw.AddInternal("d", func([]byte) {}, PinIPs(ip4("10.0.0.2"))); err == nil {
+		t.Fatalf("a second port pinned b's address")
+	}
+	for _, bad := range []netip.Addr{ip4("fd00::1"), ip4("0.0.0.0"), ip4("224.0.0.1")} {
+		if _, err := sw.AddInternal("d", func([]byte) {}, PinIPs(bad)); err == nil {
+			t.Fatalf("pinned %v", bad)
+		}
+	}
+	if err := sw.RemovePort("b"); err != nil {
+		t.Fatal(err)
+	}
+	addFake(t, sw, "b2", PinIPs(ip4("10.0.0.2")))
 }

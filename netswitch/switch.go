@@ -22,12 +22,14 @@
 // configured MAC. Such a port sends from those addresses only, nobody else
 // may send from them, and they never age out. Ports without pins learn as a
 // plain learning switch does; a guest behind one can take over any
-// unpinned address, so every VM port should be pinned.
+// unpinned address, so every VM port should be pinned. Pinned IPv4
+// addresses (PinIPs) likewise bind the port's IPv4 sources and ARP claims,
+// so that a guest cannot answer ARP for another machine's address.
 //
 // Use from the supervisor, per network:
 //
 //	sw, _ := netswitch.New(netswitch.Config{Name: net, Dir: filenames.NetworkRuntime(run, ns, net)})
-//	swPath, _ := sw.AddDgramPort(portName, vmmPath, netswitch.PinMACs(nic.MAC)) // NIC{DgramLocal: vmmPath, DgramRemote: swPath}
+//	swPath, _ := sw.AddDgramPort(portName, vmmPath, netswitch.PinMACs(nic.MAC), netswitch.PinIPs(nic.IP)) // NIC{DgramLocal: vmmPath, DgramRemote: swPath}
 //	...
 //	sw.RemovePort(portName); sw.Close()
 package netswitch
@@ -229,7 +231,12 @@ type port struct {
 	learned int // addresses in the table behind this port; under table.mu
 	// pins are the port's pinned addresses (PinMACs); a port with pins
 	// sends from them only and learns nothing. Fixed at creation.
-	pins    []MAC
+	pins []MAC
+	// ips are its pinned or reserved IPv4 addresses (PinIPs, ReserveIPs);
+	// ownIP says its own frames are checked against them (PinIPs). Fixed
+	// at creation.
+	ips     [][4]byte
+	ownIP   bool
 	removed atomic.Bool
 
 	rxFrames, rxBytes, rxDrops atomic.Uint64
@@ -257,11 +264,17 @@ func (sw *Switch) addPort(name, kind, path string, io portIO, reader bool, o por
 	if _, ok := sw.byName[name]; ok {
 		return nil, fmt.Errorf("add port %q: name in use", name)
 	}
-	p := &port{name: name, kind: kind, io: io, path: path, pins: append([]MAC(nil), o.pins...)}
+	p := &port{name: name, kind: kind, io: io, path: path, pins: append([]MAC(nil), o.pins...), ownIP: o.ownIP}
 	for _, m := range p.pins {
 		if m.IsMulticast() || m.IsZero() {
 			return nil, fmt.Errorf("add port %q: cannot pin %s", name, m)
 		}
+	}
+	for _, a := range o.ips {
+		if !a.Is4() || a.IsUnspecified() || a.IsMulticast() {
+			return nil, fmt.Errorf("add port %q: cannot pin %v", name, a)
+		}
+		p.ips = append(p.ips, a.As4())
 	}
 	old := *sw.ports.Load()
 	slot := -1
@@ -277,8 +290,8 @@ func (sw *Switch) addPort(name, kind, path string, io portIO, reader bool, o por
 		next = append(next, nil)
 	}
 	p.slot = slot // before pin publishes p to the forwarders
-	if len(p.pins) > 0 {
-		if err := sw.table.pin(p, p.pins); err != nil {
+	if len(p.pins)+len(p.ips) > 0 {
+		if err := sw.table.pin(p); err != nil {
 			return nil, fmt.Errorf("add port %q: %w", name, err)
 		}
 	}

@@ -1,7 +1,10 @@
 package netswitch
 
 import (
+	"encoding/binary"
 	"fmt"
+	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +32,7 @@ const staticSeen = int64(1) << 62
 type macTable struct {
 	mu      sync.RWMutex
 	m       map[MAC]*macEntry
+	ips     map[[4]byte]*port // pinned IPv4 addresses (PinIPs)
 	maxAge  int64
 	perPort int
 	max     int
@@ -41,6 +45,7 @@ const refreshEvery = int64(time.Second)
 
 func (t *macTable) init(maxAge time.Duration, perPort, max int) {
 	t.m = make(map[MAC]*macEntry)
+	t.ips = make(map[[4]byte]*port)
 	t.maxAge = int64(maxAge)
 	t.perPort = perPort
 	t.max = max
@@ -93,18 +98,26 @@ func (t *macTable) learn(m MAC, p *port, now int64) bool {
 	return true
 }
 
-// pin installs p's pinned addresses as static entries. It fails, changing
-// nothing, when one of them is pinned to another port; an address learned
-// behind another port moves to p.
-func (t *macTable) pin(p *port, macs []MAC) error {
+// pin installs p's pinned addresses as static entries and its pinned IP
+// addresses. It fails, changing nothing, when one of them is pinned to
+// another port; an address learned behind another port moves to p.
+func (t *macTable) pin(p *port) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for _, m := range macs {
+	for _, m := range p.pins {
 		if e := t.m[m]; e != nil && e.static && e.port != p {
 			return fmt.Errorf("pin %s: pinned to port %q", m, e.port.name)
 		}
 	}
-	for _, m := range macs {
+	for _, a := range p.ips {
+		if q := t.ips[a]; q != nil && q != p {
+			return fmt.Errorf("pin %v: pinned to port %q", netip.AddrFrom4(a), q.name)
+		}
+	}
+	for _, a := range p.ips {
+		t.ips[a] = p
+	}
+	for _, m := range p.pins {
 		if e := t.m[m]; e != nil && !e.static {
 			e.port.learned--
 		}
@@ -124,6 +137,11 @@ func (t *macTable) forget(p *port) {
 			delete(t.m, m)
 		}
 	}
+	for a, q := range t.ips {
+		if q == p {
+			delete(t.ips, a)
+		}
+	}
 	p.learned = 0
 }
 
@@ -140,4 +158,46 @@ func (t *macTable) expire(now int64) int {
 		}
 	}
 	return n
+}
+
+// ipSpoofed reports whether an ARP or IPv4 frame from src claims an IP
+// address src may not use (see PinIPs, ReserveIPs). The caller holds mu
+// (either). It is called for every frame of a port with pinned IPs and for
+// ARP and tagged frames of the others.
+func (t *macTable) ipSpoofed(f []byte, src *port) bool {
+	own := src.ownIP
+	et, off := binary.BigEndian.Uint16(f[12:14]), EthHeaderLen
+	if et == 0x8100 {
+		if len(f) < EthHeaderLen+vlanTagLen {
+			return own
+		}
+		et, off = binary.BigEndian.Uint16(f[16:18]), EthHeaderLen+vlanTagLen
+	}
+	switch et {
+	case 0x0806: // ARP: hardware and protocol sender at 8 and 14
+		if len(f) < off+28 {
+			return own
+		}
+		spa := [4]byte(f[off+14 : off+18])
+		if spa == ([4]byte{}) {
+			return false
+		}
+		if q := t.ips[spa]; q != nil && q != src {
+			return true
+		}
+		if own && !slices.Contains(src.ips, spa) {
+			return true
+		}
+		return own && len(src.pins) > 0 && !slices.Contains(src.pins, MAC(f[off+8:off+14]))
+	case 0x0800: // IPv4: source at 12
+		if !own {
+			return false
+		}
+		if len(f) < off+20 {
+			return true
+		}
+		sip := [4]byte(f[off+12 : off+16])
+		return sip != ([4]byte{}) && !slices.Contains(src.ips, sip)
+	}
+	return false
 }

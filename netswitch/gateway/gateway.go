@@ -357,12 +357,15 @@ func (g *Gateway) buildStack() error {
 // Attach adds the gateway to sw as an internal port and starts its
 // services.
 func (g *Gateway) Attach(sw *netswitch.Switch) error {
-	// The gateway's MAC is pinned to its port: a guest sending from it
-	// would otherwise draw every other guest's gateway traffic to itself.
-	// Each port has its own queue into the gateway, so that a port's flood
+	// The gateway's MAC is pinned to its port and its address reserved
+	// in ARP: a guest sending from the one or claiming the other would
+	// otherwise draw every other guest's gateway traffic to itself. (Its
+	// address is not pinned: egress sends from outside addresses.) Each
+	// port has its own queue into the gateway, so that a port's flood
 	// costs that port: the switch drops its excess and takes the other
 	// ports' frames in turn.
-	p, err := sw.AddInternal(PortName, g.fromSwitch, netswitch.PinMACs(g.mac), netswitch.QueuePerSource(g.cfg.Limits.IntakeQueue))
+	p, err := sw.AddInternal(PortName, g.fromSwitch, netswitch.PinMACs(g.mac), netswitch.ReserveIPs(g.cfg.GatewayIP),
+		netswitch.QueuePerSource(g.cfg.Limits.IntakeQueue))
 	if err != nil {
 		return fmt.Errorf("attach gateway to %s: %w", g.cfg.Network, err)
 	}

@@ -234,3 +234,21 @@ func waitCount(t *testing.T, what string, count func() uint64, want uint64) {
 		t.Fatalf("%d %s counted, want %d", got, what, want)
 	}
 }
+
+// TestGatewayAddressIsReserved: a guest announcing the gateway's address
+// for its own MAC reaches nobody, so the other guests keep sending their
+// gateway traffic to the gateway.
+func TestGatewayAddressIsReserved(t *testing.T) {
+	sw, _ := setup(t, nil)
+	evil := newRawPort(t, sw, "evil")
+	other := newRawPort(t, sw, "vm-b")
+	evil.Inject(arpFrame(macEvil, bcastMAC, header.ARPReply, macEvil, gwIP, gwIP))
+	if st, _ := sw.PortStats("evil"); st.SpoofDrops != 1 {
+		t.Fatalf("the ARP claiming the gateway's address was not dropped: %+v", st)
+	}
+	// The switch forwards to internal ports synchronously: had the frame
+	// gone out, it would be in other.frames now.
+	if n := len(other.frames); n != 0 {
+		t.Fatalf("another guest got %d frames", n)
+	}
+}

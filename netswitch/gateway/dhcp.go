@@ -22,14 +22,15 @@ import (
 //
 // Messages wait in a fair queue keyed by client MAC (which the intake has
 // checked against the frame's source), so that one client's flood does not
-// keep another's messages from being answered.
+// keep another's messages from being answered. The intake puts them there
+// (takeService); the socket is for the replies, and for the odd message the
+// intake leaves to the stack (one to a subnet broadcast address).
 func (g *Gateway) startDHCP() error {
 	conn, err := g.listenUDP(tcpip.FullAddress{NIC: nicID, Port: 67}, true)
 	if err != nil {
 		return fmt.Errorf("open dhcp socket: %w", err)
 	}
 	g.addCloser(conn.Close)
-	q := newFairQueue[netswitch.MAC, []byte](g.cfg.Limits.ServiceQueuePerClient, g.cfg.Limits.ServiceQueue)
 	g.wg.Add(2)
 	go func() {
 		defer g.wg.Done()
@@ -39,15 +40,13 @@ func (g *Gateway) startDHCP() error {
 			if err != nil {
 				return
 			}
-			if n < dhcpChaddrEnd || !q.push(netswitch.MAC(buf[dhcpChaddr:dhcpChaddrEnd]), append([]byte(nil), buf[:n]...)) {
-				g.stats.serviceDrops.Add(1)
-			}
+			g.queueDHCP(buf[:n])
 		}
 	}()
 	go func() {
 		defer g.wg.Done()
 		for {
-			_, msg, ok := q.pop(g.ctx.Done())
+			_, msg, ok := g.dhcpQueue.pop(g.ctx.Done())
 			if !ok {
 				return
 			}
@@ -64,9 +63,15 @@ func (g *Gateway) startDHCP() error {
 	return nil
 }
 
-// serviceRcvBuf is the receive buffer of the DNS and DHCP sockets, whose
-// readers only move requests into the fair queues: a burst waits there,
-// where each client has its share, rather than in the socket.
+// queueDHCP queues a copy of a DHCP message for its turn.
+func (g *Gateway) queueDHCP(msg []byte) {
+	if len(msg) < dhcpChaddrEnd || !g.dhcpQueue.push(netswitch.MAC(msg[dhcpChaddr:dhcpChaddrEnd]), append([]byte(nil), msg...)) {
+		g.stats.serviceDrops.Add(1)
+	}
+}
+
+// serviceRcvBuf is the receive buffer of the DNS and DHCP sockets, which
+// get what the intake does not take itself.
 const serviceRcvBuf = 1 << 20
 
 // listenUDP opens a UDP socket of the gateway's stack bound at addr.

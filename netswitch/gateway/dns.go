@@ -19,7 +19,9 @@ import (
 //
 // UDP queries wait in a fair queue keyed by client address (which the
 // intake has checked against the frame's source MAC), so that one guest's
-// flood of queries does not keep another's from being answered. Queries
+// flood of queries does not keep another's from being answered. The intake
+// puts them there from the frames, before the stack (takeService): a
+// socket's receive buffer would be shared by all guests again. Queries
 // for the gateway's own names are answered by one goroutine in the order
 // each client sent them. Order matters: resolvers send A and AAAA back to
 // back, and some (busybox nslookup on a guest whose clock is coarse, as
@@ -75,28 +77,34 @@ type dnsRequest struct {
 	from net.Addr
 }
 
-// serveDNSUDP reads queries into the fair queue; answerDNSUDP answers them.
+// serveDNSUDP reads what queries reach the socket into the fair queue (the
+// intake takes the others there itself: takeService); answerDNSUDP answers
+// them.
 func (g *Gateway) serveDNSUDP(pc *gonet.UDPConn) {
 	defer g.wg.Done()
-	q := newFairQueue[netip.Addr, dnsRequest](g.cfg.Limits.ServiceQueuePerClient, g.cfg.Limits.ServiceQueue)
 	g.wg.Add(1)
-	go g.answerDNSUDP(pc, q)
+	go g.answerDNSUDP(pc)
 	buf := make([]byte, 65535)
 	for {
 		n, from, err := pc.ReadFrom(buf)
 		if err != nil {
 			return
 		}
-		if !q.push(clientAddr(from), dnsRequest{msg: append([]byte(nil), buf[:n]...), from: from}) {
-			g.stats.serviceDrops.Add(1)
-		}
+		g.queueDNS(buf[:n], from)
 	}
 }
 
-func (g *Gateway) answerDNSUDP(pc *gonet.UDPConn, q *fairQueue[netip.Addr, dnsRequest]) {
+// queueDNS queues a copy of a query for its turn.
+func (g *Gateway) queueDNS(msg []byte, from net.Addr) {
+	if !g.dnsQueue.push(clientAddr(from), dnsRequest{msg: append([]byte(nil), msg...), from: from}) {
+		g.stats.serviceDrops.Add(1)
+	}
+}
+
+func (g *Gateway) answerDNSUDP(pc *gonet.UDPConn) {
 	defer g.wg.Done()
 	for {
-		_, r, ok := q.pop(g.ctx.Done())
+		_, r, ok := g.dnsQueue.pop(g.ctx.Done())
 		if !ok {
 			return
 		}

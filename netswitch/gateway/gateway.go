@@ -6,13 +6,17 @@
 // The IP layer is gVisor's netstack (gvisor.dev/gvisor/pkg/tcpip), attached
 // to the network's switch as one in-process port: frames from the switch
 // are injected into the stack, frames the stack sends are injected into the
-// switch. Frames come in through one bounded queue per switch port, taken
-// in turn, and the DNS and DHCP requests wait in per-client queues, so that
-// a guest flooding the gateway loses its own excess and delays the others
-// by little (see Limits). docs/security.md gives the threat model. DHCP is answered with the insomniacslk/dhcp codec on a netstack
-// UDP socket and DNS with miekg/dns on netstack UDP and TCP sockets, so the
-// policy (who gets which address, which names exist) is ours while TCP,
-// ARP, ICMP echo and IP are the well-tested stack's.
+// switch. DHCP is answered with the insomniacslk/dhcp codec and DNS with
+// miekg/dns, replying on netstack sockets, so the policy (who gets which
+// address, which names exist) is ours while TCP, ARP, ICMP echo and IP are
+// the well-tested stack's.
+//
+// Guests are not trusted (docs/security.md). Frames come in through one
+// bounded queue per switch port, taken in turn; a frame whose sender is
+// not what the leases say is dropped; UDP requests to DNS and DHCP are
+// taken from the frames into per-client queues; egress flows, upstream DNS
+// queries and DNS connections are bounded per guest and in all (Limits);
+// egress refuses the host and private destinations (EgressAllow).
 package gateway
 
 import (
@@ -237,10 +241,13 @@ type Gateway struct {
 	stats counters
 	// flows are the egress flows; upstream the DNS queries relayed to the
 	// host's resolvers, dnsConns the DNS-over-TCP connections.
-	flows    *flowTable
-	upstream *clientSlots
-	dnsConns *clientSlots
-	policy   *egressPolicy
+	// dnsQueue and dhcpQueue hold the UDP requests waiting for an answer.
+	dnsQueue  *fairQueue[netip.Addr, dnsRequest]
+	dhcpQueue *fairQueue[netswitch.MAC, []byte]
+	flows     *flowTable
+	upstream  *clientSlots
+	dnsConns  *clientSlots
+	policy    *egressPolicy
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -281,14 +288,16 @@ func New(cfg Config) (*Gateway, error) {
 		cfg.MAC = netswitch.MAC{0x02, h[0], h[1], h[2], h[3], h[4]}
 	}
 	g := &Gateway{
-		cfg:      cfg,
-		log:      cfg.Logger.With("network", cfg.Network, "gateway", cfg.GatewayIP),
-		mac:      cfg.MAC,
-		gw4:      cfg.GatewayIP.As4(),
-		publish:  map[string]*publisher{},
-		flows:    newFlowTable(cfg.Limits),
-		upstream: newClientSlots(cfg.Limits.UpstreamDNSPerVM, cfg.Limits.UpstreamDNS),
-		dnsConns: newClientSlots(cfg.Limits.DNSTCPConnsPerVM, cfg.Limits.DNSTCPConns),
+		cfg:       cfg,
+		log:       cfg.Logger.With("network", cfg.Network, "gateway", cfg.GatewayIP),
+		mac:       cfg.MAC,
+		gw4:       cfg.GatewayIP.As4(),
+		publish:   map[string]*publisher{},
+		flows:     newFlowTable(cfg.Limits),
+		dnsQueue:  newFairQueue[netip.Addr, dnsRequest](cfg.Limits.ServiceQueuePerClient, cfg.Limits.ServiceQueue),
+		dhcpQueue: newFairQueue[netswitch.MAC, []byte](cfg.Limits.ServiceQueuePerClient, cfg.Limits.ServiceQueue),
+		upstream:  newClientSlots(cfg.Limits.UpstreamDNSPerVM, cfg.Limits.UpstreamDNS),
+		dnsConns:  newClientSlots(cfg.Limits.DNSTCPConnsPerVM, cfg.Limits.DNSTCPConns),
 	}
 	var err error
 	if g.policy, err = newEgressPolicy(cfg.Subnet, cfg.EgressAllow, cfg.hostAddrs); err != nil {
@@ -413,6 +422,9 @@ func (g *Gateway) fromSwitch(f []byte) {
 	}
 	if g.spoofed(f) {
 		g.stats.spoofed.Add(1)
+		return
+	}
+	if g.takeService(f) {
 		return
 	}
 	if header.Ethernet(f).Type() == header.ARPProtocolNumber {

@@ -2,7 +2,9 @@ package gateway
 
 import (
 	"encoding/binary"
+	"net"
 
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/stackvm/stack/netswitch"
@@ -102,4 +104,41 @@ func isDHCPRequest(ip header.IPv4) []byte {
 		return nil
 	}
 	return p[header.UDPMinimumSize:]
+}
+
+// takeService takes a UDP request for the gateway's DNS or DHCP out of the
+// frame into its fair queue, and reports whether it did. Handing it to the
+// stack instead would put it in the service socket's receive buffer, which
+// all guests share: a guest sending faster than the service answers would
+// fill it, and the others' requests would be dropped there, before the
+// fair queue could give them their turn. spoofed has checked the frame.
+func (g *Gateway) takeService(f []byte) bool {
+	if header.Ethernet(f).Type() != header.IPv4ProtocolNumber {
+		return false
+	}
+	ip := header.IPv4(f[header.EthernetMinimumSize:])
+	if ip.TransportProtocol() != header.UDPProtocolNumber || ip.More() || ip.FragmentOffset() != 0 {
+		return false
+	}
+	dst := [4]byte(ip.DestinationAddressSlice())
+	u := header.UDP(ip.Payload())
+	if len(u) < header.UDPMinimumSize || int(u.Length()) != len(u) {
+		return false // the stack counts and drops it
+	}
+	dns := g.cfg.DNS && dst == g.gw4 && u.DestinationPort() == 53
+	dhcp := g.cfg.DHCP && (dst == g.gw4 || dst == [4]byte{255, 255, 255, 255}) && u.DestinationPort() == 67
+	if !dns && !dhcp {
+		return false
+	}
+	if u.Checksum() != 0 && !u.IsChecksumValid(ip.SourceAddress(), ip.DestinationAddress(), checksum.Checksum(u.Payload(), 0)) {
+		return true // corrupt: dropped, as the stack would
+	}
+	if dns {
+		src := [4]byte(ip.SourceAddressSlice()) // a copy: the frame is reused
+		from := &net.UDPAddr{IP: net.IPv4(src[0], src[1], src[2], src[3]), Port: int(u.SourcePort())}
+		g.queueDNS(u.Payload(), from)
+	} else {
+		g.queueDHCP(u.Payload())
+	}
+	return true
 }

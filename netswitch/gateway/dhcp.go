@@ -155,11 +155,20 @@ func (g *Gateway) dhcpReply(b []byte) (*dhcpv4.DHCPv4, *net.UDPAddr, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("build dhcp reply: %w", err)
 	}
-	// A client with an address (renewing, informing) is answered at it;
-	// one without has no address to answer at, so broadcast.
+	// Where to send it (RFC 2131, 4.1): a client with an address
+	// (renewing, informing) is answered at it; a NAK, and a reply to a
+	// client that asked for broadcast, is broadcast; any other reply goes
+	// to the leased address, which the gateway's static neighbour entry
+	// maps to the client's MAC (clients take it on a raw socket before
+	// they have the address). Unicast keeps one guest's DHCP traffic,
+	// a flood included, from reaching every other guest.
 	dst := &net.UDPAddr{IP: net.IPv4bcast, Port: 68}
-	if !req.ClientIPAddr.IsUnspecified() && req.ClientIPAddr != nil && reply.MessageType() != dhcpv4.MessageTypeNak {
+	switch {
+	case reply.MessageType() == dhcpv4.MessageTypeNak:
+	case req.ClientIPAddr != nil && !req.ClientIPAddr.IsUnspecified():
 		dst.IP = req.ClientIPAddr
+	case !req.IsBroadcast() && !reply.YourIPAddr.IsUnspecified():
+		dst.IP = reply.YourIPAddr
 	}
 	return reply, dst, nil
 }

@@ -252,3 +252,42 @@ func TestGatewayAddressIsReserved(t *testing.T) {
 		t.Fatalf("another guest got %d frames", n)
 	}
 }
+
+// TestDHCPRepliesUnicast: replies go to the client's MAC and leased
+// address unless it asks for broadcast (RFC 2131, 4.1), so one guest's DHCP
+// traffic does not reach every other guest.
+func TestDHCPRepliesUnicast(t *testing.T) {
+	sw, _ := setup(t, nil)
+	r := newRawPort(t, sw, "vm-a")
+	zero, bcast := netip.IPv4Unspecified(), netip.AddrFrom4([4]byte{255, 255, 255, 255})
+	offerFrame := func(disc *dhcpv4.DHCPv4) []byte {
+		t.Helper()
+		r.Inject(udpFrame(macA, bcastMAC, zero, bcast, 68, 67, disc.ToBytes()))
+		timeout := time.After(5 * time.Second)
+		for {
+			select {
+			case f := <-r.frames:
+				if m := dhcpFromFrame(f); m != nil && m.TransactionID == disc.TransactionID {
+					return f
+				}
+			case <-timeout:
+				t.Fatalf("no offer")
+				return nil
+			}
+		}
+	}
+	disc, err := dhcpv4.NewDiscovery(net.HardwareAddr(macA[:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	disc.SetUnicast()
+	f := offerFrame(disc)
+	ip := header.IPv4(f[header.EthernetMinimumSize:])
+	if netswitch.MAC(f[0:6]) != macA || netip.AddrFrom4([4]byte(ip.DestinationAddressSlice())) != ipA {
+		t.Fatalf("offer sent to %s, %v; want %s, %v", netswitch.MAC(f[0:6]), ip.DestinationAddress(), macA, ipA)
+	}
+	disc.SetBroadcast()
+	if f := offerFrame(disc); netswitch.MAC(f[0:6]) != bcastMAC {
+		t.Fatalf("offer to a client asking for broadcast sent to %s", netswitch.MAC(f[0:6]))
+	}
+}

@@ -1,6 +1,10 @@
 package netswitch
 
-import "sync"
+import (
+	"encoding/binary"
+	"fmt"
+	"sync"
+)
 
 // forwarder is the forwarding state of one source of frames (a port's
 // reader goroutine, or the callers of an internal port under its lock). It
@@ -19,6 +23,7 @@ type forwarder struct {
 func (sw *Switch) newForwarder(src *port) *forwarder {
 	fw := &forwarder{sw: sw, src: src, learn: make([]MAC, 0, maxBatch)}
 	fw.send.init()
+	fw.send.src = src
 	return fw
 }
 
@@ -33,9 +38,10 @@ func (fw *forwarder) forward(frames [][]byte) {
 		fw.resize(ptr)
 	}
 	now := sw.cfg.Now().UnixNano()
-	var rxBytes, rxFrames, drops uint64
+	var rxBytes, rxFrames, drops, spoofed uint64
 	t := &sw.table
 	fw.learn = fw.learn[:0]
+	pinned, pinnedIPs := len(src.pins) > 0, src.ownIP
 
 	t.mu.RLock()
 	for _, f := range frames {
@@ -43,14 +49,25 @@ func (fw *forwarder) forward(frames [][]byte) {
 			drops++
 			continue
 		}
-		rxFrames++
-		rxBytes += uint64(len(f))
+		if et := binary.BigEndian.Uint16(f[12:14]); (pinnedIPs || et == 0x0806 || et == 0x8100) && t.ipSpoofed(f, src) {
+			spoofed++
+			continue
+		}
 		s := srcMAC(f)
 		if e := t.m[s]; e == nil || e.port != src {
+			// A pinned port's own addresses are static entries behind
+			// it, so only a spoofed frame gets here; and nobody may
+			// send from an address pinned elsewhere.
+			if pinned || (e != nil && e.static) {
+				spoofed++
+				continue
+			}
 			fw.learn = appendUnique(fw.learn, s)
 		} else if now-e.seen.Load() > refreshEvery {
-			e.seen.Store(now)
+			e.seen.Store(now) // never for a static entry: its seen is ahead
 		}
+		rxFrames++
+		rxBytes += uint64(len(f))
 		d := dstMAC(f)
 		if !d.IsMulticast() {
 			if e := t.lookupLocked(d, now); e != nil {
@@ -77,8 +94,11 @@ func (fw *forwarder) forward(frames [][]byte) {
 	}
 	src.rxFrames.Add(rxFrames)
 	src.rxBytes.Add(rxBytes)
-	if drops > 0 {
-		src.rxDrops.Add(drops)
+	if drops+spoofed > 0 {
+		src.rxDrops.Add(drops + spoofed)
+		if spoofed > 0 {
+			src.spoofDrops.Add(spoofed)
+		}
 	}
 
 	for i, q := range fw.pend {
@@ -156,12 +176,21 @@ func (in *internalIO) close() error   { return nil }
 
 // AddInternal adds an in-process port. recv is called for every frame the
 // switch delivers to the port, one call at a time; the frame is only valid
-// during the call. recv may call Inject (a frame never comes back to the
-// port it entered by), but two internal ports on one switch must not both
-// answer synchronously: each would wait for the other's recv.
-func (sw *Switch) AddInternal(name string, recv func(frame []byte)) (*InternalPort, error) {
-	io := &internalIO{recv: recv}
-	p, err := sw.addPort(name, KindInternal, "", io, false)
+// during the call. Without QueuePerSource, recv runs on the sender's
+// goroutine: it may call Inject (a frame never comes back to the port it
+// entered by), but two such internal ports on one switch must not both
+// answer synchronously, as each would wait for the other's recv. With
+// QueuePerSource, recv runs on a goroutine of the port's own.
+func (sw *Switch) AddInternal(name string, recv func(frame []byte), opts ...PortOption) (*InternalPort, error) {
+	o := collectOptions(opts)
+	if o.queue < 0 {
+		return nil, fmt.Errorf("add internal port %q: queue depth %d", name, o.queue)
+	}
+	var io portIO = &internalIO{recv: recv}
+	if o.queue > 0 {
+		io = newQueuedIO(recv, o.queue, sw.maxFrame)
+	}
+	p, err := sw.addPort(name, KindInternal, "", io, o.queue > 0, o)
 	if err != nil {
 		return nil, err
 	}

@@ -50,6 +50,7 @@ type sendBatch struct {
 	hdrs [maxBatch]mmsghdr
 	iovs [maxBatch]unix.Iovec
 
+	src    *port // the port whose forwarder owns the batch
 	frames [][]byte
 	dgram  *dgramIO
 	tap    *tapIO

@@ -86,7 +86,11 @@ func (sw *Switch) newDgramIO(fd int, name string) (*dgramIO, error) {
 // VMM sends to (QEMU: -netdev dgram,local.path=vmmPath,remote.path=switchPath).
 // The VMM need not be running yet. The socket file is created 0600 in the
 // switch's directory, replacing a stale one left by an earlier switch.
-func (sw *Switch) AddDgramPort(name, vmmPath string) (string, error) {
+func (sw *Switch) AddDgramPort(name, vmmPath string, opts ...PortOption) (string, error) {
+	o, err := externalOptions(opts)
+	if err != nil {
+		return "", fmt.Errorf("add dgram port %q: %w", name, err)
+	}
 	if sw.cfg.Dir == "" {
 		return "", fmt.Errorf("add dgram port %q: switch has no socket directory", name)
 	}
@@ -110,7 +114,7 @@ func (sw *Switch) AddDgramPort(name, vmmPath string) (string, error) {
 	}
 	d.peer, d.peerLen, d.peerPath = peer, peerLen, []byte(vmmPath)
 	d.tryConnect()
-	if _, err := sw.addPort(name, KindDgram, path, d, true); err != nil {
+	if _, err := sw.addPort(name, KindDgram, path, d, true, o); err != nil {
 		d.close()
 		os.Remove(path)
 		return "", err
@@ -143,7 +147,11 @@ func bindPrivate(fd int, path string) error {
 // AddSocketpair adds a port on a fresh socketpair and returns the other end,
 // to be passed to the VMM (QEMU: -netdev dgram,id=n,local.type=fd,local.str=N).
 // The caller closes its copy once the VMM has it. No file is created.
-func (sw *Switch) AddSocketpair(name string) (*os.File, error) {
+func (sw *Switch) AddSocketpair(name string, opts ...PortOption) (*os.File, error) {
+	o, err := externalOptions(opts)
+	if err != nil {
+		return nil, fmt.Errorf("add socketpair port %q: %w", name, err)
+	}
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("add socketpair port %q: %w", name, err)
@@ -162,7 +170,7 @@ func (sw *Switch) AddSocketpair(name string) (*os.File, error) {
 	}
 	d.pair = true
 	d.connected.Store(true)
-	if _, err := sw.addPort(name, KindSocketpair, "", d, true); err != nil {
+	if _, err := sw.addPort(name, KindSocketpair, "", d, true, o); err != nil {
 		d.close()
 		unix.Close(fds[1])
 		return nil, err

@@ -44,7 +44,11 @@ type streamIO struct {
 
 // AddStreamPort adds a port that listens for a VMM's stream connection and
 // returns the listener's path (0600, in the switch's directory).
-func (sw *Switch) AddStreamPort(name string) (string, error) {
+func (sw *Switch) AddStreamPort(name string, opts ...PortOption) (string, error) {
+	o, err := externalOptions(opts)
+	if err != nil {
+		return "", fmt.Errorf("add stream port %q: %w", name, err)
+	}
 	if sw.cfg.Dir == "" {
 		return "", fmt.Errorf("add stream port %q: switch has no socket directory", name)
 	}
@@ -72,7 +76,7 @@ func (sw *Switch) AddStreamPort(name string) (string, error) {
 	ul := l.(*net.UnixListener)
 	ul.SetUnlinkOnClose(false) // RemovePort removes the file
 	s := &streamIO{sw: sw, ln: ul, out: make([]byte, 0, maxBatch*(sw.maxFrame+streamPrefixLen)), done: make(chan struct{})}
-	if _, err := sw.addPort(name, KindStream, path, s, true); err != nil {
+	if _, err := sw.addPort(name, KindStream, path, s, true, o); err != nil {
 		ul.Close()
 		os.Remove(path)
 		return "", err

@@ -26,7 +26,11 @@ type tapIO struct {
 // AddTAP creates TAP device ifname, brings it up and attaches it as a port.
 // The device exists only as long as the port: it is non-persistent and is
 // also deleted explicitly on removal.
-func (sw *Switch) AddTAP(name, ifname string) error {
+func (sw *Switch) AddTAP(name, ifname string, opts ...PortOption) error {
+	o, err := externalOptions(opts)
+	if err != nil {
+		return fmt.Errorf("add tap port %q: %w", name, err)
+	}
 	la := netlink.NewLinkAttrs()
 	la.Name = ifname
 	la.MTU = sw.cfg.MTU
@@ -63,7 +67,7 @@ func (sw *Switch) AddTAP(name, ifname string) error {
 		return fail(fmt.Errorf("bring %s up: %w", ifname, err))
 	}
 	t := &tapIO{f: nf, rc: rc, link: tap, rcv: newRecvBatch(sw.maxFrame + 1)}
-	if _, err := sw.addPort(name, KindTAP, "", t, true); err != nil {
+	if _, err := sw.addPort(name, KindTAP, "", t, true, o); err != nil {
 		nf.Close()
 		netlink.LinkDel(tap)
 		return err

@@ -18,10 +18,18 @@
 // without waiting, until a send succeeds again. So a paused VM costs the
 // others at most one stall timeout, not a blocked switch.
 //
+// A port may be created with pinned addresses (PinMACs): the VM NIC's
+// configured MAC. Such a port sends from those addresses only, nobody else
+// may send from them, and they never age out. Ports without pins learn as a
+// plain learning switch does; a guest behind one can take over any
+// unpinned address, so every VM port should be pinned. Pinned IPv4
+// addresses (PinIPs) likewise bind the port's IPv4 sources and ARP claims,
+// so that a guest cannot answer ARP for another machine's address.
+//
 // Use from the supervisor, per network:
 //
 //	sw, _ := netswitch.New(netswitch.Config{Name: net, Dir: filenames.NetworkRuntime(run, ns, net)})
-//	swPath, _ := sw.AddDgramPort(portName, vmmPath) // NIC{DgramLocal: vmmPath, DgramRemote: swPath}
+//	swPath, _ := sw.AddDgramPort(portName, vmmPath, netswitch.PinMACs(nic.MAC), netswitch.PinIPs(nic.IP)) // NIC{DgramLocal: vmmPath, DgramRemote: swPath}
 //	...
 //	sw.RemovePort(portName); sw.Close()
 package netswitch
@@ -221,10 +229,19 @@ type port struct {
 	path string // socket file the switch created, removed on close
 
 	learned int // addresses in the table behind this port; under table.mu
+	// pins are the port's pinned addresses (PinMACs); a port with pins
+	// sends from them only and learns nothing. Fixed at creation.
+	pins []MAC
+	// ips are its pinned or reserved IPv4 addresses (PinIPs, ReserveIPs);
+	// ownIP says its own frames are checked against them (PinIPs). Fixed
+	// at creation.
+	ips     [][4]byte
+	ownIP   bool
 	removed atomic.Bool
 
 	rxFrames, rxBytes, rxDrops atomic.Uint64
 	txFrames, txBytes, txDrops atomic.Uint64
+	spoofDrops, queueDrops     atomic.Uint64
 }
 
 // Port kinds, as reported in Stats.
@@ -236,9 +253,9 @@ const (
 	KindInternal   = "internal"
 )
 
-// addPort registers a port and, when the transport reads on its own, starts
-// its reader.
-func (sw *Switch) addPort(name, kind, path string, io portIO, reader bool) (*port, error) {
+// addPort registers a port with its pinned addresses and, when the
+// transport reads on its own, starts its reader.
+func (sw *Switch) addPort(name, kind, path string, io portIO, reader bool, o portOptions) (*port, error) {
 	sw.mu.Lock()
 	defer sw.mu.Unlock()
 	if sw.closed {
@@ -247,7 +264,18 @@ func (sw *Switch) addPort(name, kind, path string, io portIO, reader bool) (*por
 	if _, ok := sw.byName[name]; ok {
 		return nil, fmt.Errorf("add port %q: name in use", name)
 	}
-	p := &port{name: name, kind: kind, io: io, path: path}
+	p := &port{name: name, kind: kind, io: io, path: path, pins: append([]MAC(nil), o.pins...), ownIP: o.ownIP}
+	for _, m := range p.pins {
+		if m.IsMulticast() || m.IsZero() {
+			return nil, fmt.Errorf("add port %q: cannot pin %s", name, m)
+		}
+	}
+	for _, a := range o.ips {
+		if !a.Is4() || a.IsUnspecified() || a.IsMulticast() {
+			return nil, fmt.Errorf("add port %q: cannot pin %v", name, a)
+		}
+		p.ips = append(p.ips, a.As4())
+	}
 	old := *sw.ports.Load()
 	slot := -1
 	for i, q := range old {
@@ -261,7 +289,12 @@ func (sw *Switch) addPort(name, kind, path string, io portIO, reader bool) (*por
 		slot = len(next)
 		next = append(next, nil)
 	}
-	p.slot = slot
+	p.slot = slot // before pin publishes p to the forwarders
+	if len(p.pins)+len(p.ips) > 0 {
+		if err := sw.table.pin(p); err != nil {
+			return nil, fmt.Errorf("add port %q: %w", name, err)
+		}
+	}
 	next[slot] = p
 	sw.byName[name] = p
 	sw.ports.Store(&next)
@@ -336,8 +369,8 @@ func (sw *Switch) Close() error {
 
 // PortStats are one port's counters. Rx counts what the port sent into the
 // switch, Tx what the switch delivered to it. Drops in are refused frames
-// (runts, oversize, bad source, strangers, bad stream prefixes); drops out
-// are frames the port could not take (full, gone).
+// (runts, oversize, bad source, strangers, bad stream prefixes, spoofed
+// sources); drops out are frames the port could not take (full, gone).
 type PortStats struct {
 	Name     string `json:"name"`
 	Kind     string `json:"kind"`
@@ -347,7 +380,16 @@ type PortStats struct {
 	TxFrames uint64 `json:"tx_frames"`
 	TxBytes  uint64 `json:"tx_bytes"`
 	TxDrops  uint64 `json:"tx_drops"`
-	// MACs is how many addresses are learned behind the port.
+	// SpoofDrops counts the frames among RxDrops whose source address the
+	// port may not use: not one of its pinned addresses, or pinned to
+	// another port.
+	SpoofDrops uint64 `json:"spoof_drops"`
+	// QueueDrops counts frames from this port that an internal port with
+	// QueuePerSource (the gateway) dropped because this port's queue
+	// into it was full.
+	QueueDrops uint64 `json:"queue_drops"`
+	// MACs is how many addresses are known behind the port: learned or
+	// pinned.
 	MACs int `json:"macs"`
 }
 
@@ -374,7 +416,8 @@ func (sw *Switch) Stats() Stats {
 			Name: p.name, Kind: p.kind,
 			RxFrames: p.rxFrames.Load(), RxBytes: p.rxBytes.Load(), RxDrops: p.rxDrops.Load(),
 			TxFrames: p.txFrames.Load(), TxBytes: p.txBytes.Load(), TxDrops: p.txDrops.Load(),
-			MACs: p.learned,
+			SpoofDrops: p.spoofDrops.Load(), QueueDrops: p.queueDrops.Load(),
+			MACs: p.learned + len(p.pins),
 		})
 	}
 	sw.table.mu.RUnlock()

@@ -52,14 +52,14 @@ type fakePort struct {
 	got [][]byte
 }
 
-func addFake(t *testing.T, sw *Switch, name string) *fakePort {
+func addFake(t *testing.T, sw *Switch, name string, opts ...PortOption) *fakePort {
 	t.Helper()
 	fp := &fakePort{}
 	ip, err := sw.AddInternal(name, func(f []byte) {
 		fp.mu.Lock()
 		fp.got = append(fp.got, append([]byte(nil), f...))
 		fp.mu.Unlock()
-	})
+	}, opts...)
 	if err != nil {
 		t.Fatalf("add port %s: %v", name, err)
 	}

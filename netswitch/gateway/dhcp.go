@@ -19,20 +19,19 @@ import (
 // address the planner assigned to their MAC (static leases only); unknown
 // clients get no answer, so that two servers on one segment cannot fight
 // over them and an unexpected guest stays visible as unconfigured.
+//
+// Messages wait in a fair queue keyed by client MAC (which the intake has
+// checked against the frame's source), so that one client's flood does not
+// keep another's messages from being answered. The intake puts them there
+// (takeService); the socket is for the replies, and for the odd message the
+// intake leaves to the stack (one to a subnet broadcast address).
 func (g *Gateway) startDHCP() error {
-	var wq waiter.Queue
-	ep, terr := g.s.NewEndpoint(udp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
-	if terr != nil {
-		return fmt.Errorf("open dhcp socket: %s", terr)
+	conn, err := g.listenUDP(tcpip.FullAddress{NIC: nicID, Port: 67}, true)
+	if err != nil {
+		return fmt.Errorf("open dhcp socket: %w", err)
 	}
-	ep.SocketOptions().SetBroadcast(true)
-	if terr := ep.Bind(tcpip.FullAddress{NIC: nicID, Port: 67}); terr != nil {
-		ep.Close()
-		return fmt.Errorf("bind dhcp socket: %s", terr)
-	}
-	conn := gonet.NewUDPConn(&wq, ep)
 	g.addCloser(conn.Close)
-	g.wg.Add(1)
+	g.wg.Add(2)
 	go func() {
 		defer g.wg.Done()
 		buf := make([]byte, 1500)
@@ -41,17 +40,54 @@ func (g *Gateway) startDHCP() error {
 			if err != nil {
 				return
 			}
-			reply, dst, err := g.dhcpReply(buf[:n])
+			g.queueDHCP(buf[:n])
+		}
+	}()
+	go func() {
+		defer g.wg.Done()
+		for {
+			_, msg, ok := g.dhcpQueue.pop(g.ctx.Done())
+			if !ok {
+				return
+			}
+			reply, dst, err := g.dhcpReply(msg)
 			if err != nil {
 				g.log.Debug("dhcp request ignored", "err", err)
 				continue
 			}
-			if _, err := conn.WriteTo(reply.ToBytes(), dst); err != nil {
+			if _, err := conn.WriteTo(reply.ToBytes(), dst); err != nil && g.ctx.Err() == nil {
 				g.log.Warn("send dhcp reply", "err", err)
 			}
 		}
 	}()
 	return nil
+}
+
+// queueDHCP queues a copy of a DHCP message for its turn.
+func (g *Gateway) queueDHCP(msg []byte) {
+	if len(msg) < dhcpChaddrEnd || !g.dhcpQueue.push(netswitch.MAC(msg[dhcpChaddr:dhcpChaddrEnd]), append([]byte(nil), msg...)) {
+		g.stats.serviceDrops.Add(1)
+	}
+}
+
+// serviceRcvBuf is the receive buffer of the DNS and DHCP sockets, which
+// get what the intake does not take itself.
+const serviceRcvBuf = 1 << 20
+
+// listenUDP opens a UDP socket of the gateway's stack bound at addr.
+func (g *Gateway) listenUDP(addr tcpip.FullAddress, broadcast bool) (*gonet.UDPConn, error) {
+	var wq waiter.Queue
+	ep, terr := g.s.NewEndpoint(udp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	if terr != nil {
+		return nil, fmt.Errorf("create socket: %s", terr)
+	}
+	ep.SocketOptions().SetBroadcast(broadcast)
+	ep.SocketOptions().SetReceiveBufferSize(serviceRcvBuf, true)
+	if terr := ep.Bind(addr); terr != nil {
+		ep.Close()
+		return nil, fmt.Errorf("bind socket: %s", terr)
+	}
+	return gonet.NewUDPConn(&wq, ep), nil
 }
 
 var errNoLease = errors.New("no lease for client")
@@ -119,11 +155,20 @@ func (g *Gateway) dhcpReply(b []byte) (*dhcpv4.DHCPv4, *net.UDPAddr, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("build dhcp reply: %w", err)
 	}
-	// A client with an address (renewing, informing) is answered at it;
-	// one without has no address to answer at, so broadcast.
+	// Where to send it (RFC 2131, 4.1): a client with an address
+	// (renewing, informing) is answered at it; a NAK, and a reply to a
+	// client that asked for broadcast, is broadcast; any other reply goes
+	// to the leased address, which the gateway's static neighbour entry
+	// maps to the client's MAC (clients take it on a raw socket before
+	// they have the address). Unicast keeps one guest's DHCP traffic,
+	// a flood included, from reaching every other guest.
 	dst := &net.UDPAddr{IP: net.IPv4bcast, Port: 68}
-	if !req.ClientIPAddr.IsUnspecified() && req.ClientIPAddr != nil && reply.MessageType() != dhcpv4.MessageTypeNak {
+	switch {
+	case reply.MessageType() == dhcpv4.MessageTypeNak:
+	case req.ClientIPAddr != nil && !req.ClientIPAddr.IsUnspecified():
 		dst.IP = req.ClientIPAddr
+	case !req.IsBroadcast() && !reply.YourIPAddr.IsUnspecified():
+		dst.IP = reply.YourIPAddr
 	}
 	return reply, dst, nil
 }

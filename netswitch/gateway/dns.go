@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -14,15 +17,20 @@ import (
 
 // startDNS serves DNS on UDP and TCP port 53 of the gateway address.
 //
-// UDP queries for the gateway's own names are answered in arrival order by
-// the reading goroutine. Order matters: resolvers send A and AAAA back to
+// UDP queries wait in a fair queue keyed by client address (which the
+// intake has checked against the frame's source MAC), so that one guest's
+// flood of queries does not keep another's from being answered. The intake
+// puts them there from the frames, before the stack (takeService): a
+// socket's receive buffer would be shared by all guests again. Queries
+// for the gateway's own names are answered by one goroutine in the order
+// each client sent them. Order matters: resolvers send A and AAAA back to
 // back, and some (busybox nslookup on a guest whose clock is coarse, as
 // under TCG) give both the same ID and match replies by ID alone, so an
 // AAAA answer overtaking the A answer reads as "no address". Queries that
 // go upstream are answered concurrently.
 func (g *Gateway) startDNS() error {
 	addr := fullAddr(g.cfg.GatewayIP, 53)
-	pc, err := gonet.DialUDP(g.s, &addr, nil, ipv4.ProtocolNumber)
+	pc, err := g.listenUDP(addr, false)
 	if err != nil {
 		return fmt.Errorf("open dns socket: %w", err)
 	}
@@ -35,7 +43,18 @@ func (g *Gateway) startDNS() error {
 	g.wg.Add(1)
 	go g.serveDNSUDP(pc)
 
-	tcpSrv := &dns.Server{Listener: ln, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+	lim := &limitedListener{Listener: ln, slots: g.dnsConns, drops: &g.stats.dnsConnDrops}
+	tcpSrv := &dns.Server{Listener: lim, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+		if !g.isLocalName(req) {
+			client := clientAddr(w.RemoteAddr())
+			if !g.upstream.acquire(client) {
+				g.stats.upstreamDrops.Add(1)
+				m := new(dns.Msg)
+				w.WriteMsg(m.SetRcode(req, dns.RcodeServerFailure))
+				return
+			}
+			defer g.upstream.release(client)
+		}
 		w.WriteMsg(g.answerDNS(req, "tcp"))
 	})}
 	started := make(chan struct{})
@@ -52,16 +71,46 @@ func (g *Gateway) startDNS() error {
 	return nil
 }
 
+// dnsRequest is a UDP query as read, waiting for its turn.
+type dnsRequest struct {
+	msg  []byte
+	from net.Addr
+}
+
+// serveDNSUDP reads what queries reach the socket into the fair queue (the
+// intake takes the others there itself: takeService); answerDNSUDP answers
+// them.
 func (g *Gateway) serveDNSUDP(pc *gonet.UDPConn) {
 	defer g.wg.Done()
+	g.wg.Add(1)
+	go g.answerDNSUDP(pc)
 	buf := make([]byte, 65535)
 	for {
 		n, from, err := pc.ReadFrom(buf)
 		if err != nil {
 			return
 		}
+		g.queueDNS(buf[:n], from)
+	}
+}
+
+// queueDNS queues a copy of a query for its turn.
+func (g *Gateway) queueDNS(msg []byte, from net.Addr) {
+	if !g.dnsQueue.push(clientAddr(from), dnsRequest{msg: append([]byte(nil), msg...), from: from}) {
+		g.stats.serviceDrops.Add(1)
+	}
+}
+
+func (g *Gateway) answerDNSUDP(pc *gonet.UDPConn) {
+	defer g.wg.Done()
+	for {
+		_, r, ok := g.dnsQueue.pop(g.ctx.Done())
+		if !ok {
+			return
+		}
+		from := r.from
 		req := new(dns.Msg)
-		if req.Unpack(buf[:n]) != nil || req.Response {
+		if req.Unpack(r.msg) != nil || req.Response {
 			continue // not a query: no answer, as the RFC allows for garbage
 		}
 		reply := func() {
@@ -81,9 +130,15 @@ func (g *Gateway) serveDNSUDP(pc *gonet.UDPConn) {
 			reply()
 			continue
 		}
+		client := clientAddr(from)
+		if !g.upstream.acquire(client) {
+			g.stats.upstreamDrops.Add(1) // no answer: the client retries
+			continue
+		}
 		g.wg.Add(1)
 		go func() {
 			defer g.wg.Done()
+			defer g.upstream.release(client)
 			reply()
 		}()
 	}
@@ -173,7 +228,11 @@ func (g *Gateway) forwardDNS(req *dns.Msg, network string) *dns.Msg {
 		if err != nil {
 			continue
 		}
+		// The exchange waits for its read deadline, not for ctx: closing
+		// the connection is what ends it when the gateway closes.
+		stop := context.AfterFunc(ctx, func() { conn.Close() })
 		resp, _, err := c.ExchangeWithConnContext(ctx, req, &dns.Conn{Conn: conn})
+		stop()
 		conn.Close()
 		if err == nil {
 			return resp
@@ -181,4 +240,50 @@ func (g *Gateway) forwardDNS(req *dns.Msg, network string) *dns.Msg {
 	}
 	m.SetRcode(req, dns.RcodeServerFailure)
 	return m
+}
+
+// clientAddr is the address of a DNS client.
+func clientAddr(a net.Addr) netip.Addr {
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		return a.AddrPort().Addr().Unmap()
+	case *net.TCPAddr:
+		return a.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+// limitedListener closes connections beyond its slots (per client and in
+// all) as soon as they are accepted.
+type limitedListener struct {
+	net.Listener
+	slots *clientSlots
+	drops *atomic.Uint64
+}
+
+func (l *limitedListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		client := clientAddr(c.RemoteAddr())
+		if !l.slots.acquire(client) {
+			l.drops.Add(1)
+			c.Close()
+			continue
+		}
+		return &slotConn{Conn: c, release: sync.OnceFunc(func() { l.slots.release(client) })}, nil
+	}
+}
+
+// slotConn gives its slot back when closed.
+type slotConn struct {
+	net.Conn
+	release func()
+}
+
+func (c *slotConn) Close() error {
+	c.release()
+	return c.Conn.Close()
 }

@@ -6,10 +6,17 @@
 // The IP layer is gVisor's netstack (gvisor.dev/gvisor/pkg/tcpip), attached
 // to the network's switch as one in-process port: frames from the switch
 // are injected into the stack, frames the stack sends are injected into the
-// switch. DHCP is answered with the insomniacslk/dhcp codec on a netstack
-// UDP socket and DNS with miekg/dns on netstack UDP and TCP sockets, so the
-// policy (who gets which address, which names exist) is ours while TCP,
-// ARP, ICMP echo and IP are the well-tested stack's.
+// switch. DHCP is answered with the insomniacslk/dhcp codec and DNS with
+// miekg/dns, replying on netstack sockets, so the policy (who gets which
+// address, which names exist) is ours while TCP, ARP, ICMP echo and IP are
+// the well-tested stack's.
+//
+// Guests are not trusted (docs/security.md). Frames come in through one
+// bounded queue per switch port, taken in turn; a frame whose sender is
+// not what the leases say is dropped; UDP requests to DNS and DHCP are
+// taken from the frames into per-client queues; egress flows, upstream DNS
+// queries and DNS connections are bounded per guest and in all (Limits);
+// egress refuses the host and private destinations (EgressAllow).
 package gateway
 
 import (
@@ -22,6 +29,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/stackvm/stack/netswitch"
@@ -66,8 +74,11 @@ type Config struct {
 	MAC netswitch.MAC
 	MTU int // default netswitch.DefaultMTU
 
-	DHCP   bool
-	DNS    bool
+	DHCP bool
+	DNS  bool
+	// Egress relays the guests' TCP and UDP to outside addresses from the
+	// host: to the internet, not to the host itself, its other networks
+	// or cloud metadata services (see EgressAllow).
 	Egress bool
 
 	// Hosts maps VM names to addresses: "<vm>" and
@@ -90,7 +101,105 @@ type Config struct {
 	// 127.0.0.1).
 	PublishHost netip.Addr
 
+	// EgressAllow lets egress reach destinations it refuses by default:
+	// the host's own addresses, RFC 1918, 100.64/10, link-local (with the
+	// metadata endpoint 169.254.169.254), other cloud metadata endpoints
+	// and reserved ranges. The loopback network, 0/8, multicast and the
+	// network's own subnet stay refused whatever it says. Note that a
+	// prefix holding one of the host's addresses opens every service the
+	// host binds to 0.0.0.0 to the guests.
+	EgressAllow []netip.Prefix
+
+	// Limits bound what the guests can make the gateway queue and hold;
+	// zero fields take the defaults in DefaultLimits.
+	Limits Limits
+
+	// hostAddrs lists the host's addresses (default: its interfaces');
+	// tests give their own.
+	hostAddrs func() ([]netip.Addr, error)
+
 	Logger *slog.Logger
+}
+
+// Limits bound the gateway's resources per network and per VM. A VM is
+// told apart by its source address, which the intake checks against the
+// leases (see spoofed), so one VM cannot spend another's share.
+type Limits struct {
+	// IntakeQueue is how many frames each switch port may have waiting
+	// for the gateway (netswitch.QueuePerSource). A port sending faster
+	// than the gateway takes frames loses its own excess; the others' are
+	// taken in turn with its own.
+	IntakeQueue int
+	// ServiceQueuePerClient and ServiceQueue bound the DNS queries (per
+	// client address) and DHCP messages (per client MAC) waiting for an
+	// answer: for one client, and for all. Requests beyond are dropped;
+	// clients retry.
+	ServiceQueuePerClient int
+	ServiceQueue          int
+
+	// Flows and FlowsPerVM bound the egress flows (UDP 5-tuples, TCP
+	// connections being dialled or established), each of which holds a
+	// host socket: in all, and per guest. A new flow beyond a bound evicts
+	// the least recently used flow of that guest, or at the total bound
+	// of the guest with the most flows.
+	Flows      int
+	FlowsPerVM int
+	// UDPIdle closes an egress UDP flow without traffic for this long once
+	// the destination has answered; UDPUnrepliedIdle one it never has.
+	UDPIdle          time.Duration
+	UDPUnrepliedIdle time.Duration
+
+	// UpstreamDNS and UpstreamDNSPerVM bound the DNS queries relayed to
+	// the host's resolvers at once. A UDP query beyond is dropped, a TCP
+	// one answered SERVFAIL.
+	UpstreamDNS      int
+	UpstreamDNSPerVM int
+	// DNSTCPConns and DNSTCPConnsPerVM bound the open DNS-over-TCP
+	// connections to the gateway; one beyond is closed at once.
+	DNSTCPConns      int
+	DNSTCPConnsPerVM int
+}
+
+// DefaultLimits are the limits a zero Config.Limits field takes.
+var DefaultLimits = Limits{
+	IntakeQueue:           256,
+	ServiceQueuePerClient: 64,
+	ServiceQueue:          1024,
+	Flows:                 4096,
+	FlowsPerVM:            1024,
+	UDPIdle:               60 * time.Second,
+	UDPUnrepliedIdle:      10 * time.Second,
+	UpstreamDNS:           256,
+	UpstreamDNSPerVM:      64,
+	DNSTCPConns:           256,
+	DNSTCPConnsPerVM:      16,
+}
+
+// withDefaults fills l's zero fields from DefaultLimits.
+func (l Limits) withDefaults() Limits {
+	d := DefaultLimits
+	for _, f := range []struct{ v, def *int }{
+		{&l.IntakeQueue, &d.IntakeQueue},
+		{&l.ServiceQueuePerClient, &d.ServiceQueuePerClient},
+		{&l.ServiceQueue, &d.ServiceQueue},
+		{&l.Flows, &d.Flows},
+		{&l.FlowsPerVM, &d.FlowsPerVM},
+		{&l.UpstreamDNS, &d.UpstreamDNS},
+		{&l.UpstreamDNSPerVM, &d.UpstreamDNSPerVM},
+		{&l.DNSTCPConns, &d.DNSTCPConns},
+		{&l.DNSTCPConnsPerVM, &d.DNSTCPConnsPerVM},
+	} {
+		if *f.v <= 0 {
+			*f.v = *f.def
+		}
+	}
+	if l.UDPIdle <= 0 {
+		l.UDPIdle = d.UDPIdle
+	}
+	if l.UDPUnrepliedIdle <= 0 {
+		l.UDPUnrepliedIdle = d.UDPUnrepliedIdle
+	}
+	return l
 }
 
 // Update is what may change while the gateway runs.
@@ -122,6 +231,23 @@ type Gateway struct {
 	hosts   map[string]netip.Addr // lower-case name -> address
 	leases  map[netswitch.MAC]netip.Addr
 	publish map[string]*publisher
+	// neigh are the static neighbour entries in the stack, one per
+	// lease; under mu.
+	neigh map[netip.Addr]netswitch.MAC
+	// senders is the leases keyed by MAC as the intake checks them,
+	// replaced whole on every update so that reading it takes no lock.
+	senders atomic.Pointer[senders]
+
+	stats counters
+	// flows are the egress flows; upstream the DNS queries relayed to the
+	// host's resolvers, dnsConns the DNS-over-TCP connections.
+	// dnsQueue and dhcpQueue hold the UDP requests waiting for an answer.
+	dnsQueue  *fairQueue[netip.Addr, dnsRequest]
+	dhcpQueue *fairQueue[netswitch.MAC, []byte]
+	flows     *flowTable
+	upstream  *clientSlots
+	dnsConns  *clientSlots
+	policy    *egressPolicy
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -149,6 +275,7 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	cfg.Limits = cfg.Limits.withDefaults()
 	if cfg.Dial == nil {
 		var d net.Dialer
 		cfg.Dial = d.DialContext
@@ -161,17 +288,30 @@ func New(cfg Config) (*Gateway, error) {
 		cfg.MAC = netswitch.MAC{0x02, h[0], h[1], h[2], h[3], h[4]}
 	}
 	g := &Gateway{
-		cfg:     cfg,
-		log:     cfg.Logger.With("network", cfg.Network, "gateway", cfg.GatewayIP),
-		mac:     cfg.MAC,
-		gw4:     cfg.GatewayIP.As4(),
-		publish: map[string]*publisher{},
+		cfg:       cfg,
+		log:       cfg.Logger.With("network", cfg.Network, "gateway", cfg.GatewayIP),
+		mac:       cfg.MAC,
+		gw4:       cfg.GatewayIP.As4(),
+		publish:   map[string]*publisher{},
+		flows:     newFlowTable(cfg.Limits),
+		dnsQueue:  newFairQueue[netip.Addr, dnsRequest](cfg.Limits.ServiceQueuePerClient, cfg.Limits.ServiceQueue),
+		dhcpQueue: newFairQueue[netswitch.MAC, []byte](cfg.Limits.ServiceQueuePerClient, cfg.Limits.ServiceQueue),
+		upstream:  newClientSlots(cfg.Limits.UpstreamDNSPerVM, cfg.Limits.UpstreamDNS),
+		dnsConns:  newClientSlots(cfg.Limits.DNSTCPConnsPerVM, cfg.Limits.DNSTCPConns),
 	}
-	g.ctx, g.cancel = context.WithCancel(context.Background())
-	if err := g.setHosts(cfg.Hosts, cfg.Leases); err != nil {
+	var err error
+	if g.policy, err = newEgressPolicy(cfg.Subnet, cfg.EgressAllow, cfg.hostAddrs); err != nil {
 		return nil, fmt.Errorf("create gateway for %s: %w", cfg.Network, err)
 	}
+	g.ctx, g.cancel = context.WithCancel(context.Background())
 	if err := g.buildStack(); err != nil {
+		g.cancel()
+		return nil, fmt.Errorf("create gateway for %s: %w", cfg.Network, err)
+	}
+	if err := g.setHosts(cfg.Hosts, cfg.Leases); err != nil {
+		g.cancel()
+		g.s.Close()
+		g.s.Wait()
 		return nil, fmt.Errorf("create gateway for %s: %w", cfg.Network, err)
 	}
 	return g, nil
@@ -213,7 +353,9 @@ func (g *Gateway) buildStack() error {
 		// claims another VM's address.
 		g.s.SetPromiscuousMode(nicID, true)
 		g.s.SetSpoofing(nicID, true)
-		tf := tcp.NewForwarder(g.s, 0, 1024, g.egressTCP)
+		// The forwarder's own bound on connections being set up stays
+		// above the flow table's, which evicts (and so cancels) dials.
+		tf := tcp.NewForwarder(g.s, 0, g.cfg.Limits.Flows+1024, g.egressTCP)
 		g.s.SetTransportProtocolHandler(tcp.ProtocolNumber, tf.HandlePacket)
 		uf := udp.NewForwarder(g.s, g.egressUDP)
 		g.s.SetTransportProtocolHandler(udp.ProtocolNumber, uf.HandlePacket)
@@ -224,13 +366,25 @@ func (g *Gateway) buildStack() error {
 // Attach adds the gateway to sw as an internal port and starts its
 // services.
 func (g *Gateway) Attach(sw *netswitch.Switch) error {
-	p, err := sw.AddInternal(PortName, g.fromSwitch)
+	// The gateway's MAC is pinned to its port and its address reserved
+	// in ARP: a guest sending from the one or claiming the other would
+	// otherwise draw every other guest's gateway traffic to itself. (Its
+	// address is not pinned: egress sends from outside addresses.) Each
+	// port has its own queue into the gateway, so that a port's flood
+	// costs that port: the switch drops its excess and takes the other
+	// ports' frames in turn.
+	p, err := sw.AddInternal(PortName, g.fromSwitch, netswitch.PinMACs(g.mac), netswitch.ReserveIPs(g.cfg.GatewayIP),
+		netswitch.QueuePerSource(g.cfg.Limits.IntakeQueue))
 	if err != nil {
 		return fmt.Errorf("attach gateway to %s: %w", g.cfg.Network, err)
 	}
 	g.port, g.sw = p, sw
 	g.wg.Add(1)
 	go g.toSwitch()
+	if g.cfg.Egress {
+		g.wg.Add(1)
+		go g.sweepFlows()
+	}
 	if g.cfg.DHCP {
 		if err := g.startDHCP(); err != nil {
 			g.Close()
@@ -255,9 +409,10 @@ func (g *Gateway) Attach(sw *netswitch.Switch) error {
 
 // fromSwitch takes a frame from the switch into the stack. Only frames for
 // the gateway's own MAC, broadcasts and multicasts go in (the switch floods
-// unknown unicast, and the stack is promiscuous when egress is on), and
-// only ARP requests for the gateway's address: a promiscuous stack would
-// answer ARP for every address.
+// unknown unicast, and the stack is promiscuous when egress is on), only
+// ARP requests for the gateway's address (a promiscuous stack would answer
+// ARP for every address), and only frames whose sender is who the leases
+// say (see spoofed).
 func (g *Gateway) fromSwitch(f []byte) {
 	if len(f) < header.EthernetMinimumSize {
 		return
@@ -265,11 +420,15 @@ func (g *Gateway) fromSwitch(f []byte) {
 	if f[0]&1 == 0 && [6]byte(f[0:6]) != g.mac {
 		return
 	}
+	if g.spoofed(f) {
+		g.stats.spoofed.Add(1)
+		return
+	}
+	if g.takeService(f) {
+		return
+	}
 	if header.Ethernet(f).Type() == header.ARPProtocolNumber {
 		a := header.ARP(f[header.EthernetMinimumSize:])
-		if !a.IsValid() {
-			return
-		}
 		if a.Op() == header.ARPRequest && [4]byte(a.ProtocolAddressTarget()) != g.gw4 {
 			return
 		}
@@ -310,6 +469,10 @@ func (g *Gateway) Update(u Update) error {
 	return nil
 }
 
+// setHosts replaces the names and leases, and with the leases the static
+// neighbour entries and the senders the intake accepts. An address may be
+// leased to one MAC only: the lease is also what the gateway believes about
+// who has the address.
 func (g *Gateway) setHosts(hosts map[string]netip.Addr, leases map[netswitch.MAC]netip.Addr) error {
 	h := make(map[string]netip.Addr, len(hosts))
 	for n, a := range hosts {
@@ -319,15 +482,51 @@ func (g *Gateway) setHosts(hosts map[string]netip.Addr, leases map[netswitch.MAC
 		h[strings.ToLower(n)] = a
 	}
 	l := make(map[netswitch.MAC]netip.Addr, len(leases))
+	neigh := make(map[netip.Addr]netswitch.MAC, len(leases))
+	who := &senders{byMAC: make(map[netswitch.MAC][4]byte, len(leases)), byIP: make(map[[4]byte]netswitch.MAC, len(leases))}
 	for mac, a := range leases {
 		if !a.Is4() || !g.cfg.Subnet.Contains(a) || a == g.cfg.GatewayIP {
 			return fmt.Errorf("lease for %s: address %v not usable in %v", mac, a, g.cfg.Subnet)
 		}
+		if other, dup := neigh[a]; dup {
+			return fmt.Errorf("lease for %s: address %v also leased to %s", mac, a, other)
+		}
+		if mac.IsMulticast() || mac.IsZero() {
+			return fmt.Errorf("lease for %s: not a unicast MAC", mac)
+		}
 		l[mac] = a
+		neigh[a] = mac
+		who.byMAC[mac] = a.As4()
+		who.byIP[a.As4()] = mac
 	}
 	g.mu.Lock()
+	defer g.mu.Unlock()
 	g.hosts, g.leases = h, l
-	g.mu.Unlock()
+	g.senders.Store(who)
+	return g.setNeighborsLocked(neigh)
+}
+
+// setNeighborsLocked makes the stack's static neighbour entries exactly
+// want. Static entries are what keeps the gateway's own traffic to a guest
+// going to that guest's MAC: the stack ignores ARP about an address it has a
+// static entry for, so a forged ARP reply or request cannot redirect it.
+func (g *Gateway) setNeighborsLocked(want map[netip.Addr]netswitch.MAC) error {
+	for a := range g.neigh {
+		if _, ok := want[a]; !ok {
+			// Not found is fine: the entry may have been removed with
+			// the NIC.
+			g.s.RemoveNeighbor(nicID, ipv4.ProtocolNumber, tcpip.AddrFrom4(a.As4()))
+		}
+	}
+	for a, mac := range want {
+		if old, ok := g.neigh[a]; ok && old == mac {
+			continue
+		}
+		if err := g.s.AddStaticNeighbor(nicID, ipv4.ProtocolNumber, tcpip.AddrFrom4(a.As4()), tcpip.LinkAddress(mac[:])); err != nil {
+			return fmt.Errorf("add neighbour %v: %s", a, err)
+		}
+	}
+	g.neigh = want
 	return nil
 }
 

@@ -514,10 +514,7 @@ func TestEgressAndARP(t *testing.T) {
 	if err != nil {
 		t.Fatalf("egress connect: %v", err)
 	}
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	got, _ := io.ReadAll(c)
-	c.Close()
-	if string(got) != "from outside" {
+	if got := readAll(c); got != "from outside" {
 		t.Fatalf("egress got %q", got)
 	}
 	// A destination the host refuses is a reset for the guest.
@@ -529,17 +526,7 @@ func TestEgressAndARP(t *testing.T) {
 	// The promiscuous gateway answers ARP only for its own address.
 	r := newRawPort(t, sw, "raw")
 	arpReq := func(target netip.Addr) []byte {
-		f := make([]byte, header.EthernetMinimumSize+header.ARPSize)
-		header.Ethernet(f).Encode(&header.EthernetFields{SrcAddr: tcpip.LinkAddress(macB[:]), DstAddr: tcpip.LinkAddress(bcastMAC[:]), Type: header.ARPProtocolNumber})
-		a := header.ARP(f[header.EthernetMinimumSize:])
-		a.SetIPv4OverEthernet()
-		a.SetOp(header.ARPRequest)
-		copy(a.HardwareAddressSender(), macB[:])
-		ipb := ipB.As4()
-		copy(a.ProtocolAddressSender(), ipb[:])
-		tg := target.As4()
-		copy(a.ProtocolAddressTarget(), tg[:])
-		return f
+		return arpFrame(macB, bcastMAC, header.ARPRequest, macB, ipB, target)
 	}
 	arpReplyFrom := func(wait time.Duration) (netip.Addr, bool) {
 		timeout := time.After(wait)

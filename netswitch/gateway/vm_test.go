@@ -288,8 +288,10 @@ func TestTwoGuests(t *testing.T) {
 			t.Fatal(err)
 		}
 		paths := map[string]string{}
-		for _, vm := range []string{"vm-a", "vm-b"} {
-			p, err := sw.AddDgramPort(vm, filepath.Join(dir, vm+".sock"))
+		// Each port is pinned to its VM's MAC and address, as the
+		// supervisor does.
+		for vm, mac := range map[string]netswitch.MAC{"vm-a": macServer, "vm-b": macClient} {
+			p, err := sw.AddDgramPort(vm, filepath.Join(dir, vm+".sock"), netswitch.PinMACs(mac), netswitch.PinIPs(leases[mac]))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -370,11 +372,17 @@ func TestTwoGuests(t *testing.T) {
 	if got := fetch(); got != "hello from vm-a" {
 		t.Fatalf("published port answered %q", got)
 	}
+	if gs := g.Stats(); gs.Spoofed != 0 {
+		t.Errorf("the gateway dropped %d frames of real guests as spoofed", gs.Spoofed)
+	}
 	st := sw.Stats()
 	for _, p := range st.Ports {
 		t.Logf("port %-8s rx %5d frames %7d bytes, %d drops; tx %5d frames %7d bytes, %d drops", p.Name, p.RxFrames, p.RxBytes, p.RxDrops, p.TxFrames, p.TxBytes, p.TxDrops)
 		if p.Kind == netswitch.KindDgram && (p.RxFrames == 0 || p.TxFrames == 0) {
 			t.Errorf("port %s carried no traffic", p.Name)
+		}
+		if p.SpoofDrops != 0 || p.QueueDrops != 0 {
+			t.Errorf("port %s: a real guest's frames were dropped (%d as spoofed, %d at its queue)", p.Name, p.SpoofDrops, p.QueueDrops)
 		}
 	}
 

@@ -249,6 +249,10 @@ func (s *Supervisor) claim(ctx context.Context, spec api.VMSpec, p *pool, m *mem
 		s.endMember(m)
 		return nil, fmt.Errorf("start %s: %w", spec.Address, err)
 	}
+	if err := s.pinMember(spec, m); err != nil {
+		s.endMember(m)
+		return nil, fmt.Errorf("start %s: %w", spec.Address, err)
+	}
 	if err := s.register(v, m.nics); err != nil {
 		s.unregister(v)
 		s.endMember(m)
@@ -296,6 +300,27 @@ func (s *Supervisor) claim(ctx context.Context, spec api.VMSpec, p *pool, m *mem
 	}
 	s.adopt(v, m.inst, false)
 	return started(m.inst)
+}
+
+// pinMember gives a member's switch ports the pins of the VM that takes
+// it: a member's guest is nobody until it is claimed, so its ports are
+// added unpinned, and pins are fixed when a port is added. The new port
+// has the old one's name, hence its socket path, which the VMM sends to;
+// the VMM is paused meanwhile, so no frame is lost.
+func (s *Supervisor) pinMember(spec api.VMSpec, m *member) error {
+	for i, port := range m.ports {
+		n := s.network(spec.NICs[i].Network)
+		if n == nil {
+			return fmt.Errorf("network %q is not running", spec.NICs[i].Network)
+		}
+		if err := n.sw.RemovePort(port); err != nil {
+			return err
+		}
+		if _, err := addNICPort(n, port, m.nics[i].DgramLocal, spec.NICs[i]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // endMember kills a member's VMM and removes what it had.

@@ -14,6 +14,7 @@ import (
 	"github.com/stackvm/stack/hypervisor/proc"
 	"github.com/stackvm/stack/internal/filenames"
 	"github.com/stackvm/stack/internal/fsutil"
+	"github.com/stackvm/stack/netswitch"
 	"github.com/stackvm/stack/supervisor/api"
 )
 
@@ -195,13 +196,24 @@ func (s *Supervisor) wire(v *vmRun) error {
 			return fmt.Errorf("network %q is not running", nic.Network)
 		}
 		vmmPath := filepath.Join(v.runDir, filenames.NICSocket(i))
-		swPath, err := n.sw.AddDgramPort(v.port(i), vmmPath)
+		swPath, err := addNICPort(n, v.port(i), vmmPath, nic)
 		if err != nil {
 			return err
 		}
 		nics = append(nics, hypervisor.NIC{DgramLocal: vmmPath, DgramRemote: swPath})
 	}
 	return s.register(v, nics)
+}
+
+// addNICPort adds the switch port of a VM's NIC, with its MAC and address
+// pinned to it: the guest can send as no other machine, nor draw another's
+// traffic (see netswitch.PinMACs).
+func addNICPort(n *network, port, vmmPath string, nic api.NIC) (string, error) {
+	pins := []netswitch.PortOption{netswitch.PinMACs(nic.MAC)}
+	if nic.IP.IsValid() {
+		pins = append(pins, netswitch.PinIPs(nic.IP))
+	}
+	return n.sw.AddDgramPort(port, vmmPath, pins...)
 }
 
 // register makes nics (the VMM's ends of v's switch ports, in NIC order)

@@ -40,7 +40,8 @@ func (a *applier) network(ctx context.Context, act *planner.Action, n *stackfile
 // ensureNetwork has the supervisor run n (n is desired: act is not a
 // delete).
 func (a *applier) ensureNetwork(ctx context.Context, act *planner.Action, n *stackfile.Network) error {
-	spec := api.NetworkSpec{Name: n.Name, Subnet: n.Subnet, Gateway: n.Gateway, DHCP: n.DHCP, DNS: n.DNS, Egress: n.Egress}
+	spec := api.NetworkSpec{Name: n.Name, Subnet: n.Subnet, Gateway: n.Gateway, DHCP: n.DHCP, DNS: n.DNS,
+		Egress: n.Egress, EgressAllow: n.EgressAllow}
 	if err := a.sup.EnsureNetwork(ctx, spec); err != nil {
 		return fmt.Errorf("%s: %w", act.Address, err)
 	}

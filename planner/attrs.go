@@ -41,6 +41,13 @@ func networkAttributes(n *stackfile.Network) state.Attributes {
 	set(a, "dhcp", n.DHCP)
 	set(a, "dns", n.DNS)
 	set(a, "egress", n.Egress)
+	if len(n.EgressAllow) > 0 {
+		allow := make([]string, len(n.EgressAllow))
+		for i, p := range n.EgressAllow {
+			allow[i] = p.String()
+		}
+		set(a, "egress_allow", allow)
+	}
 	return a
 }
 

@@ -55,6 +55,9 @@ type Network struct {
 	DHCP    bool         `json:"dhcp"`
 	DNS     bool         `json:"dns"`
 	Egress  bool         `json:"egress"`
+	// EgressAllow are destinations egress may reach that it refuses by
+	// default (the host, private and metadata addresses).
+	EgressAllow []netip.Prefix `json:"egress_allow,omitempty"`
 
 	DeclRange hcl.Range `json:"-"`
 }

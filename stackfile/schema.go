@@ -46,6 +46,13 @@ var networkSchema = &hcl.BodySchema{
 		{Name: "dns"},
 		{Name: "egress"},
 	},
+	// egress { allow = [...] } turns egress on with an allow-list; the
+	// attribute form (egress = true) turns it on without one.
+	Blocks: []hcl.BlockHeaderSchema{{Type: "egress"}},
+}
+
+var egressSchema = &hcl.BodySchema{
+	Attributes: []hcl.AttributeSchema{{Name: "allow"}},
 }
 
 var volumeSchema = &hcl.BodySchema{

@@ -102,6 +102,7 @@ func (l *loader) loadNetworks() {
 		n.DHCP = l.evalBool(c.Attributes["dhcp"], ctx, scopeTop, true)
 		n.DNS = l.evalBool(c.Attributes["dns"], ctx, scopeTop, true)
 		n.Egress = l.evalBool(c.Attributes["egress"], ctx, scopeTop, false)
+		l.loadEgress(n, c, ctx)
 		for _, other := range l.netOrder {
 			o := l.netModels[other]
 			if o != nil && o.Subnet.Overlaps(p) {
@@ -119,6 +120,58 @@ func (l *loader) loadNetworks() {
 		})
 	}
 	l.vars["network"] = cty.ObjectVal(obj)
+}
+
+// loadEgress reads a network's egress block: egress on, with the
+// destinations it may reach besides the internet (see netswitch/gateway).
+func (l *loader) loadEgress(n *Network, c *hcl.BodyContent, ctx *hcl.EvalContext) {
+	var blocks []*hcl.Block
+	for _, b := range c.Blocks {
+		if b.Type == "egress" {
+			blocks = append(blocks, b)
+		}
+	}
+	if len(blocks) == 0 {
+		return
+	}
+	if a := c.Attributes["egress"]; a != nil {
+		l.errorf(blocks[0].DefRange, "Conflicting egress settings", "Network %q has both egress = ... and an egress block; an egress block turns egress on by itself.", n.Name)
+		return
+	}
+	if len(blocks) > 1 {
+		l.errorf(blocks[1].DefRange, "Duplicate egress block", "Network %q has more than one egress block.", n.Name)
+		return
+	}
+	n.Egress = true
+	bc, diags := blocks[0].Body.Content(egressSchema)
+	for _, d := range diags {
+		l.add(d)
+	}
+	a := bc.Attributes["allow"]
+	allow, ok := l.evalStrings(a, ctx, scopeTop)
+	if !ok {
+		return
+	}
+	for _, s := range allow {
+		p, err := parseAllow(s)
+		if err != nil {
+			l.errorf(a.Expr.Range(), "Invalid egress allow entry", "egress allow entries are IPv4 addresses or CIDR prefixes (\"192.168.1.10\", \"10.0.0.0/8\"); got %q.", s)
+			continue
+		}
+		n.EgressAllow = append(n.EgressAllow, p)
+	}
+}
+
+// parseAllow reads an egress allow entry: a prefix, or an address (/32).
+func parseAllow(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil && p.Addr().Is4() {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || !a.Is4() {
+		return netip.Prefix{}, fmt.Errorf("not an IPv4 address or prefix: %q", s)
+	}
+	return netip.PrefixFrom(a, 32), nil
 }
 
 func (l *loader) loadVolumes() {

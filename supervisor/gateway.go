@@ -18,7 +18,7 @@ func Gateways() GatewayFactory {
 	return func(sw *netswitch.Switch, spec api.NetworkSpec, namespace string) (Gateway, error) {
 		gw, err := gateway.New(gateway.Config{
 			Namespace: namespace, Network: spec.Name, Subnet: spec.Subnet, GatewayIP: spec.Gateway,
-			DHCP: spec.DHCP, DNS: spec.DNS, Egress: spec.Egress,
+			DHCP: spec.DHCP, DNS: spec.DNS, Egress: spec.Egress, EgressAllow: spec.EgressAllow,
 		})
 		if err != nil {
 			return nil, err

@@ -29,7 +29,7 @@ func (s *Supervisor) ensureNetwork(spec api.NetworkSpec) error {
 		if cur.Subnet != spec.Subnet || cur.Gateway != spec.Gateway {
 			return fmt.Errorf("network %q runs with subnet %s; remove it before changing its addressing", spec.Name, cur.Subnet)
 		}
-		if cur == spec {
+		if cur.Equal(spec) {
 			return nil
 		}
 		return s.regateway(n, spec)

@@ -14,6 +14,7 @@ package api
 import (
 	"encoding/json"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/stackvm/stack/internal/netaddr"
@@ -95,6 +96,15 @@ type NetworkSpec struct {
 	DHCP    bool         `json:"dhcp"`
 	DNS     bool         `json:"dns"`
 	Egress  bool         `json:"egress"`
+	// EgressAllow are destinations egress may reach that it refuses by
+	// default (see netswitch/gateway).
+	EgressAllow []netip.Prefix `json:"egress_allow,omitempty"`
+}
+
+// Equal reports whether two specs are the same network.
+func (n NetworkSpec) Equal(o NetworkSpec) bool {
+	return n.Name == o.Name && n.Subnet == o.Subnet && n.Gateway == o.Gateway && n.DHCP == o.DHCP &&
+		n.DNS == o.DNS && n.Egress == o.Egress && slices.Equal(n.EgressAllow, o.EgressAllow)
 }
 
 // NIC attaches a VM to a network with its address.

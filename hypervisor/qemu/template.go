@@ -17,6 +17,7 @@ import (
 	"github.com/stackvm/stack/hypervisor"
 	"github.com/stackvm/stack/hypervisor/qemu/qmp"
 	"github.com/stackvm/stack/hypervisor/qemu/templates"
+	"github.com/stackvm/stack/internal/fsutil"
 )
 
 // Boot templates (see package templates for the files). A VM that may use
@@ -376,5 +377,5 @@ func (in *instance) saveTo(ctx context.Context, p *templatePlan) error {
 	if err := migrateTo(ctx, in.qmp, filepath.Join(p.making.Dir(), templates.StateFile)); err != nil {
 		return fmt.Errorf("save device state: %w", err)
 	}
-	return templates.CopySparse(filepath.Join(p.making.Dir(), templates.MemFile), p.mem)
+	return fsutil.CopySparse(filepath.Join(p.making.Dir(), templates.MemFile), p.mem)
 }

@@ -22,7 +22,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -351,51 +350,3 @@ func syncFile(path string) error {
 	defer f.Close()
 	return f.Sync()
 }
-
-// CopySparse copies src's data regions into a new file at path, leaving
-// its holes holes: a guest's memory is mostly untouched pages, and the
-// copy is taken while the guest is paused.
-func CopySparse(path string, src *os.File) error {
-	fi, err := src.Stat()
-	if err != nil {
-		return err
-	}
-	dst, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, filenames.FileMode)
-	if err != nil {
-		return err
-	}
-	defer dst.Close()
-	if err := dst.Truncate(fi.Size()); err != nil {
-		return err
-	}
-	fd := int(src.Fd())
-	for off := int64(0); off < fi.Size(); {
-		data, err := syscall.Seek(fd, off, seekData)
-		if err != nil {
-			break // ENXIO: no data after off
-		}
-		hole, err := syscall.Seek(fd, data, seekHole)
-		if err != nil {
-			hole = fi.Size()
-		}
-		// File to file: Go copies in the kernel (copy_file_range or
-		// splice), not through a user-space buffer.
-		if _, err := src.Seek(data, io.SeekStart); err != nil {
-			return err
-		}
-		if _, err := dst.Seek(data, io.SeekStart); err != nil {
-			return err
-		}
-		if _, err := io.CopyN(dst, src, hole-data); err != nil {
-			return fmt.Errorf("copy memory: %w", err)
-		}
-		off = hole
-	}
-	return nil
-}
-
-// lseek whences for sparse files (linux/fs.h).
-const (
-	seekData = 3
-	seekHole = 4
-)

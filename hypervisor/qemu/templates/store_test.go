@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stackvm/stack/internal/fsutil"
 )
 
 // makeOne makes a template of key with a memory file of memBytes (a
@@ -26,7 +28,7 @@ func makeOne(t *testing.T, s *Store, key string, memBytes int64) *Template {
 	defer src.Close()
 	src.Truncate(memBytes)
 	src.WriteAt([]byte("guest page"), memBytes/2)
-	if err := CopySparse(filepath.Join(m.Dir(), MemFile), src); err != nil {
+	if err := fsutil.CopySparse(filepath.Join(m.Dir(), MemFile), src); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(m.Dir(), StateFile), []byte("device state of "+key), 0o600); err != nil {

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -282,7 +281,7 @@ func convert(ctx context.Context, cacheRoot string, src *source, report func(Pro
 	if err := os.Rename(out, dir); err != nil {
 		return nil, fmt.Errorf("move image into cache: %w", err)
 	}
-	if err := syncDir(images); err != nil {
+	if err := fsutil.SyncDir(images); err != nil {
 		return nil, err
 	}
 	img.Dir, img.RootFS = dir, filepath.Join(dir, filenames.OCIRootFS)
@@ -358,16 +357,4 @@ func syncFile(path string) (int64, error) {
 		return 0, fmt.Errorf("sync %s: %w", path, err)
 	}
 	return fi.Size(), nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -103,6 +104,59 @@ func LockFile(ctx context.Context, path string, waiting func()) (*Lock, error) {
 		case <-time.After(lockPoll):
 		}
 	}
+}
+
+// TryLockFile takes path's lock as LockFile does, without waiting: it
+// returns a nil Lock, and no error, when another holds it.
+func TryLockFile(path string) (*Lock, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	l, err := LockFile(ctx, path, nil)
+	if errors.Is(err, context.Canceled) {
+		return nil, nil
+	}
+	return l, err
+}
+
+// SyncFile flushes a file's data to disk.
+func SyncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+// SyncDir flushes a directory's entries to disk (a rename or a create in
+// it is durable after).
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// SyncTree flushes every file and directory under dir to disk.
+func SyncTree(dir string) error {
+	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		switch {
+		case err != nil:
+			return err
+		case d.IsDir():
+			return SyncDir(path)
+		case d.Type().IsRegular():
+			if err := SyncFile(path); err != nil {
+				return fmt.Errorf("sync %s: %w", path, err)
+			}
+		}
+		return nil
+	})
 }
 
 // CopySparse copies src's data regions into a new file at path (0600; it

@@ -259,14 +259,13 @@ func (s *Store) Begin(ctx context.Context, key string) (m *Making, ok bool, err 
 	if err := os.MkdirAll(s.Root, filenames.DirMode); err != nil {
 		return nil, false, fmt.Errorf("make template: %w", err)
 	}
-	lctx, cancel := context.WithCancel(ctx)
-	cancel() // one try: a lock held elsewhere is not waited for
-	lock, err := fsutil.LockFile(lctx, s.lockPath(key), nil)
+	// One try: a lock held elsewhere is not waited for.
+	lock, err := fsutil.TryLockFile(s.lockPath(key))
 	if err != nil {
-		if errors.Is(err, context.Canceled) {
-			return nil, false, nil
-		}
 		return nil, false, fmt.Errorf("make template: lock: %w", err)
+	}
+	if lock == nil {
+		return nil, false, nil
 	}
 	dir := filepath.Join(s.Root, tmpPrefix+key)
 	os.RemoveAll(dir) // a making that did not finish
@@ -281,10 +280,8 @@ func (s *Store) lockPath(key string) string { return filepath.Join(s.Root, "."+k
 
 // making reports whether a process holds key's making lock.
 func (s *Store) making(key string) bool {
-	lctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	lock, err := fsutil.LockFile(lctx, s.lockPath(key), nil)
-	if err != nil {
+	lock, err := fsutil.TryLockFile(s.lockPath(key))
+	if err != nil || lock == nil {
 		return true
 	}
 	lock.Unlock()
@@ -316,7 +313,7 @@ func (m *Making) Commit(meta Meta) (*Template, error) {
 		return nil, err
 	}
 	for _, f := range []string{MemFile, StateFile} {
-		if err := syncFile(filepath.Join(m.dir, f)); err != nil {
+		if err := fsutil.SyncFile(filepath.Join(m.dir, f)); err != nil {
 			m.abort()
 			return nil, fmt.Errorf("commit template: %w", err)
 		}
@@ -341,12 +338,3 @@ func (m *Making) Abort() {
 }
 
 func (m *Making) abort() { os.RemoveAll(m.dir) }
-
-func syncFile(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
-}

@@ -244,15 +244,7 @@ func (in *Init) park() guestproto.Unpark {
 	in.status.Parked = false
 	in.restored = u.Restored
 	in.mu.Unlock()
-	if u.Time != 0 {
-		ts := unix.NsecToTimespec(u.Time)
-		if err := unix.ClockSettime(unix.CLOCK_REALTIME, &ts); err != nil {
-			in.log.Warn("set the clock", "err", err)
-		}
-	}
-	if err := reseed(u.Entropy); err != nil {
-		in.log.Warn("reseed the random generator", "err", err)
-	}
+	in.takeHost(u.Time, u.Entropy)
 	if u.Restored {
 		for _, err := range FlushBlockCaches("/sys/block") {
 			in.log.Warn("flush disk cache", "err", err)
@@ -449,6 +441,14 @@ func (in *Init) onMessage(m guestproto.Message) {
 		in.execInput(m)
 	case guestproto.TypeStart:
 		in.released.Do(func() { close(in.release) })
+	case guestproto.TypeResumed:
+		var r guestproto.Resumed
+		if err := json.Unmarshal(m.Body, &r); err != nil {
+			in.log.Warn("agent: bad resumed", "err", err)
+			return
+		}
+		in.takeHost(r.Time, r.Entropy)
+		in.log.Info("resumed from a snapshot; clock stepped", "time", time.Unix(0, r.Time).UTC().Format(time.RFC3339Nano))
 	case guestproto.TypeUnpark:
 		var u guestproto.Unpark
 		if err := json.Unmarshal(m.Body, &u); err != nil {
@@ -730,6 +730,21 @@ func lookPath(file, path string) (string, error) {
 		}
 	}
 	return "", exec.ErrNotFound
+}
+
+// takeHost steps the clock to the host's (Unix nanoseconds; 0: left as
+// is) and reseeds the random generator with the host's entropy: a guest
+// restored from saved state has the saved moment's clock and generator.
+func (in *Init) takeHost(now int64, entropy []byte) {
+	if now != 0 {
+		ts := unix.NsecToTimespec(now)
+		if err := unix.ClockSettime(unix.CLOCK_REALTIME, &ts); err != nil {
+			in.log.Warn("set the clock", "err", err)
+		}
+	}
+	if err := reseed(entropy); err != nil {
+		in.log.Warn("reseed the random generator", "err", err)
+	}
 }
 
 // reseed mixes the host's entropy into the kernel's pool and reseeds its

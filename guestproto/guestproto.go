@@ -112,6 +112,9 @@ const (
 	// TypeUnpark: host → guest, with an Unpark body: leave the park point
 	// (see ParkArg) and bring the VM up.
 	TypeUnpark = "unpark"
+	// TypeResumed: host → guest, with a Resumed body, once a VM restored
+	// from a snapshot runs again: it takes the host's clock and entropy.
+	TypeResumed = "resumed"
 	// TypeListening: guest → host when a port of Config.WatchPorts starts
 	// listening; Status.Listening lists those that do.
 	TypeListening = "listening"
@@ -146,8 +149,8 @@ type Unpark struct {
 	// Time is the host's wall clock (Unix nanoseconds): the guest's clock
 	// resumes at the snapshot's time otherwise.
 	Time int64 `json:"time"`
-	// Entropy is mixed into the guest's random pool, beside the reseed
-	// that the VM generation ID device triggers.
+	// Entropy is mixed into the guest's random pool, and the pool
+	// reseeded (see Resumed).
 	Entropy []byte `json:"entropy,omitempty"`
 	// Restored: the VM was restored from a template, so its disks' and
 	// NICs' state in the guest belongs to the template's VM: the guest
@@ -158,6 +161,15 @@ type Unpark struct {
 	// here rather than from its config disk (a restored guest is told at
 	// once, without a disk read).
 	Config json.RawMessage `json:"config,omitempty"`
+}
+
+// Resumed is the body of TypeResumed: what a VM restored from a snapshot
+// must not keep from the moment it was saved. Its clock resumes at the
+// save's time, and another VM restored from the same snapshot has the same
+// random generator state.
+type Resumed struct {
+	Time    int64  `json:"time"` // the host's wall clock, Unix nanoseconds
+	Entropy []byte `json:"entropy,omitempty"`
 }
 
 // ValidMachineID reports whether id is a machine ID as /etc/machine-id

@@ -35,6 +35,10 @@ type Driver interface {
 	// fastest, without the VM: run it once the VM goes on. A save that
 	// was not flattened restores all the same, slower.
 	Flatten(ctx context.Context, dir string) error
+	// CheckSnapshot reports whether a Start of cfg (Snapshot set) would
+	// restore its save: ErrSnapshotShape (wrapped) when cfg is not the VM
+	// that was saved. It starts nothing.
+	CheckSnapshot(ctx context.Context, cfg *Config) error
 }
 
 // Instance is a handle on one running VMM. Handles are not shared between

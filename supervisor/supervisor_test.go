@@ -80,6 +80,9 @@ func (d *fakeDriver) Attach(ctx context.Context, id hypervisor.Identity) (hyperv
 }
 
 func (d *fakeDriver) Flatten(context.Context, string) error { return nil }
+func (d *fakeDriver) CheckSnapshot(context.Context, *hypervisor.Config) error {
+	return nil
+}
 
 func (d *fakeDriver) last() *fakeInst {
 	d.mu.Lock()

@@ -87,7 +87,7 @@ func (in *instance) Save(ctx context.Context, dir string) (hypervisor.Saved, err
 	if err != nil {
 		return hypervisor.Saved{}, fmt.Errorf("save vm: %w", err)
 	}
-	shape, err := shapeArgs(argv[1:], in.runDir, argv[0], fileSize)
+	shape, err := shapeArgs(argv[1:], in.runDir, argv[0], diskSize)
 	if err != nil {
 		return hypervisor.Saved{}, fmt.Errorf("save vm: %w", err)
 	}
@@ -116,8 +116,18 @@ func (in *instance) Save(ctx context.Context, dir string) (hypervisor.Saved, err
 	return hypervisor.Saved{Bytes: size, Took: time.Since(t0)}, nil
 }
 
-// startSnapshot starts QEMU for cfg from the save in cfg.Snapshot, paused.
-func (d *Driver) startSnapshot(ctx context.Context, cfg *hypervisor.Config) (*instance, error) {
+// snapshotStart is what starting a VM from a save takes.
+type snapshotStart struct {
+	cfg        *hypervisor.Config // cfg as it starts: the saved accelerator, parked
+	args       []string
+	accel      hypervisor.Accel
+	configSize int
+	meta       *savedVM
+}
+
+// planSnapshot builds the argv that restores the save in cfg.Snapshot and
+// checks that it starts the VM that was saved, changing nothing on disk.
+func (d *Driver) planSnapshot(ctx context.Context, cfg *hypervisor.Config) (*snapshotStart, error) {
 	meta, err := readSavedVM(cfg.Snapshot)
 	if err != nil {
 		return nil, err
@@ -129,46 +139,69 @@ func (d *Driver) startSnapshot(ctx context.Context, cfg *hypervisor.Config) (*in
 	host.GuestMicrovm = ProbeKernel(cfg.Kernel)
 	c := *cfg
 	c.Accel = meta.Accel // CPU state saved under one accelerator loads under it alone
-	cfg = &c
-	accel, err := d.accel(ctx, cfg, &host)
-	if err != nil {
-		return nil, err
-	}
-	configSize := 0
-	if meta.TemplateShaped {
-		cfg = templateConfig(cfg)
-		configSize = configDiskTemplateSize
-	}
-	args, err := BuildArgs(cfg, host)
-	if err != nil {
+	p := &snapshotStart{cfg: &c, meta: meta}
+	if p.accel, err = d.accel(ctx, p.cfg, &host); err != nil {
 		return nil, err
 	}
 	if meta.TemplateShaped {
-		args = append(args, "-device", "vmgenid,guid=auto")
+		p.cfg = templateConfig(p.cfg)
+		p.configSize = configDiskTemplateSize
+	}
+	if p.args, err = BuildArgs(p.cfg, host); err != nil {
+		return nil, err
+	}
+	if meta.TemplateShaped {
+		p.args = append(p.args, "-device", "vmgenid,guid=auto")
 	}
 	if meta.MemFile {
-		args = withMemory(args, "mem-path="+esc(filepath.Join(cfg.Snapshot, filenames.SnapshotVMMem))+",share=off")
+		p.args = withMemory(p.args, "mem-path="+esc(filepath.Join(cfg.Snapshot, filenames.SnapshotVMMem))+",share=off")
 	}
-	args = append(args, "-S", "-incoming", "defer")
-	var undo cleanups
-	defer undo.unwind()
-	if err := d.prepareRunDir(cfg, args, configSize); err != nil {
-		return nil, err
-	}
-	shape, err := shapeArgs(args, cfg.RunDir, d.opts.Binary, fileSize)
+	p.args = append(p.args, "-S", "-incoming", "defer")
+	// The config disk is written at start: its size is known from here.
+	cfgDisk := configDiskPath(cfg.RunDir)
+	shape, err := shapeArgs(p.args, cfg.RunDir, d.opts.Binary, func(path string) (int64, error) {
+		if path == cfgDisk {
+			return int64(max(p.configSize, len(ConfigDiskImage(cfg.GuestConfig)))), nil
+		}
+		return diskSize(path)
+	})
 	if err != nil {
 		return nil, err
 	}
 	if diff := firstDifference(meta.Shape, shape); diff != "" {
 		return nil, fmt.Errorf("%w: %s", hypervisor.ErrSnapshotShape, diff)
 	}
+	return p, nil
+}
+
+// CheckSnapshot reports whether cfg (with Snapshot set) would start from
+// its save: the save is readable and cfg is the VM that was saved. It
+// starts nothing.
+func (d *Driver) CheckSnapshot(ctx context.Context, cfg *hypervisor.Config) error {
+	if _, err := d.planSnapshot(ctx, cfg); err != nil {
+		return fmt.Errorf("check vm %s: %w", cfg.Name, err)
+	}
+	return nil
+}
+
+// startSnapshot starts QEMU for cfg from the save in cfg.Snapshot, paused.
+func (d *Driver) startSnapshot(ctx context.Context, cfg *hypervisor.Config) (*instance, error) {
+	p, err := d.planSnapshot(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	var undo cleanups
+	defer undo.unwind()
+	if err := d.prepareRunDir(p.cfg, p.args, p.configSize); err != nil {
+		return nil, err
+	}
 	t0 := time.Now()
-	inst, err := d.spawn(cfg, args, accel, &undo)
+	inst, err := d.spawn(p.cfg, p.args, p.accel, &undo)
 	if err != nil {
 		return nil, err
 	}
 	inst.boot = hypervisor.Boot{Kind: hypervisor.BootSnapshot}
-	if err := d.bringUp(ctx, cfg, inst, &templatePlan{snapshot: cfg.Snapshot, ignoreShared: meta.MemFile}, &undo); err != nil {
+	if err := d.bringUp(ctx, p.cfg, inst, &templatePlan{snapshot: cfg.Snapshot, ignoreShared: p.meta.MemFile}, &undo); err != nil {
 		undo.unwind()
 		return nil, fmt.Errorf("restore from snapshot: %w%s", err, stderrTail(stderrPath(cfg.RunDir)))
 	}
@@ -234,7 +267,10 @@ func setCapability(ctx context.Context, c *qmp.Client, name string, on bool) err
 }
 
 // migrateTo writes the paused VM's migration stream to a new file at path.
-func migrateTo(ctx context.Context, c *qmp.Client, path string) error {
+// A migration that does not end here (ctx ends, QMP fails) is cancelled
+// before it returns: one left running would stop the VM when it completes,
+// after the caller has resumed it.
+func migrateTo(ctx context.Context, c *qmp.Client, path string) (err error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, filenames.FileMode)
 	if err != nil {
 		return err
@@ -244,7 +280,15 @@ func migrateTo(ctx context.Context, c *qmp.Client, path string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := c.Execute(ctx, "migrate", map[string]string{"uri": "fd:migration"}); err != nil {
+	ended := false
+	defer func() {
+		if !ended {
+			cancelMigration(context.WithoutCancel(ctx), c)
+		}
+	}()
+	// Not cut short by ctx: a migrate whose reply was not waited for may
+	// have started all the same.
+	if _, err := c.Execute(context.WithoutCancel(ctx), "migrate", map[string]string{"uri": "fd:migration"}); err != nil {
 		return err
 	}
 	for {
@@ -261,16 +305,40 @@ func migrateTo(ctx context.Context, c *qmp.Client, path string) error {
 		}
 		switch st.Status {
 		case "completed":
+			ended = true
 			return nil
 		case "failed", "cancelled":
+			ended = true
 			return fmt.Errorf("migration %s: %s", st.Status, st.ErrorDesc)
 		}
 		select {
 		case <-ctx.Done():
-			c.Execute(context.WithoutCancel(ctx), "migrate_cancel", nil)
 			return ctx.Err()
 		case <-time.After(2 * time.Millisecond):
 		}
+	}
+}
+
+// cancelMigration cancels an outgoing migration and waits until QEMU has
+// let go of it (the VM cannot be resumed while it is cancelling).
+func cancelMigration(ctx context.Context, c *qmp.Client) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c.Execute(ctx, "migrate_cancel", nil)
+	for ctx.Err() == nil {
+		raw, err := c.Execute(ctx, "query-migrate", nil)
+		if err != nil {
+			return
+		}
+		var st struct {
+			Status string `json:"status"`
+		}
+		json.Unmarshal(raw, &st)
+		switch st.Status {
+		case "", "none", "cancelled", "failed", "completed":
+			return
+		}
+		time.Sleep(2 * time.Millisecond)
 	}
 }
 

@@ -3,9 +3,11 @@ package qemu
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -91,7 +93,7 @@ func templateKey(args []string, cfg *hypervisor.Config, binary string) (string, 
 		if path == cfgDisk {
 			return configDiskTemplateSize, nil
 		}
-		return fileSize(path)
+		return diskSize(path)
 	})
 	if err != nil {
 		return "", fmt.Errorf("template key: %w", err)
@@ -193,6 +195,26 @@ func unesc(s string) string { return strings.ReplaceAll(s, ",,", ",") }
 
 func fileSize(path string) (int64, error) {
 	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
+}
+
+// diskSize is the size of the disk the guest sees in the image at path:
+// a qcow2 image's virtual size (its file grows as the guest writes), else
+// the file's size.
+func diskSize(path string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	var h [32]byte
+	if n, _ := io.ReadFull(f, h[:]); n == len(h) && string(h[:4]) == "QFI\xfb" {
+		return int64(binary.BigEndian.Uint64(h[24:32])), nil
+	}
+	fi, err := f.Stat()
 	if err != nil {
 		return 0, err
 	}

@@ -116,14 +116,14 @@ func SnapshotStaging(dir string) string {
 // Files in a snapshot directory.
 const (
 	SnapshotManifest = "snapshot.json"
-	// SnapshotVMPrefix names a VM's directory (vm-<name>): its VMM's save
-	// and its state directory's files, disks frozen at the save.
-	SnapshotVMPrefix = "vm-"
-	SnapshotVMState  = "vmm.state" // the VMM's migration stream: devices and RAM
-	SnapshotVMMeta   = "vmm.json"  // the driver's record of what it saved
-	SnapshotVMMem    = "vmm.mem"   // the VMM's RAM, once flattened
-	// SnapshotVolumes holds the namespace's volumes as they were.
-	SnapshotVolumes = "volumes"
+	// SnapshotVMMs holds each VM's VMM save, in a directory named after
+	// the VM; SnapshotFiles the namespace's files as they were at the save
+	// (VMs' disks and keys, volumes) by their paths in its state directory.
+	SnapshotVMMs    = "vmm"
+	SnapshotFiles   = "files"
+	SnapshotVMState = "vmm.state" // the VMM's migration stream: devices and RAM
+	SnapshotVMMeta  = "vmm.json"  // the driver's record of what it saved
+	SnapshotVMMem   = "vmm.mem"   // the VMM's RAM, once flattened
 )
 
 // VirtiofsSocket is the vhost-user socket of the i-th shared directory's

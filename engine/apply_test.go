@@ -69,6 +69,16 @@ func (f *fakeSupervisor) EnsureNetwork(ctx context.Context, n api.NetworkSpec) e
 	return nil
 }
 
+func (f *fakeSupervisor) SaveSnapshot(context.Context, string) (*api.Saved, error) {
+	return nil, errors.New("fake: no snapshots")
+}
+func (f *fakeSupervisor) CheckRestore(context.Context, []api.RestoreVM) error {
+	return errors.New("fake: no snapshots")
+}
+func (f *fakeSupervisor) RestoreVMs(context.Context, []api.RestoreVM) ([]api.Started, error) {
+	return nil, errors.New("fake: no snapshots")
+}
+
 func (f *fakeSupervisor) RemoveNetwork(ctx context.Context, name string) error {
 	f.call("remove-network " + name)
 	return nil

@@ -33,6 +33,9 @@ type Supervisor interface {
 	Shutdown(ctx context.Context) error
 	SetPools(ctx context.Context, specs []api.PoolSpec) error
 	Pools(ctx context.Context) ([]api.PoolStatus, error)
+	SaveSnapshot(ctx context.Context, dir string) (*api.Saved, error)
+	CheckRestore(ctx context.Context, vms []api.RestoreVM) error
+	RestoreVMs(ctx context.Context, vms []api.RestoreVM) ([]api.Started, error)
 }
 
 var _ Supervisor = (*client.Client)(nil)

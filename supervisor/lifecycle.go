@@ -98,7 +98,7 @@ func (s *Supervisor) launch(ctx context.Context, v *vmRun) error {
 		s.emitVM(v, api.PhaseFailed, err.Error())
 		return fmt.Errorf("start %s: %w", v.spec.Address, err)
 	}
-	s.adopt(v, inst, false)
+	s.adopt(v, inst, adoptStarted)
 	return nil
 }
 
@@ -136,11 +136,22 @@ func (s *Supervisor) startRelay(ctx context.Context, v *vmRun) (*console.Relay, 
 	})
 }
 
+// adoption is how adopt came by a VMM.
+type adoption int
+
+const (
+	adoptStarted   adoption = iota // started here, booting
+	adoptReadopted                 // started by an earlier supervisor
+	// adoptRestored: restored from a snapshot here and running again;
+	// v.st already says how it was at the save.
+	adoptRestored
+)
+
 // adopt takes over a running VMM: console relay (unless BeforeBoot already
 // started it), readiness, exit.
-func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
+func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, how adoption) {
 	v.mu.Lock()
-	if readopted {
+	if how == adoptReadopted {
 		v.loopCtx, v.cancel = context.WithCancel(context.Background())
 	}
 	loopCtx := v.loopCtx
@@ -169,8 +180,10 @@ func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
 	v.inst = inst
 	v.loopDone = make(chan struct{})
 	v.wake = make(chan struct{})
-	if !readopted {
-		v.st.State, v.st.Reason, v.st.ExitCode = api.StateBooting, "", nil
+	if how != adoptReadopted {
+		if how == adoptStarted {
+			v.st.State, v.st.Reason, v.st.ExitCode = api.StateBooting, "", nil
+		}
 		v.st.Held = v.spec.Hold && !v.released
 		v.st.StartedAt = time.Now().UTC()
 		v.guestExit, v.guestReady, v.guestErr = nil, false, ""
@@ -178,7 +191,7 @@ func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
 	}
 	// A VM restored from a template is parked: it is told to go on at
 	// once rather than after the round trip of its hello.
-	restored := !readopted && inst.Boot().Kind.Restored()
+	restored := how == adoptStarted && inst.Boot().Kind.Restored()
 	v.unparking = restored
 	v.st.PID = inst.Identity().PID
 	if a := inst.Accel().Name; a != "" {
@@ -186,7 +199,7 @@ func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
 	}
 	v.writeRecordLocked()
 	v.mu.Unlock()
-	if !readopted {
+	if how == adoptStarted {
 		s.emitVM(v, api.PhaseBooting, bootingMessage(inst))
 	}
 	if restored {
@@ -198,7 +211,7 @@ func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, readopted bool) {
 	if resend {
 		s.sendStart(v, inst)
 	}
-	go s.superviseLoop(loopCtx, v, inst, readopted)
+	go s.superviseLoop(loopCtx, v, inst, how != adoptStarted)
 }
 
 // bootingMessage says how the VMM came up.
@@ -213,7 +226,8 @@ func bootingMessage(inst hypervisor.Instance) string {
 	return fmt.Sprintf("VMM running (pid %d); booting", pid)
 }
 
-// superviseLoop waits for readiness and for the VMM's exit, and applies the
+// superviseLoop waits for readiness (unless the VM was ready when a VMM
+// running already was adopted) and for the VMM's exit, and applies the
 // restart policy.
 func (s *Supervisor) superviseLoop(ctx context.Context, v *vmRun, inst hypervisor.Instance, readopted bool) {
 	v.mu.Lock()

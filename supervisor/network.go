@@ -19,6 +19,17 @@ func (s *Supervisor) network(name string) *network {
 	return s.nets[name]
 }
 
+// networks are the running networks, in no order.
+func (s *Supervisor) networks() []*network {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*network, 0, len(s.nets))
+	for _, n := range s.nets {
+		out = append(out, n)
+	}
+	return out
+}
+
 // ensureNetwork starts the switch and gateway of a network, or reconfigures
 // the gateway of a running one. Changing a running network's addressing is
 // the engine's business (it replaces the network): here it is an error.

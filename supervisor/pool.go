@@ -298,7 +298,7 @@ func (s *Supervisor) claim(ctx context.Context, spec api.VMSpec, p *pool, m *mem
 		}
 		return undo(err)
 	}
-	s.adopt(v, m.inst, false)
+	s.adopt(v, m.inst, adoptStarted)
 	return started(m.inst)
 }
 
@@ -346,13 +346,7 @@ func (s *Supervisor) unwireMember(spec api.PoolSpec, m *member) {
 
 // removePort removes a switch port from whichever network has it.
 func (s *Supervisor) removePort(port string) {
-	s.mu.Lock()
-	nets := make([]*network, 0, len(s.nets))
-	for _, n := range s.nets {
-		nets = append(nets, n)
-	}
-	s.mu.Unlock()
-	for _, n := range nets {
+	for _, n := range s.networks() {
 		n.sw.RemovePort(port)
 	}
 }

@@ -109,6 +109,6 @@ func (s *Supervisor) readoptVM(ctx context.Context, r *api.Record) {
 	if err := s.wire(v); err != nil {
 		s.log.Error("re-wire vm", "vm", v.spec.Address, "err", err)
 	}
-	s.adopt(v, inst, true)
+	s.adopt(v, inst, adoptReadopted)
 	s.log.Info("re-adopted vm", "vm", v.spec.Address, "pid", r.Process.PID)
 }

@@ -360,6 +360,17 @@ func (s *Supervisor) serveConn(ctx context.Context, c net.Conn) {
 	case api.OpExec:
 		s.exec(ctx, dec, enc, &req) // dec: the client's ExecInputs follow
 		return
+	case api.OpSaveSnapshot:
+		// A client that hangs up (a killed `stack snapshot save`) cancels
+		// the save; its VMs run on.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		go func() {
+			var b [1]byte
+			c.Read(b[:]) // the client sends nothing more: this returns when it hangs up
+			cancel()
+		}()
 	}
 	resp := s.handle(ctx, &req)
 	_ = enc.Encode(resp)
@@ -415,6 +426,15 @@ func (s *Supervisor) handle(ctx context.Context, req *api.Request) api.Response 
 		resp.VMs, resp.Pools = s.status(), s.poolStatus()
 	case api.OpSetPools:
 		s.setPools(req.Pools)
+	case api.OpSaveSnapshot:
+		resp.Saved, err = s.saveSnapshot(ctx, req.Dir)
+	case api.OpCheckRestore:
+		err = s.checkRestore(ctx, req.Restore)
+	case api.OpRestoreVMs:
+		// Like a start: carried through when the client hangs up.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		resp.Restored, err = s.restoreVMs(rctx, req.Restore)
+		cancel()
 	case api.OpShutdown:
 		s.once.Do(func() { close(s.shutdown) })
 	default:

@@ -172,7 +172,7 @@ func (v *vmRun) config() hypervisor.Config {
 		Name: v.spec.Name, RunDir: v.runDir, CPUs: m.CPUs, MemoryMB: m.MemoryMB,
 		Kernel: m.Kernel, Initramfs: m.Initramfs, Cmdline: m.Cmdline, Machine: m.Machine, Accel: m.Accel,
 		NICs: v.nics, GuestAgent: len(v.spec.GuestConfig) > 0, GuestConfig: v.spec.GuestConfig,
-		Template: m.Template,
+		Template: m.Template, Snapshot: v.spec.Snapshot,
 	}
 	if r := v.spec.Root; r != nil {
 		cfg.Root = &hypervisor.Disk{Path: r.Path, Format: r.Format, ReadOnly: r.ReadOnly, Serial: r.Serial}

@@ -196,6 +196,9 @@ type VMSpec struct {
 	Hold bool `json:"hold,omitempty"`
 	// Pool names the warm pool (see PoolSpec) the VM may be taken from.
 	Pool string `json:"pool,omitempty"`
+	// Snapshot, when set, is the directory of the VM's save in a snapshot
+	// (restore-vms): its VMM is restored from it rather than booted.
+	Snapshot string `json:"snapshot,omitempty"`
 }
 
 // PoolSpec is a warm pool: Size VMs of one shape restored from its boot
@@ -288,4 +291,33 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	v, err := time.ParseDuration(s)
 	*d = Duration(v)
 	return err
+}
+
+// Saved is what save-snapshot wrote into its directory: under
+// filenames.SnapshotVMMs each VM's VMM save, under filenames.SnapshotFiles
+// the namespace's files as they were (VMs' disks and keys, volumes),
+// by their paths relative to the namespace's state directory.
+type Saved struct {
+	VMs      []SavedVM     `json:"vms"`
+	Networks []NetworkSpec `json:"networks"`
+	// Paused is how long the VMs were paused; Flattened how long making
+	// the saves quick to restore took after that (see hypervisor).
+	Paused    Duration `json:"paused"`
+	Flattened Duration `json:"flattened"`
+}
+
+// SavedVM is one VM of a snapshot.
+type SavedVM struct {
+	Spec   VMSpec   `json:"spec"`
+	Status VMStatus `json:"status"`
+	// Files are the VM's files in the snapshot, relative to
+	// filenames.SnapshotFiles (and so to the namespace's state directory).
+	Files []string `json:"files"`
+}
+
+// RestoreVM is a VM for restore-vms: Spec.Snapshot is set, and Ready says
+// the VM was ready when it was saved (it is ready once it runs again).
+type RestoreVM struct {
+	Spec  VMSpec `json:"spec"`
+	Ready bool   `json:"ready"`
 }

@@ -18,6 +18,9 @@ const (
 	OpExec          Op = "exec"
 	OpShutdown      Op = "shutdown"
 	OpSetPools      Op = "set-pools"
+	OpSaveSnapshot  Op = "save-snapshot"
+	OpCheckRestore  Op = "check-restore"
+	OpRestoreVMs    Op = "restore-vms"
 )
 
 // Request is one call. Op says which of the other fields are set.
@@ -35,6 +38,10 @@ type Request struct {
 	Instance string `json:"instance,omitempty"`
 	// Pools is set-pools' whole set of pools: pools not in it are drained.
 	Pools []PoolSpec `json:"pools,omitempty"`
+	// Dir is where save-snapshot writes (an empty directory).
+	Dir string `json:"dir,omitempty"`
+	// Restore are the VMs check-restore and restore-vms are about.
+	Restore []RestoreVM `json:"restore,omitempty"`
 }
 
 // Response answers a Request. Error is a user-facing message.
@@ -44,6 +51,9 @@ type Response struct {
 	Started *Started     `json:"started,omitempty"` // start-vm, boot-vm
 	VMs     []VMStatus   `json:"vms,omitempty"`     // status
 	Pools   []PoolStatus `json:"pools,omitempty"`   // status
+	Saved   *Saved       `json:"saved,omitempty"`   // save-snapshot
+	// Restored are restore-vms' VMMs, in the order of the request.
+	Restored []Started `json:"restored,omitempty"`
 }
 
 // Pong says who answers: the supervisor's pid, its protocol version, and

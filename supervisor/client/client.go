@@ -194,6 +194,39 @@ func (c *Client) Pools(ctx context.Context) ([]api.PoolStatus, error) {
 	return resp.Pools, nil
 }
 
+// snapshotCall bounds a snapshot's save or restore: its disks are copied
+// and its VMs' memory written or read.
+const snapshotCall = 30 * time.Minute
+
+// SaveSnapshot saves every VM of the namespace, paused together, into dir
+// (an empty directory), and says what it wrote. The VMs run on. A client
+// that hangs up cancels the save; the VMs run on all the same.
+func (c *Client) SaveSnapshot(ctx context.Context, dir string) (*api.Saved, error) {
+	resp, err := c.call(ctx, snapshotCall, &api.Request{Op: api.OpSaveSnapshot, Dir: dir})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Saved, nil
+}
+
+// CheckRestore reports whether vms would restore from their saves,
+// changing nothing.
+func (c *Client) CheckRestore(ctx context.Context, vms []api.RestoreVM) error {
+	_, err := c.call(ctx, vmCall, &api.Request{Op: api.OpCheckRestore, Restore: vms})
+	return err
+}
+
+// RestoreVMs starts vms from their saves, lets them run at one moment, and
+// says which VMMs it started, in order. The namespace must have none of
+// them, and their networks must run.
+func (c *Client) RestoreVMs(ctx context.Context, vms []api.RestoreVM) ([]api.Started, error) {
+	resp, err := c.call(ctx, vmCall, &api.Request{Op: api.OpRestoreVMs, Restore: vms})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Restored, nil
+}
+
 // Shutdown asks the supervisor to stop every VM and network and exit, and
 // waits until its process is gone: a command that follows (the next up)
 // must not reach a supervisor on its way out.

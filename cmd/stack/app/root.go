@@ -132,6 +132,7 @@ func newRoot(s Streams) *cobra.Command {
 		newStartCmd(g, s),
 		newCacheCmd(g, s),
 		newPullCmd(g, s),
+		newSnapshotCmd(g, s),
 	)
 	return root
 }

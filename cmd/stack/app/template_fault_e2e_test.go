@@ -47,6 +47,12 @@ const shape304 = `vm "x" {
 }
 `
 
+// supervisorLog is the namespace's supervisor's log, for failure reports.
+func (c *cli) supervisorLog() string {
+	b, _ := os.ReadFile(filepath.Join(filenames.NamespaceState(c.stateDir, c.ns), filenames.SupervisorLog))
+	return string(b)
+}
+
 // waitReady waits until ps says vm is ready.
 func waitReady(t *testing.T, c *cli, vm string) psEntry {
 	t.Helper()
@@ -57,8 +63,7 @@ func waitReady(t *testing.T, c *cli, vm string) psEntry {
 			return v
 		}
 		if time.Now().After(deadline) {
-			sv, _ := os.ReadFile(filepath.Join(filenames.NamespaceState(c.stateDir, c.ns), filenames.SupervisorLog))
-			t.Fatalf("%s never became ready: %+v\n%s\nsupervisor log:\n%s", vm, v, c.run("logs", vm).stdout, sv)
+			t.Fatalf("%s never became ready: %+v\n%s\nsupervisor log:\n%s", vm, v, c.run("logs", vm).stdout, c.supervisorLog())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

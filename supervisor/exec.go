@@ -242,13 +242,19 @@ func (s *Supervisor) execAgent(ctx context.Context, v *vmRun, g hypervisor.Guest
 				switch m.Type {
 				case guestproto.TypeExecOutput:
 					var o guestproto.ExecOutput
-					if json.Unmarshal(m.Body, &o) == nil && out.send(api.ExecEvent{Stream: o.Stream, Data: o.Data}) != nil {
+					if json.Unmarshal(m.Body, &o) != nil {
+						continue
+					}
+					if o.Stream != "stderr" {
+						o.Stream = "stdout" // not any string of the guest's
+					}
+					if out.send(api.ExecEvent{Stream: o.Stream, Data: o.Data}) != nil {
 						return
 					}
 				case guestproto.TypeExecExit:
 					var ex guestproto.ExecExit
 					json.Unmarshal(m.Body, &ex)
-					out.exit(ex.Code, ex.Error)
+					out.exit(ex.Code, guestString(ex.Error))
 					return
 				}
 			}

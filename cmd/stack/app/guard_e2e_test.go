@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stackvm/stack/internal/pty"
+	"github.com/stackvm/stack/internal/testutil"
 )
 
 // Tests of a hostile guest (issue 23): the guest misbehaves through busybox
@@ -115,5 +118,90 @@ func TestStopAGuestThatStopsReading(t *testing.T) {
 	case <-execDone:
 	case <-time.After(30 * time.Second):
 		t.Error("the exec into the stopped VM did not end with its client")
+	}
+}
+
+// escapes is what a hostile guest prints to retitle the window (OSC 0),
+// write the clipboard (OSC 52) and clear the screen (CSI 2J), and how
+// stack shows it.
+const (
+	escapes        = "\x1b]0;pwned\x07\x1b]52;c;cm0gLXJmIH4K\x07\x1b[2J"
+	escapesVisible = `\x1b]0;pwned\x07\x1b]52;c;cm0gLXJmIH4K\x07\x1b[2J`
+)
+
+const escapeVMs = `network "lan" {
+  subnet = "10.58.0.0/24"
+}
+
+vm "loud" {
+  command = ["sh", "-c", "printf 'before\\033]0;pwned\\007\\033]52;c;cm0gLXJmIH4K\\007\\033[2Jafter\\n'; exec sleep 100000"]
+  network "lan" {}
+}
+
+# Its workload cannot start: the guest init's error, which quotes the
+# command, comes back to up's progress and failure report.
+vm "bad" {
+  command = ["/nonexistent-\u001b]0;pwned\u0007\u001b]52;c;cm0gLXJmIH4K\u0007\u001b[2J"]
+  network "lan" {}
+}
+`
+
+// TestGuestEscapesShowAsEscapes: control characters from a guest (its
+// console, its error strings, exec output to a terminal) reach the user's
+// terminal as visible escapes, where they used to pass raw; the console
+// log keeps them, and exec output to a pipe is byte for byte.
+func TestGuestEscapesShowAsEscapes(t *testing.T) {
+	requireVMs(t)
+	file := filepath.Join(t.TempDir(), "stack.hcl")
+	writeFile(t, file, escapeVMs)
+	c := newCLI(t, fmt.Sprintf("esc-%d", os.Getpid()))
+	noRaw := func(what, out string) {
+		t.Helper()
+		if strings.ContainsAny(out, "\x1b\x07") {
+			t.Errorf("%s passes control characters raw: %q", what, out)
+		}
+	}
+
+	r := c.run("-f", file, "up", "--progress", "plain")
+	if r.code != 1 {
+		t.Fatalf("up with a VM that cannot start its workload: %+v", r)
+	}
+	noRaw("up's progress and failure report", r.stderr)
+	if n := strings.Count(r.stderr, escapesVisible); n < 3 { // progress, report, the error
+		t.Errorf("up's output shows the guest's error escaped %d times, want 3:\n%s", n, r.stderr)
+	}
+
+	c.waitConsole("loud", "after", 60*time.Second)
+	r = c.mustRun("logs", "loud")
+	noRaw("logs", r.stdout)
+	if !strings.Contains(r.stdout, "before"+escapesVisible+"after") {
+		t.Errorf("logs does not show the escapes as escapes:\n%s", r.stdout)
+	}
+	raw, err := os.ReadFile(filepath.Join(c.stateDir, c.ns, "vms", "loud", "console.log"))
+	if err != nil || !strings.Contains(string(raw), "before"+escapes+"after") {
+		t.Errorf("the console log does not keep the guest's bytes: %v", err)
+	}
+
+	// exec: escaped on a terminal, byte for byte into a pipe.
+	m, s, err := pty.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var term testutil.SyncBuffer
+	go io.Copy(&term, m)
+	printf := []string{"exec", "loud", "--", "printf", `x\033]0;pwned\007\033]52;c;cm0gLXJmIH4K\007\033[2Jy\n`}
+	done := c.start(Streams{In: strings.NewReader(""), Out: s, Err: s}, printf...)
+	if code := c.wait(done, 60*time.Second); code != 0 {
+		t.Fatalf("exec to a terminal: exit %d", code)
+	}
+	s.Close()
+	c.waitFor(&term, "y", 10*time.Second)
+	noRaw("exec to a terminal", term.String())
+	if !strings.Contains(term.String(), "x"+escapesVisible+"y") {
+		t.Errorf("exec to a terminal: %q", term.String())
+	}
+	if r := c.mustRun(printf...); r.stdout != "x"+escapes+"y\n" {
+		t.Errorf("exec into a pipe changed the bytes: %q", r.stdout)
 	}
 }

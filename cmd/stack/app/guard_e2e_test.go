@@ -121,6 +121,88 @@ func TestStopAGuestThatStopsReading(t *testing.T) {
 	}
 }
 
+// floodAgent is a guest script that takes the agent port from the guest
+// init (it detaches and re-attaches the virtio-serial driver, and opens
+// the new port) and floods the host with reports: exits and errors, with
+// control characters and long strings. It runs detached from the exec
+// that starts it and says "flood-done" on the console at the end.
+const floodAgent = `n=$1
+d=$(basename $(readlink -f /sys/class/virtio-ports/*/device))
+drv=/sys/bus/virtio/drivers/virtio_console
+echo $d > $drv/unbind
+echo $d > $drv/bind
+sleep 1
+p=$(for f in /sys/class/virtio-ports/*; do [ "$(cat $f/name)" = org.stackvm.agent ] && basename $f; done)
+long=$(head -c 4000 /dev/zero | tr '\0' x)
+echo flood-start
+i=0
+while [ $i -lt $n ]; do
+  echo '{"type":"exit","status":{"exited":true,"exit_code":7}}'
+  echo '{"type":"error","error":"\u001b]0;pwned\u0007'$long'"}'
+  echo '{"type":"hello","status":{"ready":true,"exited":false,"exit_code":0,"error":"\u001b[2J'$long'"}}'
+  i=$((i+1))
+done > /dev/$p
+echo flood-done
+`
+
+// TestGuestReportFlood: a guest that takes its agent port and floods the
+// host with exit and error reports makes one exit event and log line (it
+// used to make one per report: 200k reports wrote 21 MB of log), its
+// strings are stored cut, and its neighbour still stops, starts and is
+// seen ready meanwhile.
+func TestGuestReportFlood(t *testing.T) {
+	c := upTwoVMs(t, "flood")
+	logPath := filepath.Join(c.stateDir, c.ns, "supervisor.log")
+	before := fileSize(t, logPath)
+	const n = 10000
+	script := strings.NewReader(floodAgent)
+	r := c.runIn(script, "exec", "-i", "mal", "--", "sh", "-c",
+		fmt.Sprintf(`cat > /tmp/flood.sh; (sleep 1; sh /tmp/flood.sh %d) >/dev/console 2>&1 &`, n))
+	if r.code != 0 {
+		t.Fatalf("start the flood: %+v", r)
+	}
+	c.waitConsole("mal", "flood-start", 60*time.Second)
+	start := time.Now()
+	c.mustRun("stop", "good")
+	c.mustRun("start", "good") // waits for good's readiness
+	t.Logf("the neighbour stopped and started again, ready, in %s during the flood", time.Since(start).Round(time.Millisecond))
+	c.waitConsole("mal", "flood-done", 5*time.Minute)
+	t.Logf("%d reports of each kind sent in %s", n, time.Since(start).Round(time.Millisecond))
+	c.checkNeighbour()
+
+	grew := fileSize(t, logPath) - before
+	log, _ := os.ReadFile(logPath)
+	exits := strings.Count(string(log), `address=vm.mal phase=exited`)
+	t.Logf("supervisor.log grew by %d bytes; %d exited lines for mal", grew, exits)
+	if exits != 1 {
+		t.Errorf("%d exit reports made %d log lines, want 1", n, exits)
+	}
+	if grew > 64<<10 {
+		t.Errorf("supervisor.log grew by %d bytes during the flood", grew)
+	}
+	if reason := c.ps()["mal"].Reason; len(reason) > 1200 || strings.Contains(reason, "\x1b[2J"+strings.Repeat("x", 2000)) {
+		t.Errorf("mal's reason holds %d bytes of the guest's string", len(reason))
+	}
+}
+
+func fileSize(t *testing.T, path string) int64 {
+	t.Helper()
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Size()
+}
+
+// runIn is run with stdin from in.
+func (c *cli) runIn(in io.Reader, args ...string) result {
+	c.t.Helper()
+	var out, errb strings.Builder
+	full := append([]string{"-p", c.ns, "--state-dir", c.stateDir}, args...)
+	code := Main(context.Background(), Streams{In: in, Out: &out, Err: &errb}, full)
+	return result{code, out.String(), errb.String()}
+}
+
 // escapes is what a hostile guest prints to retitle the window (OSC 0),
 // write the clipboard (OSC 52) and clear the screen (CSI 2J), and how
 // stack shows it.

@@ -35,6 +35,8 @@ type HostInfo struct {
 	// Sandbox says that QEMU was built with seccomp: VMMs then run under
 	// SandboxArg (see ProbeSandbox).
 	Sandbox bool
+	// Root says that QEMU runs as root (stack does).
+	Root bool
 }
 
 // SandboxArg is QEMU's seccomp filter for every VMM: on top of QEMU's
@@ -248,9 +250,16 @@ func BuildArgs(cfg *hypervisor.Config, host HostInfo) ([]string, error) {
 	// runs one per share, listening on VirtiofsSocket before QEMU
 	// connects), else 9p. The Debian cloud kernel of the built-in image
 	// has virtio-fs but no 9p. With virtio-fs, read_only is the guest's
-	// read-only mount: QEMU's C virtiofsd has no read-only mode.
+	// read-only mount: QEMU's C virtiofsd has no read-only mode, so
+	// startVirtiofsd serves such a share from a read-only bind mount.
 	// 9p's security_model=none: files keep the host user's ownership, and
 	// failed chown/chmod from the guest are ignored rather than reported.
+	// That is for a QEMU that is not root; as root, QEMU would make what
+	// the guest's root asks in the host directory: device nodes, setuid
+	// root programs. So a root QEMU keeps the guest's ownership, modes
+	// and special files in extended attributes (mapped-xattr): on the
+	// host, what the guest creates is a plain file of QEMU's user, mode
+	// 0600 (directories 0700).
 	for i, s := range cfg.SharedDirs {
 		if virtiofs {
 			id := fmt.Sprintf("vfs%d", i)
@@ -263,7 +272,11 @@ func BuildArgs(cfg *hypervisor.Config, host HostInfo) ([]string, error) {
 			continue
 		}
 		id := fmt.Sprintf("fs%d", i)
-		fsdev := "local,id=" + id + ",path=" + esc(s.HostPath) + ",security_model=none"
+		model := "none"
+		if host.Root {
+			model = "mapped-xattr"
+		}
+		fsdev := "local,id=" + id + ",path=" + esc(s.HostPath) + ",security_model=" + model
 		if s.ReadOnly {
 			fsdev += ",readonly=on"
 		}

@@ -93,6 +93,13 @@ func TestBuildArgsGolden(t *testing.T) {
 				{Tag: "out", HostPath: "/home/u/out"},
 			}
 		}},
+		{"shared-dirs-9p-as-root", HostInfo{TSCkHz: 2096016, Sandbox: true, Root: true}, func(c *hypervisor.Config) {
+			c.Machine = "q35"
+			c.SharedDirs = []hypervisor.SharedDir{
+				{Tag: "src", HostPath: "/home/u/src", ReadOnly: true},
+				{Tag: "out", HostPath: "/home/u/out"},
+			}
+		}},
 		{"shared-dirs-virtiofs-microvm", HostInfo{TSCkHz: 2096016, Virtiofsd: "/usr/lib/qemu/virtiofsd"}, func(c *hypervisor.Config) {
 			c.SharedDirs = []hypervisor.SharedDir{
 				{Tag: "src", HostPath: "/home/u/my,project/src", ReadOnly: true},

@@ -119,7 +119,7 @@ func (d *Driver) Host() (HostInfo, error) {
 		if d.opts.Templates == "" {
 			d.opts.Templates = filenames.TemplateCache(filenames.CacheRoot())
 		}
-		d.host = HostInfo{TSCkHz: DetectTSCkHz(), Virtiofsd: d.opts.Virtiofsd, Sandbox: ProbeSandbox(bin)}
+		d.host = HostInfo{TSCkHz: DetectTSCkHz(), Virtiofsd: d.opts.Virtiofsd, Sandbox: ProbeSandbox(bin), Root: os.Geteuid() == 0}
 		d.kvm = newKVMProber(bin, d.opts.AccelCache, d.host.TSCkHz, d.log)
 		if d.host.Virtiofsd == "" && os.Geteuid() == 0 {
 			// QEMU's C virtiofsd sets up its sandbox with namespaces

@@ -287,3 +287,60 @@ func TestGuestEscapesShowAsEscapes(t *testing.T) {
 		t.Errorf("exec into a pipe changed the bytes: %q", r.stdout)
 	}
 }
+
+// TestSharedDirsBoundOnTheHost: the guest's root cannot get around a
+// read-only share by remounting it read-write (the host serves it from a
+// read-only mount), nor make device nodes in a writable share's host
+// directory (its virtiofsd lacks CAP_MKNOD); it used to do both.
+func TestSharedDirsBoundOnTheHost(t *testing.T) {
+	requireVMs(t)
+	ro, rw := t.TempDir(), t.TempDir()
+	writeFile(t, filepath.Join(ro, "file"), "from the host\n")
+	file := filepath.Join(t.TempDir(), "stack.hcl")
+	writeFile(t, file, `network "lan" {
+  subnet = "10.59.0.0/24"
+}
+
+vm "sharer" {
+  command = ["sleep", "100000"]
+  network "lan" {}
+  shared_dir "ro" {
+    host_path  = "`+ro+`"
+    guest_path = "/ro"
+    read_only  = true
+  }
+  shared_dir "rw" {
+    host_path  = "`+rw+`"
+    guest_path = "/rw"
+  }
+}
+`)
+	c := newCLI(t, fmt.Sprintf("shares-%d", os.Getpid()))
+	c.mustRun("-f", file, "up", "--progress", "plain")
+	r := c.run("exec", "sharer", "--", "sh", "-c", `
+mount -o remount,rw /ro && echo remounted
+echo from-the-guest > /ro/file && echo wrote-ro
+mknod /rw/disk b 8 0 && echo made-block-device
+mknod /rw/null c 1 3 && echo made-char-device
+mkfifo /rw/fifo && echo made-fifo
+echo data > /rw/new && echo wrote-rw`)
+	t.Logf("guest: %s%s", r.stdout, r.stderr)
+	for _, want := range []string{"remounted", "made-fifo", "wrote-rw"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("the guest could not do what it may (%s): %+v", want, r)
+		}
+	}
+	for _, not := range []string{"wrote-ro", "made-block-device", "made-char-device"} {
+		if strings.Contains(r.stdout, not) {
+			t.Errorf("the guest's root did it: %s", not)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(ro, "file")); err != nil || string(b) != "from the host\n" {
+		t.Errorf("the read-only share's file on the host: %q, %v", b, err)
+	}
+	for _, name := range []string{"disk", "null"} {
+		if _, err := os.Lstat(filepath.Join(rw, name)); !os.IsNotExist(err) {
+			t.Errorf("a device node %s is in the host directory: %v", name, err)
+		}
+	}
+}

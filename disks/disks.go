@@ -218,7 +218,7 @@ func GrowVolume(ctx context.Context, path string, sizeBytes int64, format string
 		return false, err
 	}
 	if format == FormatExt4 {
-		if _, err := run(ctx, resize2f, path); err != nil {
+		if _, err := runOnVolume(ctx, path, resize2f); err != nil {
 			return false, err
 		}
 	}
@@ -228,7 +228,7 @@ func GrowVolume(ctx context.Context, path string, sizeBytes int64, format string
 
 // fsck runs e2fsck -f -p: exit status 1 (errors corrected) is success.
 func fsck(ctx context.Context, path string) error {
-	_, err := run(ctx, e2fsck, "-f", "-p", path)
+	_, err := runOnVolume(ctx, path, e2fsck, "-f", "-p")
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && ee.ExitCode() == 1 {
 		return nil

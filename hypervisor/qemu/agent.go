@@ -28,6 +28,11 @@ type agentChannel struct {
 	// a guest that stops reading blocks the writer, and whoever waits
 	// behind it (the stop path's poweroff) must give up with its context.
 	wsem chan struct{}
+	// cut is the unwritten end of a line whose write ended early (its
+	// deadline): the next writer sends it first, so that the guest, which
+	// reads lines, never reads two messages as one. The holder of wsem
+	// owns it.
+	cut  []byte
 	conn net.Conn // set before ready closes
 	done chan struct{}
 }
@@ -123,9 +128,10 @@ const agentWriteTimeout = 10 * time.Second
 
 // Send implements hypervisor.GuestChannel: msg must be one JSON value; it is
 // compacted onto one line. Waiting for the channel and writing both end
-// with ctx, and the write within agentWriteTimeout. A write cut short
-// after part of the line went out closes the channel: what follows would
-// be read as the rest of that line.
+// with ctx, and the write within agentWriteTimeout. A message cut short
+// after part of it went out is finished by the next Send before its own
+// (so it may reach the guest after its sender was told it failed): a
+// guest that was only slow, or paused, gets whole lines.
 func (a *agentChannel) Send(ctx context.Context, msg []byte) error {
 	var buf bytes.Buffer
 	if err := json.Compact(&buf, msg); err != nil {
@@ -165,14 +171,26 @@ func (a *agentChannel) Send(ctx context.Context, msg []byte) error {
 		a.conn.SetWriteDeadline(time.Now())
 		close(fired)
 	})
-	n, err := a.conn.Write(buf.Bytes())
+	data := buf.Bytes()
+	pending := len(a.cut)
+	if pending > 0 {
+		data = append(a.cut, data...)
+	}
+	n, err := a.conn.Write(data)
 	if !stop() {
 		<-fired
 	}
+	switch {
+	case n < pending: // not even the cut line is done; msg is not sent
+		a.cut = append([]byte(nil), data[n:pending]...)
+	case n < len(data):
+		a.cut = append([]byte(nil), data[n:]...)
+	default:
+		a.cut = nil
+	}
 	if err != nil {
-		if n > 0 {
-			a.log.Warn("guest agent channel closed: the guest stopped reading in the middle of a message", "written", n, "of", buf.Len(), "err", err)
-			a.close()
+		if n > pending {
+			a.log.Warn("guest stopped reading its agent port in the middle of a message; the next message finishes it", "written", n-pending, "of", buf.Len(), "err", err)
 		}
 		if ctx.Err() != nil {
 			err = ctx.Err()

@@ -86,6 +86,8 @@ func Info(ctx context.Context, path string) (ImageInfo, error) {
 // recorded in the overlay (-F), so QEMU never probes it at boot; the base
 // path is recorded absolute, since qemu-img resolves a relative backing
 // path against the overlay's directory. The overlay has the base's size.
+// base is the user's image: one that points at other files is refused
+// (see CheckBase).
 func CreateOverlay(ctx context.Context, base, overlay string) error {
 	absBase, err := filepath.Abs(base)
 	if err != nil {
@@ -97,6 +99,10 @@ func CreateOverlay(ctx context.Context, base, overlay string) error {
 	}
 	if !st.Mode().IsRegular() {
 		return fmt.Errorf("check base image %s: not a regular file", absBase)
+	}
+	// Before qemu-img opens it, which would follow what it names.
+	if err := CheckBase(absBase); err != nil {
+		return err
 	}
 	info, err := Info(ctx, absBase)
 	if err != nil {
@@ -212,7 +218,7 @@ func GrowVolume(ctx context.Context, path string, sizeBytes int64, format string
 		return false, err
 	}
 	if format == FormatExt4 {
-		if _, err := run(ctx, resize2f, path); err != nil {
+		if _, err := runOnVolume(ctx, path, resize2f); err != nil {
 			return false, err
 		}
 	}
@@ -222,7 +228,7 @@ func GrowVolume(ctx context.Context, path string, sizeBytes int64, format string
 
 // fsck runs e2fsck -f -p: exit status 1 (errors corrected) is success.
 func fsck(ctx context.Context, path string) error {
-	_, err := run(ctx, e2fsck, "-f", "-p", path)
+	_, err := runOnVolume(ctx, path, e2fsck, "-f", "-p")
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && ee.ExitCode() == 1 {
 		return nil

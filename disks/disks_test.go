@@ -396,3 +396,68 @@ func TestRemove(t *testing.T) {
 		t.Errorf("removing a missing file: %v", err)
 	}
 }
+
+// The tools that parse a guest's file system when a volume grows do not
+// run as root (where stack does): they get the volume as a descriptor and
+// run as nobody, and the volume is root's, 0600, again afterwards.
+func TestGrowVolumeToolsRunUnprivileged(t *testing.T) {
+	needTools(t, "qemu-img", "qemu-io", "mkfs.ext4", "e2fsck", "resize2fs")
+	if os.Geteuid() != 0 {
+		t.Skip("stack runs the tools as itself when it is not root")
+	}
+	// Not t.TempDir: its parent is closed to the tools' user, who runs
+	// the wrappers and appends to the record.
+	dir, err := os.MkdirTemp("", "fstools")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	uids := filepath.Join(dir, "uids")
+	for _, tool := range []*string{&e2fsck, &resize2f} {
+		real, err := exec.LookPath(*tool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wrapper := filepath.Join(dir, filepath.Base(real))
+		script := "#!/bin/sh\necho \"$(basename $0) $(id -u)\" >> " + uids + "\nexec " + real + " \"$@\"\n"
+		if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func(old string) func() { return func() { *tool = old } }(*tool))
+		*tool = wrapper
+	}
+	if err := os.WriteFile(uids, nil, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(uids, 0o666) // past the umask
+	os.Chmod(dir, 0o755)
+	vol := filepath.Join(t.TempDir(), "data.img")
+	ctx := context.Background()
+	if _, err := EnsureVolume(ctx, vol, 32<<20, FormatExt4); err != nil {
+		t.Fatal(err)
+	}
+	if grown, err := GrowVolume(ctx, vol, 64<<20, FormatExt4); err != nil || !grown {
+		t.Fatalf("GrowVolume = %v, %v", grown, err)
+	}
+	got, err := os.ReadFile(uids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs := strings.Fields(string(got))
+	if len(runs) != 4 {
+		t.Fatalf("tool runs recorded: %q, want e2fsck and resize2fs", got)
+	}
+	for i := 0; i < len(runs); i += 2 {
+		if runs[i+1] == "0" {
+			t.Errorf("%s ran as root", runs[i])
+		}
+	}
+	st, err := os.Stat(vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sys := st.Sys().(*syscall.Stat_t); sys.Uid != 0 || sys.Gid != 0 || st.Mode().Perm() != 0o600 {
+		t.Errorf("the volume is %d:%d %v after growing, want 0:0 0600", sys.Uid, sys.Gid, st.Mode().Perm())
+	}
+	runT(t, "e2fsck", "-f", "-n", vol)
+}

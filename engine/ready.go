@@ -104,12 +104,63 @@ func (a *applier) launch(ctx context.Context, address, name string, timeout time
 	return a.awaitReady(ctx, events, address, name, instance, timeout)
 }
 
-// awaitReady waits for the ready event of one VM incarnation (instance),
-// records the outcome in state, and turns a failure into a VMError with
-// the console's tail.
+// readyPoll is how often a readiness wait also asks the supervisor for
+// the VM's status: the supervisor drops events for a watcher that does not
+// keep up rather than stall (a progress display at terminal speed, while
+// a guest elsewhere floods its reports), and a VM whose ready event was
+// missed is ready all the same.
+const readyPoll = time.Second
+
+// awaitReady waits for one VM incarnation (instance) to be ready, by its
+// events or its status, records the outcome in state, and turns a failure
+// into a VMError with the console's tail.
 func (a *applier) awaitReady(ctx context.Context, events <-chan api.Event, address, name, instance string, timeout time.Duration) error {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
+	poll := time.NewTicker(readyPoll)
+	defer poll.Stop()
+	ready := func() error { return a.recordVM(address, func(v *state.VM) { v.Status = state.StatusReady }) }
+	failed := func(reason string) error {
+		a.recordVM(address, func(v *state.VM) { v.Status, v.Reason = state.StatusFailed, reason })
+		return a.e.vmFailure(address, name, reason)
+	}
+	// onEvent says whether ev ends the wait, and how.
+	onEvent := func(ev api.Event) (bool, error) {
+		if ev.Instance != instance {
+			return false, nil
+		}
+		switch ev.Phase {
+		case api.PhaseReady:
+			return true, ready()
+		case api.PhaseFailed, api.PhaseExited, api.PhaseStopped:
+			return true, failed(ev.Message)
+		}
+		return false, nil
+	}
+	// byStatus ends the wait on a final status whose event was missed,
+	// and says so to progress. The supervisor sets the state before it
+	// sends the event, so a late event gets a moment first, lest progress
+	// hear of it twice.
+	byStatus := func(st api.VMStatus) error {
+		grace := time.NewTimer(statusGrace)
+		defer grace.Stop()
+		for waiting := true; waiting; {
+			select {
+			case ev := <-events:
+				if done, err := onEvent(ev); done {
+					return err
+				}
+			case <-grace.C:
+				waiting = false
+			}
+		}
+		if st.State == api.StateReady {
+			a.emit(address, PhaseReady, "ready (seen in its status)")
+			return ready()
+		}
+		a.emit(address, PhaseFailed, st.Reason)
+		return failed(st.Reason)
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -117,19 +168,37 @@ func (a *applier) awaitReady(ctx context.Context, events <-chan api.Event, addre
 		case <-a.w.done:
 			return a.e.vmFailure(address, name, "lost the connection to the supervisor")
 		case <-deadline.C:
-			return a.e.vmFailure(address, name, fmt.Sprintf("no readiness report after %s", timeout))
-		case ev := <-events:
-			if ev.Instance != instance {
-				continue
+			if st, ok := a.statusOf(ctx, address, instance); ok && st.State == api.StateReady {
+				return byStatus(st)
 			}
-			switch ev.Phase {
-			case api.PhaseReady:
-				return a.recordVM(address, func(v *state.VM) { v.Status = state.StatusReady })
-			case api.PhaseFailed, api.PhaseExited, api.PhaseStopped:
-				reason := ev.Message
-				a.recordVM(address, func(v *state.VM) { v.Status, v.Reason = state.StatusFailed, reason })
-				return a.e.vmFailure(address, name, reason)
+			return a.e.vmFailure(address, name, fmt.Sprintf("no readiness report after %s", timeout))
+		case <-poll.C:
+			st, ok := a.statusOf(ctx, address, instance)
+			if ok && (st.State == api.StateReady || st.State == api.StateFailed || st.State == api.StateStopped) {
+				return byStatus(st)
+			}
+		case ev := <-events:
+			if done, err := onEvent(ev); done {
+				return err
 			}
 		}
 	}
+}
+
+// statusGrace is how long a final status waits for its event.
+const statusGrace = 250 * time.Millisecond
+
+// statusOf is the supervisor's status of the VM at address when it is of
+// incarnation instance.
+func (a *applier) statusOf(ctx context.Context, address, instance string) (api.VMStatus, bool) {
+	list, err := a.sup.Status(ctx)
+	if err != nil {
+		return api.VMStatus{}, false
+	}
+	for _, st := range list {
+		if st.Address == address && st.Instance == instance {
+			return st, true
+		}
+	}
+	return api.VMStatus{}, false
 }

@@ -177,7 +177,7 @@ func (e *Engine) Down(ctx context.Context, opts DownOptions) error {
 		// Leave nothing behind but the lock file, which another command may
 		// be waiting on (removing it would let two commands lock two files).
 		nsDir := filenames.NamespaceState(e.opts.StateRoot, e.opts.Namespace)
-		for _, name := range []string{filenames.NetworkDir, filenames.VMDir, filenames.VolumeDir, filenames.SupervisorLog, filenames.SSHClientKey} {
+		for _, name := range []string{filenames.NetworkDir, filenames.VMDir, filenames.VolumeDir, filenames.SupervisorLog, filenames.SupervisorLogOld, filenames.SSHClientKey} {
 			os.RemoveAll(filepath.Join(nsDir, name))
 		}
 	}

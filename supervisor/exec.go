@@ -228,29 +228,33 @@ func (s *Supervisor) execAgent(ctx context.Context, v *vmRun, g hypervisor.Guest
 			cancel()
 			return
 		case <-q.ready:
-			msgs, cut := q.take()
-			if cut > 0 {
-				note := fmt.Sprintf("\nstack: %d bytes of this command's output were dropped: the client read it too slowly\n", cut)
+			b := q.take()
+			if b.acked > 0 {
+				win.release(b.acked)
+			}
+			if b.cut > 0 {
+				note := fmt.Sprintf("\nstack: %d bytes of this command's output were dropped: the client read it too slowly\n", b.cut)
 				if out.send(api.ExecEvent{Stream: "stderr", Data: []byte(note)}) != nil {
 					return
 				}
 			}
-			for _, m := range msgs {
+			for _, m := range b.msgs {
 				switch m.Type {
 				case guestproto.TypeExecOutput:
 					var o guestproto.ExecOutput
-					if json.Unmarshal(m.Body, &o) == nil && out.send(api.ExecEvent{Stream: o.Stream, Data: o.Data}) != nil {
-						return
+					if json.Unmarshal(m.Body, &o) != nil {
+						continue
 					}
-				case guestproto.TypeExecInputAck:
-					var a guestproto.ExecInputAck
-					if json.Unmarshal(m.Body, &a) == nil {
-						win.release(a.N)
+					if o.Stream != "stderr" {
+						o.Stream = "stdout" // not any string of the guest's
+					}
+					if out.send(api.ExecEvent{Stream: o.Stream, Data: o.Data}) != nil {
+						return
 					}
 				case guestproto.TypeExecExit:
 					var ex guestproto.ExecExit
 					json.Unmarshal(m.Body, &ex)
-					out.exit(ex.Code, ex.Error)
+					out.exit(ex.Code, guestString(ex.Error))
 					return
 				}
 			}
@@ -258,34 +262,70 @@ func (s *Supervisor) execAgent(ctx context.Context, v *vmRun, g hypervisor.Guest
 	}
 }
 
-// maxExecBacklog bounds the output one exec session holds for a client
-// that reads slower than the command writes.
+// maxExecBacklog bounds the memory one exec session's queue holds for a
+// client that reads slower than the command writes.
 const maxExecBacklog = 64 << 20
+
+// execMsgCost is what one queued message costs beside its body, counted
+// against maxExecBacklog: the Message in the queue's slice (twice, for the
+// slice's growth), its type string and the body's allocation rounding.
+// Without it a guest sending one-byte outputs kept 263 MiB under the
+// 64 MiB cap. TestExecQueueCountsEveryMessage measures it.
+const execMsgCost = 256
 
 // execQueue carries one exec session's messages from the VM's agent
 // reader, which must never block (it carries every message of the VM), to
-// the session, which its client may slow down. Output beyond
-// maxExecBacklog is dropped and counted, so that the client is told;
-// acknowledgements and the exit are always kept.
+// the session, which its client may slow down. Everything it holds counts
+// toward max: output beyond it is dropped and counted, so that the client
+// is told. Acknowledgements are summed, not queued, and the exit is kept
+// once, after which nothing more is: a guest can flood either without
+// growing the queue.
 type execQueue struct {
+	max   int
 	mu    sync.Mutex
 	msgs  []guestproto.Message
 	bytes int
+	acked int
+	exit  bool
 	cut   int
-	ready chan struct{} // holds a token while msgs is not empty
+	ready chan struct{} // holds a token while there is something to take
 }
 
-func newExecQueue() *execQueue { return &execQueue{ready: make(chan struct{}, 1)} }
+func newExecQueue() *execQueue {
+	return &execQueue{max: maxExecBacklog, ready: make(chan struct{}, 1)}
+}
 
 func (q *execQueue) push(m guestproto.Message) {
 	q.mu.Lock()
-	if m.Type == guestproto.TypeExecOutput && q.bytes+len(m.Body) > maxExecBacklog {
-		q.cut += len(m.Body)
+	if q.exit {
 		q.mu.Unlock()
 		return
 	}
-	q.msgs = append(q.msgs, m)
-	q.bytes += len(m.Body)
+	switch m.Type {
+	case guestproto.TypeExecInputAck:
+		var a guestproto.ExecInputAck
+		if json.Unmarshal(m.Body, &a) != nil || a.N <= 0 {
+			q.mu.Unlock()
+			return
+		}
+		q.acked = min(q.acked+a.N, guestproto.ExecInputWindow) // no more is ever outstanding
+	case guestproto.TypeExecOutput, guestproto.TypeExecExit:
+		cost := len(m.Body) + execMsgCost
+		if m.Type == guestproto.TypeExecExit {
+			q.exit = true
+		} else if q.bytes+cost > q.max {
+			q.cut += len(m.Body)
+			q.mu.Unlock()
+			return
+		}
+		// Only the type and body are kept: a guest's message may carry
+		// other fields, which would count for nothing.
+		q.msgs = append(q.msgs, guestproto.Message{Type: m.Type, Body: m.Body})
+		q.bytes += cost
+	default:
+		q.mu.Unlock()
+		return
+	}
 	q.mu.Unlock()
 	select {
 	case q.ready <- struct{}{}:
@@ -293,12 +333,18 @@ func (q *execQueue) push(m guestproto.Message) {
 	}
 }
 
-// take returns the queued messages and how many bytes were dropped since
-// the last take.
-func (q *execQueue) take() (msgs []guestproto.Message, cut int) {
+// execBatch is what a session takes from its queue at once.
+type execBatch struct {
+	msgs  []guestproto.Message // output in order, then the exit if it came
+	acked int                  // stdin bytes the guest acknowledged
+	cut   int                  // output bytes dropped
+}
+
+// take returns what was queued since the last take.
+func (q *execQueue) take() execBatch {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	msgs, cut = q.msgs, q.cut
-	q.msgs, q.bytes, q.cut = nil, 0, 0
-	return msgs, cut
+	b := execBatch{msgs: q.msgs, acked: q.acked, cut: q.cut}
+	q.msgs, q.bytes, q.acked, q.cut = nil, 0, 0, 0
+	return b
 }

@@ -19,6 +19,8 @@ func (s *Supervisor) guestEvents(ctx context.Context, v *vmRun, inst hypervisor.
 	if g == nil {
 		return
 	}
+	var lim guestLimiter
+	exited := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -30,6 +32,24 @@ func (s *Supervisor) guestEvents(ctx context.Context, v *vmRun, inst hypervisor.
 			var m guestproto.Message
 			if json.Unmarshal(line, &m) != nil {
 				continue
+			}
+			boundMessage(&m)
+			if m.Type == guestproto.TypeExit && m.Status != nil {
+				// Once per incarnation (this loop's): the workload exits
+				// once, and each report is a log line and an event to
+				// every watcher.
+				if exited {
+					continue
+				}
+				exited = true
+			}
+			if !execTraffic(m.Type) {
+				if ok, dropped := lim.allow(time.Now()); !ok {
+					if dropped > 0 {
+						s.log.Warn("dropped reports of a guest that sends too many", "vm", v.spec.Address, "dropped", dropped, "max_per_second", guestMsgRate)
+					}
+					continue
+				}
 			}
 			s.onGuestMessage(v, &m)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -33,7 +34,13 @@ func Main() (code int, started bool) {
 		return 2, true
 	}
 	listening := ListeningNotifier()
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("supervisor", a.Namespace)
+	var logw io.Writer = os.Stderr
+	if w, err := openLog(supervisorLogPath(a.StateRoot, a.Namespace), supervisorLogMax); err == nil {
+		logw = w
+	} else {
+		fmt.Fprintf(os.Stderr, "supervisor: %v; logging to stderr uncapped\n", err)
+	}
+	log := slog.New(slog.NewTextHandler(logw, nil)).With("supervisor", a.Namespace)
 	slog.SetDefault(log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

@@ -120,6 +120,7 @@ func (v *vmRun) snapshot() api.VMStatus {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	st := v.st
+	st.Instance = v.spec.Instance
 	st.Addresses = map[string]string{}
 	for _, n := range v.spec.NICs {
 		st.Addresses[n.Network] = n.IP.String()

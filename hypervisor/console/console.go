@@ -44,6 +44,8 @@ type Log struct {
 	max  int64
 	f    *os.File
 	size int64
+	// Rotated, when set, is called with the new file after a rotation.
+	Rotated func(*os.File)
 }
 
 // OpenLog opens (appending) or creates the log at path with mode 0600.
@@ -90,6 +92,9 @@ func (l *Log) rotate() error {
 		return fmt.Errorf("reopen console log: %w", err)
 	}
 	l.f, l.size = f, 0
+	if l.Rotated != nil {
+		l.Rotated(f)
+	}
 	return nil
 }
 

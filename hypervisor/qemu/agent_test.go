@@ -3,6 +3,7 @@ package qemu
 import (
 	"bufio"
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -95,5 +96,95 @@ func TestLineReaderLimit(t *testing.T) {
 	r := newLineReader(strings.NewReader(strings.Repeat("y", 5000)+"\nok\n"), 4096)
 	if _, err := r.next(); err == nil {
 		t.Fatal("over-long line accepted")
+	}
+}
+
+// A guest that stops reading its port fills the socket into QEMU and
+// blocks the writer. Whoever sends next gives up with its own context
+// instead of queueing behind the blocked write forever (the stop path's
+// poweroff), cancelling the blocked writer's context ends its write, and
+// once the guest reads again the next message first finishes the line
+// that was cut.
+func TestAgentSendToAGuestThatStopsReading(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	exited, closed := make(chan struct{}), make(chan struct{})
+	defer close(closed)
+	a := newAgentChannel(path, exited, closed, slog.Default())
+	conn, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close() // and never read from
+
+	// Far more than a unix socket buffers.
+	big := []byte(`{"type":"exec-input","body":{"data":"` + strings.Repeat("A", 8<<20) + `"}}`)
+	bctx, bcancel := context.WithCancel(context.Background())
+	blocked := make(chan error, 1)
+	go func() { blocked <- a.Send(bctx, big) }()
+	time.Sleep(100 * time.Millisecond) // let it take the channel
+	select {
+	case err := <-blocked:
+		t.Fatalf("a %d-byte send to a guest that does not read returned: %v", len(big), err)
+	default:
+	}
+
+	start := time.Now()
+	next := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		next <- a.Send(ctx, []byte(`{"type":"poweroff"}`))
+	}()
+	select {
+	case err := <-next:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("send behind a blocked writer: %v, want its deadline exceeded", err)
+		}
+		t.Logf("a send behind a blocked writer gave up after %s", time.Since(start).Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Fatal("a send with a 200ms deadline still waits behind a blocked writer after 10s")
+	}
+
+	bcancel()
+	select {
+	case err := <-blocked:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("blocked send after its context was cancelled: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("cancelling its context did not end a blocked write")
+	}
+	// The guest reads again: after the host's hello request, it gets the
+	// cut line whole, then the next.
+	lines := make(chan string, 3)
+	go func() {
+		r := bufio.NewReaderSize(conn, 64<<10)
+		for range 3 {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				close(lines)
+				return
+			}
+			lines <- line
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.Send(ctx, []byte(`{"type":"poweroff"}`)); err != nil {
+		t.Fatalf("send once the guest reads again: %v", err)
+	}
+	if got := <-lines; got != `{"type":"hello"}`+"\n" {
+		t.Errorf("first line %.80q, want the hello request", got)
+	}
+	if got := <-lines; got != string(big)+"\n" {
+		t.Errorf("the cut line reached the guest as %d bytes, want %d whole", len(got), len(big)+1)
+	}
+	if got := <-lines; got != `{"type":"poweroff"}`+"\n" {
+		t.Errorf("the message after the cut line: %.80q", got)
 	}
 }

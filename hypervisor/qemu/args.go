@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -31,6 +32,25 @@ type HostInfo struct {
 	// Virtiofsd is the virtio-fs daemon that serves shared directories
 	// (QEMU's own ships in Debian's qemu-system-common); "" means 9p.
 	Virtiofsd string
+	// Sandbox says that QEMU was built with seccomp: VMMs then run under
+	// SandboxArg (see ProbeSandbox).
+	Sandbox bool
+	// Root says that QEMU runs as root (stack does).
+	Root bool
+}
+
+// SandboxArg is QEMU's seccomp filter for every VMM: on top of QEMU's
+// default (no obsolete system calls), a guest that takes QEMU over cannot
+// change its user or group, start programs, or change scheduling and
+// resource limits. libvirt runs QEMU with the same set.
+const SandboxArg = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+// ProbeSandbox reports whether the QEMU binary takes -sandbox: a build
+// without seccomp refuses the option while it parses its command line,
+// before -version (parsed after it) ends it, so the probe costs no VM
+// start (about 20 ms).
+func ProbeSandbox(binary string) bool {
+	return exec.Command(binary, "-sandbox", SandboxArg, "-version").Run() == nil
 }
 
 // Machine and accelerator names.
@@ -141,6 +161,9 @@ func BuildArgs(cfg *hypervisor.Config, host HostInfo) ([]string, error) {
 		// panic into a reboot, hence an exit.
 		"-no-reboot",
 	}
+	if host.Sandbox {
+		a = append(a, "-sandbox", SandboxArg)
+	}
 	// virtio-fs (vhost-user) needs all guest RAM in shared memory, and on
 	// microvm the modern virtio-mmio transport: virtiofsd refuses legacy
 	// devices. Both only when the VM has shared directories, so that
@@ -232,9 +255,16 @@ func BuildArgs(cfg *hypervisor.Config, host HostInfo) ([]string, error) {
 	// runs one per share, listening on VirtiofsSocket before QEMU
 	// connects), else 9p. The Debian cloud kernel of the built-in image
 	// has virtio-fs but no 9p. With virtio-fs, read_only is the guest's
-	// read-only mount: QEMU's C virtiofsd has no read-only mode.
+	// read-only mount: QEMU's C virtiofsd has no read-only mode, so
+	// startVirtiofsd serves such a share from a read-only bind mount.
 	// 9p's security_model=none: files keep the host user's ownership, and
 	// failed chown/chmod from the guest are ignored rather than reported.
+	// That is for a QEMU that is not root; as root, QEMU would make what
+	// the guest's root asks in the host directory: device nodes, setuid
+	// root programs. So a root QEMU keeps the guest's ownership, modes
+	// and special files in extended attributes (mapped-xattr): on the
+	// host, what the guest creates is a plain file of QEMU's user, mode
+	// 0600 (directories 0700).
 	for i, s := range cfg.SharedDirs {
 		if virtiofs {
 			id := fmt.Sprintf("vfs%d", i)
@@ -247,7 +277,11 @@ func BuildArgs(cfg *hypervisor.Config, host HostInfo) ([]string, error) {
 			continue
 		}
 		id := fmt.Sprintf("fs%d", i)
-		fsdev := "local,id=" + id + ",path=" + esc(s.HostPath) + ",security_model=none"
+		model := "none"
+		if host.Root {
+			model = "mapped-xattr"
+		}
+		fsdev := "local,id=" + id + ",path=" + esc(s.HostPath) + ",security_model=" + model
 		if s.ReadOnly {
 			fsdev += ",readonly=on"
 		}

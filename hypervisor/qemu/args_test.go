@@ -3,6 +3,7 @@ package qemu
 import (
 	"flag"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -35,7 +36,7 @@ func baseConfig() *hypervisor.Config {
 	}
 }
 
-var tcgHost = HostInfo{TSCkHz: 2096016}
+var tcgHost = HostInfo{TSCkHz: 2096016, Sandbox: true}
 
 func TestBuildArgsGolden(t *testing.T) {
 	cases := []struct {
@@ -45,11 +46,11 @@ func TestBuildArgsGolden(t *testing.T) {
 	}{
 		{"initramfs-microvm-tcg", tcgHost, func(c *hypervisor.Config) {}},
 		{"initramfs-q35-tcg", tcgHost, func(c *hypervisor.Config) { c.Machine = "q35" }},
-		{"initramfs-microvm-kvm", HostInfo{KVM: true, TSCkHz: 2096016}, func(c *hypervisor.Config) { c.CPUs = 2; c.MemoryMB = 512 }},
+		{"initramfs-microvm-kvm", HostInfo{KVM: true, TSCkHz: 2096016, Sandbox: true}, func(c *hypervisor.Config) { c.CPUs = 2; c.MemoryMB = 512 }},
 		// accel set on the VM (or by STACK_ACCEL): kvm where it works,
 		// and tcg where KVM works too.
-		{"accel-kvm", HostInfo{KVM: true, TSCkHz: 2096016}, func(c *hypervisor.Config) { c.Accel = "kvm" }},
-		{"accel-tcg", HostInfo{KVM: true, TSCkHz: 2096016}, func(c *hypervisor.Config) { c.Accel = "tcg" }},
+		{"accel-kvm", HostInfo{KVM: true, TSCkHz: 2096016, Sandbox: true}, func(c *hypervisor.Config) { c.Accel = "kvm" }},
+		{"accel-tcg", HostInfo{KVM: true, TSCkHz: 2096016, Sandbox: true}, func(c *hypervisor.Config) { c.Accel = "tcg" }},
 		{"kernel-without-mmio-gets-q35", HostInfo{TSCkHz: 2096016, GuestMicrovm: No}, func(c *hypervisor.Config) {}},
 		{"tsc-unknown", HostInfo{}, func(c *hypervisor.Config) { c.Cmdline = "" }},
 		{"cloudinit-q35", tcgHost, func(c *hypervisor.Config) {
@@ -89,6 +90,13 @@ func TestBuildArgsGolden(t *testing.T) {
 			c.Machine = "q35"
 			c.SharedDirs = []hypervisor.SharedDir{
 				{Tag: "src", HostPath: "/home/u/my,project/src", ReadOnly: true},
+				{Tag: "out", HostPath: "/home/u/out"},
+			}
+		}},
+		{"shared-dirs-9p-as-root", HostInfo{TSCkHz: 2096016, Sandbox: true, Root: true}, func(c *hypervisor.Config) {
+			c.Machine = "q35"
+			c.SharedDirs = []hypervisor.SharedDir{
+				{Tag: "src", HostPath: "/home/u/src", ReadOnly: true},
 				{Tag: "out", HostPath: "/home/u/out"},
 			}
 		}},
@@ -246,5 +254,24 @@ func TestConfigDiskImage(t *testing.T) {
 	img := ConfigDiskImage([]byte(`{"a":1}`))
 	if string(img[:7]) != `{"a":1}` || img[7] != 0 || img[511] != 0 {
 		t.Error("config not copied then zero-padded")
+	}
+}
+
+// The probe says yes for this host's QEMU, built with seccomp (Debian's
+// is), and no for a QEMU that refuses -sandbox.
+func TestProbeSandbox(t *testing.T) {
+	if _, err := exec.LookPath(DefaultBinary); err != nil {
+		t.Skip("no QEMU installed")
+	}
+	if !ProbeSandbox(DefaultBinary) {
+		t.Errorf("%s does not take -sandbox %s", DefaultBinary, SandboxArg)
+	}
+	fake := filepath.Join(t.TempDir(), "qemu")
+	script := "#!/bin/sh\necho 'qemu-system-x86_64: -sandbox is not supported by this QEMU build.' >&2\nexit 1\n"
+	if err := os.WriteFile(fake, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if ProbeSandbox(fake) {
+		t.Error("a QEMU that refuses -sandbox passed the probe")
 	}
 }

@@ -119,7 +119,7 @@ func (d *Driver) Host() (HostInfo, error) {
 		if d.opts.Templates == "" {
 			d.opts.Templates = filenames.TemplateCache(filenames.CacheRoot())
 		}
-		d.host = HostInfo{TSCkHz: DetectTSCkHz(), Virtiofsd: d.opts.Virtiofsd}
+		d.host = HostInfo{TSCkHz: DetectTSCkHz(), Virtiofsd: d.opts.Virtiofsd, Sandbox: ProbeSandbox(bin), Root: os.Geteuid() == 0}
 		d.kvm = newKVMProber(bin, d.opts.AccelCache, d.host.TSCkHz, d.log)
 		if d.host.Virtiofsd == "" && os.Geteuid() == 0 {
 			// QEMU's C virtiofsd sets up its sandbox with namespaces
@@ -128,7 +128,7 @@ func (d *Driver) Host() (HostInfo, error) {
 		} else if d.host.Virtiofsd == NoVirtiofsd {
 			d.host.Virtiofsd = ""
 		}
-		d.log.Info("qemu host detected", "binary", bin, "tsc_khz", d.host.TSCkHz, "virtiofsd", d.host.Virtiofsd)
+		d.log.Info("qemu host detected", "binary", bin, "tsc_khz", d.host.TSCkHz, "virtiofsd", d.host.Virtiofsd, "sandbox", d.host.Sandbox)
 		if d.host.TSCkHz == 0 {
 			d.log.Warn("host TSC frequency unknown: microvm guests under TCG may hang in TSC calibration")
 		}

@@ -233,7 +233,9 @@ func (in *instance) State(ctx context.Context) (hypervisor.RunState, error) {
 
 // Stop implements hypervisor.Instance: the guest agent's poweroff for guests
 // that have one (a minimal guest ignores ACPI), else the ACPI power button;
-// after timeout QMP quit, and after that SIGKILL.
+// after timeout QMP quit, and after that SIGKILL. Nothing waits unbounded on
+// the guest or QEMU, nor after ctx ends: the agent and QMP calls have
+// deadlines, so SIGKILL comes at most timeout + quitWait after the call.
 func (in *instance) Stop(ctx context.Context, timeout time.Duration) error {
 	defer func() {
 		if in.gone() {
@@ -243,6 +245,7 @@ func (in *instance) Stop(ctx context.Context, timeout time.Duration) error {
 	if in.gone() {
 		return nil
 	}
+	graceful := time.Now().Add(timeout)
 	asked := false
 	if in.hasAgent {
 		actx, cancel := context.WithTimeout(ctx, min(timeout, 2*time.Second))
@@ -256,18 +259,22 @@ func (in *instance) Stop(ctx context.Context, timeout time.Duration) error {
 		}
 	}
 	if !asked {
-		if err := in.qmp.SystemPowerdown(ctx); err != nil && !errors.Is(err, qmp.ErrClosed) {
+		pctx, cancel := context.WithDeadline(ctx, graceful)
+		if err := in.qmp.SystemPowerdown(pctx); err != nil && !errors.Is(err, qmp.ErrClosed) {
 			in.log.Warn("system_powerdown failed", "err", err)
 		}
+		cancel()
 	}
-	if in.waitExit(ctx, timeout) {
+	if in.waitExit(ctx, time.Until(graceful)) {
 		return nil
 	}
 	in.log.Info("guest did not power off in time, quitting qemu", "timeout", timeout)
-	if err := in.qmp.Quit(ctx); err != nil {
+	qctx, cancel := context.WithTimeout(ctx, quitWait)
+	defer cancel()
+	if err := in.qmp.Quit(qctx); err != nil {
 		in.log.Warn("qmp quit failed", "err", err)
 	}
-	if in.waitExit(ctx, 5*time.Second) {
+	if in.waitExit(qctx, quitWait) {
 		return nil
 	}
 	in.log.Warn("qemu did not quit, killing it")
@@ -282,6 +289,9 @@ func (in *instance) Stop(ctx context.Context, timeout time.Duration) error {
 	}
 	return fmt.Errorf("stop vm: pid %d still there after SIGKILL", in.id.PID)
 }
+
+// quitWait bounds QMP quit and the wait for QEMU to exit after it.
+const quitWait = 5 * time.Second
 
 func (in *instance) waitExit(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)

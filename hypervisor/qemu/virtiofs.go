@@ -92,16 +92,41 @@ func virtiofsd(bin, runDir string, i int, s hypervisor.SharedDir) (*exec.Cmd, er
 		return nil, fmt.Errorf("open log: %w", err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(bin, "--fd=3", "-o", "source="+s.HostPath, "-o", "cache=auto")
+	cmd := exec.Command("/bin/sh", append([]string{"-c", shareMount(s), s.HostPath, bin}, virtiofsdArgs(s)...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{lf} // fd 3
 	// Own session, like the VMM: Ctrl-C on `stack up` must not end it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// Own mount namespace (made private by Go), for shareMount's.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Unshareflags: syscall.CLONE_NEWNS}
 	if err := cmd.Start(); err != nil {
 		os.Remove(sock)
 		return nil, err
 	}
 	return cmd, nil
+}
+
+// virtiofsdArgs are the daemon's options for share s. QEMU's C virtiofsd
+// (7.2) runs as root; it keeps the capabilities it needs to act as the
+// guest's users, but not CAP_MKNOD: a guest's root cannot make device
+// nodes in the host directory. Extended attributes stay off (its
+// default), so a guest cannot set file capabilities either.
+func virtiofsdArgs(s hypervisor.SharedDir) []string {
+	return []string{"--fd=3", "-o", "source=" + s.HostPath, "-o", "cache=auto", "-o", "modcaps=-mknod"}
+}
+
+// shareMount is the shell script that starts virtiofsd ("$@") serving the
+// shared directory ("$0") from a bind mount of it, made in the daemon's
+// own mount namespace, nosuid and nodev, and read-only for a read-only
+// share. The host then enforces read_only, which was only the guest's
+// mount option (C virtiofsd 7.2 has no read-only mode), and a device node
+// in the directory opens nothing through the share. The bind is not
+// recursive: a file system mounted below the directory is not shared.
+func shareMount(s hypervisor.SharedDir) string {
+	flags := "nosuid,nodev"
+	if s.ReadOnly {
+		flags = "ro," + flags
+	}
+	return `mount --bind "$0" "$0" && mount -o remount,bind,` + flags + ` "$0" && exec "$@"`
 }
 
 // virtiofsdTails is the end of each virtiofsd's log, for a failed start.

@@ -43,8 +43,10 @@ const (
 	VMDir     = "vms"
 	// NetworkDir holds the supervisor's record of each running network.
 	NetworkDir = "networks"
-	// SupervisorLog is the supervisor's own log.
-	SupervisorLog = "supervisor.log"
+	// SupervisorLog is the supervisor's own log; SupervisorLogOld is its
+	// previous contents, after rotation.
+	SupervisorLog    = "supervisor.log"
+	SupervisorLogOld = "supervisor.log.1"
 	// SSHClientKey is stack's own SSH key for the namespace (ed25519,
 	// OpenSSH PEM): exec logs in to cloud-init VMs as root with it.
 	SSHClientKey = "ssh_client_ed25519_key"

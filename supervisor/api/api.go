@@ -255,8 +255,12 @@ type Started struct {
 
 // VMStatus is one VM as the supervisor knows it.
 type VMStatus struct {
-	Address   string            `json:"address"`
-	Name      string            `json:"name"`
+	Address string `json:"address"`
+	Name    string `json:"name"`
+	// Instance is the token of the incarnation the status is of (see
+	// VMSpec.Instance): a waiter that missed its events tells its own
+	// incarnation's readiness from the one before.
+	Instance  string            `json:"instance,omitempty"`
 	State     VMState           `json:"state"`
 	ExitCode  *int              `json:"exit_code"`
 	Reason    string            `json:"reason,omitempty"`

@@ -3,6 +3,7 @@ package app
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/stackvm/stack"
+	"github.com/stackvm/stack/internal/termsafe"
 )
 
 // errNotATTY is `exec -t` without a terminal to give the command.
@@ -44,6 +46,18 @@ func newExecCmd(g *globals, s Streams) *cobra.Command {
 			}
 			if interactive {
 				opts.Stdin = s.In
+			}
+			if !tty {
+				// The user's terminal is not the guest's here: the
+				// command's control characters show as escapes there.
+				// Pipes and files get its output byte for byte.
+				for _, w := range []*io.Writer{&opts.Stdout, &opts.Stderr} {
+					if isTerminal(*w) {
+						tw := termsafe.NewWriter(*w)
+						*w = tw
+						defer tw.Flush()
+					}
+				}
 			}
 			if tty {
 				restore, err := execTerminal(s, interactive, &opts)

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stackvm/stack"
+	"github.com/stackvm/stack/internal/termsafe"
 )
 
 func newLogsCmd(g *globals, s Streams) *cobra.Command {
@@ -48,14 +49,16 @@ func newLogsCmd(g *globals, s Streams) *cobra.Command {
 					return err
 				}
 				// Without follow the consoles print one after the other;
-				// with it, lines interleave as they come.
+				// with it, lines interleave as they come. The guest's
+				// control characters show as escapes (`stack console`
+				// passes them).
 				print := func() {
 					defer r.Close()
 					sc := bufio.NewScanner(r)
 					sc.Buffer(make([]byte, 64<<10), 1<<20)
 					for sc.Scan() {
 						mu.Lock()
-						fmt.Fprintf(s.Out, "%-*s | %s\n", width, vm.Name, sc.Text())
+						fmt.Fprintf(s.Out, "%-*s | %s\n", width, vm.Name, termsafe.String(sc.Text()))
 						mu.Unlock()
 					}
 				}

@@ -14,6 +14,7 @@ import (
 	"github.com/muesli/termenv"
 
 	"github.com/stackvm/stack"
+	"github.com/stackvm/stack/internal/termsafe"
 	"github.com/stackvm/stack/planner"
 )
 
@@ -70,7 +71,7 @@ func (p *progress) event(ev stack.Event) {
 	case "json":
 		json.NewEncoder(p.out).Encode(ev)
 	case "plain":
-		fmt.Fprintf(p.out, "%s %-16s %-10s %s\n", ev.Time.Format("15:04:05.000"), ev.Address, ev.Phase, ev.Message)
+		fmt.Fprintf(p.out, "%s %-16s %-10s %s\n", ev.Time.Format("15:04:05.000"), ev.Address, ev.Phase, termsafe.String(ev.Message))
 	case "tty":
 		if ev.Address == "" {
 			if ev.Phase == stack.PhaseWarning {
@@ -94,7 +95,7 @@ func (p *progress) warn(msg string) {
 	if p.drawn > 0 {
 		fmt.Fprintf(&b, "\x1b[%dA\x1b[J", p.drawn)
 	}
-	fmt.Fprintf(&b, "%s %s\n", p.style["delete"].Render("!"), msg)
+	fmt.Fprintf(&b, "%s %s\n", p.style["delete"].Render("!"), termsafe.String(msg))
 	io.WriteString(p.out, b.String())
 	p.drawn = 0
 	if len(p.order) > 0 {
@@ -121,7 +122,7 @@ func (p *progress) redraw() {
 		case "failed":
 			mark = "✘"
 		}
-		fmt.Fprintf(&b, "\x1b[2K %s %-18s %s %s\n", st.Render(mark), addr, st.Render(fmt.Sprintf("%-9s", ev.Phase)), ev.Message)
+		fmt.Fprintf(&b, "\x1b[2K %s %-18s %s %s\n", st.Render(mark), addr, st.Render(fmt.Sprintf("%-9s", ev.Phase)), termsafe.String(ev.Message))
 	}
 	p.drawn = len(p.order)
 	io.WriteString(p.out, b.String())

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/stackvm/stack/internal/termsafe"
 )
 
 // psEntry is one VM as `ps --json` prints it (the spec's shape).
@@ -98,7 +100,7 @@ func newPsCmd(g *globals, s Streams) *cobra.Command {
 			for _, pl := range pools {
 				fmt.Fprintf(s.Out, "pool %s: %d of %d ready", pl.Name, pl.Ready, pl.Size)
 				if pl.Error != "" && pl.Ready < pl.Size {
-					fmt.Fprintf(s.Out, " (%s)", pl.Error)
+					fmt.Fprintf(s.Out, " (%s)", termsafe.String(pl.Error))
 				}
 				fmt.Fprintln(s.Out)
 			}

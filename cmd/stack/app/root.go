@@ -14,6 +14,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/stackvm/stack"
+	"github.com/stackvm/stack/internal/termsafe"
 )
 
 // Streams are the command's standard streams.
@@ -50,11 +51,12 @@ func Main(ctx context.Context, s Streams, args []string) int {
 	var ee *ExitError
 	if errors.As(err, &ee) {
 		if ee.Err != nil {
-			fmt.Fprintf(s.Err, "Error: %v\n", ee.Err)
+			fmt.Fprintf(s.Err, "Error: %s\n", termsafe.String(ee.Err.Error()))
 		}
 		return ee.Code
 	}
-	fmt.Fprintf(s.Err, "Error: %v\n", err)
+	// Errors quote guests (a failed VM's reason).
+	fmt.Fprintf(s.Err, "Error: %s\n", termsafe.String(err.Error()))
 	return 1
 }
 
@@ -143,6 +145,11 @@ func colorEnabled(w io.Writer) bool {
 	if _, ok := os.LookupEnv("NO_COLOR"); ok {
 		return false
 	}
+	return isTerminal(w)
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
 }

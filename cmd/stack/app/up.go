@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stackvm/stack"
+	"github.com/stackvm/stack/internal/termsafe"
 )
 
 func newUpCmd(g *globals, s Streams) *cobra.Command {
@@ -69,16 +70,17 @@ func newUpCmd(g *globals, s Streams) *cobra.Command {
 	return cmd
 }
 
-// reportApplyError prints each failed VM's reason and console tail.
+// reportApplyError prints each failed VM's reason and console tail, the
+// guest's control characters escaped.
 func reportApplyError(s Streams, err error) error {
 	var vmErrs []*stack.VMError
 	collectVMErrors(err, &vmErrs)
 	for _, ve := range vmErrs {
-		fmt.Fprintf(s.Err, "\n%s failed: %s\n", ve.Address, ve.Reason)
+		fmt.Fprintf(s.Err, "\n%s failed: %s\n", ve.Address, termsafe.String(ve.Reason))
 		if len(ve.ConsoleTail) > 0 {
 			fmt.Fprintf(s.Err, "Last %d lines of its console (%s):\n", len(ve.ConsoleTail), ve.ConsoleLog)
 			for _, l := range ve.ConsoleTail {
-				fmt.Fprintf(s.Err, "  | %s\n", l)
+				fmt.Fprintf(s.Err, "  | %s\n", termsafe.String(l))
 			}
 		}
 	}

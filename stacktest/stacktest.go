@@ -9,7 +9,9 @@
 //	}
 //
 // Up gives each test its own namespace (from t.Name()), so parallel tests
-// do not collide; t.Cleanup brings the stack down, volumes included; when the
+// do not collide; t.Cleanup brings the stack down, volumes included; with
+// WithSnapshot, only the first Up of a stack boots it and later ones restore
+// a snapshot of it; when the
 // test fails, every VM's console is written to the test log. The supervisor
 // of the namespace watches the test binary: if it dies, even by SIGKILL, the
 // VMs go with it. Under `go test -short`, Up skips the test; a machine
@@ -47,9 +49,11 @@ func init() {
 type Option func(*config)
 
 type config struct {
-	vars    []string
-	timeout time.Duration
-	files   []string
+	vars     []string
+	timeout  time.Duration
+	files    []string
+	snapshot bool
+	prepare  []func(*Stack)
 }
 
 // WithVar sets a stack variable, as --var NAME=VALUE does.
@@ -62,6 +66,19 @@ func WithTimeout(d time.Duration) Option { return func(c *config) { c.timeout = 
 
 // WithFile adds another stack file, as a second -f does.
 func WithFile(path string) Option { return func(c *config) { c.files = append(c.files, path) } }
+
+// WithSnapshot makes the stack a snapshot fixture: the first Up of the
+// stack files (their contents, the variables and the test binary, which
+// holds stack and the prepare functions) boots the stack, runs prepare
+// (seed a database, say), and saves a snapshot in the cache
+// (<cache>/fixtures); every later Up, in this run or the next, restores
+// it into the test's own namespace in a fraction of a boot. Each test
+// gets the saved state, whatever an earlier test wrote to its guests. A
+// snapshot that cannot be restored here any more (a rebuilt guest image,
+// another QEMU) is made again. See docs/snapshots.md.
+func WithSnapshot(prepare ...func(*Stack)) Option {
+	return func(c *config) { c.snapshot, c.prepare = true, append(c.prepare, prepare...) }
+}
 
 // Stack is a running stack owned by a test.
 type Stack struct {
@@ -113,20 +130,32 @@ func Up(t testing.TB, file string, opts ...Option) *Stack {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		if err := p.Down(ctx, stack.DownOptions{Volumes: true, StopTimeout: 10 * time.Second}); err != nil {
+		// Everything goes, volumes too: no guest needs to shut down
+		// cleanly, so none is waited for.
+		if err := p.Down(ctx, stack.DownOptions{Volumes: true, StopTimeout: time.Millisecond}); err != nil {
 			t.Errorf("stacktest: down: %v", err)
 		}
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.timeout)
 	defer cancel()
-	start := time.Now()
-	if _, err := p.Up(ctx, stack.UpOptions{OwnerPID: os.Getpid()}); err != nil {
-		s.dumpConsoles()
-		t.Fatalf("stacktest: up: %v", err)
+	if cfg.snapshot {
+		s.upFromSnapshot(ctx, &cfg)
+		return s
 	}
-	t.Logf("stacktest: namespace %s up in %s", p.Stack.Namespace, time.Since(start).Round(time.Millisecond))
-	s.refresh()
+	s.up(ctx)
 	return s
+}
+
+// up brings the stack up from nothing.
+func (s *Stack) up(ctx context.Context) {
+	s.t.Helper()
+	start := time.Now()
+	if _, err := s.Project.Up(ctx, stack.UpOptions{OwnerPID: os.Getpid()}); err != nil {
+		s.dumpConsoles()
+		s.t.Fatalf("stacktest: up: %v", err)
+	}
+	s.t.Logf("stacktest: namespace %s up in %s", s.Project.Stack.Namespace, time.Since(start).Round(time.Millisecond))
+	s.refresh()
 }
 
 var nonLabel = regexp.MustCompile(`[^a-z0-9-]+`)

@@ -231,7 +231,8 @@ func (s *Supervisor) resumeAll(ctx context.Context, insts []hypervisor.Instance)
 
 // tellResumed sends a guest that runs again after a save or a restore the
 // host's clock and entropy: over the agent channel (initramfs mode), or by
-// setting its clock over SSH (cloud-init mode).
+// setting its clock over SSH in the background (cloud-init mode: seconds
+// under TCG).
 func (s *Supervisor) tellResumed(ctx context.Context, v *vmRun, inst hypervisor.Instance) {
 	if g := inst.Guest(); g != nil {
 		var entropy [32]byte
@@ -243,9 +244,16 @@ func (s *Supervisor) tellResumed(ctx context.Context, v *vmRun, inst hypervisor.
 		}
 		return
 	}
-	if err := s.setClockSSH(ctx, v); err != nil {
-		s.log.Warn("set a resumed guest's clock over SSH", "vm", v.spec.Address, "err", err)
-	}
+	// An SSH login into a guest under TCG takes seconds: the VM does not
+	// wait for it to count as ready.
+	go func() {
+		t0 := time.Now()
+		if err := s.setClockSSH(context.WithoutCancel(ctx), v); err != nil {
+			s.log.Warn("set a resumed guest's clock over SSH", "vm", v.spec.Address, "err", err)
+			return
+		}
+		s.log.Info("stepped a resumed guest's clock over SSH", "vm", v.spec.Address, "took", time.Since(t0))
+	}()
 }
 
 // setClockSSH steps a cloud-init guest's clock to the host's.

@@ -10,7 +10,7 @@ DEBIAN_IMAGE_DIR ?= $(CACHE)/images/debian-12
 export STACK_DEBIAN_IMAGE_DIR := $(DEBIAN_IMAGE_DIR)
 FUZZTIME ?= 10s
 
-.PHONY: all deps build guest-image debian-image test test-short vet fuzz examples demo bench bench-switch bench-up bench-boot bench-cloud-init clean
+.PHONY: all deps build guest-image debian-image test test-short vet fuzz examples demo bench bench-switch bench-up bench-boot bench-snapshot bench-cloud-init clean
 
 all: build
 
@@ -70,6 +70,13 @@ bench-up: deps build guest-image
 bench-boot: deps build guest-image
 	$(GO) build -o $(BIN)/bench-boot ./cmd/bench-boot
 	$(BIN)/bench-boot -runs 6
+
+# Snapshots: restoring the quickstart against `up` (templates on and off)
+# and against docker-compose up of the same two containers; the Debian
+# cloud-init example's restore against its `up`.
+bench-snapshot: deps build guest-image debian-image
+	$(GO) build -o $(BIN)/bench-snapshot ./cmd/bench-snapshot
+	$(BIN)/bench-snapshot -runs 6 -debian $(DEBIAN_IMAGE_DIR)
 
 # `up` to ready of one cloud-init VM against bare QEMU with the same image
 # and seed.

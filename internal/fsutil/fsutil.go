@@ -176,7 +176,30 @@ func CopySparse(path string, src *os.File) error {
 	if err := dst.Truncate(fi.Size()); err != nil {
 		return err
 	}
-	fd := int(src.Fd())
+	return DataRegions(src, func(off, n int64) error {
+		// File to file: Go copies in the kernel (copy_file_range or
+		// splice), not through a user-space buffer.
+		if _, err := src.Seek(off, io.SeekStart); err != nil {
+			return err
+		}
+		if _, err := dst.Seek(off, io.SeekStart); err != nil {
+			return err
+		}
+		if _, err := io.CopyN(dst, src, n); err != nil {
+			return fmt.Errorf("copy %s: %w", src.Name(), err)
+		}
+		return nil
+	})
+}
+
+// DataRegions calls fn with the offset and length of each of f's data
+// regions, in order (SEEK_DATA, SEEK_HOLE): holes are skipped.
+func DataRegions(f *os.File, fn func(off, n int64) error) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	fd := int(f.Fd())
 	for off := int64(0); off < fi.Size(); {
 		data, err := syscall.Seek(fd, off, seekData)
 		if err != nil {
@@ -186,16 +209,8 @@ func CopySparse(path string, src *os.File) error {
 		if err != nil {
 			hole = fi.Size()
 		}
-		// File to file: Go copies in the kernel (copy_file_range or
-		// splice), not through a user-space buffer.
-		if _, err := src.Seek(data, io.SeekStart); err != nil {
+		if err := fn(data, hole-data); err != nil {
 			return err
-		}
-		if _, err := dst.Seek(data, io.SeekStart); err != nil {
-			return err
-		}
-		if _, err := io.CopyN(dst, src, hole-data); err != nil {
-			return fmt.Errorf("copy %s: %w", src.Name(), err)
 		}
 		off = hole
 	}

@@ -9,7 +9,7 @@ import (
 )
 
 // What a guest can make the supervisor keep, log or broadcast is bounded
-// (see docs/security-guests.md): a guest's code is not trusted.
+// (see docs/security.md): a guest's code is not trusted.
 
 // maxGuestString caps each string a guest reports (bring-up errors, exec
 // errors): they are stored in the VM's record, shown by ps and up, and

@@ -19,6 +19,9 @@ type RestoreOptions = engine.RestoreOptions
 // paused together and saved, with their disks and volumes as they were at
 // that moment, and run on. It needs no stack files.
 func (p *Project) SaveSnapshot(ctx context.Context, name string, opts SnapshotOptions) (*Snapshot, error) {
+	if opts.StackFiles == nil {
+		opts.StackFiles = p.Stack.Files
+	}
 	return p.engine().SaveSnapshot(ctx, name, opts)
 }
 

@@ -2,6 +2,8 @@ package engine
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -44,12 +46,22 @@ type manifest struct {
 	Created      time.Time `json:"created"`
 	// Key is the caller's name for what was saved (stacktest: the stack
 	// files, variables and stack's version); a restore can ask for it.
-	Key   string       `json:"key,omitempty"`
-	State *state.State `json:"state"`
-	Saved *api.Saved   `json:"saved"`
-	Files []fileSum    `json:"files"` // every other file, relative to the snapshot
-	Bytes int64        `json:"bytes"` // on disk (holes take none)
-	Took  api.Duration `json:"took"`
+	Key string `json:"key,omitempty"`
+	// StackFiles are the stack files the namespace was planned from, when
+	// the save was given them; State holds what they planned (every
+	// attribute resolved, variables included) and its serial.
+	StackFiles []stackFile  `json:"stack_files,omitempty"`
+	State      *state.State `json:"state"`
+	Saved      *api.Saved   `json:"saved"`
+	Files      []fileSum    `json:"files"` // every other file, relative to the snapshot
+	Bytes      int64        `json:"bytes"` // on disk (holes take none)
+	Took       api.Duration `json:"took"`
+}
+
+// stackFile is a stack file as it was at a save.
+type stackFile struct {
+	Path   string `json:"path"`
+	SHA256 string `json:"sha256"`
 }
 
 // fileSum is a file of a snapshot as it was written.
@@ -103,6 +115,9 @@ type SnapshotOptions struct {
 	// Dir, when set, is where the snapshot is written instead of the
 	// namespace's snapshots (stacktest keeps its fixtures in the cache).
 	Dir string
+	// StackFiles, when set, are the stack files the namespace was planned
+	// from: the manifest records their hashes.
+	StackFiles []string
 }
 
 // SaveSnapshot saves the running namespace as snapshot name: its VMs
@@ -150,6 +165,14 @@ func (e *Engine) SaveSnapshot(ctx context.Context, name string, opts SnapshotOpt
 	}
 	m := &manifest{Format: manifestFormat, Name: name, Namespace: e.opts.Namespace, Created: time.Now().UTC(),
 		NamespaceDir: filenames.NamespaceState(e.opts.StateRoot, e.opts.Namespace), Key: opts.Key, State: st, Saved: saved}
+	for _, f := range opts.StackFiles {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("save snapshot %q: %w", name, err)
+		}
+		sum := sha256.Sum256(b)
+		m.StackFiles = append(m.StackFiles, stackFile{Path: f, SHA256: hex.EncodeToString(sum[:])})
+	}
 	if m.Files, err = sumFiles(staging); err != nil {
 		return nil, fmt.Errorf("save snapshot %q: %w", name, err)
 	}

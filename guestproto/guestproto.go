@@ -70,7 +70,37 @@ type Config struct {
 	// host probes then rather than at its next tick. The probe still
 	// decides readiness: this only tells it when to look.
 	WatchPorts []int `json:"watch_ports,omitempty"`
+	// Root, when set, runs the workload and exec sessions inside an OCI
+	// image's root file system (see Root). Mounts' targets are then paths
+	// inside it.
+	Root *Root `json:"root,omitempty"`
 }
+
+// Root is an OCI image's root file system as a VM runs it: the image's
+// file system (a read-only disk, shared by every VM of the image) under an
+// overlay whose writable layer is the VM's own (another disk, ext4, which
+// the host formats). The guest init mounts it, with /proc, /sys, /dev and
+// the VM's /etc/hosts, /etc/resolv.conf and /etc/hostname in it, mounts
+// Config.Mounts at their targets inside it, and runs the workload and
+// exec sessions chrooted into it, as User, in WorkingDir. Config.Command
+// and Config.Env are final: the host has already merged the image's
+// entrypoint, command and environment with the stack file's.
+type Root struct {
+	Image string `json:"image"` // serial of the image's disk (ImageDiskSerial)
+	Upper string `json:"upper"` // serial of the writable layer's disk (UpperDiskSerial)
+	// WorkingDir is the workload's directory inside the root ("": /).
+	WorkingDir string `json:"working_dir,omitempty"`
+	// User is NAME, UID, NAME:GROUP or UID:GID, resolved in the image's
+	// /etc/passwd and /etc/group ("": root). HOME, unless Env sets it, is
+	// the user's home directory there.
+	User string `json:"user,omitempty"`
+}
+
+// Disk serials of an image VM's root (Root).
+const (
+	ImageDiskSerial = "stack-image"
+	UpperDiskSerial = "stack-rootfs-rw"
+)
 
 // Host is one /etc/hosts line.
 type Host struct {

@@ -147,6 +147,7 @@ func pull(ctx context.Context, r Ref, opts Options) (*Image, error) {
 		return nil, err
 	}
 	if img, err := Load(cacheRoot, src.id); err == nil {
+		rememberPinned(cacheRoot, r, img.ID)
 		report(Progress{Phase: PhaseCached, Layers: len(src.layers)})
 		return img, nil
 	}
@@ -170,6 +171,7 @@ func pull(ctx context.Context, r Ref, opts Options) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
+	rememberPinned(cacheRoot, r, img.ID)
 	log.Info("converted image", "ref", r.String(), "id", img.ID, "layers", len(img.Layers),
 		"size", img.Size, "took", time.Since(start).Round(time.Millisecond))
 	report(Progress{Phase: PhaseDone, Layers: len(src.layers)})

@@ -299,6 +299,13 @@ func OCIImage(cacheRoot, id string) string {
 	return filepath.Join(OCIImages(cacheRoot), OCIImageKey(id))
 }
 
+// OCIPinned records which image a digest-pinned reference named when it
+// was last resolved (a file holding the image's config digest), so that a
+// pinned reference resolves without the network.
+func OCIPinned(cacheRoot, digest string) string {
+	return filepath.Join(OCIImages(cacheRoot), "pinned", OCIImageKey(digest))
+}
+
 // OCIImageLock is the flock held while the image id is converted, so that
 // concurrent pulls of one image convert it once.
 func OCIImageLock(cacheRoot, id string) string {

@@ -100,6 +100,21 @@ func vmAttributes(vm *stackfile.VM, namespace string, nics []state.NIC, nets map
 	if len(vm.Env) > 0 {
 		set(a, "env", vm.Env) // encoding/json sorts map keys
 	}
+	if vm.Image != "" {
+		set(a, "image", vm.Image)
+		// The digest the reference resolved to: a tag that moved is a
+		// replacement, and the plan shows which image is run.
+		setNonEmpty(a, "image_id", vm.ImageID)
+		if vm.Entrypoint != nil {
+			set(a, "entrypoint", vm.Entrypoint)
+		}
+		if vm.Command != nil && len(vm.Command) == 0 {
+			set(a, "command", vm.Command) // the image's Cmd dropped
+		}
+		if len(vm.ImagePorts) > 0 {
+			set(a, "image_ports", vm.ImagePorts) // shown, not published
+		}
+	}
 	setNonEmpty(a, "root_disk", vm.RootDisk)
 	if vm.CloudInit != nil {
 		set(a, "cloud_init", vm.CloudInit)

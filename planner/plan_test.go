@@ -502,3 +502,28 @@ func TestDeriveMACIsLocalUnicastAndStable(t *testing.T) {
 		t.Fatalf("MAC %s", m)
 	}
 }
+
+// An image VM's plan shows the digest its reference resolved to; a tag
+// that moved to another image replaces the VM, naming image_id.
+func TestImageDigestForcesReplacement(t *testing.T) {
+	stackWith := func(id string) *stackfile.Stack {
+		return &stackfile.Stack{Namespace: "demo", VMs: []*stackfile.VM{{
+			Address: "vm.db", Name: "db", Block: "db", CPUs: 1, MemoryMB: 256,
+			Image: "postgres:16", ImageID: id, ImagePorts: []string{"5432/tcp"},
+			Ready: stackfile.Ready{Timeout: 2 * time.Minute}, Restart: "no", Hypervisor: "auto", Machine: "auto",
+		}}}
+	}
+	created := mustPlan(t, Input{Desired: stackWith("sha256:aaaa")})
+	if s := created.String(); !strings.Contains(s, "sha256:aaaa") || !strings.Contains(s, "5432/tcp") {
+		t.Errorf("the plan does not show the image's digest and ports:\n%s", s)
+	}
+	applied := record(t, created, state.New("demo"))
+	if p := mustPlan(t, Input{Desired: stackWith("sha256:aaaa"), State: applied}); p.HasChanges() {
+		t.Errorf("the same digest planned changes: %s", kinds(p))
+	}
+	p := mustPlan(t, Input{Desired: stackWith("sha256:bbbb"), State: applied})
+	a := p.Action("vm.db")
+	if a.Kind != Replace || len(a.Changes) != 1 || a.Changes[0].Attribute != "image_id" || !a.Changes[0].ForcesReplacement {
+		t.Fatalf("a moved tag: %+v", a)
+	}
+}

@@ -98,6 +98,19 @@ type VM struct {
 	Command   []string          `json:"command,omitempty"`
 	Env       map[string]string `json:"env,omitempty"`
 
+	// Image is an OCI image reference (image.ParseRef's forms): the VM
+	// runs the image's root file system and process (initramfs mode, the
+	// guest init runs it). Command, when set (non-nil, maybe empty),
+	// replaces the image's Cmd; Entrypoint, when set, replaces its
+	// Entrypoint and drops its Cmd, as compose does.
+	Image      string   `json:"image,omitempty"`
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	// ImageID and ImagePorts are what Image names now (its config digest
+	// and exposed ports), which the engine resolves before it plans; the
+	// loader leaves them empty.
+	ImageID    string   `json:"image_id,omitempty"`
+	ImagePorts []string `json:"image_ports,omitempty"`
+
 	// RootDisk is set in cloud-init mode: the absolute path of the base image.
 	RootDisk  string     `json:"root_disk,omitempty"`
 	CloudInit *CloudInit `json:"cloud_init,omitempty"`

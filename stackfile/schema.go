@@ -72,6 +72,8 @@ var vmSchema = &hcl.BodySchema{
 		{Name: "initramfs"},
 		{Name: "cmdline"},
 		{Name: "command"},
+		{Name: "image"},
+		{Name: "entrypoint"},
 		{Name: "env"},
 		{Name: "root_disk"},
 		{Name: "depends_on"},

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/stackvm/stack/guestproto"
+	"github.com/stackvm/stack/image"
 	"github.com/stackvm/stack/internal/netaddr"
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/convert"
@@ -553,6 +555,7 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 	if cmd, ok := l.evalStrings(attr["command"], ctx, sc); ok {
 		vm.Command = cmd
 	}
+	l.loadImage(vm, attr, d.file, ctx, sc)
 	if env, ok := l.evalStringMap(attr["env"], ctx, sc); ok {
 		for _, k := range sortedKeys(env) {
 			if !envName.MatchString(k) {
@@ -573,6 +576,8 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 		switch {
 		case vm.RootDisk != "":
 			l.errorf(attr["pool"].NameRange, "Pool needs initramfs mode", "pool keeps VMs restored from a boot template, which cloud-init-mode VMs (root_disk) do not use.")
+		case vm.Image != "":
+			l.errorf(attr["pool"].NameRange, "Pool with an image", "pool keeps VMs started before the VM that takes one exists, and an image VM's writable root is a disk of its own, opened when its VMM starts; use a VM without image.")
 		case len(vb.disks) > 0 || len(vb.sharedDirs) > 0:
 			l.errorf(attr["pool"].NameRange, "Pool with disks or shared directories", "pool keeps VMs started before the VM that takes one exists, so they cannot have its disk or shared_dir blocks (their files are opened when the VMM starts); use a VM without them.")
 		case !vm.Template:
@@ -695,6 +700,41 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 		vm.CloudInit = ci
 	}
 	return vm
+}
+
+// loadImage reads image and entrypoint. The reference is checked for its
+// form here; what it names is resolved by the engine.
+func (l *loader) loadImage(vm *VM, attr hcl.Attributes, f *file, ctx *hcl.EvalContext, sc scope) {
+	if ep, ok := l.evalStrings(attr["entrypoint"], ctx, sc); ok {
+		vm.Entrypoint = ep
+	}
+	a := attr["image"]
+	if a == nil {
+		if e := attr["entrypoint"]; e != nil {
+			l.errorf(e.NameRange, "entrypoint needs image", "entrypoint replaces an OCI image's entrypoint; without image, command is the whole workload.")
+		}
+		return
+	}
+	ref, ok := l.evalString(a, ctx, sc)
+	if !ok {
+		return
+	}
+	r, err := image.ParseRef(ref)
+	if err != nil {
+		l.errorf(a.Expr.Range(), "Invalid image reference", "%v. Use NAME[:TAG|@DIGEST] for a registry, oci:PATH[:TAG] for an OCI layout, or docker-archive:PATH.", err)
+		return
+	}
+	if r.Path != "" && !filepath.IsAbs(r.Path) {
+		// A layout or archive path is relative to the file, as every
+		// path in a stack file is.
+		r.Path = resolvePath(f.dir, r.Path)
+		ref = r.String()
+	}
+	if r := attr["root_disk"]; r != nil {
+		l.errorf(r.NameRange, "image and root_disk together", "A VM boots either an OCI image (image) or a cloud image (root_disk), not both.")
+		return
+	}
+	vm.Image = ref
 }
 
 func (l *loader) buildNIC(s sub, vm *VM, ctx *hcl.EvalContext, sc scope) *NIC {

@@ -64,7 +64,7 @@ func (p *Project) Plan(ctx context.Context, opts PlanOptions) (*planner.Plan, *s
 	if p.Stack == nil {
 		return nil, nil, fmt.Errorf("plan: the stack files did not load")
 	}
-	return p.engine().Plan(p.Stack, opts)
+	return p.engine().Plan(ctx, p.Stack, opts)
 }
 
 // engine is the namespace's engine.

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/stackvm/stack/image"
 	"github.com/stackvm/stack/planner"
 	"github.com/stackvm/stack/stackfile"
 	"github.com/stackvm/stack/state"
@@ -36,9 +37,11 @@ type applier struct {
 		kernel, initramfs string
 		err               error
 	}
-	vms  map[string]*stackfile.VM
-	nets map[string]*stackfile.Network
-	vols map[string]*stackfile.Volume
+	// images are the pulled images of the desired stack, by reference.
+	images map[string]*image.Image
+	vms    map[string]*stackfile.VM
+	nets   map[string]*stackfile.Network
+	vols   map[string]*stackfile.Volume
 }
 
 // newApplier prepares to record into st; begin connects it to the

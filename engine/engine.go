@@ -29,7 +29,10 @@ type Options struct {
 	StateRoot   string // absolute: the supervisor runs in another directory
 	RuntimeRoot string
 	Images      Images
-	Logger      *slog.Logger
+	// CacheRoot is where OCI images are cached (default: the user's
+	// cache, filenames.CacheRoot).
+	CacheRoot string
+	Logger    *slog.Logger
 	// Concurrency bounds the plan's actions worked on at once (default 8).
 	Concurrency int
 	// Connect and Dial reach the namespace's supervisor: Connect starts

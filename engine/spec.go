@@ -129,10 +129,28 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 		}
 	}
 	ns := a.e.opts.Namespace
+	command, env := vm.Command, vm.Env
+	var root *guestproto.Root
+	if vm.Image != "" {
+		img := a.images[vm.Image]
+		if img == nil {
+			panic("engine: VM " + vm.Address + " of an image that was not pulled") // Up pulls every image first
+		}
+		var err error
+		if command, env, err = imageProcess(vm, img); err != nil {
+			return nil, err
+		}
+		disks, err := imageDisks(ctx, dir, img)
+		if err != nil {
+			return nil, err
+		}
+		spec.Disks = append(disks, spec.Disks...)
+		root = imageRoot(img)
+	}
 	gc := guestproto.Config{
 		Version: guestproto.Version, Hostname: vm.Name, MachineID: vm.MachineID, Hosts: a.guestHosts(vm),
-		Mounts: mounts, Command: vm.Command, Env: vm.Env, OneShot: len(vm.Command) > 0, HoldWorkload: hold,
-		Search: []string{cloudinit.HostsDomain(ns)}, WatchPorts: probePorts(vm, nics),
+		Mounts: mounts, Command: command, Env: env, OneShot: len(command) > 0, HoldWorkload: hold,
+		Search: []string{cloudinit.HostsDomain(ns)}, WatchPorts: probePorts(vm, nics), Root: root,
 	}
 	for i, n := range nics {
 		net := a.nets[n.Network]

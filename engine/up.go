@@ -19,8 +19,14 @@ type PlanOptions struct {
 }
 
 // Plan reads the recorded state, observes which VMs still run, and plans
-// desired against them. It changes nothing and takes no lock.
-func (e *Engine) Plan(desired *stackfile.Stack, opts PlanOptions) (*planner.Plan, *state.State, error) {
+// desired against them. It changes nothing and takes no lock. Image
+// references are resolved to the images they name now (see images.go).
+func (e *Engine) Plan(ctx context.Context, desired *stackfile.Stack, opts PlanOptions) (*planner.Plan, *state.State, error) {
+	if !opts.Destroy {
+		if err := e.resolveImages(ctx, desired); err != nil {
+			return nil, nil, err
+		}
+	}
 	st, err := e.store.Read()
 	if err != nil {
 		return nil, nil, err
@@ -77,11 +83,21 @@ func (e *Engine) Up(ctx context.Context, desired *stackfile.Stack, opts UpOption
 	var plan *planner.Plan
 	if opts.SavedPlan != nil {
 		plan, desired, err = planner.LoadSaved(opts.SavedPlan, st)
-	} else {
-		plan, err = planner.Make(planner.Input{Desired: desired, State: st, Observed: e.Observe(st)})
+		if err != nil {
+			return nil, err
+		}
 	}
+	// Images are pulled before planning: the plan compares the digests
+	// they resolve to, and the VMs it boots need their file systems.
+	images, err := e.pullImages(ctx, desired, opts.Progress)
 	if err != nil {
 		return nil, err
+	}
+	if opts.SavedPlan == nil {
+		plan, err = planner.Make(planner.Input{Desired: desired, State: st, Observed: e.Observe(st)})
+		if err != nil {
+			return nil, err
+		}
 	}
 	// The supervisor is started even for an empty plan: when it was
 	// killed, this is what re-adopts the running VMs.
@@ -89,6 +105,7 @@ func (e *Engine) Up(ctx context.Context, desired *stackfile.Stack, opts UpOption
 		return plan, nil
 	}
 	a := e.newApplier(st, desired, opts.Progress)
+	a.images = images
 	a.noWait = opts.NoWait
 	a.prefetch(ctx, plan)
 	sup, err := e.connect(ctx, opts.OwnerPID)

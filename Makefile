@@ -10,7 +10,7 @@ DEBIAN_IMAGE_DIR ?= $(CACHE)/images/debian-12
 export STACK_DEBIAN_IMAGE_DIR := $(DEBIAN_IMAGE_DIR)
 FUZZTIME ?= 10s
 
-.PHONY: all deps build guest-image debian-image test test-short vet fuzz examples demo bench bench-switch bench-up bench-boot bench-snapshot bench-cloud-init clean
+.PHONY: all deps build guest-image debian-image test test-short vet fuzz examples example-image demo bench bench-switch bench-up bench-boot bench-snapshot bench-cloud-init clean
 
 all: build
 
@@ -34,6 +34,11 @@ debian-image: deps
 vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+
+# The example OCI image examples/stacks/image.hcl boots, as an OCI layout
+# built from this machine's files (no registry).
+example-image: deps
+	$(GO) run ./examples/images/web examples/images/web/layout
 
 examples: build
 	@for f in examples/stacks/*.hcl; do echo "validate $$f"; STACK_VAR_debian_image_dir=$(DEBIAN_IMAGE_DIR) $(BIN)/stack -f $$f validate || exit 1; done

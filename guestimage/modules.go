@@ -35,6 +35,7 @@ var DefaultModules = []string{
 	"fs-virtiofs:virtiofs?",
 	"fs-9p:9p?", // generic kernel only
 	"fs-9p:9pnet_virtio?",
+	"fs-overlay:overlay?", // an OCI image VM's root
 	"late:virtio_rng",
 	"late:overlay?",
 }

@@ -121,6 +121,14 @@ func Validate(cfg *guestproto.Config) error {
 			return fmt.Errorf("validate guest config: mount %s: unsupported fstype %q", m.Target, m.FSType)
 		}
 	}
+	if r := cfg.Root; r != nil {
+		if r.Image == "" || r.Upper == "" {
+			return errors.New("validate guest config: root: image and upper disk serials are required")
+		}
+		if r.WorkingDir != "" && !path.IsAbs(r.WorkingDir) {
+			return fmt.Errorf("validate guest config: root: working directory %q is not absolute", r.WorkingDir)
+		}
+	}
 	if len(cfg.Command) > 0 && cfg.Command[0] == "" {
 		return errors.New("validate guest config: command[0] is empty")
 	}

@@ -6,10 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
-	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -90,12 +87,13 @@ func (in *Init) startExec(m guestproto.Message) {
 	if in.cfg != nil {
 		env = in.cfg.Env
 	}
+	root := in.root
 	in.mu.Unlock()
 	if old != nil {
 		old.end() // a reused ID: the host abandoned the old session
 	}
 	in.goSafe("exec", func() {
-		runExec(m, s, execEnv{base: env, reaper: in.reaper, send: in.send, log: in.log.Warn, goSafe: in.goSafe})
+		runExec(m, s, execEnv{base: env, root: root, reaper: in.reaper, send: in.send, log: in.log.Warn, goSafe: in.goSafe})
 		in.mu.Lock()
 		if in.execs[m.ID] == s {
 			delete(in.execs, m.ID)
@@ -125,6 +123,7 @@ func (in *Init) execInput(m guestproto.Message) {
 // run execs without a PID 1).
 type execEnv struct {
 	base   map[string]string // the workload's environment
+	root   *imageRoot        // an image VM's root; nil: the init's own
 	reaper *Reaper
 	send   func(guestproto.Message)
 	log    func(msg string, args ...any)
@@ -154,28 +153,20 @@ func runExec(m guestproto.Message, s *execSession, e execEnv) {
 	if req.TTY != nil && req.TTY.Term != "" {
 		vars["TERM"] = req.TTY.Term
 	}
-	env := WorkloadEnv(vars)
-	path := req.Argv[0]
-	if !strings.Contains(path, "/") {
-		for _, kv := range env {
-			if p, ok := strings.CutPrefix(kv, "PATH="); ok {
-				lp, err := lookPath(path, p)
-				if err != nil {
-					exit(127, fmt.Sprintf("exec %s: command not found", path))
-					return
-				}
-				path = lp
-			}
-		}
+	if e.root != nil {
+		e.root.setHome(vars)
 	}
-	cmd := exec.Command(path, req.Argv[1:]...)
-	cmd.Args[0] = req.Argv[0]
-	cmd.Env = env
-	cmd.Dir = req.Dir
-	if cmd.Dir == "" {
-		cmd.Dir = "/"
+	cmd, err := command(e.root, req.Argv, WorkloadEnv(vars))
+	if err != nil {
+		exit(127, "exec "+err.Error())
+		return
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if req.Dir != "" {
+		cmd.Dir = req.Dir
+	}
+	if e.root != nil {
+		e.root.enter(cmd, req.Dir)
+	}
 
 	// childEnds are the command's copies, closed once it has started;
 	// input is where the host's stdin goes, outputs where output comes

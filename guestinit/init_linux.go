@@ -10,10 +10,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -51,6 +53,7 @@ type Init struct {
 	mounted  []string // mount points to unmount at power-off, in mount order
 	stopping bool
 	execs    map[string]*execSession // running execs by the host's ID
+	root     *imageRoot              // an image VM's root; nil: the init's own
 
 	workDone chan struct{}
 	release  chan struct{} // closed by the host's TypeStart (HoldWorkload)
@@ -282,7 +285,8 @@ func (in *Init) bringUp(cfg *guestproto.Config) error {
 			return fmt.Errorf("write /etc/machine-id: %w", err)
 		}
 	}
-	if err := os.WriteFile("/etc/hosts", RenderHosts(cfg), 0o644); err != nil {
+	hosts := RenderHosts(cfg)
+	if err := os.WriteFile("/etc/hosts", hosts, 0o644); err != nil {
 		return fmt.Errorf("write /etc/hosts: %w", err)
 	}
 	in.log.Debug("hostname and hosts set")
@@ -296,12 +300,27 @@ func (in *Init) bringUp(cfg *guestproto.Config) error {
 	if len(cfg.DNS) > 0 {
 		dns = cfg.DNS
 	}
-	if err := os.WriteFile("/etc/resolv.conf", RenderResolvConf(dns, cfg.Search), 0o644); err != nil {
+	resolv := RenderResolvConf(dns, cfg.Search)
+	if err := os.WriteFile("/etc/resolv.conf", resolv, 0o644); err != nil {
 		return fmt.Errorf("write /etc/resolv.conf: %w", err)
 	}
 	in.mu.Lock()
 	in.status.Addresses = addrs
 	in.mu.Unlock()
+	if cfg.Root != nil {
+		in.loadModules("fs-overlay")
+		root, err := mountRoot(cfg.Root, in.addMounted)
+		if err != nil {
+			return err
+		}
+		if err := root.writeEtc(map[string][]byte{"hosts": hosts, "resolv.conf": resolv, "hostname": []byte(cfg.Hostname + "\n")}); err != nil {
+			return err
+		}
+		in.mu.Lock()
+		in.root = root
+		in.mu.Unlock()
+		in.log.Debug("image root mounted")
+	}
 	for _, m := range cfg.Mounts {
 		switch {
 		case m.FSType != "":
@@ -310,35 +329,50 @@ func (in *Init) bringUp(cfg *guestproto.Config) error {
 			in.loadModules("fs-virtiofs")
 			in.loadModules("fs-9p")
 		}
+		if cfg.Root != nil {
+			// Targets are paths inside the image's root.
+			target, err := resolveInRoot(in.root.dir, m.Target, true)
+			if err != nil {
+				return fmt.Errorf("mount %s: %w", m.Target, err)
+			}
+			m.Target = target
+		}
 		if err := mountOne(m); err != nil {
 			return err
 		}
-		in.mu.Lock()
-		in.mounted = append(in.mounted, m.Target)
-		in.mu.Unlock()
+		in.addMounted(m.Target)
 	}
 	in.log.Info("configured", "hostname", cfg.Hostname, "addresses", addrs, "mounts", len(cfg.Mounts))
 	return nil
 }
 
+// addMounted records a mount point for power-off to unmount.
+func (in *Init) addMounted(target string) {
+	in.mu.Lock()
+	in.mounted = append(in.mounted, target)
+	in.mu.Unlock()
+}
+
 func (in *Init) startWorkload(cfg *guestproto.Config) error {
-	cmd := exec.Command(cfg.Command[0], cfg.Command[1:]...)
-	env := WorkloadEnv(cfg.Env)
-	cmd.Env = env
-	// exec.Command looked the name up in the init's PATH; honour the
-	// workload's own PATH instead.
-	for _, kv := range env {
-		if p, ok := strings.CutPrefix(kv, "PATH="); ok && !strings.Contains(cfg.Command[0], "/") {
-			if lp, err := lookPath(cfg.Command[0], p); err == nil {
-				cmd.Path = lp
-				cmd.Err = nil
-			}
-		}
+	in.mu.Lock()
+	root := in.root
+	in.mu.Unlock()
+	vars := maps.Clone(cfg.Env)
+	if vars == nil {
+		vars = map[string]string{}
 	}
-	cmd.Dir = "/"
+	if root != nil {
+		root.setHome(vars)
+	}
+	cmd, err := command(root, cfg.Command, WorkloadEnv(vars))
+	if err != nil {
+		return fmt.Errorf("start workload %q: %w", cfg.Command[0], err)
+	}
 	cmd.Stdout = in.console
 	cmd.Stderr = in.console
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if root != nil {
+		root.enter(cmd, "")
+	}
 	pid, statusCh, err := in.reaper.Start(cmd)
 	if err != nil {
 		return fmt.Errorf("start workload %q: %w", cfg.Command[0], err)
@@ -719,17 +753,36 @@ func readUntilNUL(r io.Reader, max int) ([]byte, error) {
 	return out, nil
 }
 
-func lookPath(file, path string) (string, error) {
-	for _, dir := range filepath.SplitList(path) {
-		if dir == "" {
-			dir = "."
+// command makes the command for argv with env, in the working directory
+// /, in a session of its own. A name without a slash is looked up in
+// env's PATH (not the init's), in root's file system when root is set.
+func command(root *imageRoot, argv []string, env []string) (*exec.Cmd, error) {
+	path := argv[0]
+	if !strings.Contains(path, "/") {
+		pathList := DefaultPath
+		for _, kv := range env {
+			if p, ok := strings.CutPrefix(kv, "PATH="); ok {
+				pathList = p
+			}
 		}
-		p := filepath.Join(dir, file)
-		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-			return p, nil
+		rootDir := ""
+		if root != nil {
+			rootDir = root.dir
 		}
+		lp, err := lookPath(rootDir, path, pathList)
+		if err != nil {
+			return nil, fmt.Errorf("%s: command not found", path)
+		}
+		path = lp
 	}
-	return "", exec.ErrNotFound
+	// Not exec.Command: it would look the name up in the init's PATH.
+	return &exec.Cmd{
+		Path:        path,
+		Args:        slices.Clone(argv),
+		Env:         env,
+		Dir:         "/",
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
+	}, nil
 }
 
 // takeHost steps the clock to the host's (Unix nanoseconds; 0: left as

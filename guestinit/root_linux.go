@@ -220,9 +220,16 @@ func openInRoot(rfd int, p string, flags uint64) (int, error) {
 	})
 }
 
+// maxLinks bounds the dangling links mkdirInRoot follows, as the kernel
+// bounds a path's links (ELOOP).
+const maxLinks = 40
+
 // mkdirInRoot creates p's missing directories one by one, each resolved
-// in the root.
-func mkdirInRoot(rfd int, p string) error {
+// in the root. A dangling symbolic link on the way is followed, its target
+// created, as mkdir -p does.
+func mkdirInRoot(rfd int, p string) error { return mkdirInRootLinks(rfd, p, 0) }
+
+func mkdirInRootLinks(rfd int, p string, links int) error {
 	cur := "/"
 	for _, part := range strings.Split(strings.Trim(path.Clean("/"+p), "/"), "/") {
 		if part == "" {
@@ -241,13 +248,39 @@ func mkdirInRoot(rfd int, p string) error {
 			return err
 		}
 		err = unix.Mkdirat(pfd, part, 0o755)
+		var target string
+		if errors.Is(err, unix.EEXIST) {
+			target, err = readlinkat(pfd, part)
+		}
 		unix.Close(pfd)
-		if err != nil && !errors.Is(err, unix.EEXIST) {
+		if err != nil {
 			return fmt.Errorf("create %s: %w", next, err)
+		}
+		if target != "" {
+			if links >= maxLinks {
+				return fmt.Errorf("create %s: %w", next, unix.ELOOP)
+			}
+			if !path.IsAbs(target) {
+				target = path.Join(cur, target)
+			}
+			if err := mkdirInRootLinks(rfd, target, links+1); err != nil {
+				return err
+			}
 		}
 		cur = next
 	}
 	return nil
+}
+
+// readlinkat reads the symbolic link name in dir; an entry that is not a
+// link is an error (EINVAL).
+func readlinkat(dir int, name string) (string, error) {
+	buf := make([]byte, unix.PathMax)
+	n, err := unix.Readlinkat(dir, name, buf)
+	if err != nil {
+		return "", err
+	}
+	return string(buf[:n]), nil
 }
 
 // lookPath finds file in the directories of pathList, in root (""

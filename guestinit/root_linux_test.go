@@ -31,6 +31,10 @@ func fakeRoot(t *testing.T) string {
 	must(os.WriteFile(filepath.Join(root, "usr/lib/bin/tool"), nil, 0o755))
 	must(os.Symlink("../../../../../../..", filepath.Join(root, "up")))
 	must(os.Symlink("/etc/shadow-of-the-host", filepath.Join(root, "etc/resolv.conf")))
+	must(os.MkdirAll(filepath.Join(root, "var"), 0o755))
+	must(os.Symlink("/srv/data", filepath.Join(root, "var/data")))   // dangling
+	must(os.Symlink("../run/lock", filepath.Join(root, "var/lock"))) // dangling, relative
+	must(os.Symlink("loop", filepath.Join(root, "loop")))
 	must(os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0::/root:/bin/sh\nwww:x:33:33::/var/www:/bin/sh\n"), 0o644))
 	must(os.WriteFile(filepath.Join(root, "etc/group"), []byte("root:x:0:\nwww:x:33:\nweb:x:44:www\n"), 0o644))
 	return root
@@ -74,6 +78,16 @@ func TestResolveInRootMkdir(t *testing.T) {
 	// Idempotent.
 	if again, err := resolveInRoot(root, "/srv/data", true); err != nil || again != got {
 		t.Fatalf("second resolve: %s, %v", again, err)
+	}
+	// Through dangling links: their targets are created, as mkdir -p does.
+	for in, want := range map[string]string{"/var/data/x": "srv/data/x", "/var/lock": "run/lock"} {
+		got, err := resolveInRoot(root, in, true)
+		if err != nil || got != filepath.Join(root, want) {
+			t.Errorf("%s: created %q, %v; want %s", in, got, err, want)
+		}
+	}
+	if got, err := resolveInRoot(root, "/loop/x", true); err == nil {
+		t.Errorf("a link to itself resolved to %s", got)
 	}
 }
 

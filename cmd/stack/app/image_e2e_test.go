@@ -84,6 +84,8 @@ func featureImage(t *testing.T) v1.Image {
 		imagetest.Entry{Name: "opq/new", Data: "new"},
 		imagetest.Entry{Name: "data/hard2", Type: tar.TypeLink, Link: "data/hard"},
 		imagetest.Entry{Name: "link", Type: tar.TypeSymlink, Link: "/a/keep"},
+		imagetest.Entry{Name: "var/", Type: tar.TypeDir},
+		imagetest.Entry{Name: "var/data", Type: tar.TypeSymlink, Link: "/srv/data"},
 		imagetest.Entry{Name: "home/", Type: tar.TypeDir},
 		imagetest.Entry{Name: "home/u/", Type: tar.TypeDir, UID: 1000, GID: 1000},
 		imagetest.Entry{Name: "home/u/owned", UID: 1000, GID: 1000, Mode: 0o600, Data: "mine"},
@@ -103,6 +105,15 @@ const threeImageVMs = `network "lan" {
 vm "reg" {
   image = "%s"
   network "lan" {}
+  disk "data" {
+    size       = "64MiB"
+    guest_path = "/var/data"
+  }
+  shared_dir "share" {
+    host_path  = "%s"
+    guest_path = "/share"
+    read_only  = true
+  }
 }
 
 vm "lay" {
@@ -119,7 +130,8 @@ vm "arc" {
 // TestImageFeatures: one image from an in-process registry, an OCI layout
 // and a docker-archive tarball boots as three VMs of one image ID; inside
 // each, the layers merged as the image says and the process runs with its
-// environment, directory and user. An unknown tag fails up, naming the VM
+// environment, directory and user. A disk and a shared directory mount at
+// their paths inside the image, through the image's own symbolic links. An unknown tag fails up, naming the VM
 // and the image.
 func TestImageFeatures(t *testing.T) {
 	requireVMs(t)
@@ -134,8 +146,10 @@ func TestImageFeatures(t *testing.T) {
 	if err := tarball.WriteToFile(archive, imagetest.MustRef(t, "test/app:1"), img); err != nil {
 		t.Fatal(err)
 	}
+	share := t.TempDir()
+	writeFile(t, filepath.Join(share, "hello"), "shared\n")
 	file := filepath.Join(t.TempDir(), "stack.hcl")
-	writeFile(t, file, fmt.Sprintf(threeImageVMs, regRef, "oci:"+layoutDir+":app", "docker-archive:"+archive))
+	writeFile(t, file, fmt.Sprintf(threeImageVMs, regRef, share, "oci:"+layoutDir+":app", "docker-archive:"+archive))
 	c := newCLI(t, fmt.Sprintf("imgf-%d", os.Getpid()))
 	c.mustRun("-f", file, "up", "--progress", "plain")
 
@@ -161,6 +175,10 @@ func TestImageFeatures(t *testing.T) {
 		if out := c.mustRun("exec", vm, "--", "sh", "-c", check).stdout; out != want {
 			t.Errorf("%s sees:\n%s\nwant:\n%s", vm, out, want)
 		}
+	}
+	mounts := `awk '$2=="/srv/data"{print $3}' /proc/mounts; cat /share/hello; touch /share/x 2>/dev/null || echo read-only`
+	if out := c.mustRun("exec", "reg", "--", "sh", "-c", mounts).stdout; out != "ext4\nshared\nread-only\n" {
+		t.Errorf("reg's disk at /var/data (a link to /srv/data) and share at /share: %q", out)
 	}
 	c.mustRun("down")
 

@@ -71,10 +71,11 @@ bench-up: deps build guest-image
 	$(BIN)/bench-up -runs 8 -flat cmd/bench-up/testdata/quickstart-flat.hcl
 
 # Boot templates: `up` of one VM and of the quickstart, cold against from
-# templates, and the memory of 8 idle VMs each way.
-bench-boot: deps build guest-image
+# templates, and the memory of 8 idle VMs each way; the example OCI image's
+# web server against the built-in image's.
+bench-boot: deps build guest-image example-image
 	$(GO) build -o $(BIN)/bench-boot ./cmd/bench-boot
-	$(BIN)/bench-boot -runs 6
+	$(BIN)/bench-boot -runs 6 -image oci:examples/images/web/layout:web
 
 # Snapshots: restoring the quickstart against `up` (templates on and off)
 # and against docker-compose up of the same two containers; the Debian

@@ -13,7 +13,11 @@
 //  4. the cost of making a template (the VM's pause) and its size on disk;
 //  5. a warm pool: from the supervisor handing a VM a pool member (its
 //     "taken from the warm pool" event) to the VM's ready event, and the
-//     whole up that adds it.
+//     whole up that adds it;
+//  6. with -image, `up` to ready of one VM running a cached OCI image's
+//     web server (the example image: busybox httpd behind a shell script)
+//     against the built-in image running busybox httpd, cold and with
+//     templates.
 //
 // Cold runs set STACK_TEMPLATES=off for their stack; templated runs use
 // the template the warm-up made.
@@ -71,6 +75,39 @@ vm "idle" {
 }
 `
 
+// imageWeb and builtinWeb serve HTTP on port 8080 from one VM each: the
+// example OCI image's entrypoint, and the built-in image's busybox httpd.
+const imageWeb = `variable "image" {}
+
+network "lan" {
+  subnet = "10.96.0.0/24"
+}
+
+vm "web" {
+  image = var.image
+  env = {
+    PORT = "8080"
+  }
+  network "lan" {}
+  ready {
+    tcp = 8080
+  }
+}
+`
+
+const builtinWeb = `network "lan" {
+  subnet = "10.97.0.0/24"
+}
+
+vm "web" {
+  command = ["sh", "-c", "mkdir -p /srv/www && echo hello > /srv/www/index.html && exec httpd -f -p 8080 -h /srv/www"]
+  network "lan" {}
+  ready {
+    tcp = 8080
+  }
+}
+`
+
 func main() {
 	if code, started := stack.Supervise(); started {
 		os.Exit(code)
@@ -78,20 +115,41 @@ func main() {
 	runs := flag.Int("runs", 5, "measured runs of each variant")
 	quickstart := flag.String("f", "examples/stacks/quickstart.hcl", "the quickstart stack file")
 	density := flag.Bool("density", true, "measure the memory of 8 idle VMs (takes a while under TCG)")
+	image := flag.String("image", "", "optional: an OCI image reference whose up to ready is measured against the built-in image's (the example: oci:examples/images/web/layout:web)")
 	flag.Parse()
-	if err := run(*runs, *quickstart, *density); err != nil {
+	if *image != "" {
+		abs, err := absImageRef(*image)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench-boot:", err)
+			os.Exit(1)
+		}
+		*image = abs
+	}
+	if err := run(*runs, *quickstart, *density, *image); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-boot:", err)
 		os.Exit(1)
 	}
 }
 
+// absImageRef makes an oci: or docker-archive: reference's path absolute:
+// the benchmark's stack files live in a temporary directory.
+func absImageRef(ref string) (string, error) {
+	for _, transport := range []string{"oci:", "docker-archive:"} {
+		if rest, ok := strings.CutPrefix(ref, transport); ok && !filepath.IsAbs(rest) {
+			abs, err := filepath.Abs(rest)
+			return transport + abs, err
+		}
+	}
+	return ref, nil
+}
+
 // project loads file as namespace ns, with templates on or off.
-func project(file, ns, stateDir string, templates bool) (*stack.Project, error) {
+func project(file, ns, stateDir string, templates bool, vars ...string) (*stack.Project, error) {
 	env := os.Environ()
 	if !templates {
 		env = append(env, "STACK_TEMPLATES=off")
 	}
-	p, diags := stack.Load(stack.Options{Files: []string{file}, Namespace: ns, StateDir: stateDir, Environ: env})
+	p, diags := stack.Load(stack.Options{Files: []string{file}, Namespace: ns, StateDir: stateDir, Environ: env, Vars: vars})
 	if diags.HasErrors() {
 		return nil, diags
 	}
@@ -120,7 +178,7 @@ func timedUp(ctx context.Context, p *stack.Project, wantBoot string) (time.Durat
 	return d, err
 }
 
-func run(runs int, quickstart string, density bool) error {
+func run(runs int, quickstart string, density bool, image string) error {
 	ctx := context.Background()
 	dir, err := os.MkdirTemp("", "bench-boot")
 	if err != nil {
@@ -196,6 +254,11 @@ func run(runs int, quickstart string, density bool) error {
 	if err := poolClaims(ctx, dir, state, runs); err != nil {
 		return err
 	}
+	if image != "" {
+		if err := imageAgainstBuiltin(ctx, dir, state, runs, image); err != nil {
+			return err
+		}
+	}
 	if !density {
 		return nil
 	}
@@ -226,6 +289,67 @@ func run(runs int, quickstart string, density bool) error {
 	}
 	fmt.Printf("8 idle VMs, summed PSS of their QEMU processes: cold %d MiB, from one template %d MiB, ratio %.3f\n",
 		pss[0]>>10, pss[1]>>10, float64(pss[1])/float64(pss[0]))
+	return nil
+}
+
+// imageAgainstBuiltin measures up to ready of one web server VM from a
+// cached OCI image against the built-in image's, cold and with templates,
+// interleaved. The warm-up pulls and converts the image and makes both
+// shapes' templates, so the image runs pay only the cached image's
+// resolve, as every up after the first does.
+func imageAgainstBuiltin(ctx context.Context, dir, state string, runs int, image string) error {
+	imgFile := filepath.Join(dir, "image-web.hcl")
+	bltFile := filepath.Join(dir, "builtin-web.hcl")
+	os.WriteFile(imgFile, []byte(imageWeb), 0o600)
+	os.WriteFile(bltFile, []byte(builtinWeb), 0o600)
+	vars := []string{"image=" + image}
+	for _, f := range []string{imgFile, bltFile} {
+		p, err := project(f, "bench-warm-web", state, true, vars...)
+		if err != nil {
+			return err
+		}
+		if _, err := p.Up(ctx, stack.UpOptions{}); err != nil {
+			return err
+		}
+		if err := p.Down(ctx, stack.DownOptions{}); err != nil {
+			return err
+		}
+	}
+	var imgCold, bltCold, imgTpl, bltTpl []time.Duration
+	variants := []struct {
+		file      string
+		templates bool
+		out       *[]time.Duration
+	}{{imgFile, false, &imgCold}, {bltFile, false, &bltCold}, {imgFile, true, &imgTpl}, {bltFile, true, &bltTpl}}
+	for i := 0; i < runs; i++ {
+		order := []int{0, 1, 2, 3}
+		if i%2 == 1 {
+			order = []int{1, 0, 3, 2}
+		}
+		for _, j := range order {
+			v := variants[j]
+			boot := "cold"
+			if v.templates {
+				boot = "template"
+			}
+			p, err := project(v.file, fmt.Sprintf("bench-web-%d-%d", i, j), state, v.templates, vars...)
+			if err != nil {
+				return err
+			}
+			d, err := timedUp(ctx, p, boot)
+			if err != nil {
+				return err
+			}
+			*v.out = append(*v.out, d)
+		}
+		fmt.Fprintf(os.Stderr, "run %d: web from the image cold %s, built-in cold %s; image template %s, built-in template %s\n", i+1,
+			imgCold[i].Round(time.Millisecond), bltCold[i].Round(time.Millisecond), imgTpl[i].Round(time.Millisecond), bltTpl[i].Round(time.Millisecond))
+	}
+	fmt.Printf("%-44s %10s\n", "up, web from the OCI image, cold", benchstat.Median(imgCold).Round(time.Millisecond))
+	fmt.Printf("%-44s %10s\n", "up, web from the built-in image, cold", benchstat.Median(bltCold).Round(time.Millisecond))
+	fmt.Printf("%-44s %10s\n", "up, web from the OCI image, template", benchstat.Median(imgTpl).Round(time.Millisecond))
+	fmt.Printf("%-44s %10s\n", "up, web from the built-in image, template", benchstat.Median(bltTpl).Round(time.Millisecond))
+	fmt.Printf("image_vs_builtin_cold=%s image_vs_builtin_templates=%s\n", benchstat.Ratio(imgCold, bltCold), benchstat.Ratio(imgTpl, bltTpl))
 	return nil
 }
 

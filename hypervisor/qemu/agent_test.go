@@ -126,7 +126,13 @@ func TestAgentSendToAGuestThatStopsReading(t *testing.T) {
 	bctx, bcancel := context.WithCancel(context.Background())
 	blocked := make(chan error, 1)
 	go func() { blocked <- a.Send(bctx, big) }()
-	time.Sleep(100 * time.Millisecond) // let it take the channel
+	// Wait until it holds the channel (a fixed sleep lost that race on a
+	// loaded machine, and the next send went first).
+	for deadline := time.Now().Add(10 * time.Second); len(a.wsem) == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the big send never took the channel")
+		}
+	}
 	select {
 	case err := <-blocked:
 		t.Fatalf("a %d-byte send to a guest that does not read returned: %v", len(big), err)

@@ -62,7 +62,7 @@ func newUpCmd(g *globals, s Streams) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&planFile, "plan", "", "apply a plan saved by `stack plan --out FILE` (refused when stale)")
+	f.StringVar(&planFile, "plan", "", "apply the plan saved in this file by stack plan --out (refused when stale)")
 	f.BoolVar(&noWait, "no-wait", false, "return once the VMs are started, without waiting for them to be ready")
 	f.DurationVar(&timeout, "timeout", 0, "give up after this long (default: the VMs' own ready timeouts)")
 	f.DurationVar(&lockTimeout, "lock-timeout", 5*time.Minute, "how long to wait for another command on the namespace")

@@ -564,6 +564,15 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 		}
 		vm.Env = env
 	}
+	if vm.RootDisk != "" {
+		// The image's own init boots a cloud-init VM; stack's guest init,
+		// which runs command with env, is not there to run them.
+		for _, name := range []string{"command", "env"} {
+			if a := attr[name]; a != nil {
+				l.errorf(a.NameRange, name+" needs initramfs mode", "In cloud-init mode (root_disk) the image's own init boots the VM, and stack's guest init, which runs command with env, is not there; start the workload from cloud_init's user_data instead (runcmd, or a systemd unit in write_files).")
+			}
+		}
+	}
 	vm.Restart = l.evalEnum(attr["restart"], ctx, sc, validRestarts, RestartNo)
 	vm.Hypervisor = l.evalHypervisor(attr["hypervisor"], ctx, sc)
 	vm.Machine = l.evalEnum(attr["machine"], ctx, sc, validMachines, "auto")
@@ -627,6 +636,10 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 		}
 		if a := s.c.Attributes["guest_path"]; a != nil {
 			dk.GuestPath = l.evalGuestPath(a, ctx, sc)
+			// A raw volume has no file system to mount.
+			if v := l.volModels[dk.Volume]; v != nil && v.Format == "raw" {
+				l.errorf(a.NameRange, "guest_path on a raw volume", "Volume %q has format \"raw\": a block device without a file system, which cannot be mounted. Drop guest_path (the guest finds the device as /dev/disk/by-id/virtio-<serial>) or use format \"ext4\".", dk.Volume)
+			}
 		}
 		vm.Disks = append(vm.Disks, dk)
 	}

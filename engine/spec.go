@@ -212,7 +212,7 @@ func (a *applier) pools(ctx context.Context) ([]api.PoolSpec, error) {
 func publishSpecs(vm *stackfile.VM) []api.Port {
 	var out []api.Port
 	for _, p := range vm.Publish {
-		out = append(out, api.Port{HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: p.Protocol})
+		out = append(out, api.Port{HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: p.Protocol, HostIP: p.HostIP})
 	}
 	return out
 }

@@ -659,6 +659,17 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 				}
 			}
 		}
+		if a := s.c.Attributes["host_ip"]; a != nil {
+			if str, ok := l.evalString(a, ctx, sc); ok {
+				ip, err := netip.ParseAddr(str)
+				switch {
+				case err != nil || ip.Zone() != "":
+					l.errorf(a.Expr.Range(), "Invalid host_ip", "host_ip must be an IP address of this host, as in \"127.0.0.1\" (the default), \"0.0.0.0\" (every IPv4 address) or \"::\" (every address); got %q.", str)
+				case ip != netip.AddrFrom4([4]byte{127, 0, 0, 1}):
+					p.HostIP = ip
+				}
+			}
+		}
 		vm.Publish = append(vm.Publish, p)
 	}
 	if s := vb.ready; s != nil {

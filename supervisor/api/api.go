@@ -119,6 +119,8 @@ type Port struct {
 	HostPort  int    `json:"host_port"`
 	GuestPort int    `json:"guest_port"`
 	Protocol  string `json:"protocol"` // tcp | udp
+	// HostIP is the host address it listens on; zero: 127.0.0.1.
+	HostIP netip.Addr `json:"host_ip,omitzero"`
 }
 
 // Ready is how the supervisor decides a VM is ready.

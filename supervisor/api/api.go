@@ -134,6 +134,9 @@ type Ready struct {
 	// Probes, run through the network's gateway.
 	TCP  int    `json:"tcp,omitempty"`
 	HTTP string `json:"http,omitempty"`
+	// Exec, after the guest's own ready report (Guest or ConsoleLine), runs
+	// this command in the guest (as `stack exec` does) until it exits 0.
+	Exec []string `json:"exec,omitempty"`
 	// Timeout bounds the whole wait.
 	Timeout Duration `json:"timeout"`
 }

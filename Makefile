@@ -60,6 +60,7 @@ demo: deps build guest-image
 bench: deps guest-image
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./stackfile/ ./planner/
 	$(GO) test -run '^$$' -bench Boot -benchtime 6x ./hypervisor/qemu/
+	$(GO) test -run '^$$' -bench 'BootOverhead|GuestWorkICount' -benchtime 6x ./guestimage/
 
 bench-switch: deps
 	$(GO) run ./cmd/bench-switch

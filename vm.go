@@ -22,7 +22,7 @@ type VM struct {
 	Address string
 	// Addresses maps each network the VM is on to its IPv4 address.
 	Addresses map[string]netip.Addr
-	// Ports are its published ports: 127.0.0.1:HostPort on the host
+	// Ports are its published ports: HostIP:HostPort on the host
 	// forwards to GuestPort.
 	Ports []Port
 
@@ -126,7 +126,7 @@ func (p *Project) handle(rec *state.VM) *VM {
 		v.Addresses[n.Network] = n.IP
 	}
 	for _, pb := range planner.RecordedPublish(rec.Attributes) {
-		v.Ports = append(v.Ports, Port{HostPort: pb.HostPort, GuestPort: pb.GuestPort, Protocol: pb.Protocol})
+		v.Ports = append(v.Ports, Port{HostPort: pb.HostPort, GuestPort: pb.GuestPort, Protocol: pb.Protocol, HostIP: pb.HostIP})
 	}
 	return v
 }

@@ -212,7 +212,7 @@ func (a *applier) pools(ctx context.Context) ([]api.PoolSpec, error) {
 func publishSpecs(vm *stackfile.VM) []api.Port {
 	var out []api.Port
 	for _, p := range vm.Publish {
-		out = append(out, api.Port{HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: p.Protocol})
+		out = append(out, api.Port{HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: p.Protocol, HostIP: p.HostIP})
 	}
 	return out
 }
@@ -251,7 +251,7 @@ func probePorts(vm *stackfile.VM, nics []state.NIC) []int {
 // readySpec says how the supervisor decides that vm is ready. instanceID
 // is the cloud-init instance (cloud-init mode only).
 func readySpec(vm *stackfile.VM, instanceID string) api.Ready {
-	r := api.Ready{TCP: vm.Ready.TCP, HTTP: vm.Ready.HTTP, Timeout: api.Duration(vm.Ready.Timeout)}
+	r := api.Ready{TCP: vm.Ready.TCP, HTTP: vm.Ready.HTTP, Exec: vm.Ready.Exec, Timeout: api.Duration(vm.Ready.Timeout)}
 	if r.TCP != 0 || r.HTTP != "" {
 		return r
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/stackvm/stack/state"
@@ -33,13 +34,28 @@ type VMStatus struct {
 	Boot string `json:"boot,omitempty"`
 }
 
-// Port is a published port: 127.0.0.1:HostPort on the host forwards to
+// Port is a published port: HostIP:HostPort on the host forwards to
 // GuestPort.
 type Port struct {
 	HostPort  int    `json:"host_port"`
 	GuestPort int    `json:"guest_port"`
 	Protocol  string `json:"protocol"`
+	// HostIP is the host address it listens on; zero: 127.0.0.1 (see
+	// Host).
+	HostIP netip.Addr `json:"host_ip,omitzero"`
 }
+
+// Host is the host address the port listens on.
+func (p Port) Host() netip.Addr {
+	if p.HostIP.IsValid() {
+		return p.HostIP
+	}
+	return netip.AddrFrom4([4]byte{127, 0, 0, 1})
+}
+
+// OpenToOtherHosts reports whether other hosts can reach the port: it
+// listens on an address other than a loopback one.
+func (p Port) OpenToOtherHosts() bool { return !p.Host().IsLoopback() }
 
 func statusOf(v api.VMStatus) VMStatus {
 	s := VMStatus{

@@ -196,6 +196,10 @@ type Publish struct {
 	HostPort  int    `json:"host_port"`
 	GuestPort int    `json:"guest_port"`
 	Protocol  string `json:"protocol"` // tcp | udp
+	// HostIP is the host address the port listens on; the zero Addr is
+	// the default, 127.0.0.1 (also what host_ip = "127.0.0.1" loads as,
+	// so that writing the default changes no plan).
+	HostIP netip.Addr `json:"host_ip,omitzero"`
 }
 
 // Ready says when a VM counts as ready. With no probe set the guest's own

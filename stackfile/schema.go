@@ -116,6 +116,7 @@ var publishSchema = &hcl.BodySchema{
 		{Name: "host_port", Required: true},
 		{Name: "guest_port", Required: true},
 		{Name: "protocol"},
+		{Name: "host_ip"},
 	},
 }
 

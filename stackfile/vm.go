@@ -564,6 +564,15 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 		}
 		vm.Env = env
 	}
+	if vm.RootDisk != "" {
+		// The image's own init boots a cloud-init VM; stack's guest init,
+		// which runs command with env, is not there to run them.
+		for _, name := range []string{"command", "env"} {
+			if a := attr[name]; a != nil {
+				l.errorf(a.NameRange, name+" needs initramfs mode", "In cloud-init mode (root_disk) the image's own init boots the VM, and stack's guest init, which runs command with env, is not there; start the workload from cloud_init's user_data instead (runcmd, or a systemd unit in write_files).")
+			}
+		}
+	}
 	vm.Restart = l.evalEnum(attr["restart"], ctx, sc, validRestarts, RestartNo)
 	vm.Hypervisor = l.evalHypervisor(attr["hypervisor"], ctx, sc)
 	vm.Machine = l.evalEnum(attr["machine"], ctx, sc, validMachines, "auto")
@@ -627,6 +636,10 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 		}
 		if a := s.c.Attributes["guest_path"]; a != nil {
 			dk.GuestPath = l.evalGuestPath(a, ctx, sc)
+			// A raw volume has no file system to mount.
+			if v := l.volModels[dk.Volume]; v != nil && v.Format == "raw" {
+				l.errorf(a.NameRange, "guest_path on a raw volume", "Volume %q has format \"raw\": a block device without a file system, which cannot be mounted. Drop guest_path (the guest finds the device as /dev/disk/by-id/virtio-<serial>) or use format \"ext4\".", dk.Volume)
+			}
 		}
 		vm.Disks = append(vm.Disks, dk)
 	}
@@ -643,6 +656,17 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 					l.errorf(a.Expr.Range(), "Host port published twice", "Host port %d/%s is already published by %s.", n, p.Protocol, prev)
 				} else {
 					l.portOwner[k] = vm.Address
+				}
+			}
+		}
+		if a := s.c.Attributes["host_ip"]; a != nil {
+			if str, ok := l.evalString(a, ctx, sc); ok {
+				ip, err := netip.ParseAddr(str)
+				switch {
+				case err != nil || ip.Zone() != "":
+					l.errorf(a.Expr.Range(), "Invalid host_ip", "host_ip must be an IP address of this host, as in \"127.0.0.1\" (the default), \"0.0.0.0\" (every IPv4 address) or \"::\" (every address); got %q.", str)
+				case ip != netip.AddrFrom4([4]byte{127, 0, 0, 1}):
+					p.HostIP = ip
 				}
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -20,11 +21,15 @@ type execOut struct {
 	mu  sync.Mutex
 	enc *json.Encoder
 	err error
+	end *api.ExecEvent // the last event, with the exit code, once sent
 }
 
 func (o *execOut) send(ev api.ExecEvent) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if ev.Exit != nil {
+		o.end = &ev
+	}
 	if o.err == nil {
 		o.err = o.enc.Encode(ev)
 	}
@@ -74,12 +79,31 @@ func (s *Supervisor) exec(ctx context.Context, dec *json.Decoder, enc *json.Enco
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	inputs, hangup := readInputs(sctx, dec)
-	g := inst.Guest()
-	if g == nil {
-		s.execSSH(sctx, v, req.Exec, out, inputs, hangup)
+	s.execIn(sctx, v, inst, req.Exec, out, inputs, hangup)
+}
+
+// execIn runs spec in the VM: through its guest agent, else over SSH.
+func (s *Supervisor) execIn(ctx context.Context, v *vmRun, inst hypervisor.Instance, spec *api.ExecSpec, out *execOut, inputs <-chan api.ExecInput, hangup <-chan struct{}) {
+	if g := inst.Guest(); g != nil {
+		s.execAgent(ctx, v, g, spec, out, inputs, hangup)
 		return
 	}
-	s.execAgent(sctx, v, g, req.Exec, out, inputs, hangup)
+	s.execSSH(ctx, v, spec, out, inputs, hangup)
+}
+
+// execExit runs argv in the VM without input, discards its output, and
+// returns its exit code and the supervisor's error message, if any.
+func (s *Supervisor) execExit(ctx context.Context, v *vmRun, inst hypervisor.Instance, argv []string) (int, string) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends eachInput's wait on the nil input channel
+	out := &execOut{enc: json.NewEncoder(io.Discard)}
+	s.execIn(ctx, v, inst, &api.ExecSpec{Argv: argv}, out, nil, nil)
+	out.mu.Lock()
+	defer out.mu.Unlock()
+	if out.end == nil {
+		return -1, "the command did not report an exit"
+	}
+	return *out.end.Exit, out.end.Error
 }
 
 // readInputs decodes the client's ExecInputs until the connection ends,

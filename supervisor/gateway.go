@@ -53,7 +53,7 @@ func (a *gatewayAdapter) update() error {
 	}
 	for p, ip := range a.publish {
 		u.Publish = append(u.Publish, gateway.Forward{Protocol: p.Protocol, HostPort: p.HostPort,
-			GuestIP: ip, GuestPort: p.GuestPort})
+			HostIP: p.HostIP, GuestIP: ip, GuestPort: p.GuestPort})
 	}
 	return a.gw.Update(u)
 }

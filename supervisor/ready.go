@@ -41,6 +41,9 @@ func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.I
 	default:
 		what = "the VMM is running"
 	}
+	if err == nil && len(spec.Exec) > 0 {
+		what, err = s.execProbe(ctx, v, inst, spec.Exec)
+	}
 	if ctx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) && err != nil {
 		return // released or stopped
 	}
@@ -66,6 +69,8 @@ func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.I
 
 func readyWhat(r api.Ready) string {
 	switch {
+	case len(r.Exec) > 0:
+		return fmt.Sprintf("waiting for %q to exit 0", r.Exec)
 	case r.TCP != 0:
 		return fmt.Sprintf("waiting for TCP port %d", r.TCP)
 	case r.HTTP != "":
@@ -74,6 +79,26 @@ func readyWhat(r api.Ready) string {
 		return "waiting for cloud-init to finish"
 	}
 	return "waiting for the guest init's ready report"
+}
+
+// execProbePeriod is how often an exec probe runs its command again.
+const execProbePeriod = 500 * time.Millisecond
+
+// execProbe runs argv in the guest until it exits 0, at most once every
+// execProbePeriod: the `ready { exec }` probe, which the guest's own ready
+// report precedes (so that there is an agent or an SSH server to run it).
+func (s *Supervisor) execProbe(ctx context.Context, v *vmRun, inst hypervisor.Instance, argv []string) (string, error) {
+	for {
+		next := time.After(execProbePeriod)
+		if code, _ := s.execExit(ctx, v, inst, argv); code == 0 {
+			return fmt.Sprintf("%q exited 0", argv), nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-next:
+		}
+	}
 }
 
 func (s *Supervisor) waitGuestReady(ctx context.Context, v *vmRun, inst hypervisor.Instance) (string, error) {

@@ -172,7 +172,7 @@ func StateRoot() string {
 }
 
 // RuntimeRoot is where sockets live: $XDG_RUNTIME_DIR/stack, else
-// /tmp/stack-<uid>.
+// stack-<uid> in os.TempDir() ($TMPDIR, else /tmp).
 func RuntimeRoot() string {
 	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
 		return filepath.Join(d, "stack")

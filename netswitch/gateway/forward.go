@@ -89,7 +89,11 @@ func (g *Gateway) setPublishLocked(fs []Forward) error {
 func (g *Gateway) startPublisher(f Forward) (*publisher, error) {
 	ctx, cancel := context.WithCancel(g.ctx)
 	p := &publisher{fwd: f, cancel: cancel}
-	host := netip.AddrPortFrom(g.cfg.PublishHost, uint16(f.HostPort)).String()
+	hostIP := g.cfg.PublishHost
+	if f.HostIP.IsValid() {
+		hostIP = f.HostIP
+	}
+	host := netip.AddrPortFrom(hostIP, uint16(f.HostPort)).String()
 	switch f.proto() {
 	case "tcp":
 		ln, err := net.Listen("tcp", host)

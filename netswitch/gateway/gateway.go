@@ -47,10 +47,12 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 )
 
-// Forward publishes a guest port on the host's loopback.
+// Forward publishes a guest port on the host: on HostIP, else on the
+// gateway's PublishHost (the loopback).
 type Forward struct {
 	Protocol  string     `json:"protocol"` // "tcp" (default) or "udp"
 	HostPort  int        `json:"host_port"`
+	HostIP    netip.Addr `json:"host_ip,omitzero"`
 	GuestIP   netip.Addr `json:"guest_ip"`
 	GuestPort int        `json:"guest_port"`
 }

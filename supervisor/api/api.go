@@ -119,6 +119,8 @@ type Port struct {
 	HostPort  int    `json:"host_port"`
 	GuestPort int    `json:"guest_port"`
 	Protocol  string `json:"protocol"` // tcp | udp
+	// HostIP is the host address it listens on; zero: 127.0.0.1.
+	HostIP netip.Addr `json:"host_ip,omitzero"`
 }
 
 // Ready is how the supervisor decides a VM is ready.
@@ -132,6 +134,9 @@ type Ready struct {
 	// Probes, run through the network's gateway.
 	TCP  int    `json:"tcp,omitempty"`
 	HTTP string `json:"http,omitempty"`
+	// Exec, after the guest's own ready report (Guest or ConsoleLine), runs
+	// this command in the guest (as `stack exec` does) until it exits 0.
+	Exec []string `json:"exec,omitempty"`
 	// Timeout bounds the whole wait.
 	Timeout Duration `json:"timeout"`
 }

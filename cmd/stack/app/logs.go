@@ -3,6 +3,7 @@ package app
 import (
 	"bufio"
 	"fmt"
+	"strconv"
 	"sync"
 
 	"github.com/spf13/cobra"
@@ -76,7 +77,34 @@ func newLogsCmd(g *globals, s Streams) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&follow, "follow", false, "keep printing new lines until interrupted (-f after `logs`)")
-	cmd.Flags().IntVar(&tail, "tail", -1, "print only the last N lines of each console (default all)")
+	cmd.Flags().BoolVar(&follow, "follow", false, "keep printing new lines until interrupted (-f after the subcommand)")
+	tail = -1
+	cmd.Flags().Var((*tailValue)(&tail), "tail", "print only the last N lines of each console")
 	return cmd
 }
+
+// tailValue is --tail: a number of lines, or all (-1). Its own type gives
+// the help "(default all)" rather than an int's "(default -1)".
+type tailValue int
+
+func (v *tailValue) String() string {
+	if *v < 0 {
+		return "all"
+	}
+	return strconv.Itoa(int(*v))
+}
+
+func (v *tailValue) Set(s string) error {
+	if s == "all" {
+		*v = -1
+		return nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return fmt.Errorf("want a number of lines or all, got %q", s)
+	}
+	*v = tailValue(n)
+	return nil
+}
+
+func (v *tailValue) Type() string { return "int" }

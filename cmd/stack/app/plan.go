@@ -63,10 +63,10 @@ func newPlanCmd(g *globals, s Streams) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&out, "out", "", "save the plan to FILE for `stack up --plan FILE`")
+	f.StringVar(&out, "out", "", "save the plan to this file, for stack up --plan")
 	f.BoolVar(&asJSON, "json", false, "print the plan as JSON")
 	f.BoolVar(&detailed, "detailed-exitcode", false, "exit 0 when there are no changes, 2 when there are, 1 on error")
-	f.BoolVar(&destroy, "destroy", false, "plan the deletion of everything in the namespace (what `down` does)")
+	f.BoolVar(&destroy, "destroy", false, "plan the deletion of everything in the namespace (what down does)")
 	f.BoolVar(&volumes, "volumes", false, "with --destroy or for orphans: plan volumes for deletion too")
 	return cmd
 }

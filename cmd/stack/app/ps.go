@@ -3,7 +3,9 @@ package app
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -29,6 +31,7 @@ type psEntry struct {
 }
 
 type psPort struct {
+	HostIP    string `json:"host_ip"`
 	HostPort  int    `json:"host_port"`
 	GuestPort int    `json:"guest_port"`
 	Protocol  string `json:"protocol"`
@@ -59,7 +62,7 @@ func newPsCmd(g *globals, s Streams) *cobra.Command {
 					e.Addresses = map[string]string{}
 				}
 				for _, pt := range v.Ports {
-					e.Ports = append(e.Ports, psPort{pt.HostPort, pt.GuestPort, pt.Protocol})
+					e.Ports = append(e.Ports, psPort{pt.Host().String(), pt.HostPort, pt.GuestPort, pt.Protocol})
 				}
 				if !v.StartedAt.IsZero() && (v.State == "ready" || v.State == "booting") {
 					e.Uptime = time.Since(v.StartedAt).Round(time.Second).String()
@@ -85,7 +88,7 @@ func newPsCmd(g *globals, s Streams) *cobra.Command {
 				sort.Strings(addrs)
 				var ports []string
 				for _, pt := range e.Ports {
-					ports = append(ports, fmt.Sprintf("127.0.0.1:%d->%d/%s", pt.HostPort, pt.GuestPort, pt.Protocol))
+					ports = append(ports, fmt.Sprintf("%s->%d/%s", net.JoinHostPort(pt.HostIP, strconv.Itoa(pt.HostPort)), pt.GuestPort, pt.Protocol))
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Name, state, strings.Join(addrs, ","), strings.Join(ports, ","), e.Uptime)
 			}

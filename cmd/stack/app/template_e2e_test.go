@@ -144,6 +144,16 @@ func TestBootTemplates(t *testing.T) {
 	}
 	b.mustRun("down")
 
+	// template = false on one VM: it boots cold, the other from the
+	// template its shape has now.
+	writeFile(t, file, strings.Replace(twoClones, "vm \"y\" {\n", "vm \"y\" {\n  template   = false\n", 1))
+	b.mustRun("-f", file, "up", "--progress", "plain")
+	if ps := b.ps(); ps["x"].Boot != "template" || ps["y"].Boot != "cold" {
+		t.Errorf("with template = false on y: x boot %q, y boot %q; want template, cold", ps["x"].Boot, ps["y"].Boot)
+	}
+	b.mustRun("down")
+	writeFile(t, file, twoClones)
+
 	// Templates off: cold boots, and none is made or used.
 	t.Setenv("STACK_TEMPLATES", "off")
 	b.mustRun("-f", file, "up", "--progress", "plain")

@@ -3,6 +3,7 @@ package app
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -48,6 +49,7 @@ func newUpCmd(g *globals, s Streams) *cobra.Command {
 			if err != nil {
 				return reportApplyError(s, err)
 			}
+			defer sayOpenPorts(s.Err, p)
 			if !plan.HasChanges() {
 				pr.say("Nothing to do: namespace %q already matches the stack files.", p.Stack.Namespace)
 				return nil
@@ -62,12 +64,27 @@ func newUpCmd(g *globals, s Streams) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&planFile, "plan", "", "apply a plan saved by `stack plan --out FILE` (refused when stale)")
+	f.StringVar(&planFile, "plan", "", "apply the plan saved in this file by stack plan --out (refused when stale)")
 	f.BoolVar(&noWait, "no-wait", false, "return once the VMs are started, without waiting for them to be ready")
 	f.DurationVar(&timeout, "timeout", 0, "give up after this long (default: the VMs' own ready timeouts)")
 	f.DurationVar(&lockTimeout, "lock-timeout", 5*time.Minute, "how long to wait for another command on the namespace")
 	f.StringVar(&progress, "progress", "auto", "progress output: auto, tty, plain or json")
 	return cmd
+}
+
+// sayOpenPorts prints a line for each published port that other hosts can
+// reach (host_ip other than a loopback address), after up's last line, so
+// that opening one is never silent. It goes to stderr with up's messages,
+// in every progress mode.
+func sayOpenPorts(w io.Writer, p *stack.Project) {
+	for _, vm := range p.Stack.VMs {
+		for _, pb := range vm.Publish {
+			pt := stack.Port{HostPort: pb.HostPort, GuestPort: pb.GuestPort, Protocol: pb.Protocol, HostIP: pb.HostIP}
+			if pt.OpenToOtherHosts() {
+				fmt.Fprintf(w, "Port %d/%s of %s is open to other hosts: it listens on %s (host_ip).\n", pt.HostPort, pt.Protocol, vm.Address, pt.Host())
+			}
+		}
+	}
 }
 
 // reportApplyError prints each failed VM's reason and console tail, the

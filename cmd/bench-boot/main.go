@@ -115,6 +115,7 @@ func main() {
 	runs := flag.Int("runs", 5, "measured runs of each variant")
 	quickstart := flag.String("f", "examples/stacks/quickstart.hcl", "the quickstart stack file")
 	density := flag.Bool("density", true, "measure the memory of 8 idle VMs (takes a while under TCG)")
+	imageOnly := flag.Bool("image-only", false, "with -image: measure only the image against the built-in image")
 	image := flag.String("image", "", "optional: an OCI image reference whose up to ready is measured against the built-in image's (the example: oci:examples/images/web/layout:web)")
 	flag.Parse()
 	if *image != "" {
@@ -125,7 +126,13 @@ func main() {
 		}
 		*image = abs
 	}
-	if err := run(*runs, *quickstart, *density, *image); err != nil {
+	var err error
+	if *imageOnly && *image != "" {
+		err = runImageOnly(*runs, *image)
+	} else {
+		err = run(*runs, *quickstart, *density, *image)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench-boot:", err)
 		os.Exit(1)
 	}
@@ -292,6 +299,15 @@ func run(runs int, quickstart string, density bool, image string) error {
 	return nil
 }
 
+func runImageOnly(runs int, image string) error {
+	dir, err := os.MkdirTemp("", "bench-boot")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	return imageAgainstBuiltin(context.Background(), dir, filepath.Join(dir, "state"), runs, image)
+}
+
 // imageAgainstBuiltin measures up to ready of one web server VM from a
 // cached OCI image against the built-in image's, cold and with templates,
 // interleaved. The warm-up pulls and converts the image and makes both
@@ -302,9 +318,15 @@ func imageAgainstBuiltin(ctx context.Context, dir, state string, runs int, image
 	bltFile := filepath.Join(dir, "builtin-web.hcl")
 	os.WriteFile(imgFile, []byte(imageWeb), 0o600)
 	os.WriteFile(bltFile, []byte(builtinWeb), 0o600)
-	vars := []string{"image=" + image}
+	// Only the image's stack declares the variable.
+	varsOf := func(file string) []string {
+		if file == imgFile {
+			return []string{"image=" + image}
+		}
+		return nil
+	}
 	for _, f := range []string{imgFile, bltFile} {
-		p, err := project(f, "bench-warm-web", state, true, vars...)
+		p, err := project(f, "bench-warm-web", state, true, varsOf(f)...)
 		if err != nil {
 			return err
 		}
@@ -332,7 +354,7 @@ func imageAgainstBuiltin(ctx context.Context, dir, state string, runs int, image
 			if v.templates {
 				boot = "template"
 			}
-			p, err := project(v.file, fmt.Sprintf("bench-web-%d-%d", i, j), state, v.templates, vars...)
+			p, err := project(v.file, fmt.Sprintf("bench-web-%d-%d", i, j), state, v.templates, varsOf(v.file)...)
 			if err != nil {
 				return err
 			}

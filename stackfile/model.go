@@ -143,6 +143,11 @@ type VM struct {
 	// Pool is how many VMs of this block's shape the supervisor keeps
 	// restored and paused, to start the block's VMs from (0: none).
 	Pool int `json:"pool,omitempty"`
+	// Sensitive names the attributes (as the planner names them: env,
+	// command, entrypoint, cmdline, ready, cloud_init) whose value is
+	// derived from a sensitive variable: plans show them as "(sensitive
+	// value)" and state keeps only a salted hash (see sensitive.go).
+	Sensitive []string `json:"sensitive,omitempty"`
 
 	DeclRange hcl.Range `json:"-"`
 }

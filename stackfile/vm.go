@@ -699,6 +699,7 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 		}
 		vm.CloudInit = ci
 	}
+	vm.Sensitive = l.vmSensitive(vb)
 	return vm
 }
 

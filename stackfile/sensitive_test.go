@@ -1,0 +1,109 @@
+package stackfile
+
+import (
+	"encoding/json"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const sensitiveStack = `
+variable "pw" {
+  type      = string
+  sensitive = true
+}
+locals {
+  dsn = "postgres://app:${var.pw}@db/app"
+}
+vm "db" {
+  env     = { PGPASSWORD = var.pw, GREETING = "hi" }
+  command = ["sh", "-c", "echo ${local.dsn}"]
+  cmdline = "quiet"
+  ready {
+    exec = ["check", upper(var.pw)]
+  }
+}
+vm "web" {
+  env = { DSN = local.dsn }
+}
+vm "plain" {
+  env = { GREETING = "hi" }
+}
+`
+
+// A value derived from a sensitive variable, directly, through a local, a
+// template or a function, makes its attribute sensitive; others stay clear.
+func TestSensitiveAttributes(t *testing.T) {
+	dir := writeFiles(t, map[string]string{"stack.hcl": sensitiveStack})
+	st := mustLoad(t, Options{Dir: dir, Namespace: "ns", Vars: []string{"pw=hunter2"}})
+	want := map[string][]string{
+		"vm.db":    {"command", "env", "ready"},
+		"vm.web":   {"env"},
+		"vm.plain": nil,
+	}
+	for _, vm := range st.VMs {
+		if !slices.Equal(vm.Sensitive, want[vm.Address]) {
+			t.Errorf("%s: Sensitive = %q, want %q", vm.Address, vm.Sensitive, want[vm.Address])
+		}
+		if vm.Address == "vm.db" && vm.Env["PGPASSWORD"] != "hunter2" {
+			t.Errorf("the guest's value is %q, want the real one", vm.Env["PGPASSWORD"])
+		}
+	}
+
+	// A saved plan's copy has none of it; the files give it back.
+	db := st.VMs[0]
+	stripped := db.WithoutSensitive()
+	data, err := json.Marshal(stripped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(data), "hunter2") || strings.Contains(string(data), "HUNTER2") {
+		t.Errorf("WithoutSensitive kept the value: %s", data)
+	}
+	stripped.RestoreSensitive(db)
+	if !slices.Equal(stripped.Command, db.Command) || stripped.Env["PGPASSWORD"] != "hunter2" || !slices.Equal(stripped.Ready.Exec, db.Ready.Exec) {
+		t.Errorf("RestoreSensitive: got %+v", stripped)
+	}
+}
+
+// A sensitive value anywhere it would be shown or recorded in clear is an
+// error at the attribute, and the diagnostic does not print the value.
+func TestSensitiveNotAllowed(t *testing.T) {
+	for name, body := range map[string]string{
+		"count":     `vm "a" { count = var.pw - 4240 }`,
+		"memory":    `vm "a" { memory_mb = 64 + var.pw }`,
+		"publish":   "vm \"a\" {\n  publish {\n    host_port  = var.pw\n    guest_port = 80\n  }\n}",
+		"network":   `network "lan" { subnet = "10.${var.pw - 4240}.0.0/24" }`,
+		"via local": "locals { n = var.pw - 4240 }\nvm \"a\" { cpus = local.n }",
+	} {
+		t.Run(name, func(t *testing.T) {
+			src := "variable \"pw\" {\n  sensitive = true\n}\n" + body + "\n"
+			dir := writeFiles(t, map[string]string{"stack.hcl": src})
+			_, srcs, diags := Load(Options{Dir: dir, Namespace: "ns", Vars: []string{"pw=4242"}, Environ: []string{}})
+			if !diags.HasErrors() {
+				t.Fatalf("loaded without error")
+			}
+			text := renderDiags(srcs, diags)
+			if !strings.Contains(text, "Sensitive value not allowed here") {
+				t.Errorf("diagnostics do not say why:\n%s", text)
+			}
+			if strings.Contains(text, "4242") {
+				t.Errorf("diagnostics show the value:\n%s", text)
+			}
+		})
+	}
+}
+
+// A failing expression that refers to a sensitive value through a local
+// does not print it either.
+func TestSensitiveDiagnostics(t *testing.T) {
+	src := "variable \"pw\" {\n  sensitive = true\n}\nlocals {\n  p = var.pw\n}\nvm \"a\" {\n  env = { X = local.p + 1 }\n}\n"
+	dir := writeFiles(t, map[string]string{"stack.hcl": src})
+	_, srcs, diags := Load(Options{Dir: dir, Namespace: "ns", Vars: []string{"pw=hunter2"}, Environ: []string{}})
+	if !diags.HasErrors() {
+		t.Fatalf("loaded without error")
+	}
+	if text := renderDiags(srcs, diags); strings.Contains(text, "hunter2") {
+		t.Errorf("diagnostics show the value:\n%s", text)
+	}
+}

@@ -82,7 +82,7 @@ func (e *Engine) Up(ctx context.Context, desired *stackfile.Stack, opts UpOption
 	}
 	var plan *planner.Plan
 	if opts.SavedPlan != nil {
-		plan, desired, err = planner.LoadSaved(opts.SavedPlan, st)
+		plan, desired, err = planner.LoadSaved(opts.SavedPlan, st, desired)
 		if err != nil {
 			return nil, err
 		}

@@ -144,7 +144,7 @@ type VM struct {
 	// restored and paused, to start the block's VMs from (0: none).
 	Pool int `json:"pool,omitempty"`
 	// Sensitive names the attributes (as the planner names them: env,
-	// command, entrypoint, cmdline, ready, cloud_init) whose value is
+	// command, entrypoint, ready, cloud_init) whose value is
 	// derived from a sensitive variable: plans show them as "(sensitive
 	// value)" and state keeps only a salted hash (see sensitive.go).
 	Sensitive []string `json:"sensitive,omitempty"`

@@ -26,16 +26,13 @@ type markKind string
 
 const sensitiveMark markKind = "sensitive"
 
-// SensitiveAttributes are the VM attributes (as the planner names them)
-// that may hold a sensitive value.
-var SensitiveAttributes = []string{"cloud_init", "cmdline", "command", "entrypoint", "env", "ready"}
-
 // vmSensitive allows the attributes of a VM that may hold sensitive values
-// and returns the planner attributes that hold one.
+// and returns the planner attributes that hold one. The kernel's command
+// line is not one of them: the kernel prints it on the console, and the
+// host's process list shows it.
 func (l *loader) vmSensitive(vb *vmBlock) []string {
 	attr := vb.d.content.Attributes
 	by := map[string][]*hcl.Attribute{
-		"cmdline":    {attr["cmdline"]},
 		"command":    {attr["command"]},
 		"entrypoint": {attr["entrypoint"]},
 		"env":        {attr["env"]},
@@ -81,7 +78,7 @@ func (l *loader) checkSensitive() {
 	})
 	for _, a := range bad {
 		l.errorf(a.Expr.Range(), "Sensitive value not allowed here",
-			"The value of %q is derived from a sensitive variable. Sensitive values may be used in a VM's env, command, entrypoint, cmdline, ready's http and exec, cloud_init's user_data and ssh_authorized_keys, in locals and in validation conditions: anywhere else they would be shown in plans and names, or recorded in clear.", a.Name)
+			"The value of %q is derived from a sensitive variable. Sensitive values may be used in a VM's env, command, entrypoint, ready's http and exec, cloud_init's user_data and ssh_authorized_keys, in locals and in validation conditions: anywhere else they would be shown in plans and names, or recorded in clear.", a.Name)
 	}
 }
 
@@ -103,8 +100,6 @@ func (vm *VM) WithoutSensitive() *VM {
 func (vm *VM) RestoreSensitive(from *VM) {
 	for _, name := range vm.Sensitive {
 		switch name {
-		case "cmdline":
-			vm.Cmdline = from.Cmdline
 		case "command":
 			vm.Command = from.Command
 		case "entrypoint":

@@ -150,7 +150,8 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 	gc := guestproto.Config{
 		Version: guestproto.Version, Hostname: vm.Name, MachineID: vm.MachineID, Hosts: a.guestHosts(vm),
 		Mounts: mounts, Command: command, Env: env, OneShot: len(command) > 0, HoldWorkload: hold,
-		Search: []string{cloudinit.HostsDomain(ns)}, WatchPorts: probePorts(vm, nics), Root: root,
+		SensitiveCommand: vm.IsSensitive("command") || vm.IsSensitive("entrypoint"),
+		Search:           []string{cloudinit.HostsDomain(ns)}, WatchPorts: probePorts(vm, nics), Root: root,
 	}
 	for i, n := range nics {
 		net := a.nets[n.Network]

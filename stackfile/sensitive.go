@@ -38,7 +38,8 @@ func (l *loader) vmSensitive(vb *vmBlock) []string {
 		"env":        {attr["env"]},
 	}
 	if s := vb.ready; s != nil {
-		by["ready"] = []*hcl.Attribute{s.c.Attributes["http"], s.c.Attributes["exec"]}
+		// Not http: the supervisor's readiness messages name the URL.
+		by["ready"] = []*hcl.Attribute{s.c.Attributes["exec"]}
 	}
 	if s := vb.cloudInit; s != nil {
 		by["cloud_init"] = []*hcl.Attribute{s.c.Attributes["user_data"], s.c.Attributes["ssh_authorized_keys"]}
@@ -78,7 +79,7 @@ func (l *loader) checkSensitive() {
 	})
 	for _, a := range bad {
 		l.errorf(a.Expr.Range(), "Sensitive value not allowed here",
-			"The value of %q is derived from a sensitive variable. Sensitive values may be used in a VM's env, command, entrypoint, ready's http and exec, cloud_init's user_data and ssh_authorized_keys, in locals and in validation conditions: anywhere else they would be shown in plans and names, or recorded in clear.", a.Name)
+			"The value of %q is derived from a sensitive variable. Sensitive values may be used in a VM's env, command, entrypoint, ready's exec, cloud_init's user_data and ssh_authorized_keys, in locals and in validation conditions: anywhere else they would be shown in plans and names, or recorded in clear.", a.Name)
 	}
 }
 
@@ -90,8 +91,8 @@ func (vm *VM) IsSensitive(name string) bool { return slices.Contains(vm.Sensitiv
 // cleared, for a saved plan: RestoreSensitive puts them back from the files.
 func (vm *VM) WithoutSensitive() *VM {
 	c := *vm
-	// What is not secret in ready stays: only its http and exec can be.
-	c.RestoreSensitive(&VM{Ready: Ready{TCP: vm.Ready.TCP, Timeout: vm.Ready.Timeout}, CloudInit: &CloudInit{}})
+	// What is not secret in ready stays: only its exec can be.
+	c.RestoreSensitive(&VM{Ready: Ready{TCP: vm.Ready.TCP, HTTP: vm.Ready.HTTP, Timeout: vm.Ready.Timeout}, CloudInit: &CloudInit{}})
 	return &c
 }
 

@@ -73,6 +73,7 @@ func TestSensitiveNotAllowed(t *testing.T) {
 		"count":     `vm "a" { count = var.pw - 4240 }`,
 		"memory":    `vm "a" { memory_mb = 64 + var.pw }`,
 		"cmdline":   `vm "a" { cmdline = "pw=${var.pw}" }`,
+		"http":      "vm \"a\" {\n  ready {\n    http = \"http://localhost/${var.pw}\"\n  }\n}",
 		"publish":   "vm \"a\" {\n  publish {\n    host_port  = var.pw\n    guest_port = 80\n  }\n}",
 		"network":   `network "lan" { subnet = "10.${var.pw - 4240}.0.0/24" }`,
 		"via local": "locals { n = var.pw - 4240 }\nvm \"a\" { cpus = local.n }",

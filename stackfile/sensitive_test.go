@@ -109,3 +109,20 @@ func TestSensitiveDiagnostics(t *testing.T) {
 		t.Errorf("diagnostics show the value:\n%s", text)
 	}
 }
+
+// A user_data the YAML checker refuses is reported without its message,
+// which quotes the document (here: unknown anchor 'hunter2'), when it
+// holds a sensitive value.
+func TestSensitiveUserData(t *testing.T) {
+	src := "variable \"pw\" {\n  sensitive = true\n}\nvm \"a\" {\n  kernel    = \"k\"\n  root_disk = \"d\"\n" +
+		"  cloud_init {\n    user_data = \"#cloud-config\\nx: *${var.pw}\\n\"\n  }\n}\n"
+	dir := writeFiles(t, map[string]string{"stack.hcl": src, "k": "", "d": ""})
+	_, srcs, diags := Load(Options{Dir: dir, Namespace: "ns", Vars: []string{"pw=hunter2"}, Environ: []string{}})
+	text := renderDiags(srcs, diags)
+	if !diags.HasErrors() || !strings.Contains(text, "Invalid user_data") {
+		t.Fatalf("want an Invalid user_data error:\n%s", text)
+	}
+	if strings.Contains(text, "hunter2") {
+		t.Errorf("diagnostics show the value:\n%s", text)
+	}
+}

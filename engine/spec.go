@@ -73,6 +73,14 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 		mounts = append(mounts, guestproto.Mount{Source: "share:" + sd.Name, Target: sd.GuestPath, ReadOnly: sd.ReadOnly})
 		ciShares = append(ciShares, cloudinit.Share{Tag: sd.Name, GuestPath: sd.GuestPath, ReadOnly: sd.ReadOnly})
 	}
+	if len(vm.Secrets) > 0 {
+		share, err := a.stageSecrets(vm)
+		if err != nil {
+			return nil, err
+		}
+		spec.Shares = append(spec.Shares, share)
+		mounts = append(mounts, guestproto.Mount{Source: "share:" + share.Tag, Target: stackfile.SecretsDir, ReadOnly: true})
+	}
 
 	if vm.Mode() == stackfile.ModeCloudInit {
 		overlay := filepath.Join(dir, filenames.OverlayDisk)

@@ -1,6 +1,8 @@
 package stackfile
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"slices"
 	"sort"
 
@@ -111,6 +113,31 @@ func (vm *VM) RestoreSensitive(from *VM) {
 			vm.Ready = from.Ready
 		case "cloud_init":
 			vm.CloudInit = from.CloudInit
+		case "secret":
+			vm.Secrets = from.Secrets
 		}
+	}
+}
+
+// loadSecrets reads a VM's secret blocks: each file must be a regular file
+// no larger than file() reads, and only its digest is kept in the model.
+func (l *loader) loadSecrets(vm *VM, vb *vmBlock, ctx *hcl.EvalContext) {
+	for _, s := range vb.secrets {
+		if vm.RootDisk != "" {
+			l.errorf(s.block.DefRange, "secret needs initramfs mode", "secret files are given to the guest by the built-in guest init; a cloud-init VM (root_disk) can take them through cloud_init's user_data or a shared_dir.")
+			return
+		}
+		a := s.c.Attributes["file"]
+		path := l.evalPath(a, vb.d.file, ctx, vb.sc, false)
+		if path == "" {
+			continue
+		}
+		data, err := readSmallFile(path)
+		if err != nil {
+			l.errorf(a.Expr.Range(), "Cannot read secret file", "read %s: %s.", path, err)
+			continue
+		}
+		sum := sha256.Sum256(data)
+		vm.Secrets = append(vm.Secrets, &Secret{Name: s.block.Labels[0], HostPath: path, Digest: hex.EncodeToString(sum[:])})
 	}
 }

@@ -126,3 +126,40 @@ func TestSensitiveUserData(t *testing.T) {
 		t.Errorf("diagnostics show the value:\n%s", text)
 	}
 }
+
+// A secret block keeps the file's path and digest, never its content, and
+// makes the VM's "secret" attribute sensitive; cloud-init VMs refuse it.
+func TestSecretBlock(t *testing.T) {
+	dir := writeFiles(t, map[string]string{
+		"stack.hcl":  "vm \"a\" {\n  secret \"token\" {\n    file = \"keys/token\"\n  }\n}\n",
+		"keys/token": "hunter2",
+	})
+	st := mustLoad(t, Options{Dir: dir, Namespace: "ns"})
+	vm := st.VMs[0]
+	if len(vm.Secrets) != 1 || vm.Secrets[0].Name != "token" || vm.Secrets[0].HostPath != dir+"/keys/token" || len(vm.Secrets[0].Digest) != 64 {
+		t.Fatalf("Secrets = %+v", vm.Secrets)
+	}
+	if !slices.Equal(vm.Sensitive, []string{"secret"}) {
+		t.Errorf("Sensitive = %q", vm.Sensitive)
+	}
+	data, _ := json.Marshal(st)
+	assertNoValue(t, "the loaded stack", string(data))
+	if data, _ := json.Marshal(vm.WithoutSensitive()); strings.Contains(string(data), vm.Secrets[0].Digest) {
+		t.Errorf("a saved plan's copy keeps the digest: %s", data)
+	}
+
+	ci := writeFiles(t, map[string]string{
+		"stack.hcl": "vm \"a\" {\n  kernel    = \"k\"\n  root_disk = \"d\"\n  secret \"token\" {\n    file = \"t\"\n  }\n}\n",
+		"k":         "", "d": "", "t": "x",
+	})
+	if d := loadErr(t, Options{Dir: ci, Namespace: "ns"}); d.Summary != "secret needs initramfs mode" {
+		t.Errorf("cloud-init VM with a secret: %s", d.Summary)
+	}
+}
+
+func assertNoValue(t *testing.T, what, text string) {
+	t.Helper()
+	if strings.Contains(text, "hunter2") {
+		t.Errorf("%s shows the value: %s", what, text)
+	}
+}

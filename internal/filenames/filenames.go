@@ -197,6 +197,20 @@ func NamespaceState(stateRoot, namespace string) string {
 	return filepath.Join(stateRoot, namespace)
 }
 
+// Secrets is the directory, in a namespace's runtime directory, that holds
+// the copies of its VMs' secret files, one directory per VM: runtime, not
+// state, so that they are never in the state directory and go with a
+// reboot where the runtime directory is a tmpfs.
+func Secrets(runtimeRoot, namespace string) string {
+	return filepath.Join(NamespaceRuntime(runtimeRoot, namespace), "secrets")
+}
+
+// VMSecrets is the directory of one VM's secret files (see Secrets), which
+// the guest mounts read-only at /run/secrets.
+func VMSecrets(runtimeRoot, namespace, vm string) string {
+	return filepath.Join(Secrets(runtimeRoot, namespace), vm)
+}
+
 // VMState is the state directory of one VM instance (disks, seed, log).
 func VMState(stateRoot, namespace, vm string) string {
 	return filepath.Join(stateRoot, namespace, VMDir, vm)

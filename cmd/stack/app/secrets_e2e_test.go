@@ -134,3 +134,77 @@ func TestSensitiveValues(t *testing.T) {
 	t.Logf("files checked: %v", files)
 	c.mustRun("down")
 }
+
+// A VM with a secret file; the file's directory holds another file the
+// guest must not see.
+const secretFileStack = `network "lan" {
+  subnet = "10.58.0.0/24"
+}
+
+vm "app" {
+  command = ["sh", "-c", "echo app-up; exec sleep 100000"]
+  secret "db-password" {
+    file = "./keys/db-password"
+  }
+  network "lan" {}
+}
+`
+
+// TestSecretFile: a secret block's file is readable, read-only, at
+// /run/secrets/NAME in the guest, and neither its content nor its sibling
+// files are anywhere in the plan, the state directory, or the guest's
+// other mounts; a changed file plans the VM's replacement.
+func TestSecretFile(t *testing.T) {
+	requireVMs(t)
+	secret := fmt.Sprintf("file-secret-%d-x9", os.Getpid())
+	dir := t.TempDir()
+	file := filepath.Join(dir, "stack.hcl")
+	writeFile(t, file, secretFileStack)
+	if err := os.MkdirAll(filepath.Join(dir, "keys"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "keys", "db-password"), secret)
+	writeFile(t, filepath.Join(dir, "keys", "other"), "sibling-"+secret)
+	c := newCLI(t, fmt.Sprintf("sfile-%d", os.Getpid()))
+
+	r := c.mustRun("-f", file, "up", "--progress", "plain")
+	if strings.Contains(r.stdout+r.stderr, secret) {
+		t.Errorf("up shows the secret:\n%s%s", r.stdout, r.stderr)
+	}
+	c.waitConsole("app", "app | app-up", 30*time.Second)
+	if r := c.mustRun("exec", "app", "--", "cat", "/run/secrets/db-password"); r.stdout != secret {
+		t.Fatalf("/run/secrets/db-password holds %q", r.stdout)
+	}
+	if r := c.run("exec", "app", "--", "sh", "-c", "echo x > /run/secrets/db-password"); r.code == 0 {
+		t.Error("the guest could write its secret")
+	}
+	if r := c.mustRun("exec", "app", "--", "ls", "/run/secrets"); r.stdout != "db-password\n" {
+		t.Errorf("/run/secrets lists %q, want only the secret", r.stdout)
+	}
+
+	// The content is in no file of the namespace's state.
+	nsDir := filepath.Join(c.stateDir, c.ns)
+	filepath.WalkDir(nsDir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		if data, _ := os.ReadFile(path); strings.Contains(string(data), secret) {
+			t.Errorf("%s holds the secret", path)
+		}
+		return nil
+	})
+
+	// The same file plans nothing; another content, a masked replacement.
+	if r := c.run("-f", file, "plan", "--detailed-exitcode"); r.code != 0 {
+		t.Errorf("plan with the same file: exit %d\n%s", r.code, r.stdout)
+	}
+	writeFile(t, filepath.Join(dir, "keys", "db-password"), secret+"-rotated")
+	r = c.run("-f", file, "plan", "--detailed-exitcode")
+	if r.code != 2 || !strings.Contains(r.stdout, "~ secret = (sensitive value) -> (sensitive value) # forces replacement") {
+		t.Errorf("plan with a changed file: exit %d\n%s", r.code, r.stdout)
+	}
+	if strings.Contains(r.stdout, secret) {
+		t.Errorf("plan shows the secret:\n%s", r.stdout)
+	}
+	c.mustRun("down")
+}

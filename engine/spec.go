@@ -177,6 +177,7 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 		return nil, err
 	}
 	spec.GuestConfig, spec.Hold = raw, hold
+	spec.SensitiveConfig = gc.SensitiveCommand || vm.IsSensitive("env")
 	spec.Ready = readySpec(vm, "")
 	return spec, nil
 }

@@ -200,6 +200,7 @@ func (e *Engine) Down(ctx context.Context, opts DownOptions) error {
 	}
 	// The supervisor removed its sockets; the directory goes too.
 	os.Remove(filenames.Secrets(e.opts.RuntimeRoot, e.opts.Namespace))
+	os.Remove(filepath.Join(filenames.NamespaceRuntime(e.opts.RuntimeRoot, e.opts.Namespace), filenames.RecordKey))
 	os.Remove(filenames.NamespaceRuntime(e.opts.RuntimeRoot, e.opts.Namespace))
 	return nil
 }

@@ -60,6 +60,11 @@ const VMRecord = "vm.json"
 // namespace's runtime directory.
 const SupervisorSocket = "supervisor.sock"
 
+// RecordKey, in a namespace's runtime directory, is the key that encrypts
+// the sensitive guest configurations in its VM records (supervisor's
+// recordkey.go).
+const RecordKey = "record.key"
+
 // NetworkRecord is the supervisor's durable record of a running network.
 func NetworkRecord(stateRoot, namespace, network string) string {
 	return filepath.Join(stateRoot, namespace, NetworkDir, network+".json")

@@ -1,15 +1,18 @@
 package app
 
 import (
+	"context"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/supervisor/client"
 )
 
 // A stack with a sensitive variable, used in env directly and through a
@@ -38,8 +41,9 @@ vm "db" {
 // TestSensitiveValues: a sensitive variable's value reaches the guest and
 // appears in none of plan, plan --json, a saved plan, up's output, ps
 // --json, state.json or any other file of the namespace's state directory
-// but the supervisor's VM record (which boots the guest; see
-// docs/stackfile.md). A saved plan applied with another value is refused.
+// (the supervisor's VM record keeps the guest's configuration encrypted, and
+// a new supervisor boots the guest from it). A saved plan applied with
+// another value is refused.
 func TestSensitiveValues(t *testing.T) {
 	requireVMs(t)
 	secret := fmt.Sprintf("hunter2-%d-s3cr3t", os.Getpid())
@@ -103,6 +107,21 @@ func TestSensitiveValues(t *testing.T) {
 	}
 	clean("plan of a change", r.stdout+r.stderr)
 
+	// A new supervisor re-adopts the VM and boots it again from its
+	// record, whose sealed configuration it opens with the record key.
+	c.killSupervisor()
+	c.mustRun("stop", "db")
+	c.mustRun("start", "db")
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		r := c.run("exec", "db", "--", "cat", "/tmp/pw")
+		if r.code == 0 && r.stdout == secret {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after a new supervisor booted db again, its PGPASSWORD is %q (%s)", r.stdout, r.stderr)
+		}
+	}
+
 	st := string(mustRead(t, filepath.Join(c.stateDir, c.ns, filenames.StateFile)))
 	if !strings.Contains(st, `"(sensitive)"`) {
 		t.Errorf("state.json has no sealed value:\n%s", st)
@@ -116,9 +135,6 @@ func TestSensitiveValues(t *testing.T) {
 		}
 		rel, _ := filepath.Rel(nsDir, path)
 		files = append(files, rel)
-		if d.Name() == filenames.VMRecord {
-			return nil // the guest's boot configuration, by design
-		}
 		data, err := os.ReadFile(path)
 		if err != nil {
 			return err
@@ -207,4 +223,24 @@ func TestSecretFile(t *testing.T) {
 		t.Errorf("plan shows the secret:\n%s", r.stdout)
 	}
 	c.mustRun("down")
+}
+
+// killSupervisor kills the namespace's supervisor and waits until it is
+// gone; the next command starts a new one, which re-adopts the VMs.
+func (c *cli) killSupervisor() {
+	c.t.Helper()
+	sv, err := client.Dial(context.Background(), filenames.RuntimeRoot(), c.stateDir, c.ns)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	pong, err := sv.Ping(context.Background())
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if err := syscall.Kill(pong.PID, syscall.SIGKILL); err != nil {
+		c.t.Fatal(err)
+	}
+	for syscall.Kill(pong.PID, 0) == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -73,6 +73,14 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 		mounts = append(mounts, guestproto.Mount{Source: "share:" + sd.Name, Target: sd.GuestPath, ReadOnly: sd.ReadOnly})
 		ciShares = append(ciShares, cloudinit.Share{Tag: sd.Name, GuestPath: sd.GuestPath, ReadOnly: sd.ReadOnly})
 	}
+	if len(vm.Secrets) > 0 {
+		share, err := a.stageSecrets(vm)
+		if err != nil {
+			return nil, err
+		}
+		spec.Shares = append(spec.Shares, share)
+		mounts = append(mounts, guestproto.Mount{Source: "share:" + share.Tag, Target: stackfile.SecretsDir, ReadOnly: true})
+	}
 
 	if vm.Mode() == stackfile.ModeCloudInit {
 		overlay := filepath.Join(dir, filenames.OverlayDisk)
@@ -150,7 +158,8 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 	gc := guestproto.Config{
 		Version: guestproto.Version, Hostname: vm.Name, MachineID: vm.MachineID, Hosts: a.guestHosts(vm),
 		Mounts: mounts, Command: command, Env: env, OneShot: len(command) > 0, HoldWorkload: hold,
-		Search: []string{cloudinit.HostsDomain(ns)}, WatchPorts: probePorts(vm, nics), Root: root,
+		SensitiveCommand: vm.IsSensitive("command") || vm.IsSensitive("entrypoint"),
+		Search:           []string{cloudinit.HostsDomain(ns)}, WatchPorts: probePorts(vm, nics), Root: root,
 	}
 	for i, n := range nics {
 		net := a.nets[n.Network]
@@ -168,6 +177,7 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 		return nil, err
 	}
 	spec.GuestConfig, spec.Hold = raw, hold
+	spec.SensitiveConfig = gc.SensitiveCommand || vm.IsSensitive("env")
 	spec.Ready = readySpec(vm, "")
 	return spec, nil
 }

@@ -82,7 +82,7 @@ func (e *Engine) Up(ctx context.Context, desired *stackfile.Stack, opts UpOption
 	}
 	var plan *planner.Plan
 	if opts.SavedPlan != nil {
-		plan, desired, err = planner.LoadSaved(opts.SavedPlan, st)
+		plan, desired, err = planner.LoadSaved(opts.SavedPlan, st, desired)
 		if err != nil {
 			return nil, err
 		}
@@ -199,6 +199,8 @@ func (e *Engine) Down(ctx context.Context, opts DownOptions) error {
 		}
 	}
 	// The supervisor removed its sockets; the directory goes too.
+	os.Remove(filenames.Secrets(e.opts.RuntimeRoot, e.opts.Namespace))
+	os.Remove(filepath.Join(filenames.NamespaceRuntime(e.opts.RuntimeRoot, e.opts.Namespace), filenames.RecordKey))
 	os.Remove(filenames.NamespaceRuntime(e.opts.RuntimeRoot, e.opts.Namespace))
 	return nil
 }

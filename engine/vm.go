@@ -64,9 +64,12 @@ func (a *applier) updateVM(ctx context.Context, act *planner.Action, vm *stackfi
 }
 
 // removeVMFiles removes what a VM owned on disk: its overlay, seed, scratch
-// disks and supervisor record; the console log only when the VM goes for
+// disks, supervisor record and the copies of its secret files; the console log only when the VM goes for
 // good (a replaced VM keeps its history).
 func (a *applier) removeVMFiles(name string, all bool) error {
+	if err := os.RemoveAll(filenames.VMSecrets(a.e.opts.RuntimeRoot, a.e.opts.Namespace, name)); err != nil {
+		return err
+	}
 	dir := a.vmDir(name)
 	if all {
 		return os.RemoveAll(dir)

@@ -381,7 +381,11 @@ func (in *Init) startWorkload(cfg *guestproto.Config) error {
 	in.workPID = pid
 	in.mu.Unlock()
 	in.setReady()
-	in.log.Info("workload started", "pid", pid, "command", cfg.Command)
+	var command any = cfg.Command
+	if cfg.SensitiveCommand {
+		command = "(sensitive value)"
+	}
+	in.log.Info("workload started", "pid", pid, "command", command)
 	if ports := uniquePorts(cfg.WatchPorts); len(ports) > 0 {
 		in.goSafe("port watch", func() { in.watchPorts(ports) })
 	}

@@ -57,6 +57,10 @@ type Config struct {
 	Mounts    []Mount           `json:"mounts,omitempty"`
 	Command   []string          `json:"command,omitempty"` // the workload; none: stay up idle
 	Env       map[string]string `json:"env,omitempty"`
+	// SensitiveCommand says Command holds a value derived from a sensitive
+	// variable: the guest init does not log it (its log is the console,
+	// which the host keeps in a file).
+	SensitiveCommand bool `json:"sensitive_command,omitempty"`
 	// OneShot powers the VM off when the workload exits.
 	OneShot bool `json:"one_shot,omitempty"`
 	// HoldWorkload makes the guest finish its bring-up and then wait for

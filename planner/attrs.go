@@ -140,6 +140,9 @@ func vmAttributes(vm *stackfile.VM, namespace string, nics []state.NIC, nets map
 		}
 		set(a, "disk", list)
 	}
+	if len(vm.Secrets) > 0 {
+		set(a, "secret", vm.Secrets) // sensitive: its digests are recorded sealed
+	}
 	if len(vm.Publish) > 0 {
 		set(a, "publish", vm.Publish)
 	}

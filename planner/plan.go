@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 
 	"github.com/stackvm/stack/stackfile"
@@ -57,6 +58,9 @@ type Change struct {
 	Old               json.RawMessage `json:"old"`
 	New               json.RawMessage `json:"new"`
 	ForcesReplacement bool            `json:"forces_replacement"`
+	// Sensitive: Old or New is SensitiveValue, standing for a value
+	// derived from a sensitive variable (see sensitive.go).
+	Sensitive bool `json:"sensitive,omitempty"`
 }
 
 // Action is one planned step.
@@ -72,6 +76,9 @@ type Action struct {
 	// After holds the attributes the resource will have once the action is
 	// applied (nil for deletions). The engine records them in state.
 	After state.Attributes `json:"-"`
+	// Sensitive names the attributes of After that hold values derived
+	// from sensitive variables: shown masked, recorded sealed.
+	Sensitive []string `json:"-"`
 	// DependsOn lists the addresses of actions in this plan, or barriers
 	// (Plan.Barriers), that must be done first. No-ops are never waited for.
 	DependsOn []string `json:"depends_on,omitempty"`
@@ -208,9 +215,10 @@ func (b *builder) add(a *Action) {
 	b.byAddr[a.Address] = a
 }
 
-// diff compares recorded and desired attributes and decides the action kind.
-func diff(address, typ string, old, want state.Attributes, forces func(string) bool) *Action {
-	a := &Action{Address: address, Type: typ, After: want}
+// diff compares recorded and desired attributes and decides the action
+// kind; the attributes named in sensitive are masked in its changes.
+func diff(address, typ string, old, want state.Attributes, forces func(string) bool, sensitive []string) *Action {
+	a := &Action{Address: address, Type: typ, After: want, Sensitive: sensitive}
 	if old == nil {
 		a.Kind, a.Reason = Create, ReasonNew
 		return a
@@ -228,12 +236,14 @@ func diff(address, typ string, old, want state.Attributes, forces func(string) b
 	replace := false
 	for _, n := range names {
 		o, w := old[n], want[n]
-		if jsonEqual(o, w) {
+		if sameValue(o, w) {
 			continue
 		}
 		f := forces(n)
 		replace = replace || f
-		a.Changes = append(a.Changes, Change{Attribute: n, Old: o, New: w, ForcesReplacement: f})
+		c := Change{Attribute: n, Old: o, New: w, ForcesReplacement: f}
+		maskChange(&c, slices.Contains(sensitive, n))
+		a.Changes = append(a.Changes, c)
 	}
 	switch {
 	case len(a.Changes) == 0:
@@ -252,7 +262,7 @@ func (b *builder) networks() error {
 		if rec := b.st.Networks[n.Name]; rec != nil {
 			old = rec.Attributes
 		}
-		a := diff(n.Address(), TypeNetwork, old, networkAttributes(n), networkForces)
+		a := diff(n.Address(), TypeNetwork, old, networkAttributes(n), networkForces, nil)
 		a.Name = n.Name
 		b.add(a)
 	}
@@ -265,7 +275,7 @@ func (b *builder) volumes() error {
 		if rec := b.st.Volumes[v.Name]; rec != nil {
 			old = rec.Attributes
 		}
-		a := diff(v.Address(), TypeVolume, old, volumeAttributes(v), volumeForces)
+		a := diff(v.Address(), TypeVolume, old, volumeAttributes(v), volumeForces, nil)
 		a.Name = v.Name
 		for _, c := range a.Changes {
 			if c.Attribute != "size_bytes" {
@@ -297,7 +307,7 @@ func (b *builder) vms() error {
 		if rec != nil {
 			old = rec.Attributes
 		}
-		a := diff(vm.Address, TypeVM, old, vmAttributes(vm, b.desired.Namespace, nics[vm.Address], nets), vmForces)
+		a := diff(vm.Address, TypeVM, old, vmAttributes(vm, b.desired.Namespace, nics[vm.Address], nets), vmForces, vm.Sensitive)
 		a.Name = vm.Name
 		if rec != nil && a.Kind != Replace {
 			live, ok := b.in.Observed[vm.Address]

@@ -435,7 +435,7 @@ func TestSavedPlanRefusedWhenStale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, stack, err := LoadSaved(data, st)
+	got, stack, err := LoadSaved(data, st, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -444,12 +444,12 @@ func TestSavedPlanRefusedWhenStale(t *testing.T) {
 	}
 	moved := *st
 	moved.Serial = 5
-	if _, _, err := LoadSaved(data, &moved); !errors.Is(err, ErrStalePlan) {
+	if _, _, err := LoadSaved(data, &moved, nil); !errors.Is(err, ErrStalePlan) {
 		t.Fatalf("serial moved: err = %v", err)
 	}
 	other := *st
 	other.Lineage = "def"
-	if _, _, err := LoadSaved(data, &other); !errors.Is(err, ErrStalePlan) {
+	if _, _, err := LoadSaved(data, &other, nil); !errors.Is(err, ErrStalePlan) {
 		t.Fatalf("lineage moved: err = %v", err)
 	}
 }

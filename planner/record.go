@@ -15,12 +15,16 @@ func (p *Plan) Record(st *state.State, a *Action) {
 			return
 		}
 		vm := st.VMs[a.Address]
+		var prev state.Attributes
+		if vm != nil {
+			prev = vm.Attributes
+		}
 		if vm == nil || a.Kind == Replace || a.Kind == Create {
 			vm = &state.VM{Address: a.Address, Status: state.StatusCreating}
 			st.VMs[a.Address] = vm
 		}
 		vm.Name = a.Name
-		vm.Attributes = a.After
+		vm.Attributes = sealedAfter(a, prev)
 		vm.NICs = p.NICs[a.Address]
 	case TypeNetwork:
 		if a.Kind == Delete {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/stackvm/stack/stackfile"
@@ -140,18 +141,22 @@ func attrLines(a *Action) []Line {
 	switch a.Kind {
 	case Create:
 		for _, name := range sortedKeys(a.After) {
-			attrs = append(attrs, attr{Create, name, compact(a.After[name]), false})
+			v := a.After[name]
+			if slices.Contains(a.Sensitive, name) {
+				v = SensitiveValue
+			}
+			attrs = append(attrs, attr{Create, name, showValue(v), false})
 		}
 	case Update, Replace, Start:
 		for _, c := range a.Changes {
 			at := attr{kind: Update, name: c.Attribute, forces: c.ForcesReplacement && a.Kind == Replace}
 			switch {
 			case c.Old == nil:
-				at.kind, at.value = Create, compact(c.New)
+				at.kind, at.value = Create, showValue(c.New)
 			case c.New == nil:
-				at.kind, at.value = Delete, compact(c.Old)
+				at.kind, at.value = Delete, showValue(c.Old)
 			default:
-				at.value = compact(c.Old) + " -> " + compact(c.New)
+				at.value = showValue(c.Old) + " -> " + showValue(c.New)
 			}
 			attrs = append(attrs, at)
 		}
@@ -227,6 +232,9 @@ type jsonAction struct {
 	Changes   []Change         `json:"changes"`
 	DependsOn []string         `json:"depends_on,omitempty"`
 	After     state.Attributes `json:"after,omitempty"`
+	// Sensitive names the attributes of After that are masked (plan
+	// --json) or sealed (a saved plan).
+	Sensitive []string `json:"sensitive,omitempty"`
 }
 
 type jsonPlan struct {
@@ -237,10 +245,12 @@ type jsonPlan struct {
 	Summary       Counts              `json:"summary"`
 }
 
-func (p *Plan) jsonActions() []jsonAction {
+// jsonActions gives the actions with each After as after returns it
+// (masked or sealed).
+func (p *Plan) jsonActions(after func(*Action) state.Attributes) []jsonAction {
 	out := make([]jsonAction, len(p.Actions))
 	for i, a := range p.Actions {
-		out[i] = jsonAction{a.Address, a.Type, a.Name, a.Kind, a.Reason, a.Detail, a.Changes, a.DependsOn, a.After}
+		out[i] = jsonAction{a.Address, a.Type, a.Name, a.Kind, a.Reason, a.Detail, a.Changes, a.DependsOn, after(a), a.Sensitive}
 	}
 	return out
 }
@@ -250,7 +260,7 @@ func (p *Plan) jsonActions() []jsonAction {
 // escaped, in attribute values either; encode it with SetEscapeHTML(false)
 // to keep them so.
 func (p *Plan) MarshalJSON() ([]byte, error) {
-	data, err := json.Marshal(jsonPlan{JSONFormatVersion, p.Namespace, p.jsonActions(), p.Barriers, p.Counts()})
+	data, err := json.Marshal(jsonPlan{JSONFormatVersion, p.Namespace, p.jsonActions(maskedAfter), p.Barriers, p.Counts()})
 	return unescapeHTML(data), err
 }
 
@@ -276,9 +286,12 @@ type Saved struct {
 // ErrStalePlan is returned when a saved plan no longer matches the state.
 var ErrStalePlan = errors.New("saved plan is stale")
 
-// Save encodes the plan with the stack it was made from.
+// Save encodes the plan with the stack it was made from. Sensitive values
+// are left out of the stack and sealed in the actions: LoadSaved takes
+// them from the files again.
 func (p *Plan) Save(desired *stackfile.Stack) ([]byte, error) {
-	data, err := json.MarshalIndent(Saved{JSONFormatVersion, p.Namespace, p.StateSerial, p.StateLineage, desired, p.jsonActions(), p.Barriers, p.NICs}, "", "  ")
+	sealed := func(a *Action) state.Attributes { return sealedAfter(a, nil) }
+	data, err := json.MarshalIndent(Saved{JSONFormatVersion, p.Namespace, p.StateSerial, p.StateLineage, savedStack(desired), p.jsonActions(sealed), p.Barriers, p.NICs}, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("encode saved plan: %w", err)
 	}
@@ -286,8 +299,11 @@ func (p *Plan) Save(desired *stackfile.Stack) ([]byte, error) {
 }
 
 // LoadSaved decodes a saved plan and checks it against the current state:
-// a plan made against another serial or lineage is refused as stale.
-func LoadSaved(data []byte, current *state.State) (*Plan, *stackfile.Stack, error) {
+// a plan made against another serial or lineage is refused as stale. fresh
+// is the stack files loaded now: the saved plan's sensitive values come
+// from it, and the plan is stale when they are not the ones it was made
+// with (fresh may be nil for a plan without sensitive values).
+func LoadSaved(data []byte, current *state.State, fresh *stackfile.Stack) (*Plan, *stackfile.Stack, error) {
 	var s Saved
 	if err := json.Unmarshal(data, &s); err != nil {
 		return nil, nil, fmt.Errorf("read saved plan: %w", err)
@@ -305,7 +321,10 @@ func LoadSaved(data []byte, current *state.State) (*Plan, *stackfile.Stack, erro
 	p := &Plan{Namespace: s.Namespace, NICs: s.NICs, Barriers: s.Barriers, StateSerial: s.StateSerial, StateLineage: s.StateLineage}
 	for _, a := range s.Actions {
 		p.Actions = append(p.Actions, &Action{Address: a.Address, Type: a.Type, Name: a.Name, Kind: a.Action, Reason: a.Reason,
-			Detail: a.Detail, Changes: a.Changes, DependsOn: a.DependsOn, After: a.After})
+			Detail: a.Detail, Changes: a.Changes, DependsOn: a.DependsOn, After: a.After, Sensitive: a.Sensitive})
+	}
+	if err := restoreSensitive(p, s.Stack, fresh); err != nil {
+		return nil, nil, err
 	}
 	return p, s.Stack, nil
 }

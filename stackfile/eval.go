@@ -207,7 +207,10 @@ func (l *loader) evalChecked(a *hcl.Attribute, ctx *hcl.EvalContext, ty cty.Type
 		l.errorf(a.Expr.Range(), "Value not known", "The value of %s could not be determined.", a.Name)
 		return cty.NilVal, false
 	}
-	v, _ = v.Unmark()
+	v, marks := v.UnmarkDeep()
+	if _, ok := marks[sensitiveMark]; ok {
+		l.sensitive[a] = true
+	}
 	cv, err := convert.Convert(v, ty)
 	if err != nil {
 		l.add(&hcl.Diagnostic{

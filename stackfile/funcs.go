@@ -2,6 +2,7 @@ package stackfile
 
 import (
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"math/big"
 	"net/netip"
@@ -134,18 +135,7 @@ func resolvePath(dir, p string) string {
 const maxFileSize = 16 << 20
 
 func readTextFile(dir, p string) (string, error) {
-	path := resolvePath(dir, p)
-	fi, err := os.Stat(path)
-	if err != nil {
-		return "", fmt.Errorf("read %s: %w", p, err)
-	}
-	if fi.IsDir() {
-		return "", fmt.Errorf("read %s: is a directory", p)
-	}
-	if fi.Size() > maxFileSize {
-		return "", fmt.Errorf("read %s: file is larger than %d bytes", p, maxFileSize)
-	}
-	b, err := os.ReadFile(path)
+	b, err := readSmallFile(resolvePath(dir, p))
 	if err != nil {
 		return "", fmt.Errorf("read %s: %w", p, err)
 	}
@@ -153,6 +143,21 @@ func readTextFile(dir, p string) (string, error) {
 		return "", fmt.Errorf("read %s: contents are not valid UTF-8; use base64 encoding outside stack", p)
 	}
 	return string(b), nil
+}
+
+// readSmallFile reads a file of at most maxFileSize bytes.
+func readSmallFile(path string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if fi.IsDir() {
+		return nil, errors.New("is a directory")
+	}
+	if fi.Size() > maxFileSize {
+		return nil, fmt.Errorf("file is larger than %d bytes", maxFileSize)
+	}
+	return os.ReadFile(path)
 }
 
 func makeFileFunc(dir string) function.Function {

@@ -110,13 +110,17 @@ type loader struct {
 	checkedAttrs map[*hcl.Attribute]bool
 	invariant    map[*hcl.Attribute]bool
 	evalCache    map[*hcl.Attribute]cachedVal
-	ipOwner      map[ipKey]string
-	macOwner     map[netaddr.MAC]string
-	portOwner    map[portKey]string
-	volOwner     map[string]string
-	statCache    map[string]statResult
-	vmDepends    map[string][]string
-	dependsRng   map[string]hcl.Range
+	// sensitive holds the attributes whose value derives from a sensitive
+	// variable; sensitiveOK those that may hold one (see sensitive.go).
+	sensitive   map[*hcl.Attribute]bool
+	sensitiveOK map[*hcl.Attribute]bool
+	ipOwner     map[ipKey]string
+	macOwner    map[netaddr.MAC]string
+	portOwner   map[portKey]string
+	volOwner    map[string]string
+	statCache   map[string]statResult
+	vmDepends   map[string][]string
+	dependsRng  map[string]hcl.Range
 }
 
 type diagKey struct {
@@ -158,6 +162,8 @@ func Load(opts Options) (*Stack, *Sources, hcl.Diagnostics) {
 		checkedAttrs: map[*hcl.Attribute]bool{},
 		invariant:    map[*hcl.Attribute]bool{},
 		evalCache:    map[*hcl.Attribute]cachedVal{},
+		sensitive:    map[*hcl.Attribute]bool{},
+		sensitiveOK:  map[*hcl.Attribute]bool{},
 		ipOwner:      map[ipKey]string{},
 		macOwner:     map[netaddr.MAC]string{},
 		portOwner:    map[portKey]string{},
@@ -286,6 +292,7 @@ func (l *loader) load() *Stack {
 	l.loadNetworks()
 	l.loadVolumes()
 	st.VMs = append(st.VMs, l.loadVMs()...)
+	l.checkSensitive()
 	for _, n := range sortedKeys(l.netModels) {
 		st.Networks = append(st.Networks, l.netModels[n])
 	}

@@ -119,6 +119,9 @@ type VM struct {
 	SharedDirs []*SharedDir `json:"shared_dirs,omitempty"`
 	Disks      []*Disk      `json:"disks,omitempty"`
 	Publish    []*Publish   `json:"publish,omitempty"`
+	// Secrets are host files the guest reads at /run/secrets/NAME
+	// (initramfs mode); see Secret.
+	Secrets []*Secret `json:"secrets,omitempty"`
 
 	// DependsOn holds the addresses of VM blocks ("vm.db"): this VM waits
 	// for every instance of each to be ready.
@@ -143,6 +146,11 @@ type VM struct {
 	// Pool is how many VMs of this block's shape the supervisor keeps
 	// restored and paused, to start the block's VMs from (0: none).
 	Pool int `json:"pool,omitempty"`
+	// Sensitive names the attributes (as the planner names them: env,
+	// command, entrypoint, ready, cloud_init) whose value is
+	// derived from a sensitive variable: plans show them as "(sensitive
+	// value)" and state keeps only a salted hash (see sensitive.go).
+	Sensitive []string `json:"sensitive,omitempty"`
 
 	DeclRange hcl.Range `json:"-"`
 }
@@ -190,6 +198,21 @@ type Disk struct {
 	SizeBytes int64  `json:"size_bytes,omitempty"` // scratch disks only
 	GuestPath string `json:"guest_path,omitempty"`
 }
+
+// Secret is a host file given to the guest read-only at
+// /run/secrets/NAME, as compose's secrets are. Its content is never
+// recorded: the planner's "secret" attribute is sensitive, so state keeps
+// only a salted hash of it, Digest included, and a changed file replaces
+// the VM.
+type Secret struct {
+	Name     string `json:"name"`
+	HostPath string `json:"host_path"` // absolute
+	// Digest is the SHA-256 of the file's content when it was loaded.
+	Digest string `json:"digest"`
+}
+
+// SecretsDir is where the guest finds its secrets.
+const SecretsDir = "/run/secrets"
 
 // Publish forwards a host port to a guest port.
 type Publish struct {

@@ -92,7 +92,12 @@ var vmSchema = &hcl.BodySchema{
 		{Type: "publish"},
 		{Type: "ready"},
 		{Type: "cloud_init"},
+		{Type: "secret", LabelNames: []string{"name"}},
 	},
+}
+
+var secretSchema = &hcl.BodySchema{
+	Attributes: []hcl.AttributeSchema{{Name: "file", Required: true}},
 }
 
 var nicSchema = &hcl.BodySchema{

@@ -20,20 +20,30 @@ func (l *loader) checkUserData(a *hcl.Attribute, src, vmName string) {
 	warnings, err := cloudinit.CheckUserData(src, vmName, l.ns)
 	var ue *cloudinit.UserDataError
 	if err != nil && !errors.As(err, &ue) {
-		l.errorf(a.Expr.Range(), "Invalid user_data", "%s.", err)
-		return
+		ue = &cloudinit.UserDataError{Msg: err.Error()}
 	}
+	// The YAML parser's messages may quote the document.
+	hide := l.sensitive[a]
 	if ue != nil {
 		rng := l.userDataLine(a, ue.Line)
-		l.add(&hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid user_data", Detail: userDataDetail(ue), Subject: &rng})
+		l.add(&hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid user_data", Detail: userDataDetail(ue, hide), Subject: &rng})
 	}
 	for _, w := range warnings {
 		rng := l.userDataLine(a, w.Line)
-		l.add(&hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "user_data value overridden", Detail: userDataDetail(&w), Subject: &rng})
+		l.add(&hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "user_data value overridden", Detail: userDataDetail(&w, hide), Subject: &rng})
 	}
 }
 
-func userDataDetail(e *cloudinit.UserDataError) string {
+// userDataDetail describes a problem of the user data; hide leaves out
+// the message, which may quote a document that holds a sensitive value.
+func userDataDetail(e *cloudinit.UserDataError, hide bool) string {
+	if hide {
+		where := "The user data"
+		if e.Line > 0 {
+			where = fmt.Sprintf("Line %d of the user data", e.Line)
+		}
+		return where + " is not valid or sets a value stack owns; the message is not shown because the user data holds a sensitive value."
+	}
 	if e.Line > 0 {
 		return fmt.Sprintf("Line %d of the user data: %s.", e.Line, e.Msg)
 	}

@@ -133,6 +133,10 @@ func (l *loader) loadVariables() {
 			continue
 		}
 		v.value = cv
+		if v.sensitive {
+			// HCL carries the mark into every value computed from it.
+			cv = cv.Mark(sensitiveMark)
+		}
 		obj[name] = cv
 	}
 	l.vars["var"] = cty.ObjectVal(obj)
@@ -210,6 +214,7 @@ func (l *loader) validateVariable(v *variable) {
 			continue
 		}
 		cond, msg := c.Attributes["condition"], c.Attributes["error_message"]
+		l.sensitiveOK[cond] = true // a bool: it reveals no more than the rule
 		ctx := v.decl.file.ctx
 		cv, ok := l.eval(cond, ctx, cty.Bool, allowVar)
 		if !ok {
@@ -302,6 +307,11 @@ func (l *loader) evalLocal(name string, path []string) {
 			return
 		}
 		v = cty.NullVal(cty.DynamicPseudoType)
+	}
+	l.sensitiveOK[d.attr] = true
+	if l.sensitive[d.attr] {
+		// eval unmarks; the local as a whole stays sensitive.
+		v = v.Mark(sensitiveMark)
 	}
 	l.localVals[name] = v
 }

@@ -221,6 +221,7 @@ type vmBlock struct {
 	publish    []sub
 	ready      *sub
 	cloudInit  *sub
+	secrets    []sub
 }
 
 type instance struct {
@@ -289,6 +290,7 @@ func (l *loader) decodeVMBlock(d *decl) *vmBlock {
 	nicSeen := map[string]hcl.Range{}
 	sdSeen := map[string]hcl.Range{}
 	diskSeen := map[string]hcl.Range{}
+	secretSeen := map[string]hcl.Range{}
 	for _, b := range c.Blocks {
 		var schema *hcl.BodySchema
 		switch b.Type {
@@ -304,6 +306,8 @@ func (l *loader) decodeVMBlock(d *decl) *vmBlock {
 			schema = readySchema
 		case "cloud_init":
 			schema = cloudInitSchema
+		case "secret":
+			schema = secretSchema
 		}
 		bc, diags := b.Body.Content(schema)
 		l.addAll(diags)
@@ -321,12 +325,9 @@ func (l *loader) decodeVMBlock(d *decl) *vmBlock {
 			}
 			nicSeen[name] = b.DefRange
 			vb.nics = append(vb.nics, s)
-		case "shared_dir", "disk":
+		case "shared_dir", "disk", "secret":
 			name := b.Labels[0]
-			seen := sdSeen
-			if b.Type == "disk" {
-				seen = diskSeen
-			}
+			seen := map[string]map[string]hcl.Range{"shared_dir": sdSeen, "disk": diskSeen, "secret": secretSeen}[b.Type]
 			if !IsDNSLabel(name) {
 				l.errorf(b.LabelRanges[0], "Invalid "+b.Type+" name", "%q is not a valid %s name: names must be DNS labels (lower-case letters, digits and '-', 1 to 63 characters).", name, b.Type)
 				continue
@@ -348,6 +349,8 @@ func (l *loader) decodeVMBlock(d *decl) *vmBlock {
 					continue
 				}
 				vb.disks = append(vb.disks, s)
+			} else if b.Type == "secret" {
+				vb.secrets = append(vb.secrets, s)
 			} else {
 				vb.sharedDirs = append(vb.sharedDirs, s)
 			}
@@ -587,8 +590,8 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 			l.errorf(attr["pool"].NameRange, "Pool needs initramfs mode", "pool keeps VMs restored from a boot template, which cloud-init-mode VMs (root_disk) do not use.")
 		case vm.Image != "":
 			l.errorf(attr["pool"].NameRange, "Pool with an image", "pool keeps VMs started before the VM that takes one exists, and an image VM's writable root is a disk of its own, opened when its VMM starts; use a VM without image.")
-		case len(vb.disks) > 0 || len(vb.sharedDirs) > 0:
-			l.errorf(attr["pool"].NameRange, "Pool with disks or shared directories", "pool keeps VMs started before the VM that takes one exists, so they cannot have its disk or shared_dir blocks (their files are opened when the VMM starts); use a VM without them.")
+		case len(vb.disks) > 0 || len(vb.sharedDirs) > 0 || len(vb.secrets) > 0:
+			l.errorf(attr["pool"].NameRange, "Pool with disks or shared directories", "pool keeps VMs started before the VM that takes one exists, so they cannot have its disk, shared_dir or secret blocks (their files are opened when the VMM starts); use a VM without them.")
 		case !vm.Template:
 			l.errorf(attr["pool"].NameRange, "Pool without templates", "pool keeps VMs restored from a boot template; it cannot be used with template = false or STACK_TEMPLATES=off.")
 		default:
@@ -722,6 +725,12 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 			l.errorf(s.block.DefRange, "cloud_init requires root_disk", "cloud_init configures a cloud image booted from root_disk; initramfs-mode VMs take command and env instead.")
 		}
 		vm.CloudInit = ci
+	}
+	l.loadSecrets(vm, vb, ctx)
+	vm.Sensitive = l.vmSensitive(vb)
+	if len(vm.Secrets) > 0 {
+		vm.Sensitive = append(vm.Sensitive, "secret")
+		sort.Strings(vm.Sensitive)
 	}
 	return vm
 }

@@ -80,6 +80,15 @@ func (s *Supervisor) retire(r *api.Record) {
 }
 
 func (s *Supervisor) readoptVM(ctx context.Context, r *api.Record) {
+	if len(r.SealedGuestConfig) > 0 {
+		cfg, err := s.openConfig(r.SealedGuestConfig)
+		if err != nil {
+			// The VM is still re-adopted while it runs; booting it again
+			// needs `stack up` to re-create it.
+			s.log.Warn("open the sealed guest config; the VM cannot be booted again from its record", "vm", r.Spec.Address, "err", err)
+		}
+		r.Spec.GuestConfig = cfg
+	}
 	v := &vmRun{s: s, spec: r.Spec, st: r.Status, ports: r.Ports,
 		runDir: filenames.VMRuntime(s.opts.RuntimeRoot, s.opts.Namespace, r.Spec.Name)}
 	if r.RunDir != "" {

@@ -72,6 +72,10 @@ type Supervisor struct {
 	idle     chan struct{} // signalled when nothing is left to supervise
 	shutdown chan struct{}
 	once     sync.Once
+
+	keyOnce sync.Once // the record key (recordkey.go)
+	key     []byte
+	keyErr  error
 }
 
 type network struct {

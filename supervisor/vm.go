@@ -106,6 +106,15 @@ func (v *vmRun) writeRecordLocked() {
 		p := process(v.inst.Identity())
 		r.Process = &p
 	}
+	if v.spec.SensitiveConfig && len(v.spec.GuestConfig) > 0 {
+		sealed, err := v.s.sealConfig(v.spec.GuestConfig)
+		if err != nil {
+			// Never in clear: a later supervisor cannot re-boot this VM,
+			// but it still re-adopts it while it runs.
+			v.s.log.Error("seal vm record's guest config", "vm", v.spec.Address, "err", err)
+		}
+		r.Spec.GuestConfig, r.SealedGuestConfig = nil, sealed
+	}
 	data, err := json.MarshalIndent(r, "", "  ")
 	if err == nil {
 		err = fsutil.WriteFileAtomic(recordPath(&v.spec), data)

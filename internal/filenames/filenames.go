@@ -60,6 +60,11 @@ const VMRecord = "vm.json"
 // namespace's runtime directory.
 const SupervisorSocket = "supervisor.sock"
 
+// RecordKey, in a namespace's runtime directory, is the key that encrypts
+// the sensitive guest configurations in its VM records (supervisor's
+// recordkey.go).
+const RecordKey = "record.key"
+
 // NetworkRecord is the supervisor's durable record of a running network.
 func NetworkRecord(stateRoot, namespace, network string) string {
 	return filepath.Join(stateRoot, namespace, NetworkDir, network+".json")
@@ -195,6 +200,20 @@ func CacheRoot() string {
 // NamespaceState is the state directory of a namespace.
 func NamespaceState(stateRoot, namespace string) string {
 	return filepath.Join(stateRoot, namespace)
+}
+
+// Secrets is the directory, in a namespace's runtime directory, that holds
+// the copies of its VMs' secret files, one directory per VM: runtime, not
+// state, so that they are never in the state directory and go with a
+// reboot where the runtime directory is a tmpfs.
+func Secrets(runtimeRoot, namespace string) string {
+	return filepath.Join(NamespaceRuntime(runtimeRoot, namespace), "secrets")
+}
+
+// VMSecrets is the directory of one VM's secret files (see Secrets), which
+// the guest mounts read-only at /run/secrets.
+func VMSecrets(runtimeRoot, namespace, vm string) string {
+	return filepath.Join(Secrets(runtimeRoot, namespace), vm)
 }
 
 // VMState is the state directory of one VM instance (disks, seed, log).

@@ -191,10 +191,13 @@ type VMSpec struct {
 	// GuestConfig is the guest init's configuration (initramfs mode; see
 	// package guestproto). A VM with one gets the agent channel.
 	GuestConfig json.RawMessage `json:"guest_config,omitempty"`
-	NICs        []NIC           `json:"nics"`
-	Publish     []Port          `json:"publish,omitempty"`
-	Ready       Ready           `json:"ready"`
-	Restart     Restart         `json:"restart"`
+	// SensitiveConfig: GuestConfig holds values derived from sensitive
+	// variables, so the VM's record keeps it encrypted (Record).
+	SensitiveConfig bool    `json:"sensitive_config,omitempty"`
+	NICs            []NIC   `json:"nics"`
+	Publish         []Port  `json:"publish,omitempty"`
+	Ready           Ready   `json:"ready"`
+	Restart         Restart `json:"restart"`
 	// Hold: the guest config holds the workload until release-vm (the
 	// engine releases it once the VM's dependencies are ready). A released
 	// VM that restarts is released again at once.

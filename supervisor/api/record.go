@@ -24,6 +24,11 @@ type Record struct {
 	// taken from a pool.
 	RunDir string   `json:"run_dir,omitempty"`
 	Ports  []string `json:"ports,omitempty"`
+	// SealedGuestConfig replaces Spec.GuestConfig when Spec.SensitiveConfig
+	// is set: the configuration encrypted (AES-256-GCM, nonce first) with
+	// the namespace's record key, which lives in its runtime directory, not
+	// beside the record (see docs/stackfile.md, "Sensitive values").
+	SealedGuestConfig []byte `json:"sealed_guest_config,omitempty"`
 }
 
 // ReadRecord reads the supervisor's record of a VM from its state directory.

@@ -265,12 +265,12 @@ func TestPlanOutSavesAFreshPlan(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := planner.LoadSaved(data, st); err != nil {
+	if _, _, err := planner.LoadSaved(data, st, nil); err != nil {
 		t.Fatalf("fresh saved plan refused: %v", err)
 	}
 	applyPlan(t, dir, stateDir) // the state moves on
 	st, _ = p.Store().Read()
-	if _, _, err := planner.LoadSaved(data, st); err == nil {
+	if _, _, err := planner.LoadSaved(data, st, nil); err == nil {
 		t.Fatal("stale saved plan accepted")
 	}
 }

@@ -246,20 +246,7 @@ func TestQuickstartLifecycle(t *testing.T) {
 	// one, which re-adopts both VMMs and brings the switch back on the same
 	// socket, and the client keeps reaching web by name.
 	ps = c.ps()
-	sv, err := client.Dial(context.Background(), filenames.RuntimeRoot(), c.stateDir, c.ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pong, err := sv.Ping(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Kill(pong.PID, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	for syscall.Kill(pong.PID, 0) == nil {
-		time.Sleep(20 * time.Millisecond)
-	}
+	c.killSupervisor()
 	if got := c.ps(); got["web"].State != "ready" || got["web"].PID != ps["web"].PID {
 		t.Fatalf("ps without a supervisor: %+v", got)
 	}

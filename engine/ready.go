@@ -119,7 +119,16 @@ func (a *applier) awaitReady(ctx context.Context, events <-chan api.Event, addre
 	defer deadline.Stop()
 	poll := time.NewTicker(readyPoll)
 	defer poll.Stop()
-	ready := func() error { return a.recordVM(address, func(v *state.VM) { v.Status = state.StatusReady }) }
+	ready := func() error {
+		// A VM can be ready with warnings (cloud-init modules that
+		// failed): they are in its status, which an event does not carry.
+		if st, ok := a.statusOf(ctx, address, instance); ok {
+			for _, w := range st.Warnings {
+				a.emit(address, PhaseWarning, w)
+			}
+		}
+		return a.recordVM(address, func(v *state.VM) { v.Status = state.StatusReady })
+	}
 	failed := func(reason string) error {
 		a.recordVM(address, func(v *state.VM) { v.Status, v.Reason = state.StatusFailed, reason })
 		return a.e.vmFailure(address, name, reason)

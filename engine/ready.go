@@ -119,13 +119,11 @@ func (a *applier) awaitReady(ctx context.Context, events <-chan api.Event, addre
 	defer deadline.Stop()
 	poll := time.NewTicker(readyPoll)
 	defer poll.Stop()
-	ready := func() error {
-		// A VM can be ready with warnings (cloud-init modules that
-		// failed): they are in its status, which an event does not carry.
-		if st, ok := a.statusOf(ctx, address, instance); ok {
-			for _, w := range st.Warnings {
-				a.emit(address, PhaseWarning, w)
-			}
+	// A VM can be ready with warnings (cloud-init modules that failed),
+	// which its ready event and its status carry.
+	ready := func(warnings []string) error {
+		for _, w := range warnings {
+			a.emit(address, PhaseWarning, w)
 		}
 		return a.recordVM(address, func(v *state.VM) { v.Status = state.StatusReady })
 	}
@@ -140,7 +138,7 @@ func (a *applier) awaitReady(ctx context.Context, events <-chan api.Event, addre
 		}
 		switch ev.Phase {
 		case api.PhaseReady:
-			return true, ready()
+			return true, ready(ev.Warnings)
 		case api.PhaseFailed, api.PhaseExited, api.PhaseStopped:
 			return true, failed(ev.Message)
 		}
@@ -165,7 +163,7 @@ func (a *applier) awaitReady(ctx context.Context, events <-chan api.Event, addre
 		}
 		if st.State == api.StateReady {
 			a.emit(address, PhaseReady, "ready (seen in its status)")
-			return ready()
+			return ready(st.Warnings)
 		}
 		a.emit(address, PhaseFailed, st.Reason)
 		return failed(st.Reason)

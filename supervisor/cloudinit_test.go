@@ -3,6 +3,7 @@ package supervisor
 import (
 	"context"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -67,7 +68,7 @@ func TestCloudInitReport(t *testing.T) {
 				t.Fatalf("state %s (%s), want %s", st[0].State, st[0].Reason, c.state)
 			}
 			if c.state == api.StateReady {
-				if len(st[0].Warnings) != 1 || !strings.HasPrefix(st[0].Warnings[0], c.message) ||
+				if len(st[0].Warnings) != 1 || !strings.HasPrefix(st[0].Warnings[0], c.message) || !reflect.DeepEqual(ev.Warnings, st[0].Warnings) ||
 					!strings.Contains(ev.Message, "failed modules: locale") {
 					t.Fatalf("warnings %q, event %q", st[0].Warnings, ev.Message)
 				}

@@ -69,7 +69,7 @@ func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.I
 		s.log.Warn(w, "address", v.spec.Address)
 	}
 	s.setState(v, api.StateReady, "", nil)
-	s.emitVM(v, api.PhaseReady, "ready: "+what)
+	s.emitVMEvent(v, api.Event{Phase: api.PhaseReady, Message: "ready: " + what, Warnings: warnings})
 }
 
 func readyWhat(r api.Ready) string {

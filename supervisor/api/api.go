@@ -85,6 +85,8 @@ type Event struct {
 	Instance string `json:"instance,omitempty"`
 	Phase    Phase  `json:"phase"`
 	Message  string `json:"message,omitempty"`
+	// Warnings, on a ready event, are the VM's (VMStatus.Warnings).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // NetworkSpec is a network as the supervisor runs it: a switch, and a

@@ -90,6 +90,10 @@ func TestJudge(t *testing.T) {
 		!strings.Contains(v.Warnings[0], "module locale failed") || !strings.Contains(v.Warnings[0], "No such file or directory: b'locale-gen'") {
 		t.Errorf("locale: %+v", v)
 	}
+	v = read("locale-debian12").Judge(false)
+	if v.Fatal != "" || !reflect.DeepEqual(v.Modules, []string{"locale"}) || !strings.Contains(v.Warnings[0], "update-locale") {
+		t.Errorf("the Debian guest's locale failure: %+v", v)
+	}
 	if v := read("locale-22.4").Judge(true); !strings.Contains(v.Fatal, "module locale failed") || v.Warnings != nil {
 		t.Errorf("locale, strict: %+v", v)
 	}

@@ -60,7 +60,7 @@ func FuzzUserDataMerge(f *testing.F) {
 		if c, _ := boot[0].([]any); len(c) != 5 || c[3] != "stack-hosts" {
 			t.Fatalf("bootcmd[0] = %#v", boot[0])
 		}
-		if c, _ := boot[1].([]any); len(c) != 6 || c[4] != ReadyLine(seed.InstanceID) {
+		if c, _ := boot[1].([]any); len(c) != 7 || c[4] != ReadyLine(seed.InstanceID) {
 			t.Fatalf("bootcmd[1] = %#v", boot[1])
 		}
 		keys, _ := out["ssh_authorized_keys"].([]any)

@@ -28,7 +28,7 @@ import (
 // seedVersion is hashed with the inputs: bump it whenever the generated
 // files change for the same input, so that existing VMs get a new seed (and
 // a new instance-id, so cloud-init applies it).
-const seedVersion = 1
+const seedVersion = 2
 
 // Input is everything that goes into one VM's seed. Names are DNS labels;
 // the engine fills it from the evaluated stack and the plan's addresses.
@@ -118,11 +118,13 @@ const (
 
 // Console lines written by the guest once cloud-init has finished all its
 // stages. The engine looks for a console line that contains
-// ReadyLine(seed.InstanceID) or FailedLine(seed.InstanceID); the line may
-// carry other output before it (a console is shared).
+// ReadyLine(seed.InstanceID), or ReportLine(seed.InstanceID) and then
+// FailedLine(seed.InstanceID); the line may carry other output before it
+// (a console is shared).
 const (
 	ReadyPrefix  = "STACK-READY "
 	FailedPrefix = "STACK-FAILED "
+	ReportPrefix = "STACK-REPORT "
 )
 
 // ReadyLine is the console text that says cloud-init finished without
@@ -130,8 +132,13 @@ const (
 func ReadyLine(instanceID string) string { return ReadyPrefix + instanceID }
 
 // FailedLine is the console text that says cloud-init finished and reported
-// errors (a module failed) for this instance.
+// errors (a module failed) for this instance. It follows the report line.
 func FailedLine(instanceID string) string { return FailedPrefix + instanceID }
+
+// ReportLine is the console text that, followed by a space and cloud-init's
+// status.json on the rest of the line, is cloud-init's report of a boot with
+// errors for this instance (judged by package cloudinit/outcome).
+func ReportLine(instanceID string) string { return ReportPrefix + instanceID }
 
 // HostsDomain is the DNS suffix of a namespace: <vm>.<namespace>.internal.
 func HostsDomain(namespace string) string { return namespace + ".internal" }

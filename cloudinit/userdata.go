@@ -72,21 +72,25 @@ rm -f "$tmp"
 
 // readyScript starts, detached, a waiter that blocks until cloud-init has
 // finished every stage of this boot and then writes $1 (the ready line) or,
-// when cloud-init reports errors, its error details and $2 (the failed
+// when cloud-init reports errors, its error details, $3 (the report line)
+// followed by cloud-init's status.json on the same line, and $2 (the failed
 // line) to the console. "Finished" is the existence of
 // /run/cloud-init/result.json, which the final stage writes after all its
 // modules (the user's runcmd and final_message included); `cloud-init
 // status --wait` is not used because 22.4 returns from it at the first
 // error, before the final stage. `cloud-init status` then exits 0 (done), 1
 // (errors) or, from 23.4 on, 2 (done with warnings, counted as ready).
+// status.json is complete when result.json exists (cloud-init writes it
+// first); it is ASCII JSON (Python's json.dumps) with newlines only between
+// tokens, so deleting them makes one line of the same JSON.
 //
 // It runs from bootcmd, which cloud-init runs on every boot, so a restarted
 // VM reports again. The waiter is written to /run/stack/ready-wait first and
-// run as "/bin/sh FILE LINE LINE": systemd re-reads a transient unit from
-// its unit file on daemon-reload (cloud-init's mounts module reloads), and
-// that round trip mangles shell code given inline (";;" lost), while plain
-// words survive it. Under systemd the waiter is a transient unit without
-// default dependencies, so it starts at once instead of waiting for
+// run as "/bin/sh FILE LINE LINE LINE": systemd re-reads a transient unit
+// from its unit file on daemon-reload (cloud-init's mounts module reloads),
+// and that round trip mangles shell code given inline (";;" lost), while
+// plain words survive it. Under systemd the waiter is a transient unit
+// without default dependencies, so it starts at once instead of waiting for
 // sysinit.target (which waits for cloud-init.service, which runs bootcmd),
 // with its own description (systemd prints it on the console, and the
 // default one is the command line, which holds the failed line); without
@@ -102,6 +106,7 @@ if [ "$rc" -eq 0 ] || [ "$rc" -eq 2 ]; then
   printf '\n%s\n' "$1" >/dev/console
 else
   cloud-init status --long 2>&1 | sed 's/^/stack: cloud-init: /' >/dev/console
+  printf '\n%s %s\n' "$3" "$(tr -d '\n' </run/cloud-init/status.json)" >/dev/console
   printf '\n%s\n' "$2" >/dev/console
 fi
 WAITER
@@ -109,9 +114,9 @@ if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
   systemd-run --no-block --quiet --collect --unit=stack-ready \
     --property=DefaultDependencies=no \
     --description="stack: report the end of cloud-init on the console" \
-    /bin/sh /run/stack/ready-wait "$1" "$2"
+    /bin/sh /run/stack/ready-wait "$1" "$2" "$3"
 else
-  setsid /bin/sh /run/stack/ready-wait "$1" "$2" </dev/null >/dev/null 2>&1 &
+  setsid /bin/sh /run/stack/ready-wait "$1" "$2" "$3" </dev/null >/dev/null 2>&1 &
 fi
 `
 
@@ -153,7 +158,7 @@ func userData(n Input, instanceID string) ([]byte, []string, error) {
 	// runs bootcmd as one script whose status is its last command's).
 	stackCmds := []*yaml.Node{
 		argv(hostsCmd...),
-		argv("sh", "-c", readyScript, "stack-ready", ReadyLine(instanceID), FailedLine(instanceID)),
+		argv("sh", "-c", readyScript, "stack-ready", ReadyLine(instanceID), FailedLine(instanceID), ReportLine(instanceID)),
 	}
 	if len(n.Shares) > 0 {
 		sharesCmd := []string{"sh", "-c", sharesScript, "stack-shares", guestproto.NinePMountOptions}

@@ -105,7 +105,8 @@ const (
 	PhaseDelete  Phase = "delete"
 	PhaseUpdate  Phase = "update"
 	// PhaseWarning is a note about the whole operation (Address ""), such
-	// as KVM falling back to TCG.
+	// as KVM falling back to TCG, or about a VM that is ready all the
+	// same (Address set), such as a cloud-init module that failed.
 	PhaseWarning Phase = "warning"
 )
 

@@ -119,7 +119,14 @@ func (a *applier) awaitReady(ctx context.Context, events <-chan api.Event, addre
 	defer deadline.Stop()
 	poll := time.NewTicker(readyPoll)
 	defer poll.Stop()
-	ready := func() error { return a.recordVM(address, func(v *state.VM) { v.Status = state.StatusReady }) }
+	// A VM can be ready with warnings (cloud-init modules that failed),
+	// which its ready event and its status carry.
+	ready := func(warnings []string) error {
+		for _, w := range warnings {
+			a.emit(address, PhaseWarning, w)
+		}
+		return a.recordVM(address, func(v *state.VM) { v.Status = state.StatusReady })
+	}
 	failed := func(reason string) error {
 		a.recordVM(address, func(v *state.VM) { v.Status, v.Reason = state.StatusFailed, reason })
 		return a.e.vmFailure(address, name, reason)
@@ -131,7 +138,7 @@ func (a *applier) awaitReady(ctx context.Context, events <-chan api.Event, addre
 		}
 		switch ev.Phase {
 		case api.PhaseReady:
-			return true, ready()
+			return true, ready(ev.Warnings)
 		case api.PhaseFailed, api.PhaseExited, api.PhaseStopped:
 			return true, failed(ev.Message)
 		}
@@ -156,7 +163,7 @@ func (a *applier) awaitReady(ctx context.Context, events <-chan api.Event, addre
 		}
 		if st.State == api.StateReady {
 			a.emit(address, PhaseReady, "ready (seen in its status)")
-			return ready()
+			return ready(st.Warnings)
 		}
 		a.emit(address, PhaseFailed, st.Reason)
 		return failed(st.Reason)

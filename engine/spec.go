@@ -267,6 +267,8 @@ func readySpec(vm *stackfile.VM, instanceID string) api.Ready {
 	}
 	if vm.Mode() == stackfile.ModeCloudInit {
 		r.ConsoleLine, r.ConsoleFailLine = cloudinit.ReadyLine(instanceID), cloudinit.FailedLine(instanceID)
+		r.ConsoleReportLine = cloudinit.ReportLine(instanceID)
+		r.CloudInitStrict = vm.CloudInit != nil && vm.CloudInit.Strict
 	} else {
 		r.Guest = true
 	}

@@ -32,6 +32,9 @@ type VMStatus struct {
 	// Boot is how its VMM came up: cold, or template (restored from the
 	// boot template of its shape).
 	Boot string `json:"boot,omitempty"`
+	// Warnings are what is wrong with a ready VM: each cloud-init module
+	// that failed in this boot, with its error.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Port is a published port: HostIP:HostPort on the host forwards to
@@ -62,6 +65,7 @@ func statusOf(v api.VMStatus) VMStatus {
 		Address: v.Address, Name: v.Name, State: string(v.State), ExitCode: v.ExitCode, Reason: v.Reason,
 		Addresses: v.Addresses, Ports: []Port{}, StartedAt: v.StartedAt, Restarts: v.Restarts,
 		Held: v.Held, PID: v.PID, Halted: v.Halted, Accel: v.Accel, Boot: v.Boot,
+		Warnings: v.Warnings,
 	}
 	if s.Addresses == nil {
 		s.Addresses = map[string]string{}

@@ -168,6 +168,10 @@ type CloudInit struct {
 	// UserData is a #cloud-config YAML document ("" for none).
 	UserData          string   `json:"user_data,omitempty"`
 	SSHAuthorizedKeys []string `json:"ssh_authorized_keys,omitempty"`
+	// Strict makes a failed cloud-init module fail the VM; by default the
+	// VM is ready once cloud-init has finished, with a warning per failed
+	// module.
+	Strict bool `json:"strict,omitempty"`
 
 	UserDataRange hcl.Range `json:"-"` // where user_data was set, for YAML diagnostics
 }

@@ -130,7 +130,7 @@ var readySchema = &hcl.BodySchema{
 }
 
 var cloudInitSchema = &hcl.BodySchema{
-	Attributes: []hcl.AttributeSchema{{Name: "user_data"}, {Name: "ssh_authorized_keys"}},
+	Attributes: []hcl.AttributeSchema{{Name: "user_data"}, {Name: "ssh_authorized_keys"}, {Name: "strict"}},
 }
 
 // Allowed values of enumerated attributes.

@@ -55,3 +55,36 @@ func TestUserDataOwnedKeyWarning(t *testing.T) {
 		t.Errorf("snippet lacks the user's line:\n%s", out)
 	}
 }
+
+// cloud_init { strict } is a bool, false when left out; a value that is not
+// a bool is an error at its line.
+func TestCloudInitStrict(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"vmlinuz", "disk.raw"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	load := func(block string) (*Stack, string, hcl.Diagnostics) {
+		t.Helper()
+		src := "vm \"a\" {\n  kernel    = \"vmlinuz\"\n  root_disk = \"disk.raw\"\n" + block + "}\n"
+		if err := os.WriteFile(filepath.Join(dir, "stack.hcl"), []byte(src), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		st, sources, diags := Load(Options{Dir: dir, Namespace: "test", Environ: []string{}})
+		return st, renderDiags(sources, diags), diags
+	}
+	for block, want := range map[string]bool{"": false, "  cloud_init {}\n": false, "  cloud_init {\n    strict = true\n  }\n": true} {
+		st, out, diags := load(block)
+		if diags.HasErrors() {
+			t.Fatalf("%q:\n%s", block, out)
+		}
+		if got := st.VMs[0].CloudInit != nil && st.VMs[0].CloudInit.Strict; got != want {
+			t.Errorf("%q: strict = %v", block, got)
+		}
+	}
+	_, out, diags := load("  cloud_init {\n    strict = \"very\"\n  }\n")
+	if !diags.HasErrors() || !strings.Contains(out, "stack.hcl line 5") {
+		t.Errorf("a strict that is not a bool:\n%s", out)
+	}
+}

@@ -721,6 +721,7 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 		if keys, ok := l.evalStrings(s.c.Attributes["ssh_authorized_keys"], ctx, sc); ok {
 			ci.SSHAuthorizedKeys = keys
 		}
+		ci.Strict = l.evalBool(s.c.Attributes["strict"], ctx, sc, false)
 		if attr["root_disk"] == nil {
 			l.errorf(s.block.DefRange, "cloud_init requires root_disk", "cloud_init configures a cloud image booted from root_disk; initramfs-mode VMs take command and env instead.")
 		}

@@ -182,7 +182,7 @@ func (s *Supervisor) adopt(v *vmRun, inst hypervisor.Instance, how adoption) {
 	v.wake = make(chan struct{})
 	if how != adoptReadopted {
 		if how == adoptStarted {
-			v.st.State, v.st.Reason, v.st.ExitCode = api.StateBooting, "", nil
+			v.st.State, v.st.Reason, v.st.ExitCode, v.st.Warnings = api.StateBooting, "", nil, nil
 		}
 		v.st.Held = v.spec.Hold && !v.released
 		v.st.StartedAt = time.Now().UTC()

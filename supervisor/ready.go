@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/stackvm/stack/cloudinit/outcome"
 	"github.com/stackvm/stack/hypervisor"
 	"github.com/stackvm/stack/hypervisor/console"
 	"github.com/stackvm/stack/supervisor/api"
@@ -30,12 +31,13 @@ func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.I
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var what string
+	var warnings []string
 	var err error
 	switch {
 	case spec.TCP != 0 || spec.HTTP != "":
 		what, err = s.probe(ctx, v, spec)
 	case spec.ConsoleLine != "":
-		what, err = s.waitConsoleLine(ctx, v, spec.ConsoleLine, spec.ConsoleFailLine)
+		what, warnings, err = s.waitCloudInit(ctx, v, spec)
 	case spec.Guest:
 		what, err = s.waitGuestReady(ctx, v, inst)
 	default:
@@ -63,8 +65,14 @@ func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.I
 		s.emitVM(v, api.PhaseFailed, reason)
 		return
 	}
+	v.mu.Lock()
+	v.st.Warnings = warnings
+	v.mu.Unlock()
+	for _, w := range warnings {
+		s.log.Warn(w, "address", v.spec.Address)
+	}
 	s.setState(v, api.StateReady, "", nil)
-	s.emitVM(v, api.PhaseReady, "ready: "+what)
+	s.emitVMEvent(v, api.Event{Phase: api.PhaseReady, Message: "ready: " + what, Warnings: warnings})
 }
 
 func readyWhat(r api.Ready) string {
@@ -150,29 +158,60 @@ func (s *Supervisor) pollUntil(ctx context.Context, v *vmRun, check func() (stri
 	}
 }
 
-func (s *Supervisor) waitConsoleLine(ctx context.Context, v *vmRun, marker, failMarker string) (string, error) {
+// waitCloudInit follows the console for cloud-init's end of this boot:
+// the ready line, or its report of errors, judged (see
+// api.Ready.ConsoleReportLine), or the failed line alone (a report that
+// could not be read, or a seed from before reports).
+func (s *Supervisor) waitCloudInit(ctx context.Context, v *vmRun, spec api.Ready) (string, []string, error) {
 	logPath := consoleLogPath(&v.spec)
-	var failed bool
-	found := false
 	v.mu.Lock()
 	from := v.logStart
 	v.mu.Unlock()
+	var (
+		done     bool
+		what     string
+		warnings []string
+		fail     error
+		unread   error // why the report line could not be read
+	)
 	err := console.Follow(ctx, logPath, from, func(line string) bool {
 		switch {
-		case strings.Contains(line, marker):
-			found = true
-		case failMarker != "" && strings.Contains(line, failMarker):
-			failed = true
+		case strings.Contains(line, spec.ConsoleLine):
+			done, what = true, "cloud-init finished"
+		case spec.ConsoleReportLine != "" && strings.Contains(line, spec.ConsoleReportLine+" "):
+			_, js, _ := strings.Cut(line, spec.ConsoleReportLine+" ")
+			r, err := outcome.Parse([]byte(js))
+			if err != nil {
+				unread = err
+				return true // the failed line follows
+			}
+			verdict := r.Judge(spec.CloudInitStrict)
+			done = true
+			if verdict.Fatal != "" {
+				fail = errors.New(verdict.Fatal)
+				return false
+			}
+			warnings, what = verdict.Warnings, "cloud-init finished"
+			if len(verdict.Modules) > 0 {
+				what += " with failed modules: " + strings.Join(verdict.Modules, ", ")
+			}
+		case spec.ConsoleFailLine != "" && strings.Contains(line, spec.ConsoleFailLine):
+			done = true
+			msg := "cloud-init finished with errors (see the console log)"
+			if unread != nil {
+				msg = fmt.Sprintf("cloud-init finished with errors, and its report could not be read (%v; see the console log)", unread)
+			}
+			fail = errors.New(msg)
 		}
-		return !found && !failed
+		return !done
 	})
 	switch {
-	case found:
-		return "cloud-init finished", nil
-	case failed:
-		return "", errors.New("cloud-init finished with errors (see the console log)")
+	case fail != nil:
+		return "", nil, fail
+	case done:
+		return what, warnings, nil
 	}
-	return "", err
+	return "", nil, err
 }
 
 // probe runs the VM's tcp or http readiness probe, spec, through the

@@ -492,10 +492,16 @@ func (s *Supervisor) watch(ctx context.Context, c net.Conn, enc *json.Encoder) {
 // token so that a waiter tells it from the events of the VM it replaced.
 // Neither s.mu nor v.mu may be held.
 func (s *Supervisor) emitVM(v *vmRun, phase api.Phase, msg string) {
+	s.emitVMEvent(v, api.Event{Phase: phase, Message: msg})
+}
+
+// emitVMEvent sends ev about v's current incarnation, now.
+func (s *Supervisor) emitVMEvent(v *vmRun, ev api.Event) {
 	v.mu.Lock()
-	instance := v.spec.Instance
+	ev.Instance = v.spec.Instance
 	v.mu.Unlock()
-	s.send(api.Event{Time: time.Now(), Address: v.spec.Address, Instance: instance, Phase: phase, Message: msg})
+	ev.Time, ev.Address = time.Now(), v.spec.Address
+	s.send(ev)
 }
 
 // emit sends an event to every watcher; a watcher that cannot keep up

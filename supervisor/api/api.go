@@ -85,6 +85,8 @@ type Event struct {
 	Instance string `json:"instance,omitempty"`
 	Phase    Phase  `json:"phase"`
 	Message  string `json:"message,omitempty"`
+	// Warnings, on a ready event, are the VM's (VMStatus.Warnings).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // NetworkSpec is a network as the supervisor runs it: a switch, and a
@@ -131,6 +133,14 @@ type Ready struct {
 	// ConsoleFailLine, seen first, fails the VM at once.
 	ConsoleLine     string `json:"console_line,omitempty"`
 	ConsoleFailLine string `json:"console_fail_line,omitempty"`
+	// ConsoleReportLine, followed by a space and cloud-init's status.json
+	// on one line, is cloud-init's report of a boot with errors, which
+	// the guest writes before ConsoleFailLine. The supervisor judges it
+	// (package cloudinit/outcome): module failures leave the VM ready with
+	// warnings unless CloudInitStrict; a critical failure fails it. A
+	// report that cannot be read leaves ConsoleFailLine to fail the VM.
+	ConsoleReportLine string `json:"console_report_line,omitempty"`
+	CloudInitStrict   bool   `json:"cloud_init_strict,omitempty"`
 	// Probes, run through the network's gateway.
 	TCP  int    `json:"tcp,omitempty"`
 	HTTP string `json:"http,omitempty"`
@@ -288,6 +298,9 @@ type VMStatus struct {
 	// Boot is how its VMM came up: cold, or template (restored from the
 	// boot template of its shape).
 	Boot string `json:"boot,omitempty"`
+	// Warnings are what is wrong with a ready VM of this boot: each
+	// cloud-init module that failed, with its error.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Duration is a time.Duration that reads and writes as "1m30s" in JSON.

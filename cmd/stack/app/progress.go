@@ -73,10 +73,17 @@ func (p *progress) event(ev stack.Event) {
 	case "plain":
 		fmt.Fprintf(p.out, "%s %-16s %-10s %s\n", ev.Time.Format("15:04:05.000"), ev.Address, ev.Phase, termsafe.String(ev.Message))
 	case "tty":
-		if ev.Address == "" {
-			if ev.Phase == stack.PhaseWarning {
-				p.warn(ev.Message)
+		// Warnings are notes above the block, so that a VM's next event
+		// does not hide one about it.
+		if ev.Phase == stack.PhaseWarning {
+			msg := ev.Message
+			if ev.Address != "" {
+				msg = ev.Address + ": " + msg
 			}
+			p.warn(msg)
+			return
+		}
+		if ev.Address == "" {
 			return
 		}
 		if _, ok := p.latest[ev.Address]; !ok {

@@ -28,6 +28,9 @@ type psEntry struct {
 	PID       int               `json:"pid,omitempty"`
 	Accel     string            `json:"accel,omitempty"` // kvm | tcg
 	Boot      string            `json:"boot,omitempty"`  // cold | template
+	// Warnings: what is wrong with a ready VM (each failed cloud-init
+	// module, with its error).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 type psPort struct {
@@ -54,7 +57,7 @@ func newPsCmd(g *globals, s Streams) *cobra.Command {
 			}
 			list := make([]psEntry, 0, len(vms))
 			for _, v := range vms {
-				e := psEntry{Address: v.Address, Name: v.Name, State: v.State, Reason: v.Reason, Addresses: v.Addresses, Ports: []psPort{}, PID: v.PID, Accel: v.Accel, Boot: v.Boot}
+				e := psEntry{Address: v.Address, Name: v.Name, State: v.State, Reason: v.Reason, Addresses: v.Addresses, Ports: []psPort{}, PID: v.PID, Accel: v.Accel, Boot: v.Boot, Warnings: v.Warnings}
 				if v.State == "stopped" || v.State == "failed" {
 					e.ExitCode = v.ExitCode
 				}
@@ -94,6 +97,12 @@ func newPsCmd(g *globals, s Streams) *cobra.Command {
 			}
 			if err := tw.Flush(); err != nil {
 				return err
+			}
+			// A VM's warnings: a line each, under the table.
+			for _, e := range list {
+				for _, w := range e.Warnings {
+					fmt.Fprintf(s.Out, "warning: %s: %s\n", e.Name, termsafe.String(w))
+				}
 			}
 			// Warm pools are not VMs of the stack: a line each.
 			pools, err := p.Pools(cmd.Context())

@@ -8,15 +8,34 @@ import (
 )
 
 // ExportKubeVirt translates the stack into KubeVirt manifests (see package
-// export). VMs keep the addresses and MACs the recorded state gives them,
-// or those a first `up` would give; it changes nothing.
+// export). It changes nothing.
 func (p *Project) ExportKubeVirt(ctx context.Context, opts export.KubeVirtOptions) (*export.Result, error) {
+	in, err := p.exportInput(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return export.KubeVirt(in, opts)
+}
+
+// ExportNomad translates the stack into a Nomad job (see package export).
+// It changes nothing.
+func (p *Project) ExportNomad(ctx context.Context, opts export.NomadOptions) (*export.Result, error) {
+	in, err := p.exportInput(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return export.Nomad(in, opts)
+}
+
+// exportInput is the stack with its plan's NICs: VMs keep the addresses and
+// MACs the recorded state gives them, or those a first `up` would give.
+func (p *Project) exportInput(ctx context.Context) (export.Input, error) {
 	if p.Stack == nil {
-		return nil, fmt.Errorf("export: the stack files did not load")
+		return export.Input{}, fmt.Errorf("export: the stack files did not load")
 	}
 	plan, _, err := p.Plan(ctx, PlanOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("export: %w", err)
+		return export.Input{}, fmt.Errorf("export: %w", err)
 	}
-	return export.KubeVirt(export.Input{Stack: p.Stack, NICs: plan.NICs}, opts)
+	return export.Input{Stack: p.Stack, NICs: plan.NICs}, nil
 }

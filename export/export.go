@@ -17,6 +17,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/stackvm/stack/cloudinit"
 	"github.com/stackvm/stack/engine"
 	"github.com/stackvm/stack/stackfile"
 	"github.com/stackvm/stack/state"
@@ -37,9 +38,10 @@ func (in Input) guest() engine.Guest {
 // Object is one exported manifest.
 type Object struct {
 	// File is the object's file name in an output directory:
-	// <kind>-<name>.yaml, lower case.
+	// <kind>-<name>.yaml, lower case (KubeVirt), <namespace>.nomad.json
+	// (Nomad).
 	File string
-	YAML []byte
+	Data []byte
 }
 
 // Warning is something of the stack that the target cannot express, with
@@ -55,6 +57,9 @@ func (w Warning) String() string { return w.Address + ": " + w.Message }
 type Result struct {
 	Objects  []Object
 	Warnings []Warning
+	// Seeds are NoCloud seeds to write as ISO files (cloudinit.WriteISO)
+	// beside the objects, by file name (Nomad downloads them).
+	Seeds map[string]*cloudinit.Seed
 }
 
 // Stream is every object as one YAML stream, documents separated by
@@ -65,7 +70,7 @@ func (r *Result) Stream() []byte {
 		if i > 0 {
 			b.WriteString("---\n")
 		}
-		b.Write(o.YAML)
+		b.Write(o.Data)
 	}
 	return b.Bytes()
 }
@@ -80,7 +85,7 @@ func (r *Result) add(kind, name string, obj any) error {
 	if err != nil {
 		return fmt.Errorf("encode %s %s: %w", kind, name, err)
 	}
-	r.Objects = append(r.Objects, Object{File: strings.ToLower(kind) + "-" + name + ".yaml", YAML: data})
+	r.Objects = append(r.Objects, Object{File: strings.ToLower(kind) + "-" + name + ".yaml", Data: data})
 	return nil
 }
 

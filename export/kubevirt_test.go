@@ -158,7 +158,7 @@ func decodeStrict(t *testing.T, r *Result) *decoded {
 	}
 	for _, o := range r.Objects {
 		var tm metav1.TypeMeta
-		if err := yaml.Unmarshal(o.YAML, &tm); err != nil {
+		if err := yaml.Unmarshal(o.Data, &tm); err != nil {
 			t.Fatalf("%s: %v", o.File, err)
 		}
 		var obj any
@@ -195,11 +195,11 @@ func decodeStrict(t *testing.T, r *Result) *decoded {
 		if tm.APIVersion != wantGV {
 			t.Errorf("%s: apiVersion %q, want %q", o.File, tm.APIVersion, wantGV)
 		}
-		if err := yaml.UnmarshalStrict(o.YAML, obj); err != nil {
+		if err := yaml.UnmarshalStrict(o.Data, obj); err != nil {
 			t.Fatalf("%s does not decode strictly into %T: %v", o.File, obj, err)
 		}
 		if tm.Kind == "VirtualMachine" {
-			if err := strictVMISpec(o.YAML); err != nil {
+			if err := strictVMISpec(o.Data); err != nil {
 				t.Fatalf("%s: %v", o.File, err)
 			}
 		}

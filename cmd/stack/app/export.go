@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/stackvm/stack/cloudinit"
 	"github.com/stackvm/stack/export"
 	"github.com/stackvm/stack/internal/filenames"
 	"github.com/stackvm/stack/state"
@@ -16,6 +17,7 @@ func newExportCmd(g *globals, s Streams) *cobra.Command {
 	var (
 		format, out string
 		kv          export.KubeVirtOptions
+		nomad       export.NomadOptions
 	)
 	cmd := &cobra.Command{
 		Use:   "export",
@@ -25,14 +27,19 @@ Everything that does not translate is listed as a warning on stderr.
 See docs/scale-out.md for the mapping and its limits.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if format != "kubevirt" {
-				return fmt.Errorf("export: format %q: only kubevirt is supported", format)
+			if format != "kubevirt" && format != "nomad" {
+				return fmt.Errorf("export: format %q: want kubevirt or nomad", format)
 			}
 			p, err := load(g, s)
 			if err != nil {
 				return err
 			}
-			r, err := p.ExportKubeVirt(cmd.Context(), kv)
+			var r *export.Result
+			if format == "nomad" {
+				r, err = p.ExportNomad(cmd.Context(), nomad)
+			} else {
+				r, err = p.ExportKubeVirt(cmd.Context(), kv)
+			}
 			if err != nil {
 				return err
 			}
@@ -40,31 +47,43 @@ See docs/scale-out.md for the mapping and its limits.`,
 				fmt.Fprintf(s.Err, "warning: %s\n", w)
 			}
 			if out == "-" {
+				if len(r.Seeds) > 0 {
+					fmt.Fprintf(s.Err, "warning: export: the NoCloud seed ISOs are written only with -o DIR\n")
+				}
 				_, err := s.Out.Write(r.Stream())
 				return err
 			}
-			return writeObjects(out, r.Objects)
+			return writeObjects(out, r)
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&format, "format", "kubevirt", "target: kubevirt")
+	f.StringVar(&format, "format", "kubevirt", "target: kubevirt or nomad")
 	f.StringVarP(&out, "output", "o", "-", "directory to write one file per object into, or - for one YAML stream on stdout")
 	f.StringVar(&kv.RootDisk, "root-disk", export.RootContainerDisk, "cloud-init VMs' root disk: containerdisk or datavolume")
 	f.StringVar(&kv.DiskImage, "disk-image", "", "container image holding the cloud-init VMs' root disk (stack cannot upload disks)")
 	f.StringVar(&kv.DiskSize, "disk-size", "10Gi", "size of a datavolume root disk")
 	f.StringVar(&kv.KernelImage, "kernel-image", "", "container image with "+export.KernelPath+" and "+export.InitramfsPath+" for kernelBoot")
+	f.StringVar(&nomad.DiskURL, "disk-url", "", "nomad: URL the clients download the cloud-init VMs' root disk from")
+	f.StringVar(&nomad.KernelURL, "kernel-url", "", "nomad: directory URL with vmlinuz and initramfs")
+	f.StringVar(&nomad.SeedURL, "seed-url", "", "nomad: directory URL serving the seed ISOs written to -o DIR")
+	f.StringArrayVar(&nomad.Datacenters, "datacenter", nil, "nomad: datacenter to run in (repeatable; default all)")
 	return cmd
 }
 
-// writeObjects writes each object to its own file in dir (made 0700 when
-// missing), atomically.
-func writeObjects(dir string, objs []export.Object) error {
+// writeObjects writes each object, and each seed as an ISO, to its own
+// file in dir (made 0700 when missing), atomically.
+func writeObjects(dir string, r *export.Result) error {
 	if err := os.MkdirAll(dir, filenames.DirMode); err != nil {
 		return fmt.Errorf("make output directory: %w", err)
 	}
-	for _, o := range objs {
+	for name, seed := range r.Seeds {
+		if err := cloudinit.WriteISO(seed, filepath.Join(dir, name)); err != nil {
+			return err
+		}
+	}
+	for _, o := range r.Objects {
 		path := filepath.Join(dir, o.File)
-		if err := state.WriteFileAtomic(path, o.YAML); err != nil {
+		if err := state.WriteFileAtomic(path, o.Data); err != nil {
 			return fmt.Errorf("write %s: %w", path, err)
 		}
 	}

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/stackvm/stack/cloudinit"
 )
 
 // TestExport: `stack export` writes the export package's manifests (its
@@ -62,5 +64,41 @@ func TestExport(t *testing.T) {
 
 	if r := run(t, examples, "-f", "quickstart.hcl", "--state-dir", stateDir, "export", "--format", "swarm"); r.code == 0 || !strings.Contains(r.stderr, "swarm") {
 		t.Errorf("an unknown format: code %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+// TestExportNomad: `export --format nomad -o DIR` writes the job (the
+// export package's golden file) and each cloud-init VM's seed as an ISO
+// that the job's artifact names.
+func TestExportNomad(t *testing.T) {
+	examples, err := filepath.Abs("../../../examples/stacks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile("../../../export/testdata/nomad/cloud-init.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	images := t.TempDir()
+	for _, f := range []string{"vmlinuz", "initrd.img", "debian-12.raw"} {
+		if err := os.WriteFile(filepath.Join(images, f), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(t.TempDir(), "job")
+	r := run(t, examples, "-f", "cloud-init.hcl", "--var", "debian_image_dir="+images, "--state-dir", t.TempDir(),
+		"export", "--format", "nomad", "-o", out)
+	if r.code != 0 {
+		t.Fatalf("export: code %d, stderr:\n%s", r.code, r.stderr)
+	}
+	if got := mustRead(t, filepath.Join(out, "cloud-init.nomad.json")); string(got) != string(want) {
+		t.Errorf("the job differs from the golden file:\n%s", got)
+	}
+	if !strings.Contains(string(want), "debian-seed.iso") {
+		t.Errorf("the job names no debian-seed.iso artifact")
+	}
+	label, files, err := cloudinit.ReadISO(filepath.Join(out, "debian-seed.iso"))
+	if err != nil || label != cloudinit.VolumeID || !strings.HasPrefix(string(files[cloudinit.FileUserData]), "#cloud-config") {
+		t.Errorf("seed ISO: label %q, files %v (%v)", label, len(files), err)
 	}
 }

@@ -39,3 +39,14 @@ func (p *Project) exportInput(ctx context.Context) (export.Input, error) {
 	}
 	return export.Input{Stack: p.Stack, NICs: plan.NICs}, nil
 }
+
+// WriteKernelImage writes the built-in guest image's kernel and initramfs
+// as the OCI image layout that exported kernelBoot VMs name (see
+// export.WriteKernelImage), building the guest image first if needed.
+func WriteKernelImage(ctx context.Context, dir, tag string) (digest string, err error) {
+	kernel, initramfs, err := defaultImage(ctx)
+	if err != nil {
+		return "", err
+	}
+	return export.WriteKernelImage(dir, tag, kernel, initramfs)
+}

@@ -2,7 +2,7 @@
 // the plan's addresses and MACs, into another orchestrator's manifests
 // (KubeVirt today) for stacks that outgrow one host.
 //
-// It does no I/O. The guest-side bytes it ships (cloud-init seeds, guest
+// It does no I/O, but for WriteKernelImage. The guest-side bytes it ships (cloud-init seeds, guest
 // init configs) come from engine.Guest and package cloudinit, the code
 // that stack itself boots VMs with, so that both agree. What does not
 // translate is returned as a Warning, never dropped silently; see

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/stackvm/stack"
 	"github.com/stackvm/stack/cloudinit"
 	"github.com/stackvm/stack/export"
 	"github.com/stackvm/stack/internal/filenames"
@@ -16,6 +17,7 @@ import (
 func newExportCmd(g *globals, s Streams) *cobra.Command {
 	var (
 		format, out string
+		kernelOut   string
 		kv          export.KubeVirtOptions
 		nomad       export.NomadOptions
 	)
@@ -43,6 +45,13 @@ See docs/scale-out.md for the mapping and its limits.`,
 			if err != nil {
 				return err
 			}
+			if kernelOut != "" {
+				digest, err := stack.WriteKernelImage(cmd.Context(), kernelOut, "latest")
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(s.Err, "Wrote the kernel image to %s (oci:%s:latest, %s); push it and name it with --kernel-image.\n", kernelOut, kernelOut, digest)
+			}
 			for _, w := range r.Warnings {
 				fmt.Fprintf(s.Err, "warning: %s\n", w)
 			}
@@ -63,6 +72,7 @@ See docs/scale-out.md for the mapping and its limits.`,
 	f.StringVar(&kv.DiskImage, "disk-image", "", "container image holding the cloud-init VMs' root disk (stack cannot upload disks)")
 	f.StringVar(&kv.DiskSize, "disk-size", "10Gi", "size of a datavolume root disk")
 	f.StringVar(&kv.KernelImage, "kernel-image", "", "container image with "+export.KernelPath+" and "+export.InitramfsPath+" for kernelBoot")
+	f.StringVar(&kernelOut, "write-kernel-image", "", "kubevirt: also write the built-in kernel and initramfs as an OCI image layout in DIR")
 	f.StringVar(&nomad.DiskURL, "disk-url", "", "nomad: URL the clients download the cloud-init VMs' root disk from")
 	f.StringVar(&nomad.KernelURL, "kernel-url", "", "nomad: directory URL with vmlinuz and initramfs")
 	f.StringVar(&nomad.SeedURL, "seed-url", "", "nomad: directory URL serving the seed ISOs written to -o DIR")

@@ -60,6 +60,10 @@ type Result struct {
 	// Seeds are NoCloud seeds to write as ISO files (cloudinit.WriteISO)
 	// beside the objects, by file name (Nomad downloads them).
 	Seeds map[string]*cloudinit.Seed
+	// ConfigDisks are the initramfs VMs' guest config disks (the guest
+	// config zero-padded to whole sectors), by VM name, to write with
+	// WriteConfigImages when the export names config images.
+	ConfigDisks map[string][]byte
 }
 
 // Stream is every object as one YAML stream, documents separated by

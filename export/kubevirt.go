@@ -11,6 +11,7 @@ import (
 	"github.com/stackvm/stack/cloudinit"
 	"github.com/stackvm/stack/engine"
 	"github.com/stackvm/stack/guestproto"
+	"github.com/stackvm/stack/hypervisor/qemu"
 	"github.com/stackvm/stack/stackfile"
 )
 
@@ -52,6 +53,12 @@ type KubeVirtOptions struct {
 	// the initramfs at InitramfsPath, for VMs that boot a kernel directly.
 	// "" names a placeholder, with a warning.
 	KernelImage string
+	// ConfigImage, when set, is the repository of the initramfs VMs'
+	// config disk images (containerDisks tagged with each VM's name, which
+	// WriteConfigImages writes): the guest init reads a raw disk, which a
+	// ConfigMap, given to the VM as an ISO 9660 disk, is not. "" puts the
+	// config in a ConfigMap, with a warning.
+	ConfigImage string
 }
 
 const (
@@ -74,7 +81,7 @@ func KubeVirt(in Input, opts KubeVirtOptions) (*Result, error) {
 	if opts.DiskSize == "" {
 		opts.DiskSize = "10Gi"
 	}
-	x := &kubevirt{in: in, opts: opts, g: in.guest(), r: &Result{}}
+	x := &kubevirt{in: in, opts: opts, g: in.guest(), r: &Result{ConfigDisks: map[string][]byte{}}}
 	return x.r, x.run()
 }
 
@@ -361,6 +368,13 @@ func (x *kubevirt) initramfsVM(vm *stackfile.VM, spec *vmiSpec) error {
 	if err != nil {
 		return fmt.Errorf("export %s: encode guest config: %w", vm.Address, err)
 	}
+	spec.Domain.Devices.Disks = append(spec.Domain.Devices.Disks,
+		disk{Name: "stack-config", Serial: guestproto.ConfigDiskSerial, Disk: diskTarget{Bus: "virtio", ReadOnly: true}})
+	if x.opts.ConfigImage != "" {
+		x.r.ConfigDisks[vm.Name] = qemu.ConfigDiskImage(raw)
+		spec.Volumes = append(spec.Volumes, volume{Name: "stack-config", ContainerDisk: &containerDisk{Image: x.opts.ConfigImage + ":" + vm.Name}})
+		return nil
+	}
 	name := vm.Name + "-stack-config"
 	cm := configMap{
 		typeMeta: typeMeta{APIVersion: "v1", Kind: "ConfigMap"},
@@ -370,10 +384,8 @@ func (x *kubevirt) initramfsVM(vm *stackfile.VM, spec *vmiSpec) error {
 	if err := x.r.add(cm.Kind, name, cm); err != nil {
 		return err
 	}
-	spec.Domain.Devices.Disks = append(spec.Domain.Devices.Disks,
-		disk{Name: "stack-config", Serial: guestproto.ConfigDiskSerial, Disk: diskTarget{Bus: "virtio", ReadOnly: true}})
 	spec.Volumes = append(spec.Volumes, volume{Name: "stack-config", ConfigMap: &configMapVolumeSource{Name: name}})
-	x.r.warn(vm.Address, "guest config: KubeVirt gives the ConfigMap as an ISO 9660 disk, and the guest init reads its config disk raw; it does not boot until it reads that form too")
+	x.r.warn(vm.Address, "guest config: KubeVirt gives the ConfigMap as an ISO 9660 disk, and the guest init reads its config disk raw; give --config-image (and --write-config-images) to ship it as a containerDisk instead")
 	return nil
 }
 

@@ -18,6 +18,7 @@ func newExportCmd(g *globals, s Streams) *cobra.Command {
 	var (
 		format, out string
 		kernelOut   string
+		configOut   string
 		kv          export.KubeVirtOptions
 		nomad       export.NomadOptions
 	)
@@ -52,6 +53,15 @@ See docs/scale-out.md for the mapping and its limits.`,
 				}
 				fmt.Fprintf(s.Err, "Wrote the kernel image to %s (oci:%s:latest, %s); push it and name it with --kernel-image.\n", kernelOut, kernelOut, digest)
 			}
+			if configOut != "" {
+				if len(r.ConfigDisks) == 0 {
+					return fmt.Errorf("export: --write-config-images needs --config-image and a VM in initramfs mode")
+				}
+				if _, err := export.WriteConfigImages(configOut, r.ConfigDisks); err != nil {
+					return err
+				}
+				fmt.Fprintf(s.Err, "Wrote the config disk images to %s (oci:%s:<vm>); push each to %s:<vm>.\n", configOut, configOut, kv.ConfigImage)
+			}
 			for _, w := range r.Warnings {
 				fmt.Fprintf(s.Err, "warning: %s\n", w)
 			}
@@ -72,6 +82,8 @@ See docs/scale-out.md for the mapping and its limits.`,
 	f.StringVar(&kv.DiskImage, "disk-image", "", "container image holding the cloud-init VMs' root disk (stack cannot upload disks)")
 	f.StringVar(&kv.DiskSize, "disk-size", "10Gi", "size of a datavolume root disk")
 	f.StringVar(&kv.KernelImage, "kernel-image", "", "container image with "+export.KernelPath+" and "+export.InitramfsPath+" for kernelBoot")
+	f.StringVar(&kv.ConfigImage, "config-image", "", "kubevirt: repository of the initramfs VMs' config disk images (REPO:<vm>), instead of ConfigMaps")
+	f.StringVar(&configOut, "write-config-images", "", "kubevirt: with --config-image, write those images as an OCI image layout in DIR")
 	f.StringVar(&kernelOut, "write-kernel-image", "", "kubevirt: also write the built-in kernel and initramfs as an OCI image layout in DIR")
 	f.StringVar(&nomad.DiskURL, "disk-url", "", "nomad: URL the clients download the cloud-init VMs' root disk from")
 	f.StringVar(&nomad.KernelURL, "kernel-url", "", "nomad: directory URL with vmlinuz and initramfs")

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -60,6 +61,32 @@ func TestExport(t *testing.T) {
 	}
 	if len(files) != 5 || strings.Join(joined, "---\n") != string(want) {
 		t.Errorf("-o wrote %d files %v, not the stream's objects", len(files), files)
+	}
+
+	layoutDir := filepath.Join(t.TempDir(), "config-images")
+	r = run(t, examples, "-f", "quickstart.hcl", "--state-dir", stateDir, "export", "--config-image", "registry.example/qs-config",
+		"--write-config-images", layoutDir)
+	if r.code != 0 || strings.Contains(r.stdout, "kind: ConfigMap") || !strings.Contains(r.stdout, "image: registry.example/qs-config:web") {
+		t.Fatalf("export --config-image: code %d, stdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	var index struct {
+		Manifests []struct {
+			MediaType   string            `json:"mediaType"`
+			Annotations map[string]string `json:"annotations"`
+		} `json:"manifests"`
+	}
+	if err := json.Unmarshal(mustRead(t, filepath.Join(layoutDir, "index.json")), &index); err != nil {
+		t.Fatal(err)
+	}
+	var tags []string
+	for _, m := range index.Manifests {
+		tags = append(tags, m.Annotations["org.opencontainers.image.ref.name"])
+		if m.MediaType != "application/vnd.oci.image.manifest.v1+json" {
+			t.Errorf("image %v: media type %s, want an OCI manifest", m.Annotations, m.MediaType)
+		}
+	}
+	if strings.Join(tags, ",") != "client,web" {
+		t.Errorf("the config image layout has tags %v, want client and web", tags)
 	}
 
 	if r := run(t, examples, "-f", "quickstart.hcl", "--state-dir", stateDir, "export", "--format", "swarm"); r.code == 0 || !strings.Contains(r.stderr, "swarm") {

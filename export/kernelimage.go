@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"time"
@@ -17,6 +19,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/stackvm/stack/internal/filenames"
 )
 
 // imageEpoch is every file's modification time in the images written
@@ -89,7 +93,27 @@ func writeLayout(dir string, images map[string][]imageFile) (map[string]string, 
 		}
 		digests[tag] = d.String()
 	}
-	return digests, nil
+	return digests, private(dir)
+}
+
+// private makes the layout stack's usual 0600 files in 0700 directories
+// (the layout writer leaves them open to all).
+func private(dir string) error {
+	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		mode := os.FileMode(0o600)
+		switch {
+		case err != nil:
+			return err
+		case d.IsDir():
+			mode = filenames.DirMode
+		case !d.Type().IsRegular():
+			return nil
+		}
+		if err := os.Chmod(path, mode); err != nil {
+			return fmt.Errorf("restrict image layout: %w", err)
+		}
+		return nil
+	})
 }
 
 func filesImage(files []imageFile) (v1.Image, error) {

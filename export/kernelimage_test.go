@@ -34,6 +34,9 @@ func TestWriteKernelImage(t *testing.T) {
 		}
 		digests = append(digests, d)
 		got := layoutFiles(t, dir, "1", d)
+		if fi, err := os.Stat(filepath.Join(dir, "index.json")); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("index.json: mode %v (%v), want 0600", fi.Mode().Perm(), err)
+		}
 		if got[KernelPath] != files["vmlinuz"] || got[InitramfsPath] != files["initramfs"] || len(got) != 3 {
 			t.Errorf("layer files %q", got)
 		}

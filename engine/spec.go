@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -47,31 +46,18 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 
 	// Disks: volumes by their file, scratch disks in the VM's directory.
 	a.emit(vm.Address, PhaseDisks, "preparing disks")
-	var mounts []guestproto.Mount
-	var ciMounts []cloudinit.Mount
 	for _, d := range vm.Disks {
-		serial := DiskSerial(d.Name)
 		path := filenames.Volume(a.e.opts.StateRoot, a.e.opts.Namespace, d.Volume)
-		format := "ext4"
 		if d.Volume == "" {
 			path = filepath.Join(dir, filenames.ScratchPrefix+d.Name+".img")
 			if _, err := disks.EnsureVolume(ctx, path, d.SizeBytes, "ext4"); err != nil {
 				return nil, err
 			}
-		} else if v := a.vols[d.Volume]; v != nil {
-			format = v.Format
 		}
-		spec.Disks = append(spec.Disks, api.Disk{Path: path, Format: "raw", Serial: serial})
-		if d.GuestPath != "" && format == "ext4" {
-			mounts = append(mounts, guestproto.Mount{Source: "disk:" + serial, Target: d.GuestPath, FSType: "ext4"})
-			ciMounts = append(ciMounts, cloudinit.Mount{Serial: serial, GuestPath: d.GuestPath, FSType: "ext4"})
-		}
+		spec.Disks = append(spec.Disks, api.Disk{Path: path, Format: "raw", Serial: DiskSerial(d.Name)})
 	}
-	var ciShares []cloudinit.Share
 	for _, sd := range vm.SharedDirs {
 		spec.Shares = append(spec.Shares, api.Share{Tag: sd.Name, HostPath: sd.HostPath, ReadOnly: sd.ReadOnly})
-		mounts = append(mounts, guestproto.Mount{Source: "share:" + sd.Name, Target: sd.GuestPath, ReadOnly: sd.ReadOnly})
-		ciShares = append(ciShares, cloudinit.Share{Tag: sd.Name, GuestPath: sd.GuestPath, ReadOnly: sd.ReadOnly})
 	}
 	if len(vm.Secrets) > 0 {
 		share, err := a.stageSecrets(vm)
@@ -79,8 +65,8 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 			return nil, err
 		}
 		spec.Shares = append(spec.Shares, share)
-		mounts = append(mounts, guestproto.Mount{Source: "share:" + share.Tag, Target: stackfile.SecretsDir, ReadOnly: true})
 	}
+	g := a.guest()
 
 	if vm.Mode() == stackfile.ModeCloudInit {
 		overlay := filepath.Join(dir, filenames.OverlayDisk)
@@ -88,23 +74,7 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 			return nil, err
 		}
 		a.emit(vm.Address, PhaseSeed, "writing the cloud-init seed")
-		in := cloudinit.Input{VMName: vm.Name, Namespace: a.e.opts.Namespace, Hosts: a.peers(vm)}
-		for i, n := range nics {
-			net := a.nets[n.Network]
-			nic := cloudinit.NIC{MAC: n.MAC, Address: netip.PrefixFrom(n.IP, net.Subnet.Bits())}
-			if i == 0 {
-				nic.Gateway = net.Gateway
-			}
-			if net.DNS {
-				nic.DNS = []netip.Addr{net.Gateway}
-			}
-			in.NICs = append(in.NICs, nic)
-		}
-		in.Mounts, in.Shares = ciMounts, ciShares
-		if vm.CloudInit != nil {
-			in.UserData, in.SSHAuthorizedKeys = vm.CloudInit.UserData, vm.CloudInit.SSHAuthorizedKeys
-			in.UserDataFile = vm.CloudInit.UserDataRange.Filename
-		}
+		in := g.SeedInput(vm)
 		if err := a.e.execKeys(&in, dir); err != nil {
 			return nil, err
 		}
@@ -136,7 +106,6 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 			spec.Machine.Initramfs = i
 		}
 	}
-	ns := a.e.opts.Namespace
 	command, env := vm.Command, vm.Env
 	var root *guestproto.Root
 	if vm.Image != "" {
@@ -155,23 +124,7 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 		spec.Disks = append(disks, spec.Disks...)
 		root = imageRoot(img)
 	}
-	gc := guestproto.Config{
-		Version: guestproto.Version, Hostname: vm.Name, MachineID: vm.MachineID, Hosts: a.guestHosts(vm),
-		Mounts: mounts, Command: command, Env: env, OneShot: len(command) > 0, HoldWorkload: hold,
-		SensitiveCommand: vm.IsSensitive("command") || vm.IsSensitive("entrypoint"),
-		Search:           []string{cloudinit.HostsDomain(ns)}, WatchPorts: probePorts(vm, nics), Root: root,
-	}
-	for i, n := range nics {
-		net := a.nets[n.Network]
-		g := guestproto.NIC{MAC: n.MAC, Address: netip.PrefixFrom(n.IP, net.Subnet.Bits())}
-		if i == 0 {
-			g.Gateway = net.Gateway
-			if net.DNS {
-				gc.DNS = []netip.Addr{net.Gateway}
-			}
-		}
-		gc.NICs = append(gc.NICs, g)
-	}
+	gc := g.Config(vm, command, env, root, hold)
 	raw, err := json.Marshal(gc)
 	if err != nil {
 		return nil, err
@@ -275,38 +228,9 @@ func readySpec(vm *stackfile.VM, instanceID string) api.Ready {
 	return r
 }
 
-// peers lists the other VMs of the stack with the address by which vm
-// reaches each: their address on the first network they share with vm.
-func (a *applier) peers(vm *stackfile.VM) []cloudinit.Host {
-	mine := map[string]bool{}
-	for _, n := range vm.NICs {
-		mine[n.Network] = true
-	}
-	var out []cloudinit.Host
-	for _, other := range a.desired.VMs {
-		if other.Address == vm.Address {
-			continue
-		}
-		for _, n := range a.plan.NICs[other.Address] {
-			if mine[n.Network] {
-				out = append(out, cloudinit.Host{Name: other.Name, IP: n.IP})
-				break
-			}
-		}
-	}
-	return out
-}
-
-func (a *applier) guestHosts(vm *stackfile.VM) []guestproto.Host {
-	domain := cloudinit.HostsDomain(a.e.opts.Namespace)
-	var out []guestproto.Host
-	if nics := a.plan.NICs[vm.Address]; len(nics) > 0 {
-		out = append(out, guestproto.Host{IP: nics[0].IP, Names: []string{vm.Name, vm.Name + "." + domain}})
-	}
-	for _, h := range a.peers(vm) {
-		out = append(out, guestproto.Host{IP: h.IP, Names: []string{h.Name, h.Name + "." + domain}})
-	}
-	return out
+// guest is the pure part of the desired VMs' set-up, for this plan.
+func (a *applier) guest() Guest {
+	return Guest{Namespace: a.e.opts.Namespace, Desired: a.desired, NICs: a.plan.NICs}
 }
 
 // DiskSerial is the virtio-blk serial of a VM's disk (at most 20 bytes):

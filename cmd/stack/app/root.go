@@ -123,6 +123,7 @@ func newRoot(s Streams) *cobra.Command {
 		newValidateCmd(g, s),
 		newFmtCmd(g, s),
 		newPlanCmd(g, s),
+		newExportCmd(g, s),
 		newUpCmd(g, s),
 		newDownCmd(g, s),
 		newPsCmd(g, s),

@@ -36,7 +36,7 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 			CPUs: vm.CPUs, MemoryMB: vm.MemoryMB, Kernel: vm.Kernel, Initramfs: vm.Initramfs,
 			Cmdline: vm.Cmdline, Machine: vm.Machine, Accel: vm.Accel, Template: vm.Template,
 		},
-		Publish: publishSpecs(vm), Restart: api.Restart(vm.Restart),
+		Publish: publishSpecs(vm), Restart: api.Restart(vm.Restart), CPULimit: vm.CPULimit,
 	}
 	if vm.Pool > 0 {
 		spec.Pool = poolName(vm)

@@ -292,6 +292,11 @@ func (g Group) Usage() (time.Duration, error) {
 // nr_throttled, on both versions).
 func (g Group) Throttled() (int64, error) { return g.stat("nr_throttled") }
 
+// Periods is how many CFS periods the group had runnable processes in
+// (cpu.stat's nr_periods): with Usage, the share of a CPU it used while
+// it wanted to run, from its own accounting alone.
+func (g Group) Periods() (int64, error) { return g.stat("nr_periods") }
+
 func (g Group) stat(key string) (int64, error) {
 	dirs := g.Dirs()
 	if len(dirs) == 0 {

@@ -102,6 +102,9 @@ func TestV1Files(t *testing.T) {
 	if n, err := g.Throttled(); err != nil || n != 7 {
 		t.Errorf("throttled %d, %v", n, err)
 	}
+	if n, err := g.Periods(); err != nil || n != 10 {
+		t.Errorf("periods %d, %v", n, err)
+	}
 }
 
 func TestV2Files(t *testing.T) {

@@ -326,6 +326,12 @@ func TemplateCache(cacheRoot string) string {
 	return filepath.Join(cacheRoot, "templates")
 }
 
+// DiskCache is the directory of decompressed base images (root_disk
+// files given compressed), named by their compressed content's digest.
+func DiskCache(cacheRoot string) string {
+	return filepath.Join(cacheRoot, "disks")
+}
+
 // KernelCache is the directory of one unpacked kernel package.
 func KernelCache(cacheRoot, pkg, version string) string {
 	return filepath.Join(cacheRoot, "kernels", pkg+"_"+version)

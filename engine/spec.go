@@ -15,6 +15,7 @@ import (
 	"github.com/stackvm/stack/cloudinit"
 	"github.com/stackvm/stack/disks"
 	"github.com/stackvm/stack/guestproto"
+	"github.com/stackvm/stack/internal/decompress"
 	"github.com/stackvm/stack/internal/filenames"
 	"github.com/stackvm/stack/stackfile"
 	"github.com/stackvm/stack/state"
@@ -316,7 +317,7 @@ func DiskSerial(name string) string {
 // into the cache. The overlay's checks of a base image apply to what was
 // decompressed.
 func (a *applier) rootDisk(ctx context.Context, vm *stackfile.VM) (string, error) {
-	kind, err := disks.Compression(vm.RootDisk)
+	kind, err := decompress.Kind(vm.RootDisk)
 	if err != nil || kind == "" {
 		return vm.RootDisk, err
 	}
@@ -325,5 +326,5 @@ func (a *applier) rootDisk(ctx context.Context, vm *stackfile.VM) (string, error
 	if cacheRoot == "" {
 		cacheRoot = filenames.CacheRoot()
 	}
-	return disks.Decompressed(ctx, vm.RootDisk, filenames.DiskCache(cacheRoot))
+	return decompress.Cached(ctx, vm.RootDisk, filenames.DiskCache(cacheRoot))
 }

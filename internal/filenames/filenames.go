@@ -332,6 +332,12 @@ func DiskCache(cacheRoot string) string {
 	return filepath.Join(cacheRoot, "disks")
 }
 
+// ArchiveCache is the directory of decompressed image archives
+// (docker-archive files given compressed), named as in DiskCache.
+func ArchiveCache(cacheRoot string) string {
+	return filepath.Join(cacheRoot, "archives")
+}
+
 // KernelCache is the directory of one unpacked kernel package.
 func KernelCache(cacheRoot, pkg, version string) string {
 	return filepath.Join(cacheRoot, "kernels", pkg+"_"+version)

@@ -1,12 +1,13 @@
-package disks
+// Package decompress turns a compressed input file (a root disk, an image
+// archive) into its decompressed content, once, in a cache keyed by the
+// compressed file's digest.
+package decompress
 
 import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -21,34 +22,34 @@ import (
 	"github.com/stackvm/stack/internal/fsutil"
 )
 
-// Compressions of a base image that Decompressed understands, recognised
-// by their magic numbers rather than the file's name.
+// Compressions that Cached understands, recognised by their magic
+// numbers rather than the file's name.
 const (
-	CompressionGzip = "gzip"
-	CompressionZstd = "zstd"
-	CompressionXz   = "xz"
+	Gzip = "gzip"
+	Zstd = "zstd"
+	Xz   = "xz"
 )
 
 var magics = []struct {
 	name  string
 	magic []byte
 }{
-	{CompressionGzip, []byte{0x1f, 0x8b}},
-	{CompressionZstd, []byte{0x28, 0xb5, 0x2f, 0xfd}},
-	{CompressionXz, []byte{0xfd, '7', 'z', 'X', 'Z', 0x00}},
+	{Gzip, []byte{0x1f, 0x8b}},
+	{Zstd, []byte{0x28, 0xb5, 0x2f, 0xfd}},
+	{Xz, []byte{0xfd, '7', 'z', 'X', 'Z', 0x00}},
 }
 
-// Compression reports how the file at path is compressed ("" for not).
-func Compression(path string) (string, error) {
+// Kind reports how the file at path is compressed ("" for not).
+func Kind(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", fmt.Errorf("check base image: %w", err)
+		return "", fmt.Errorf("check compression: %w", err)
 	}
 	defer f.Close()
 	head := make([]byte, 6)
 	n, err := io.ReadFull(f, head)
 	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-		return "", fmt.Errorf("check base image: %w", err)
+		return "", fmt.Errorf("check compression: %w", err)
 	}
 	for _, m := range magics {
 		if bytes.HasPrefix(head[:n], m.magic) {
@@ -58,24 +59,24 @@ func Compression(path string) (string, error) {
 	return "", nil
 }
 
-// Decompressed returns the image to use as the base of an overlay: path
-// itself when it is not compressed, else its decompressed content in
-// cacheDir, named by the SHA-256 of the compressed file. The first caller
+// Cached returns the file to read for path: path itself when it is not
+// compressed, else its decompressed content in cacheDir, named by the
+// SHA-256 of the compressed file. The first caller
 // decompresses (sparsely) into a temp file and renames it into place once
 // complete and synced; concurrent callers wait on a lock and find it
 // made. A decompression that was killed leaves only a temp file, which
-// is never taken for the image and is removed by the next one. The
-// cached image is read-only: overlays name it as their backing file.
-func Decompressed(ctx context.Context, path, cacheDir string) (string, error) {
-	kind, err := Compression(path)
+// is never taken for the content and is removed by the next one. The
+// cached file is read-only: overlays name it as their backing file.
+func Cached(ctx context.Context, path, cacheDir string) (string, error) {
+	kind, err := Kind(path)
 	if err != nil || kind == "" {
 		return path, err
 	}
-	digest, err := fileDigest(path)
+	digest, err := fsutil.FileSHA256(path)
 	if err != nil {
 		return "", err
 	}
-	out := filepath.Join(cacheDir, "sha256-"+digest+".img")
+	out := filepath.Join(cacheDir, "sha256-"+digest)
 	if _, err := os.Stat(out); err == nil {
 		return out, nil
 	}
@@ -97,20 +98,6 @@ func Decompressed(ctx context.Context, path, cacheDir string) (string, error) {
 	return out, nil
 }
 
-// fileDigest is the hex SHA-256 of a file's content.
-func fileDigest(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", fmt.Errorf("hash base image: %w", err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("hash base image %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
 // decompressTo writes path's decompressed content to out through a temp
 // file, fsynced before the rename.
 func decompressTo(ctx context.Context, path, kind, out string) error {
@@ -119,17 +106,17 @@ func decompressTo(ctx context.Context, path, kind, out string) error {
 	}
 	in, err := os.Open(path)
 	if err != nil {
-		return fmt.Errorf("decompress base image: %w", err)
+		return fmt.Errorf("decompress: %w", err)
 	}
 	defer in.Close()
 	r, closeReader, err := decompressor(bufio.NewReaderSize(in, 1<<20), kind)
 	if err != nil {
-		return fmt.Errorf("decompress base image %s (%s): %w", path, kind, err)
+		return fmt.Errorf("decompress %s (%s): %w", path, kind, err)
 	}
 	defer closeReader()
 	tmp, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".tmp-*")
 	if err != nil {
-		return fmt.Errorf("decompress base image: %w", err)
+		return fmt.Errorf("decompress: %w", err)
 	}
 	defer os.Remove(tmp.Name()) // no-op after the rename
 	n, err := copySparse(ctx, tmp, r)
@@ -147,13 +134,13 @@ func decompressTo(ctx context.Context, path, kind, out string) error {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("decompress base image %s (%s): %w", path, kind, err)
+		return fmt.Errorf("decompress %s (%s): %w", path, kind, err)
 	}
 	if err := os.Rename(tmp.Name(), out); err != nil {
-		return fmt.Errorf("decompress base image: %w", err)
+		return fmt.Errorf("decompress: %w", err)
 	}
 	if err := fsutil.SyncFile(filepath.Dir(out)); err != nil && !errors.Is(err, fs.ErrPermission) {
-		return fmt.Errorf("decompress base image: sync %s: %w", filepath.Dir(out), err)
+		return fmt.Errorf("decompress: sync %s: %w", filepath.Dir(out), err)
 	}
 	return nil
 }
@@ -162,19 +149,19 @@ func decompressTo(ctx context.Context, path, kind, out string) error {
 // checksum at its end, so a damaged file is an error, not a base image.
 func decompressor(r io.Reader, kind string) (io.Reader, func(), error) {
 	switch kind {
-	case CompressionGzip:
+	case Gzip:
 		z, err := gzip.NewReader(r)
 		if err != nil {
 			return nil, nil, err
 		}
 		return z, func() { z.Close() }, nil
-	case CompressionZstd:
+	case Zstd:
 		z, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1))
 		if err != nil {
 			return nil, nil, err
 		}
 		return z, z.Close, nil
-	case CompressionXz:
+	case Xz:
 		z, err := xz.NewReader(r)
 		if err != nil {
 			return nil, nil, err

@@ -1,4 +1,4 @@
-package disks
+package decompress
 
 import (
 	"bytes"
@@ -14,6 +14,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
+
+	"github.com/stackvm/stack/internal/fsutil"
 )
 
 // rawImage is 8 MiB of mostly zeros with data at a few offsets, like a
@@ -32,11 +34,11 @@ func compress(t *testing.T, kind string, data []byte) []byte {
 	var w io.WriteCloser
 	var err error
 	switch kind {
-	case CompressionGzip:
+	case Gzip:
 		w = gzip.NewWriter(&b)
-	case CompressionZstd:
+	case Zstd:
 		w, err = zstd.NewWriter(&b)
-	case CompressionXz:
+	case Xz:
 		w, err = xz.NewWriter(&b)
 	}
 	if err != nil {
@@ -65,11 +67,11 @@ func writeTemp(t *testing.T, name string, data []byte) string {
 // read-only, once: a second call returns the same file untouched.
 func TestDecompressed(t *testing.T) {
 	img := rawImage()
-	for _, kind := range []string{CompressionGzip, CompressionZstd, CompressionXz} {
+	for _, kind := range []string{Gzip, Zstd, Xz} {
 		t.Run(kind, func(t *testing.T) {
 			src := writeTemp(t, "root.img.any", compress(t, kind, img))
 			cache := t.TempDir()
-			out, err := Decompressed(context.Background(), src, cache)
+			out, err := Cached(context.Background(), src, cache)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -87,7 +89,7 @@ func TestDecompressed(t *testing.T) {
 			if blocks := fi.Sys().(*syscall.Stat_t).Blocks * 512; blocks >= int64(len(img))/2 {
 				t.Errorf("%d bytes allocated for an image of %d mostly zeros: not sparse", blocks, len(img))
 			}
-			again, err := Decompressed(context.Background(), src, cache)
+			again, err := Cached(context.Background(), src, cache)
 			fi2, _ := os.Stat(again)
 			if err != nil || again != out || !os.SameFile(fi, fi2) {
 				t.Errorf("second call: %s, %v; want the same file %s", again, err, out)
@@ -96,7 +98,7 @@ func TestDecompressed(t *testing.T) {
 	}
 	t.Run("plain", func(t *testing.T) {
 		src := writeTemp(t, "root.img.gz", img) // the name does not matter
-		if out, err := Decompressed(context.Background(), src, t.TempDir()); err != nil || out != src {
+		if out, err := Cached(context.Background(), src, t.TempDir()); err != nil || out != src {
 			t.Errorf("an uncompressed image: %s, %v; want itself", out, err)
 		}
 	})
@@ -106,7 +108,7 @@ func TestDecompressed(t *testing.T) {
 // complete image, and nothing else is left in the cache.
 func TestDecompressedConcurrent(t *testing.T) {
 	img := rawImage()
-	src := writeTemp(t, "root.zst", compress(t, CompressionZstd, img))
+	src := writeTemp(t, "root.zst", compress(t, Zstd, img))
 	cache := t.TempDir()
 	const n = 8
 	outs := make([]string, n)
@@ -116,7 +118,7 @@ func TestDecompressedConcurrent(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			outs[i], errs[i] = Decompressed(context.Background(), src, cache)
+			outs[i], errs[i] = Cached(context.Background(), src, cache)
 		}()
 	}
 	wg.Wait()
@@ -149,19 +151,19 @@ func checkCacheHolds(t *testing.T, cache, image string) {
 // removes it. A damaged stream or a cancelled one leaves no image.
 func TestDecompressedKilled(t *testing.T) {
 	img := rawImage()
-	gz := compress(t, CompressionGzip, img)
+	gz := compress(t, Gzip, img)
 	src := writeTemp(t, "root.gz", gz)
 	cache := t.TempDir()
-	digest, err := fileDigest(src)
+	digest, err := fsutil.FileSHA256(src)
 	if err != nil {
 		t.Fatal(err)
 	}
-	image := "sha256-" + digest + ".img"
+	image := "sha256-" + digest
 	// A killed run's temp file: part of the image.
 	if err := os.WriteFile(filepath.Join(cache, "."+image+".tmp-123"), img[:1<<20], 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out, err := Decompressed(context.Background(), src, cache)
+	out, err := Cached(context.Background(), src, cache)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,17 +174,18 @@ func TestDecompressedKilled(t *testing.T) {
 
 	truncated := writeTemp(t, "short.gz", gz[:len(gz)/2])
 	cache2 := t.TempDir()
-	if _, err := Decompressed(context.Background(), truncated, cache2); err == nil {
+	if _, err := Cached(context.Background(), truncated, cache2); err == nil {
 		t.Error("a truncated gzip stream decompressed without error")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := Decompressed(ctx, src, cache2); err == nil {
+	if _, err := Cached(ctx, src, cache2); err == nil {
 		t.Error("a cancelled decompression returned an image")
 	}
-	imgs, _ := filepath.Glob(filepath.Join(cache2, "*.img"))
-	temps, _ := filepath.Glob(filepath.Join(cache2, ".*.tmp-*"))
-	if len(imgs)+len(temps) > 0 {
-		t.Errorf("failed decompressions left %v %v", imgs, temps)
+	entries, _ := os.ReadDir(cache2)
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".lock") {
+			t.Errorf("a failed decompression left %s", e.Name())
+		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/stackvm/stack/cloudinit"
 	"github.com/stackvm/stack/disks"
 	"github.com/stackvm/stack/guestproto"
+	"github.com/stackvm/stack/internal/decompress"
 	"github.com/stackvm/stack/internal/filenames"
 	"github.com/stackvm/stack/stackfile"
 	"github.com/stackvm/stack/state"
@@ -35,7 +36,7 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 			CPUs: vm.CPUs, MemoryMB: vm.MemoryMB, Kernel: vm.Kernel, Initramfs: vm.Initramfs,
 			Cmdline: vm.Cmdline, Machine: vm.Machine, Accel: vm.Accel, Template: vm.Template,
 		},
-		Publish: publishSpecs(vm), Restart: api.Restart(vm.Restart),
+		Publish: publishSpecs(vm), Restart: api.Restart(vm.Restart), CPULimit: vm.CPULimit,
 	}
 	if vm.Pool > 0 {
 		spec.Pool = poolName(vm)
@@ -70,7 +71,11 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 
 	if vm.Mode() == stackfile.ModeCloudInit {
 		overlay := filepath.Join(dir, filenames.OverlayDisk)
-		if err := disks.CreateOverlay(ctx, vm.RootDisk, overlay); err != nil {
+		base, err := a.rootDisk(ctx, vm)
+		if err != nil {
+			return nil, err
+		}
+		if err := disks.CreateOverlay(ctx, base, overlay); err != nil {
 			return nil, err
 		}
 		a.emit(vm.Address, PhaseSeed, "writing the cloud-init seed")
@@ -241,4 +246,21 @@ func DiskSerial(name string) string {
 	}
 	h := sha256.Sum256([]byte(name))
 	return name[:11] + "-" + hex.EncodeToString(h[:4])
+}
+
+// rootDisk is the base image of a cloud-init VM's overlay: root_disk, or
+// when that is compressed (gzip, zstd, xz) its content decompressed once
+// into the cache. The overlay's checks of a base image apply to what was
+// decompressed.
+func (a *applier) rootDisk(ctx context.Context, vm *stackfile.VM) (string, error) {
+	kind, err := decompress.Kind(vm.RootDisk)
+	if err != nil || kind == "" {
+		return vm.RootDisk, err
+	}
+	a.emit(vm.Address, PhaseDisks, "decompressing the root disk ("+kind+"), once per content")
+	cacheRoot := a.e.opts.CacheRoot
+	if cacheRoot == "" {
+		cacheRoot = filenames.CacheRoot()
+	}
+	return decompress.Cached(ctx, vm.RootDisk, filenames.DiskCache(cacheRoot))
 }

@@ -55,7 +55,7 @@ func (a *applier) updateVM(ctx context.Context, act *planner.Action, vm *stackfi
 			ready = readySpec(vm, id)
 		}
 	}
-	u := api.Update{Address: act.Address, Publish: publishSpecs(vm), Restart: api.Restart(vm.Restart), Ready: ready}
+	u := api.Update{Address: act.Address, Publish: publishSpecs(vm), Restart: api.Restart(vm.Restart), Ready: ready, CPULimit: vm.CPULimit}
 	if err := a.sup.UpdateVM(ctx, u); err != nil {
 		return fmt.Errorf("%s: %w", act.Address, err)
 	}

@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/internal/fsutil"
 )
 
 // builderVersion is part of the cache key: bump it whenever the layout of
@@ -144,7 +145,7 @@ func Ensure(ctx context.Context, opts Options) (*Image, error) {
 	var pkg *kernelPkg
 	if opts.KernelDeb != "" {
 		var sum string
-		sum, err = fileSHA256(opts.KernelDeb)
+		sum, err = fsutil.FileSHA256(opts.KernelDeb)
 		if err != nil {
 			return nil, err
 		}
@@ -189,11 +190,11 @@ func Ensure(ctx context.Context, opts Options) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	bbSum, err := fileSHA256(busybox)
+	bbSum, err := fsutil.FileSHA256(busybox)
 	if err != nil {
 		return nil, fmt.Errorf("read busybox (apt package busybox-static): %w", err)
 	}
-	initSum, err := fileSHA256(initBin)
+	initSum, err := fsutil.FileSHA256(initBin)
 	if err != nil {
 		return nil, err
 	}

@@ -9,13 +9,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 
 	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/internal/fsutil"
 )
 
 // kernelPkg is a concrete Debian kernel package.
@@ -173,7 +173,7 @@ func fetchKernel(ctx context.Context, cacheRoot string, k *kernelPkg, deb string
 		}
 		deb = debs[0]
 		if k.SHA256 != "" {
-			sum, err := fileSHA256(deb)
+			sum, err := fsutil.FileSHA256(deb)
 			if err != nil {
 				return nil, err
 			}
@@ -258,19 +258,6 @@ func run(ctx context.Context, dir string, argv ...string) ([]byte, error) {
 		return nil, fmt.Errorf("run %s: %w: %s", strings.Join(argv, " "), err, msg)
 	}
 	return out, nil
-}
-
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", fmt.Errorf("hash %s: %w", path, err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("hash %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 func mustJSON(v any) []byte {

@@ -142,7 +142,7 @@ func pull(ctx context.Context, r Ref, opts Options) (*Image, error) {
 		}
 	}
 	report(Progress{Phase: PhaseResolve})
-	src, err := resolve(ctx, r, opts.Transport)
+	src, err := resolve(ctx, r, opts.Transport, cacheRoot)
 	if err != nil {
 		return nil, err
 	}

@@ -2,9 +2,12 @@ package image
 
 import (
 	"archive/tar"
+	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"flag"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -17,6 +20,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/stackvm/stack/internal/filenames"
 )
 
@@ -202,8 +207,35 @@ func TestConvertWithoutRoot(t *testing.T) {
 	}
 }
 
-// The same image through an OCI layout and a docker save archive has the
-// same ID and converts to the same tree; the registry and the layout agree
+// compressArchive writes archive compressed (ext gz or zst) beside it.
+func compressArchive(t *testing.T, archive, ext string) string {
+	t.Helper()
+	data, err := os.ReadFile(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	var w io.WriteCloser = gzip.NewWriter(&b)
+	if ext == "zst" {
+		if w, err = zstd.NewWriter(&b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	out := archive + "." + ext
+	if err := os.WriteFile(out, b.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// The same image through an OCI layout, a docker save archive and one
+// compressed with gzip or zstd has the same ID and converts to the same tree; the registry and the layout agree
 // on the manifest digest too.
 func TestTransportsAgree(t *testing.T) {
 	img := testImage(t)
@@ -219,9 +251,12 @@ func TestTransportsAgree(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// docker save | gzip, | zstd: read through a decompressed copy.
+	compressedArchives := []string{"docker-archive:" + compressArchive(t, archive, "gz"), "docker-archive:" + compressArchive(t, archive, "zst")}
+
 	var imgs []*Image
 	var lists []string
-	for _, ref := range []string{ref, "oci:" + filepath.Join(dir, "layout") + ":v1", "oci:" + filepath.Join(dir, "layout"), "docker-archive:" + archive} {
+	for _, ref := range append([]string{ref, "oci:" + filepath.Join(dir, "layout") + ":v1", "oci:" + filepath.Join(dir, "layout"), "docker-archive:" + archive}, compressedArchives...) {
 		got, err := Pull(context.Background(), ref, Options{CacheRoot: t.TempDir()})
 		if err != nil {
 			t.Fatal(err)

@@ -19,6 +19,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/stackvm/stack/internal/decompress"
+	"github.com/stackvm/stack/internal/filenames"
 )
 
 // Transports of a reference, as skopeo spells them.
@@ -134,8 +137,10 @@ type source struct {
 	compressed bool
 }
 
-// resolve opens the image ref names and picks its linux/amd64 variant.
-func resolve(ctx context.Context, ref Ref, transportRT http.RoundTripper) (*source, error) {
+// resolve opens the image ref names and picks its linux/amd64 variant. A
+// docker archive compressed as a whole (docker save | gzip) is read from
+// its decompressed copy under cacheRoot.
+func resolve(ctx context.Context, ref Ref, transportRT http.RoundTripper, cacheRoot string) (*source, error) {
 	var (
 		img v1.Image
 		err error
@@ -175,7 +180,11 @@ func resolve(ctx context.Context, ref Ref, transportRT http.RoundTripper) (*sour
 		if _, err := os.Stat(ref.Path); err != nil {
 			return nil, fmt.Errorf("open docker archive: %w", err)
 		}
-		if img, err = tarball.ImageFromPath(ref.Path, nil); err != nil {
+		path, err := decompress.Cached(ctx, ref.Path, filenames.ArchiveCache(cacheRoot))
+		if err != nil {
+			return nil, fmt.Errorf("open docker archive: %w", err)
+		}
+		if img, err = tarball.ImageFromPath(path, nil); err != nil {
 			return nil, fmt.Errorf("open docker archive %s: %w", ref.Path, err)
 		}
 		// Its layers are usually stored uncompressed; the library would

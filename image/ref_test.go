@@ -77,7 +77,7 @@ func TestResolvePicksAmd64(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		src, err := resolve(context.Background(), r, nil)
+		src, err := resolve(context.Background(), r, nil, t.TempDir())
 		if err != nil {
 			t.Fatalf("resolve %s: %v", ref, err)
 		}
@@ -96,7 +96,7 @@ func resolveErr(t *testing.T, ref string) error {
 	t.Helper()
 	r, err := ParseRef(ref)
 	if err == nil {
-		_, err = resolve(context.Background(), r, nil)
+		_, err = resolve(context.Background(), r, nil, t.TempDir())
 	}
 	if err == nil {
 		t.Fatalf("resolve %s succeeded", ref)
@@ -155,7 +155,7 @@ func TestResolveRefuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	r, _ := ParseRef(private + "/secret:1")
-	if _, err := resolve(context.Background(), r, nil); err != nil {
+	if _, err := resolve(context.Background(), r, nil, t.TempDir()); err != nil {
 		t.Errorf("resolve with credentials from the Docker config: %v", err)
 	}
 }

@@ -42,7 +42,7 @@ func Resolve(ctx context.Context, ref string, opts Options) (*Resolved, error) {
 			}
 		}
 	}
-	src, err := resolve(ctx, r, opts.Transport)
+	src, err := resolve(ctx, r, opts.Transport, cacheRoot)
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", r, err)
 	}

@@ -16,12 +16,13 @@ import (
 // was configured with at boot: those cannot change under a running kernel.
 // Only the attributes the host side owns are updated in place: publish
 // (gateway forwards), depends_on and ready (used while starting) and restart
-// (the supervisor's policy). docs/stackfile.md carries the same table.
+// (the supervisor's policy), and cpu_limit (the VMM's cgroup). docs/stackfile.md carries the same table.
 var vmUpdatable = map[string]bool{
 	"publish":    true,
 	"depends_on": true,
 	"ready":      true,
 	"restart":    true,
+	"cpu_limit":  true,
 }
 
 func vmForces(attr string) bool { return !vmUpdatable[attr] }
@@ -157,6 +158,9 @@ func vmAttributes(vm *stackfile.VM, namespace string, nics []state.NIC, nets map
 		// Left out when derived (it never changes then), so that states
 		// written before machine_id existed plan no change.
 		set(a, "machine_id", vm.MachineID)
+	}
+	if vm.CPULimit > 0 {
+		set(a, "cpu_limit", vm.CPULimit)
 	}
 	if vm.Accel != "" && vm.Accel != stackfile.AccelAuto {
 		// Left out when auto, so that states written before accel

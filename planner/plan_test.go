@@ -165,6 +165,27 @@ func TestPlans(t *testing.T) {
 			}
 		}
 	})
+	t.Run("cpu_limit", func(t *testing.T) {
+		// Set and removed: each an update in place of that VM alone (the
+		// VMM's cgroup changes, not the VM).
+		limited := base.stack()
+		limited.VMs[0].CPULimit = 0.5 // vm.db
+		withLimit := record(t, mustPlan(t, Input{Desired: limited}), state.New("demo"))
+		for _, tc := range []struct {
+			name    string
+			desired *stackfile.Stack
+			from    *state.State
+		}{{"set", limited, applied}, {"removed", base.stack(), withLimit}} {
+			p := mustPlan(t, Input{Desired: tc.desired, State: tc.from})
+			a := p.Action("vm.db")
+			if a.Kind != Update || len(a.Changes) != 1 || a.Changes[0].Attribute != "cpu_limit" || a.Changes[0].ForcesReplacement {
+				t.Errorf("%s: vm.db %+v, want an update of cpu_limit", tc.name, a)
+			}
+			if c := p.Counts(); c.Update != 1 || c.Replace+c.Create+c.Delete != 0 {
+				t.Errorf("%s: %s, want vm.db updated only", tc.name, kinds(p))
+			}
+		}
+	})
 	t.Run("replace", func(t *testing.T) {
 		f := base
 		f.dbMem = 1024

@@ -143,6 +143,9 @@ type VM struct {
 	// derived from the namespace and the VM's name (stable across
 	// re-creations, distinct between VMs and namespaces).
 	MachineID string `json:"machine_id"`
+	// CPULimit caps the VMM process at this many host CPUs' worth of
+	// time, through a cgroup (0: no limit).
+	CPULimit float64 `json:"cpu_limit,omitempty"`
 	// Pool is how many VMs of this block's shape the supervisor keeps
 	// restored and paused, to start the block's VMs from (0: none).
 	Pool int `json:"pool,omitempty"`

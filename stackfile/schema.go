@@ -83,6 +83,7 @@ var vmSchema = &hcl.BodySchema{
 		{Name: "accel"},
 		{Name: "template"},
 		{Name: "machine_id"},
+		{Name: "cpu_limit"},
 		{Name: "pool"},
 	},
 	Blocks: []hcl.BlockHeaderSchema{

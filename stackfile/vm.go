@@ -598,6 +598,7 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 			vm.Pool = n
 		}
 	}
+	l.loadCPULimit(vm, attr["cpu_limit"], ctx, sc)
 	vm.MachineID = DeriveMachineID(l.ns, vm.Name)
 	if a := attr["machine_id"]; a != nil {
 		if id, ok := l.evalString(a, ctx, sc); ok {

@@ -112,6 +112,13 @@ func (s *Supervisor) BeforeBoot(ctx context.Context, cfg *hypervisor.Config) err
 	if v == nil {
 		return nil
 	}
+	pid, err := runDirPID(cfg.RunDir)
+	if err != nil {
+		return fmt.Errorf("read the VMM's pid: %w", err)
+	}
+	if err := s.limitCPU(v, pid); err != nil {
+		return err
+	}
 	v.mu.Lock()
 	loopCtx := v.loopCtx
 	v.mu.Unlock()

@@ -291,6 +291,12 @@ func (s *Supervisor) claim(ctx context.Context, spec api.VMSpec, p *pool, m *mem
 		v.relay = relay
 		v.mu.Unlock()
 	}
+	if err := s.limitCPU(v, m.inst.Identity().PID); err != nil {
+		if relay != nil {
+			relay.Close()
+		}
+		return undo(err)
+	}
 	cfg := v.config()
 	if err := m.inst.Claim(ctx, &cfg); err != nil {
 		if relay != nil {

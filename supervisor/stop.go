@@ -111,6 +111,7 @@ func (s *Supervisor) stopVM(ctx context.Context, address string, timeout time.Du
 	delete(s.vms, address)
 	s.mu.Unlock()
 	os.Remove(recordPath(&v.spec))
+	s.removeCPUGroup(v)
 	s.emitVM(v, api.PhaseStopped, "stopped and removed")
 	if err != nil {
 		return fmt.Errorf("stop %s: %w", address, err)

@@ -292,12 +292,15 @@ func (v *vmRun) port(i int) string {
 	return portName(v.spec.Name, i)
 }
 
-// updateVM applies the attributes that change in place: publish, restart
-// and ready.
+// updateVM applies the attributes that change in place: publish, restart,
+// ready and cpu_limit.
 func (s *Supervisor) updateVM(spec api.Update) error {
 	v := s.vm(spec.Address)
 	if v == nil {
 		return fmt.Errorf("update %s: not running", spec.Address)
+	}
+	if err := s.setCPULimit(v, spec.CPULimit); err != nil {
+		return err
 	}
 	v.mu.Lock()
 	halted := v.st.Halted // unwired: boot-vm publishes its ports again
@@ -320,7 +323,7 @@ func (s *Supervisor) updateVM(spec api.Update) error {
 		}
 	}
 	v.mu.Lock()
-	v.spec.Publish, v.spec.Restart, v.spec.Ready = spec.Publish, spec.Restart, spec.Ready
+	v.spec.Publish, v.spec.Restart, v.spec.Ready, v.spec.CPULimit = spec.Publish, spec.Restart, spec.Ready, spec.CPULimit
 	v.writeRecordLocked()
 	v.mu.Unlock()
 	return nil

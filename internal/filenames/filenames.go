@@ -345,6 +345,18 @@ func TemplateCache(cacheRoot string) string {
 	return filepath.Join(cacheRoot, "templates")
 }
 
+// DiskCache is the directory of decompressed base images (root_disk
+// files given compressed), named by their compressed content's digest.
+func DiskCache(cacheRoot string) string {
+	return filepath.Join(cacheRoot, "disks")
+}
+
+// ArchiveCache is the directory of decompressed image archives
+// (docker-archive files given compressed), named as in DiskCache.
+func ArchiveCache(cacheRoot string) string {
+	return filepath.Join(cacheRoot, "archives")
+}
+
 // KernelCache is the directory of one unpacked kernel package.
 func KernelCache(cacheRoot, pkg, version string) string {
 	return filepath.Join(cacheRoot, "kernels", pkg+"_"+version)

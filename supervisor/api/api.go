@@ -217,6 +217,9 @@ type VMSpec struct {
 	// Snapshot, when set, is the directory of the VM's save in a snapshot
 	// (restore-vms): its VMM is restored from it rather than booted.
 	Snapshot string `json:"snapshot,omitempty"`
+	// CPULimit caps the VMM process at this many host CPUs' worth of
+	// time through a cgroup of its own (0: none).
+	CPULimit float64 `json:"cpu_limit,omitempty"`
 }
 
 // PoolSpec is a warm pool: Size VMs of one shape restored from its boot
@@ -247,6 +250,8 @@ type Update struct {
 	Publish []Port  `json:"publish,omitempty"`
 	Restart Restart `json:"restart"`
 	Ready   Ready   `json:"ready"`
+	// CPULimit is the VMM's new CPU limit (0: none); see VMSpec.
+	CPULimit float64 `json:"cpu_limit,omitempty"`
 }
 
 // Process identifies a VMM process: a pid alone can be reused, so the

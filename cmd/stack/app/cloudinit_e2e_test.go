@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/stackfile"
 )
 
 // debianImageDir is where scripts/build-debian-image.sh put the Debian
@@ -59,8 +60,9 @@ locals {
 vm "alpha" {
   kernel    = "${var.image}/vmlinuz"
   initramfs = "${var.image}/initrd.img"
-  root_disk = "${var.image}/debian-12.raw"
-  memory_mb = 512
+  root_disk  = "${var.image}/debian-12.raw"
+  memory_mb  = 512
+  machine_id = "0123456789abcdef0123456789abcdef"
   network "lan" {
     ip = "10.71.0.10"
   }
@@ -118,7 +120,8 @@ func (c *cli) check(t *testing.T, vm string) []string {
 
 // TestCloudInitStack boots two VMs from the Debian image built by
 // scripts/build-debian-image.sh and checks, inside the guests, what the
-// seed configured (beta mounts a read-only shared directory); then down
+// seed configured (beta mounts a read-only shared directory; alpha sets
+// its machine_id, beta keeps the derived one across stop and start); then down
 // and up again, and the volume kept its data.
 func TestCloudInitStack(t *testing.T) {
 	requireVMs(t)
@@ -151,6 +154,8 @@ func TestCloudInitStack(t *testing.T) {
 		t.Fatalf("alpha wrote no stamp on its volume: %v", a)
 	}
 	c.checkExecSSH()
+	c.checkMachineID("alpha", "0123456789abcdef0123456789abcdef")
+	c.checkMachineID("beta", stackfile.DeriveMachineID(c.ns, "beta"))
 	if r := c.run("exec", "beta", "--", "cat", "/share/hello"); r.code != 0 || r.stdout != "from the host" {
 		t.Fatalf("beta reads its shared dir: %+v", r)
 	}
@@ -175,6 +180,7 @@ func TestCloudInitStack(t *testing.T) {
 	if r := c.run("exec", "beta", "--", "sh", "-c", "cat /root/kept /share/hello"); r.code != 0 || r.stdout != "kept\nfrom the host" {
 		t.Fatalf("beta after stop and start: %+v", r)
 	}
+	c.checkMachineID("beta", stackfile.DeriveMachineID(c.ns, "beta"))
 
 	c.mustRun(append(args, "down")...)
 	c.mustRun(append(args, "up", "--progress", "plain")...)

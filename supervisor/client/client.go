@@ -46,6 +46,9 @@ const (
 // same namespace reaches it too: Dial refuses that with a *StateRootError
 // instead of letting the command stop or replace VMs it has no state for.
 func Dial(ctx context.Context, runtimeRoot, stateRoot, namespace string) (*Client, error) {
+	if err := filenames.CheckNamespace(namespace); err != nil {
+		return nil, fmt.Errorf("dial supervisor: %w", err)
+	}
 	c := &Client{path: filenames.SupervisorSocketPath(runtimeRoot, namespace)}
 	pong, err := c.Ping(ctx)
 	if err != nil {

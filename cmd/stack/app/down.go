@@ -14,7 +14,7 @@ import (
 // the recorded state).
 func project(g *globals, s Streams) (*stack.Project, error) {
 	if g.namespace != "" && len(g.files) == 0 {
-		return stack.ForNamespace(g.namespace, g.stateDir), nil
+		return stack.ForNamespace(g.namespace, g.stateDir)
 	}
 	return load(g, s)
 }

@@ -39,8 +39,12 @@ func (s *Store) Dir() string { return s.dir }
 func (s *Store) Path() string { return filepath.Join(s.dir, filenames.StateFile) }
 
 // Read loads the state. A namespace without a state file yields New; a
-// corrupt file or one of a newer format is an error and is left untouched.
+// corrupt file or one of a newer format is an error and is left untouched,
+// and so is a state directory that is not private (fsutil.CheckPrivate).
 func (s *Store) Read() (*State, error) {
+	if err := fsutil.CheckPrivate(s.dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("read state: %w", err)
+	}
 	data, err := os.ReadFile(s.Path())
 	if errors.Is(err, fs.ErrNotExist) {
 		return New(s.namespace), nil
@@ -100,7 +104,7 @@ func (s *Store) Write(st *State) error {
 		return fmt.Errorf("encode state: %w", err)
 	}
 	data = append(data, '\n')
-	if err := os.MkdirAll(s.dir, filenames.DirMode); err != nil {
+	if err := fsutil.MkdirPrivate(s.dir); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
 	}
 	if err := WriteFileAtomic(s.Path(), data); err != nil {
@@ -131,7 +135,7 @@ type Lock = fsutil.Lock
 // The lock belongs to the open file: it is released on Unlock or when the
 // process dies, so a killed command never leaves a stale lock.
 func (s *Store) Lock(ctx context.Context, timeout time.Duration, waiting func()) (*Lock, error) {
-	if err := os.MkdirAll(s.dir, filenames.DirMode); err != nil {
+	if err := fsutil.MkdirPrivate(s.dir); err != nil {
 		return nil, fmt.Errorf("create state dir: %w", err)
 	}
 	lctx, cancel := context.WithTimeout(ctx, timeout)

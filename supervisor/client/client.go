@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/stackvm/stack/hypervisor/proc"
 	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/internal/fsutil"
 	"github.com/stackvm/stack/supervisor/api"
 )
 
@@ -48,6 +50,16 @@ const (
 func Dial(ctx context.Context, runtimeRoot, stateRoot, namespace string) (*Client, error) {
 	if err := filenames.CheckNamespace(namespace); err != nil {
 		return nil, fmt.Errorf("dial supervisor: %w", err)
+	}
+	// The socket is only trusted in directories private to this user:
+	// another user's socket there would receive VM specs, env values
+	// included, and exec traffic.
+	for _, d := range []string{runtimeRoot, filenames.NamespaceRuntime(runtimeRoot, namespace)} {
+		if err := fsutil.CheckPrivate(d); errors.Is(err, fs.ErrNotExist) {
+			return nil, ErrNotRunning
+		} else if err != nil {
+			return nil, fmt.Errorf("dial supervisor: %w", err)
+		}
 	}
 	c := &Client{path: filenames.SupervisorSocketPath(runtimeRoot, namespace)}
 	pong, err := c.Ping(ctx)

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/stackvm/stack/internal/filenames"
 )
 
 // TestNamespaceCheckedBeforeAnyFile runs every namespace-level command with
@@ -36,4 +38,60 @@ func TestNamespaceCheckedBeforeAnyFile(t *testing.T) {
 	for _, e := range ents {
 		t.Errorf("%s was created", filepath.Join(root, e.Name()))
 	}
+}
+
+// TestSharedDirectoriesRefused plants the runtime and state directories
+// beforehand, as another user would (mode 0777, or owned by nobody): every
+// command must refuse them, saying which and why, rather than put (or dial)
+// the supervisor's socket where that user can replace it.
+func TestSharedDirectoriesRefused(t *testing.T) {
+	const ns = "shared-dirs"
+	for _, tc := range []struct {
+		what  string
+		plant func(run, state string) string // returns the planted directory
+	}{
+		{"runtime root 0777", func(run, _ string) string { return plantDir(t, filepath.Join(run, "stack"), 0o777, -1) }},
+		{"runtime root of nobody", func(run, _ string) string { return plantDir(t, filepath.Join(run, "stack"), 0o700, 65534) }},
+		{"namespace runtime 0777", func(run, _ string) string {
+			plantDir(t, filepath.Join(run, "stack"), 0o700, -1)
+			return plantDir(t, filenames.NamespaceRuntime(filepath.Join(run, "stack"), ns), 0o777, -1)
+		}},
+		{"namespace state 0770", func(_, state string) string {
+			return plantDir(t, filenames.NamespaceState(state, ns), 0o770, -1)
+		}},
+	} {
+		t.Run(tc.what, func(t *testing.T) {
+			root := t.TempDir()
+			runDir, state := filepath.Join(root, "run"), filepath.Join(root, "state")
+			t.Setenv("XDG_RUNTIME_DIR", runDir)
+			planted := tc.plant(runDir, state)
+			for _, c := range [][]string{{"ps"}, {"down"}} {
+				r := run(t, root, append([]string{"--state-dir", state, "-p", ns}, c...)...)
+				if r.code == 0 || !strings.Contains(r.stderr, planted) || !strings.Contains(r.stderr, "not private") {
+					t.Errorf("stack %s with %s: code %d, want a refusal naming %s; stderr:\n%s", c[0], tc.what, r.code, planted, r.stderr)
+				}
+			}
+			if _, err := os.Stat(filenames.SupervisorSocketPath(filepath.Join(runDir, "stack"), ns)); err == nil {
+				t.Errorf("a supervisor socket was made in the planted directory")
+			}
+		})
+	}
+}
+
+// plantDir creates dir with mode, owned by uid (-1: this user).
+func plantDir(t *testing.T, dir string, mode os.FileMode, uid int) string {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, mode); err != nil {
+		t.Fatal(err)
+	}
+	if uid >= 0 && os.Getuid() != 0 {
+		t.Skip("only root can give a directory to another user")
+	}
+	if err := os.Chown(dir, uid, -1); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }

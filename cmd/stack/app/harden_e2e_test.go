@@ -1,0 +1,70 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+	"testing"
+
+	"github.com/stackvm/stack/hypervisor/proc"
+	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/stacktest"
+	"github.com/stackvm/stack/supervisor/client"
+)
+
+// upOneVM brings oneVM up in c's namespace and returns the supervisor's
+// pid and start time.
+func upOneVM(t *testing.T, c *cli) (pid int, start uint64) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "stack.hcl")
+	writeFile(t, file, oneVM)
+	c.mustRun("-f", file, "up", "--progress", "plain")
+	sup, err := client.Dial(context.Background(), filenames.RuntimeRoot(), c.stateDir, c.ns)
+	if err != nil {
+		t.Fatalf("dial the supervisor after up: %v", err)
+	}
+	start, _ = proc.StartTime(sup.PID())
+	if n := len(stacktest.Processes(c.ns)); n != 1 {
+		t.Fatalf("%d QEMU processes after up, want 1", n)
+	}
+	return sup.PID(), start
+}
+
+// assertNothingRuns fails unless the namespace's VMMs and supervisor are
+// gone.
+func assertNothingRuns(t *testing.T, c *cli, supPID int, supStart uint64) {
+	t.Helper()
+	if procs := stacktest.Processes(c.ns); len(procs) > 0 {
+		t.Errorf("QEMU processes left: %v", procs)
+	}
+	if proc.Alive(supPID, supStart) {
+		t.Errorf("the supervisor (pid %d) still runs", supPID)
+	}
+}
+
+// TestDownWithoutStateFile deletes state.json under a running namespace,
+// with its supervisor alive and killed: down must still find the VMs from
+// the supervisor (or its records) and stop them.
+func TestDownWithoutStateFile(t *testing.T) {
+	requireVMs(t)
+	for _, killSup := range []bool{false, true} {
+		t.Run(fmt.Sprintf("supervisor killed %v", killSup), func(t *testing.T) {
+			c := newCLI(t, fmt.Sprintf("nostate-%d", os.Getpid()))
+			pid, start := upOneVM(t, c)
+			if killSup {
+				syscall.Kill(pid, syscall.SIGKILL)
+				for proc.Alive(pid, start) { // gone, not dying
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+			if err := os.Remove(filepath.Join(filenames.NamespaceState(c.stateDir, c.ns), filenames.StateFile)); err != nil {
+				t.Fatal(err)
+			}
+			c.mustRun("down", "--timeout", "5s")
+			assertNothingRuns(t, c, pid, start)
+		})
+	}
+}

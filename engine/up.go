@@ -2,6 +2,8 @@ package engine
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"time"
@@ -146,6 +148,18 @@ type DownOptions struct {
 	LockTimeout time.Duration
 	OnLockWait  func()
 	Progress    func(Event)
+	// Force takes the namespace down when its state cannot be used: a
+	// corrupt state file is moved aside as a backup (state.json.corrupt-
+	// <time>) and down stops what the supervisor runs, as without a state
+	// file. It says what it does (a PhaseWarning event) before doing it.
+	Force bool
+}
+
+// warn reports a note about the whole operation.
+func (o DownOptions) warn(format string, args ...any) {
+	if o.Progress != nil {
+		o.Progress(Event{Time: time.Now(), Phase: PhaseWarning, Message: fmt.Sprintf(format, args...)})
+	}
 }
 
 // Down stops and removes everything Up created in the namespace but its
@@ -158,7 +172,15 @@ func (e *Engine) Down(ctx context.Context, opts DownOptions) error {
 	}
 	defer lock.Unlock()
 	st, err := e.store.Read()
-	if err != nil {
+	if errors.Is(err, state.ErrCorrupt) && opts.Force {
+		opts.warn("%v. --force: moving it aside as a backup and stopping whatever the namespace's supervisor runs, as if there were no state.", err)
+		backup, err := e.store.MoveAside(time.Now())
+		if err != nil {
+			return err
+		}
+		opts.warn("The corrupt state file is kept as the backup %s.", backup)
+		st = state.New(e.opts.Namespace)
+	} else if err != nil {
 		return err
 	}
 	plan, err := planner.Make(planner.Input{State: st, Destroy: true, DeleteVolumes: opts.Volumes})

@@ -5,9 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
-	"time"
 	"testing"
+	"time"
 
 	"github.com/stackvm/stack/hypervisor/proc"
 	"github.com/stackvm/stack/internal/filenames"
@@ -66,5 +67,38 @@ func TestDownWithoutStateFile(t *testing.T) {
 			c.mustRun("down", "--timeout", "5s")
 			assertNothingRuns(t, c, pid, start)
 		})
+	}
+}
+
+// TestDownForceCorruptState damages state.json under a running namespace:
+// down refuses it and changes nothing; down --force says what it does,
+// moves the file aside as a backup and stops everything.
+func TestDownForceCorruptState(t *testing.T) {
+	requireVMs(t)
+	c := newCLI(t, fmt.Sprintf("corrupt-%d", os.Getpid()))
+	pid, start := upOneVM(t, c)
+	path := filepath.Join(filenames.NamespaceState(c.stateDir, c.ns), filenames.StateFile)
+	garbage := []byte("{\"format_version\": 1, \"vms\": {tor")
+	if err := os.WriteFile(path, garbage, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := c.run("down", "--timeout", "5s")
+	if r.code == 0 || !strings.Contains(r.stderr, "corrupt") || !strings.Contains(r.stderr, "down --force") {
+		t.Fatalf("down on a corrupt state: code %d, want a refusal that points at --force; stderr:\n%s", r.code, r.stderr)
+	}
+	if n := len(stacktest.Processes(c.ns)); n != 1 {
+		t.Fatalf("a refused down changed what runs: %d QEMU processes", n)
+	}
+	r = c.mustRun("down", "--force", "--timeout", "5s")
+	if !strings.Contains(r.stderr, "corrupt") || !strings.Contains(r.stderr, "backup") {
+		t.Errorf("down --force did not say what it does; stderr:\n%s", r.stderr)
+	}
+	assertNothingRuns(t, c, pid, start)
+	backups, _ := filepath.Glob(path + ".corrupt-*")
+	if len(backups) != 1 {
+		t.Fatalf("backups of the corrupt state: %v, want one", backups)
+	}
+	if got, _ := os.ReadFile(backups[0]); string(got) != string(garbage) {
+		t.Errorf("backup holds %q, want the corrupt file %q", got, garbage)
 	}
 }

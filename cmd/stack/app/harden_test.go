@@ -17,7 +17,7 @@ func TestNamespaceCheckedBeforeAnyFile(t *testing.T) {
 	stateDir := filepath.Join(root, "state", "inner")
 	t.Setenv("XDG_RUNTIME_DIR", filepath.Join(root, "run"))
 	cmds := [][]string{
-		{"down"}, {"ps"}, {"logs", "web"}, {"stop", "--timeout", "1s"}, {"start"},
+		{"down"}, {"down", "--force"}, {"ps"}, {"logs", "web"}, {"stop", "--timeout", "1s"}, {"start"},
 		{"exec", "web", "true"}, {"console", "web"}, {"snapshot", "ls"}, {"snapshot", "save", "s"},
 	}
 	for _, ns := range []string{"../x", "../esc/deep", "./al", "AL", "-x", strings.Repeat("a", 64)} {

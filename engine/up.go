@@ -12,6 +12,7 @@ import (
 	"github.com/stackvm/stack/planner"
 	"github.com/stackvm/stack/stackfile"
 	"github.com/stackvm/stack/state"
+	"github.com/stackvm/stack/supervisor/client"
 )
 
 // PlanOptions tune Plan.
@@ -148,10 +149,13 @@ type DownOptions struct {
 	LockTimeout time.Duration
 	OnLockWait  func()
 	Progress    func(Event)
-	// Force takes the namespace down when its state cannot be used: a
-	// corrupt state file is moved aside as a backup (state.json.corrupt-
-	// <time>) and down stops what the supervisor runs, as without a state
-	// file. It says what it does (a PhaseWarning event) before doing it.
+	// Force takes the namespace down when its state or supervisor cannot
+	// be used: a corrupt state file is moved aside as a backup
+	// (state.json.corrupt-<time>) and down stops what the supervisor runs,
+	// as without a state file; a supervisor that does not answer is
+	// killed, with the VMMs the records name (by pid and start time), and
+	// a new one takes the namespace down from the records. It says what it
+	// does (PhaseWarning events) before doing it.
 	Force bool
 }
 
@@ -188,6 +192,13 @@ func (e *Engine) Down(ctx context.Context, opts DownOptions) error {
 		return err
 	}
 	sup, err := e.connect(ctx, 0)
+	var na *client.NoAnswerError
+	if errors.As(err, &na) && opts.Force {
+		if err := e.killWedged(ctx, na, st, opts); err != nil {
+			return err
+		}
+		sup, err = e.connect(ctx, 0) // a new supervisor, from the records
+	}
 	if err != nil {
 		return err
 	}

@@ -102,3 +102,32 @@ func TestDownForceCorruptState(t *testing.T) {
 		t.Errorf("backup holds %q, want the corrupt file %q", got, garbage)
 	}
 }
+
+// TestWedgedSupervisor stops the supervisor (SIGSTOP: alive, not
+// answering). Commands must end with an error that names it and the way
+// out instead of hanging; down --force kills it and the namespace's VMMs,
+// found by their recorded identity, and leaves nothing running.
+func TestWedgedSupervisor(t *testing.T) {
+	requireVMs(t)
+	c := newCLI(t, fmt.Sprintf("wedged-%d", os.Getpid()))
+	pid, start := upOneVM(t, c)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(pid, syscall.SIGCONT) // for cleanup, should the test fail
+	for _, args := range [][]string{{"exec", "solo", "true"}, {"stop", "--timeout", "5s"}, {"down", "--timeout", "5s"}} {
+		r := c.run(args...)
+		if r.code == 0 || !strings.Contains(r.stderr, fmt.Sprintf("pid %d", pid)) ||
+			!strings.Contains(r.stderr, "did not answer") || !strings.Contains(r.stderr, "down --force") {
+			t.Errorf("stack %s with a stopped supervisor: code %d, want an error naming pid %d and down --force; stderr:\n%s", args[0], r.code, pid, r.stderr)
+		}
+	}
+	if n := len(stacktest.Processes(c.ns)); n != 1 {
+		t.Fatalf("refused commands changed what runs: %d QEMU processes", n)
+	}
+	r := c.mustRun("down", "--force", "--timeout", "5s")
+	if !strings.Contains(r.stderr, fmt.Sprintf("pid %d", pid)) {
+		t.Errorf("down --force did not say what it kills; stderr:\n%s", r.stderr)
+	}
+	assertNothingRuns(t, c, pid, start)
+}

@@ -550,6 +550,11 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 		l.errorf(attr["root_disk"].NameRange, "root_disk requires a kernel", "Cloud-init mode boots the kernel given by kernel (and optionally initramfs) with root_disk as the root file system; set kernel.")
 	}
 	if s, ok := l.evalString(attr["cmdline"], ctx, sc); ok {
+		// QEMU's -append takes one line: the driver refuses these too,
+		// but only at boot.
+		if strings.ContainsAny(s, "\n\x00") {
+			l.errorf(attr["cmdline"].Expr.Range(), "Invalid cmdline", "The kernel command line may not contain a newline or NUL character; separate parameters with spaces.")
+		}
 		vm.Cmdline = s
 	}
 	if cmd, ok := l.evalStrings(attr["command"], ctx, sc); ok {
@@ -603,6 +608,15 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 	for _, s := range vb.sharedDirs {
 		sd := &SharedDir{Name: s.block.Labels[0]}
 		sd.HostPath = l.evalPath(s.c.Attributes["host_path"], d.file, ctx, sc, true)
+		if sd.HostPath != "" {
+			// virtiofsd serves the path itself, not what a link names:
+			// a link fails only at boot, behind QEMU's "Connection
+			// refused".
+			if fi, err := os.Lstat(sd.HostPath); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+				target, _ := filepath.EvalSymlinks(sd.HostPath)
+				l.errorf(s.c.Attributes["host_path"].Expr.Range(), "Invalid host_path", "%s is a symbolic link (to %s); a shared directory is served as it is, without following links. Give the directory it points to.", sd.HostPath, target)
+			}
+		}
 		sd.GuestPath = l.evalGuestPath(s.c.Attributes["guest_path"], ctx, sc)
 		sd.ReadOnly = l.evalBool(s.c.Attributes["read_only"], ctx, sc, false)
 		vm.SharedDirs = append(vm.SharedDirs, sd)

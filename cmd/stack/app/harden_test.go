@@ -1,6 +1,7 @@
 package app
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -94,4 +95,31 @@ func plantDir(t *testing.T, dir string, mode os.FileMode, uid int) string {
 		t.Fatal(err)
 	}
 	return dir
+}
+
+// TestValidateCatchesBootFailures checks at validate what used to fail only
+// at up: a cmdline with a newline, and a shared_dir whose host_path is a
+// symbolic link.
+func TestValidateCatchesBootFailures(t *testing.T) {
+	real := t.TempDir()
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ what, body, want string }{
+		{"cmdline with a newline", `cmdline = "quiet\nloglevel=7"`, "newline"},
+		{"cmdline with a NUL", `cmdline = "quiet\u0000"`, "newline"},
+		{"host_path a symlink", fmt.Sprintf("shared_dir \"data\" {\n    host_path  = %q\n    guest_path = \"/data\"\n  }", link), "symbolic link"},
+	} {
+		dir := writeStack(t, "vm \"a\" {\n  command = [\"true\"]\n  "+tc.body+"\n}\n")
+		r := run(t, dir, "validate")
+		if r.code == 0 || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("validate with a %s: code %d, want an error about %q; stderr:\n%s", tc.what, r.code, tc.want, r.stderr)
+		}
+	}
+	// The link's target itself is fine.
+	dir := writeStack(t, fmt.Sprintf("vm \"a\" {\n  command = [\"true\"]\n  shared_dir \"data\" {\n    host_path  = %q\n    guest_path = \"/data\"\n  }\n}\n", real))
+	if r := run(t, dir, "validate"); r.code != 0 {
+		t.Errorf("validate with a real host_path: %+v", r)
+	}
 }

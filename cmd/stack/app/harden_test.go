@@ -1,6 +1,8 @@
 package app
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -122,4 +124,32 @@ func TestValidateCatchesBootFailures(t *testing.T) {
 	if r := run(t, dir, "validate"); r.code != 0 {
 		t.Errorf("validate with a real host_path: %+v", r)
 	}
+}
+
+// TestReencodedStatePlansNoChange re-encodes state.json as another JSON tool
+// would (no HTML escapes, other indentation, é as an escape): the values are
+// the same, so the plan must be too.
+func TestReencodedStatePlansNoChange(t *testing.T) {
+	hcl := strings.Replace(stackHCL, `command   = ["httpd", "-f", "-p", "80"]`, `command   = ["sh", "-c", "httpd -p 80 && echo <é> >/dev/null"]`, 1)
+	dir := writeStack(t, hcl)
+	stateDir := t.TempDir()
+	applyPlan(t, dir, stateDir)
+	path := filepath.Join(stateDir, "demo", "state.json")
+	var v any
+	if err := json.Unmarshal(mustRead(t, path), &v); err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "\t")
+	if err := enc.Encode(v); err != nil {
+		t.Fatal(err)
+	}
+	out := strings.ReplaceAll(b.String(), "é", `\u00e9`)
+	if err := os.WriteFile(path, []byte(out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	assertActions(t, "re-encoded", planJSON(t, dir, "--state-dir="+stateDir),
+		map[string]string{"network.lan": "no-op", "vm.web[0]": "no-op", "vm.web[1]": "no-op"})
 }

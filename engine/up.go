@@ -224,12 +224,17 @@ func (e *Engine) Down(ctx context.Context, opts DownOptions) error {
 		if err := e.store.Remove(); err != nil {
 			return err
 		}
-		// Leave nothing behind but the lock file, which another command may
-		// be waiting on (removing it would let two commands lock two files).
+		// Leave nothing behind: the lock file goes last, while held (a
+		// command waiting on it locks the path anew, see fsutil.LockFile),
+		// then the directory when nothing else (snapshots) is in it.
 		nsDir := filenames.NamespaceState(e.opts.StateRoot, e.opts.Namespace)
 		for _, name := range []string{filenames.NetworkDir, filenames.VMDir, filenames.VolumeDir, filenames.SupervisorLog, filenames.SupervisorLogOld, filenames.SSHClientKey} {
 			os.RemoveAll(filepath.Join(nsDir, name))
 		}
+		if err := lock.Remove(); err != nil {
+			return fmt.Errorf("remove state lock: %w", err)
+		}
+		os.Remove(nsDir)
 	}
 	// The supervisor removed its sockets; the directory goes too.
 	os.Remove(filenames.NamespaceRuntime(e.opts.RuntimeRoot, e.opts.Namespace))

@@ -5,7 +5,8 @@
 // Layout:
 //
 //	<state>/<namespace>/state.json        the namespace's state (0600)
-//	<state>/<namespace>/state.lock        flock held by mutating commands
+//	<state>/<namespace>/state.lock        flock held by mutating commands; down
+//	                                      removes it (and the directory) last
 //	<state>/<namespace>/ssh_client_ed25519_key  exec's SSH key (cloud-init VMs)
 //	<state>/<namespace>/volumes/<v>.img   persistent volumes
 //	<state>/<namespace>/vms/<vm>/         per-VM disks, seed, console log

@@ -35,7 +35,7 @@ func upOneVM(t *testing.T, c *cli) (pid int, start uint64) {
 }
 
 // assertNothingRuns fails unless the namespace's VMMs and supervisor are
-// gone.
+// gone, and down left no state.lock.
 func assertNothingRuns(t *testing.T, c *cli, supPID int, supStart uint64) {
 	t.Helper()
 	if procs := stacktest.Processes(c.ns); len(procs) > 0 {
@@ -43,6 +43,9 @@ func assertNothingRuns(t *testing.T, c *cli, supPID int, supStart uint64) {
 	}
 	if proc.Alive(supPID, supStart) {
 		t.Errorf("the supervisor (pid %d) still runs", supPID)
+	}
+	if _, err := os.Stat(filepath.Join(filenames.NamespaceState(c.stateDir, c.ns), filenames.LockFile)); err == nil {
+		t.Errorf("state.lock is left after down")
 	}
 }
 

@@ -134,3 +134,27 @@ func TestWedgedSupervisor(t *testing.T) {
 	}
 	assertNothingRuns(t, c, pid, start)
 }
+
+// TestPsSaysWhenItCouldNotAsk kills the supervisor: ps shows the VMs from
+// the records and marks them stale (their published ports are not
+// forwarded) rather than reporting them plainly ready.
+func TestPsSaysWhenItCouldNotAsk(t *testing.T) {
+	requireVMs(t)
+	c := newCLI(t, fmt.Sprintf("stale-%d", os.Getpid()))
+	pid, start := upOneVM(t, c)
+	if got := c.ps()["solo"]; got.Stale != "" {
+		t.Fatalf("ps with its supervisor alive: %+v, want it live", got)
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	for proc.Alive(pid, start) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	got := c.ps()["solo"]
+	if got.Stale == "" || !strings.Contains(got.Stale, "supervisor") {
+		t.Errorf("ps --json with the supervisor dead: %+v, want it marked stale", got)
+	}
+	r := c.mustRun("ps")
+	if !strings.Contains(r.stdout, "stale") || !strings.Contains(r.stdout, "stack up") {
+		t.Errorf("ps with the supervisor dead does not say its states are stale:\n%s", r.stdout)
+	}
+}

@@ -26,6 +26,9 @@ type psEntry struct {
 	PID       int               `json:"pid,omitempty"`
 	Accel     string            `json:"accel,omitempty"` // kvm | tcg
 	Boot      string            `json:"boot,omitempty"`  // cold | template
+	// Stale, when set, says why the state is the records' and not the
+	// supervisor's (none runs, or it did not answer).
+	Stale string `json:"stale,omitempty"`
 }
 
 type psPort struct {
@@ -51,7 +54,7 @@ func newPsCmd(g *globals, s Streams) *cobra.Command {
 			}
 			list := make([]psEntry, 0, len(vms))
 			for _, v := range vms {
-				e := psEntry{Address: v.Address, Name: v.Name, State: v.State, Reason: v.Reason, Addresses: v.Addresses, Ports: []psPort{}, PID: v.PID, Accel: v.Accel, Boot: v.Boot}
+				e := psEntry{Address: v.Address, Name: v.Name, State: v.State, Reason: v.Reason, Addresses: v.Addresses, Ports: []psPort{}, PID: v.PID, Accel: v.Accel, Boot: v.Boot, Stale: v.Stale}
 				if v.State == "stopped" || v.State == "failed" {
 					e.ExitCode = v.ExitCode
 				}
@@ -71,12 +74,17 @@ func newPsCmd(g *globals, s Streams) *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(list)
 			}
+			stale := ""
 			tw := tabwriter.NewWriter(s.Out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tSTATE\tADDRESSES\tPORTS\tUPTIME")
 			for _, e := range list {
 				state := e.State
 				if e.ExitCode != nil {
 					state = fmt.Sprintf("%s (exit %d)", state, *e.ExitCode)
+				}
+				if e.Stale != "" {
+					state += " (stale)"
+					stale = e.Stale
 				}
 				var addrs []string
 				for net, ip := range e.Addresses {
@@ -91,6 +99,9 @@ func newPsCmd(g *globals, s Streams) *cobra.Command {
 			}
 			if err := tw.Flush(); err != nil {
 				return err
+			}
+			if stale != "" {
+				fmt.Fprintf(s.Out, "Stale: %s, so these states are its records'. Nothing forwards published ports or restarts VMs; `stack up` takes the namespace over again.\n", termsafe.String(stale))
 			}
 			// Warm pools are not VMs of the stack: a line each.
 			pools, err := p.Pools(cmd.Context())

@@ -44,6 +44,7 @@ func Load(opts Options) (*Project, hcl.Diagnostics) {
 	st, src, diags := stackfile.Load(stackfile.Options{
 		Files: opts.Files, Dir: opts.Dir, Namespace: opts.Namespace,
 		Vars: opts.Vars, VarFiles: opts.VarFiles, Environ: opts.Environ,
+		Private: []string{StateRoot(opts.StateDir), filenames.RuntimeRoot()},
 	})
 	p := &Project{Stack: st, Sources: src, StateDir: StateRoot(opts.StateDir)}
 	if diags.HasErrors() {

@@ -27,6 +27,10 @@ type Options struct {
 	Vars      []string // --var K=V, in order (later wins)
 	VarFiles  []string // --var-file F (HCL files of name = value)
 	Environ   []string // for STACK_VAR_<name>; nil means os.Environ()
+	// Private are the directories stack keeps its own files in (the state
+	// and runtime roots): a shared_dir that is one, lies inside one or
+	// contains one gets a warning, as a system directory does.
+	Private []string
 }
 
 // Sources keeps every parsed file (stack files, var files and the synthetic

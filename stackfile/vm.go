@@ -617,6 +617,11 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 				l.errorf(s.c.Attributes["host_path"].Expr.Range(), "Invalid host_path", "%s is a symbolic link (to %s); a shared directory is served as it is, without following links. Give the directory it points to.", sd.HostPath, target)
 			}
 		}
+		if sys := l.systemDir(sd.HostPath); sys != "" {
+			rng := s.c.Attributes["host_path"].Expr.Range()
+			l.add(&hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "Shared directory exposes a system directory",
+				Detail: fmt.Sprintf("%s is, holds or lies inside %s: the guest sees (and, unless read_only, can change) what the host keeps there. Share a directory made for the guest instead.", sd.HostPath, sys), Subject: &rng})
+		}
 		sd.GuestPath = l.evalGuestPath(s.c.Attributes["guest_path"], ctx, sc)
 		sd.ReadOnly = l.evalBool(s.c.Attributes["read_only"], ctx, sc, false)
 		vm.SharedDirs = append(vm.SharedDirs, sd)
@@ -946,4 +951,38 @@ func (l *loader) checkCycles() {
 			visit(n)
 		}
 	}
+}
+
+// systemDirs are host directories that no guest should see: the root, and
+// what holds the host's configuration, secrets, programs and kernel.
+var systemDirs = []string{"/etc", "/root", "/boot", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/var", "/proc", "/sys", "/dev", "/run"}
+
+// systemDir names the system directory (or the directory of stack's own,
+// Options.Private) that sharing host exposes, or "". host is absolute and
+// clean. The root exposes everything; a system directory exposes itself
+// and what lies inside it; one of stack's own is exposed by its ancestors
+// too, since its sockets and state live below.
+func (l *loader) systemDir(host string) string {
+	if host == "" {
+		return ""
+	}
+	if host == "/" {
+		return "/"
+	}
+	for _, d := range systemDirs {
+		if within(host, d) {
+			return d
+		}
+	}
+	for _, d := range l.opts.Private {
+		if d = filepath.Clean(d); within(host, d) || within(d, host) {
+			return d
+		}
+	}
+	return ""
+}
+
+// within reports whether path is dir or lies inside it.
+func within(path, dir string) bool {
+	return path == dir || strings.HasPrefix(path, dir+"/")
 }

@@ -153,3 +153,21 @@ func TestReencodedStatePlansNoChange(t *testing.T) {
 	assertActions(t, "re-encoded", planJSON(t, dir, "--state-dir="+stateDir),
 		map[string]string{"network.lan": "no-op", "vm.web[0]": "no-op", "vm.web[1]": "no-op"})
 }
+
+// TestShareOfSystemDirectoryWarns shares /, /etc, /root and the state
+// directory: validate accepts each (it is the user's call) but warns.
+func TestShareOfSystemDirectoryWarns(t *testing.T) {
+	stateDir := t.TempDir()
+	for _, host := range []string{"/", "/etc", "/root", stateDir, filepath.Dir(stateDir)} {
+		dir := writeStack(t, fmt.Sprintf("vm \"a\" {\n  command = [\"true\"]\n  shared_dir \"s\" {\n    host_path  = %q\n    guest_path = \"/s\"\n    read_only  = true\n  }\n}\n", host))
+		r := run(t, dir, "--state-dir", stateDir, "validate")
+		if r.code != 0 || !strings.Contains(r.stderr, "Warning") || !strings.Contains(r.stderr, "system directory") {
+			t.Errorf("validate sharing %s: code %d, want valid with a warning; stderr:\n%s", host, r.code, r.stderr)
+		}
+	}
+	ordinary := t.TempDir()
+	dir := writeStack(t, fmt.Sprintf("vm \"a\" {\n  command = [\"true\"]\n  shared_dir \"s\" {\n    host_path  = %q\n    guest_path = \"/s\"\n  }\n}\n", ordinary))
+	if r := run(t, dir, "--state-dir", stateDir, "validate"); r.code != 0 || strings.Contains(r.stderr, "Warning") {
+		t.Errorf("validate sharing %s: %+v, want no warning", ordinary, r)
+	}
+}

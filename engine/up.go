@@ -130,7 +130,28 @@ func (e *Engine) Up(ctx context.Context, desired *stackfile.Stack, opts UpOption
 	if err == nil {
 		err = sup.SetPools(ctx, pools)
 	}
+	if err == nil && !opts.NoWait && !plan.HasChanges() {
+		err = e.awaitUnchanged(ctx, desired)
+	}
 	return plan, err
+}
+
+// awaitUnchanged waits, as an apply does, for the VMs of an unchanged plan
+// that still boot: an up killed (or whose supervisor was killed) while
+// they booted left them so, and the next up, which has nothing to change,
+// must still not return before they are ready. It waits at most the
+// longest ready timeout of the stack's VMs.
+func (e *Engine) awaitUnchanged(ctx context.Context, desired *stackfile.Stack) error {
+	timeout := stackfile.DefaultReadyTimeout
+	for _, vm := range desired.VMs {
+		timeout = max(timeout, vm.Ready.Timeout)
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := e.wait(wctx, nil); err != nil {
+		return fmt.Errorf("up: the VMs that were already booting: %w", err)
+	}
+	return nil
 }
 
 func hasPools(st *stackfile.Stack) bool {

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/stackvm/stack/hypervisor/proc"
@@ -300,6 +301,10 @@ func (c *Client) call(ctx context.Context, d time.Duration, req *api.Request) (*
 	if err := json.NewDecoder(bufio.NewReader(conn)).Decode(&resp); err != nil {
 		if ctx.Err() != nil {
 			return nil, c.noAnswer(req.Op, d, conn, ctx.Err())
+		}
+		if errors.Is(err, syscall.ECONNRESET) {
+			// It died with the request unread: none runs now.
+			return nil, fmt.Errorf("%w (read %s reply: %v)", ErrNotRunning, req.Op, err)
 		}
 		return nil, fmt.Errorf("read %s reply from supervisor: %w", req.Op, err)
 	}

@@ -44,6 +44,7 @@ func Load(opts Options) (*Project, hcl.Diagnostics) {
 	st, src, diags := stackfile.Load(stackfile.Options{
 		Files: opts.Files, Dir: opts.Dir, Namespace: opts.Namespace,
 		Vars: opts.Vars, VarFiles: opts.VarFiles, Environ: opts.Environ,
+		Private: []string{StateRoot(opts.StateDir), filenames.RuntimeRoot()},
 	})
 	p := &Project{Stack: st, Sources: src, StateDir: StateRoot(opts.StateDir)}
 	if diags.HasErrors() {
@@ -108,7 +109,11 @@ func StateRoot(dir string) string {
 
 // ForNamespace returns a Project that knows only its namespace: enough for
 // Down, Status, Stop, Start, Exec and Logs, which work from the recorded
-// state.
-func ForNamespace(namespace, stateDir string) *Project {
-	return &Project{Stack: &stackfile.Stack{Namespace: namespace}, StateDir: StateRoot(stateDir)}
+// state. A name that is not a namespace (filenames.CheckNamespace: "../x",
+// "./al") is refused here, before any path is built on it.
+func ForNamespace(namespace, stateDir string) (*Project, error) {
+	if err := filenames.CheckNamespace(namespace); err != nil {
+		return nil, err
+	}
+	return &Project{Stack: &stackfile.Stack{Namespace: namespace}, StateDir: StateRoot(stateDir)}, nil
 }

@@ -23,7 +23,10 @@ import (
 // typed addresses, ports, Wait on a failed VM, and its console log.
 func TestVMHandleFromState(t *testing.T) {
 	ns := fmt.Sprintf("handle-%d", os.Getpid())
-	p := ForNamespace(ns, t.TempDir())
+	p, err := ForNamespace(ns, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
 	st := state.New(ns)
 	st.VMs["vm.web[0]"] = &state.VM{Address: "vm.web[0]", Name: "web-0", Status: state.StatusReady,
 		NICs:       []state.NIC{{Network: "lan", IP: netip.MustParseAddr("10.1.0.2"), MAC: netaddr.MustParseMAC("52:54:00:00:00:02")}},
@@ -105,8 +108,11 @@ func TestRelativeStateDirIsMadeAbsolute(t *testing.T) {
 	if got, want := StateRoot("st"), filepath.Join(wd, "st"); got != want {
 		t.Fatalf("StateRoot(\"st\") = %q, want %q", got, want)
 	}
-	if p := ForNamespace("ns", "./st/../st2"); p.StateDir != filepath.Join(wd, "st2") {
-		t.Fatalf("ForNamespace state dir = %q", p.StateDir)
+	if p, err := ForNamespace("ns", "./st/../st2"); err != nil || p.StateDir != filepath.Join(wd, "st2") {
+		t.Fatalf("ForNamespace state dir = %q (%v)", p.StateDir, err)
+	}
+	if _, err := ForNamespace("../ns", "st"); err == nil {
+		t.Fatal("ForNamespace took ../ns")
 	}
 	if got := StateRoot(""); !filepath.IsAbs(got) {
 		t.Fatalf("default state root %q is not absolute", got)

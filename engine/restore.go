@@ -53,6 +53,9 @@ func (e *Engine) RestoreSnapshot(ctx context.Context, name string, opts RestoreO
 	if from == "" {
 		from = e.opts.Namespace
 	}
+	if err := filenames.CheckNamespace(from); err != nil {
+		return nil, fmt.Errorf("restore snapshot: %w", err)
+	}
 	dir := opts.Dir
 	if dir == "" {
 		if err := checkSnapshotName(name); err != nil {

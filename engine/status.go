@@ -9,6 +9,7 @@ import (
 
 	"github.com/stackvm/stack/state"
 	"github.com/stackvm/stack/supervisor/api"
+	"github.com/stackvm/stack/supervisor/client"
 )
 
 // VMStatus is one VM as `ps` shows it.
@@ -35,6 +36,10 @@ type VMStatus struct {
 	// Warnings are what is wrong with a ready VM: each cloud-init module
 	// that failed in this boot, with its error.
 	Warnings []string `json:"warnings,omitempty"`
+	// Stale, when set, says why this status is the records' and not the
+	// supervisor's: none runs, or it did not answer. A VMM may run, but
+	// nothing forwards its published ports or restarts it.
+	Stale string `json:"stale,omitempty"`
 }
 
 // Port is a published port: HostIP:HostPort on the host forwards to
@@ -85,15 +90,22 @@ func (e *Engine) Status(ctx context.Context) ([]VMStatus, error) {
 		return nil, err
 	}
 	live := map[string]api.VMStatus{}
-	if sup, err := e.dial(ctx); err == nil {
-		vms, err := sup.Status(ctx)
-		if err != nil {
-			return nil, err
-		}
+	stale := ""
+	var na *client.NoAnswerError
+	sup, err := e.dial(ctx)
+	if err == nil {
+		var vms []api.VMStatus
+		vms, err = sup.Status(ctx)
 		for _, v := range vms {
 			live[v.Address] = v
 		}
-	} else if !IsNoSupervisor(err) {
+	}
+	switch {
+	case IsNoSupervisor(err):
+		stale = "no supervisor runs for the namespace"
+	case errors.As(err, &na):
+		stale = na.Error()
+	case err != nil:
 		return nil, err
 	}
 	out := make([]VMStatus, 0, len(st.VMs))
@@ -102,7 +114,9 @@ func (e *Engine) Status(ctx context.Context) ([]VMStatus, error) {
 			out = append(out, statusOf(v))
 			continue
 		}
-		out = append(out, e.recordedStatus(st.VMs[addr]))
+		v := e.recordedStatus(st.VMs[addr])
+		v.Stale = stale
+		out = append(out, v)
 	}
 	return out, nil
 }
@@ -138,10 +152,12 @@ func (e *Engine) recordedStatus(rec *state.VM) VMStatus {
 // PoolStatus is a warm pool as `ps` shows it.
 type PoolStatus = api.PoolStatus
 
-// Pools lists the namespace's warm pools (none when no supervisor runs).
+// Pools lists the namespace's warm pools (none when no supervisor runs or
+// answers: Status marks the VMs stale then).
 func (e *Engine) Pools(ctx context.Context) ([]PoolStatus, error) {
 	sup, err := e.dial(ctx)
-	if IsNoSupervisor(err) {
+	var na *client.NoAnswerError
+	if IsNoSupervisor(err) || errors.As(err, &na) {
 		return nil, nil
 	}
 	if err != nil {

@@ -2,6 +2,8 @@ package engine
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"time"
@@ -10,6 +12,7 @@ import (
 	"github.com/stackvm/stack/planner"
 	"github.com/stackvm/stack/stackfile"
 	"github.com/stackvm/stack/state"
+	"github.com/stackvm/stack/supervisor/client"
 )
 
 // PlanOptions tune Plan.
@@ -127,7 +130,28 @@ func (e *Engine) Up(ctx context.Context, desired *stackfile.Stack, opts UpOption
 	if err == nil {
 		err = sup.SetPools(ctx, pools)
 	}
+	if err == nil && !opts.NoWait && !plan.HasChanges() {
+		err = e.awaitUnchanged(ctx, desired)
+	}
 	return plan, err
+}
+
+// awaitUnchanged waits, as an apply does, for the VMs of an unchanged plan
+// that still boot: an up killed (or whose supervisor was killed) while
+// they booted left them so, and the next up, which has nothing to change,
+// must still not return before they are ready. It waits at most the
+// longest ready timeout of the stack's VMs.
+func (e *Engine) awaitUnchanged(ctx context.Context, desired *stackfile.Stack) error {
+	timeout := stackfile.DefaultReadyTimeout
+	for _, vm := range desired.VMs {
+		timeout = max(timeout, vm.Ready.Timeout)
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := e.wait(wctx, nil); err != nil {
+		return fmt.Errorf("up: the VMs that were already booting: %w", err)
+	}
+	return nil
 }
 
 func hasPools(st *stackfile.Stack) bool {
@@ -146,6 +170,21 @@ type DownOptions struct {
 	LockTimeout time.Duration
 	OnLockWait  func()
 	Progress    func(Event)
+	// Force takes the namespace down when its state or supervisor cannot
+	// be used: a corrupt state file is moved aside as a backup
+	// (state.json.corrupt-<time>) and down stops what the supervisor runs,
+	// as without a state file; a supervisor that does not answer is
+	// killed, with the VMMs the records name (by pid and start time), and
+	// a new one takes the namespace down from the records. It says what it
+	// does (PhaseWarning events) before doing it.
+	Force bool
+}
+
+// warn reports a note about the whole operation.
+func (o DownOptions) warn(format string, args ...any) {
+	if o.Progress != nil {
+		o.Progress(Event{Time: time.Now(), Phase: PhaseWarning, Message: fmt.Sprintf(format, args...)})
+	}
 }
 
 // Down stops and removes everything Up created in the namespace but its
@@ -158,7 +197,15 @@ func (e *Engine) Down(ctx context.Context, opts DownOptions) error {
 	}
 	defer lock.Unlock()
 	st, err := e.store.Read()
-	if err != nil {
+	if errors.Is(err, state.ErrCorrupt) && opts.Force {
+		opts.warn("%v. --force: moving it aside as a backup and stopping whatever the namespace's supervisor runs, as if there were no state.", err)
+		backup, err := e.store.MoveAside(time.Now())
+		if err != nil {
+			return err
+		}
+		opts.warn("The corrupt state file is kept as the backup %s.", backup)
+		st = state.New(e.opts.Namespace)
+	} else if err != nil {
 		return err
 	}
 	plan, err := planner.Make(planner.Input{State: st, Destroy: true, DeleteVolumes: opts.Volumes})
@@ -166,6 +213,13 @@ func (e *Engine) Down(ctx context.Context, opts DownOptions) error {
 		return err
 	}
 	sup, err := e.connect(ctx, 0)
+	var na *client.NoAnswerError
+	if errors.As(err, &na) && opts.Force {
+		if err := e.killWedged(ctx, na, st, opts); err != nil {
+			return err
+		}
+		sup, err = e.connect(ctx, 0) // a new supervisor, from the records
+	}
 	if err != nil {
 		return err
 	}
@@ -191,12 +245,17 @@ func (e *Engine) Down(ctx context.Context, opts DownOptions) error {
 		if err := e.store.Remove(); err != nil {
 			return err
 		}
-		// Leave nothing behind but the lock file, which another command may
-		// be waiting on (removing it would let two commands lock two files).
+		// Leave nothing behind: the lock file goes last, while held (a
+		// command waiting on it locks the path anew, see fsutil.LockFile),
+		// then the directory when nothing else (snapshots) is in it.
 		nsDir := filenames.NamespaceState(e.opts.StateRoot, e.opts.Namespace)
 		for _, name := range []string{filenames.NetworkDir, filenames.VMDir, filenames.VolumeDir, filenames.SupervisorLog, filenames.SupervisorLogOld, filenames.SSHClientKey} {
 			os.RemoveAll(filepath.Join(nsDir, name))
 		}
+		if err := lock.Remove(); err != nil {
+			return fmt.Errorf("remove state lock: %w", err)
+		}
+		os.Remove(nsDir)
 	}
 	// The supervisor removed its sockets; the directory goes too.
 	os.Remove(filenames.Secrets(e.opts.RuntimeRoot, e.opts.Namespace))

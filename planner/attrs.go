@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math/big"
 
 	"github.com/stackvm/stack/internal/netaddr"
 	"github.com/stackvm/stack/stackfile"
@@ -219,9 +220,10 @@ func setNonEmpty(a state.Attributes, name, v string) {
 	}
 }
 
-// jsonEqual compares canonical encodings. Both sides come from
-// encoding/json (map keys sorted), so byte equality after compaction is
-// value equality.
+// jsonEqual compares two attribute values as JSON values, not as bytes: a
+// state file re-encoded by another tool (other escapes, key order, spacing,
+// 1.0 for 1) records the same values and must plan no change. Values that
+// do not decode are equal only byte for byte.
 func jsonEqual(a, b json.RawMessage) bool {
 	if a == nil || b == nil {
 		return a == nil && b == nil
@@ -229,9 +231,60 @@ func jsonEqual(a, b json.RawMessage) bool {
 	if bytes.Equal(a, b) {
 		return true
 	}
-	var ca, cb bytes.Buffer
-	if json.Compact(&ca, a) != nil || json.Compact(&cb, b) != nil {
-		return false
+	va, errA := decodeValue(a)
+	vb, errB := decodeValue(b)
+	return errA == nil && errB == nil && valueEqual(va, vb)
+}
+
+// decodeValue decodes one JSON value, numbers as json.Number (exact).
+func decodeValue(raw json.RawMessage) (any, error) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
 	}
-	return bytes.Equal(ca.Bytes(), cb.Bytes())
+	if dec.More() {
+		return nil, fmt.Errorf("more than one JSON value")
+	}
+	return v, nil
+}
+
+// valueEqual compares decoded JSON values; numbers by their exact value.
+func valueEqual(a, b any) bool {
+	switch a := a.(type) {
+	case map[string]any:
+		b, ok := b.(map[string]any)
+		if !ok || len(a) != len(b) {
+			return false
+		}
+		for k, va := range a {
+			vb, ok := b[k]
+			if !ok || !valueEqual(va, vb) {
+				return false
+			}
+		}
+		return true
+	case []any:
+		b, ok := b.([]any)
+		if !ok || len(a) != len(b) {
+			return false
+		}
+		for i := range a {
+			if !valueEqual(a[i], b[i]) {
+				return false
+			}
+		}
+		return true
+	case json.Number:
+		b, ok := b.(json.Number)
+		if !ok {
+			return false
+		}
+		ra, okA := new(big.Rat).SetString(string(a))
+		rb, okB := new(big.Rat).SetString(string(b))
+		return okA && okB && ra.Cmp(rb) == 0
+	default: // string, bool, nil
+		return a == b
+	}
 }

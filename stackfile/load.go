@@ -5,13 +5,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"sync"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/stackvm/stack/internal/filenames"
 	"github.com/stackvm/stack/internal/netaddr"
 	"github.com/zclconf/go-cty/cty"
 )
@@ -27,6 +27,10 @@ type Options struct {
 	Vars      []string // --var K=V, in order (later wins)
 	VarFiles  []string // --var-file F (HCL files of name = value)
 	Environ   []string // for STACK_VAR_<name>; nil means os.Environ()
+	// Private are the directories stack keeps its own files in (the state
+	// and runtime roots): a shared_dir that is one, lies inside one or
+	// contains one gets a warning, as a system directory does.
+	Private []string
 }
 
 // Sources keeps every parsed file (stack files, var files and the synthetic
@@ -52,10 +56,9 @@ func (s *Sources) WriteDiagnostics(w io.Writer, diags hcl.Diagnostics, color boo
 	return nil
 }
 
-var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-
-// IsDNSLabel reports whether s can name a namespace, VM, network or volume.
-func IsDNSLabel(s string) bool { return dnsLabel.MatchString(s) }
+// IsDNSLabel reports whether s can name a namespace, VM, network or volume
+// (filenames.IsDNSLabel: one rule for names and the paths built on them).
+func IsDNSLabel(s string) bool { return filenames.IsDNSLabel(s) }
 
 // file is one loaded stack file.
 type file struct {
@@ -419,8 +422,8 @@ func (l *loader) namespace() string {
 		l.errorf(l.stackDcl.block.LabelRanges[0], "Invalid stack name", "%q is not a valid namespace: the stack label must be a DNS label (lower-case letters, digits and '-', 1 to 63 characters, not starting or ending with '-').", l.stackDcl.name)
 	}
 	if ns := l.opts.Namespace; ns != "" {
-		if !IsDNSLabel(ns) {
-			l.add(&hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid namespace", Detail: fmt.Sprintf("%q is not a valid namespace: it must be a DNS label (lower-case letters, digits and '-', 1 to 63 characters, not starting or ending with '-').", ns)})
+		if err := filenames.CheckNamespace(ns); err != nil {
+			l.add(&hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Invalid namespace", Detail: err.Error() + "."})
 		}
 		return ns
 	}

@@ -369,18 +369,20 @@ func TestFunctions(t *testing.T) {
 		`format("%03d", max(1, 7))`:           "007",
 	}
 	for expr, want := range cases {
-		dir := writeFiles(t, map[string]string{"stack.hcl": "vm \"a\" {\n  cmdline = " + expr + "\n}\n"})
+		// env takes any string (cmdline, one line only, would not).
+		dir := writeFiles(t, map[string]string{"stack.hcl": "vm \"a\" {\n  env = { V = " + expr + " }\n}\n"})
 		st, src, diags := Load(Options{Dir: dir, Environ: []string{}})
 		if len(diags) > 0 {
 			t.Errorf("%s:\n%s", expr, renderDiags(src, diags))
 			continue
 		}
-		if got := st.VMs[0].Cmdline; got != want {
+		if got := st.VMs[0].Env["V"]; got != want {
 			t.Errorf("%s = %q, want %q", expr, got, want)
 		}
 	}
 	for _, expr := range []string{`cidrhost("10.0.0.0/24", 256)`, `cidrsubnet("10.0.0.0/24", 9, 0)`, `cidrhost("fd00::/64", 1)`, `base64decode("!!")`} {
-		dir := writeFiles(t, map[string]string{"stack.hcl": "vm \"a\" {\n  cmdline = " + expr + "\n}\n"})
+		// env takes any string (cmdline, one line only, would not).
+		dir := writeFiles(t, map[string]string{"stack.hcl": "vm \"a\" {\n  env = { V = " + expr + " }\n}\n"})
 		if _, _, diags := Load(Options{Dir: dir, Environ: []string{}}); !diags.HasErrors() {
 			t.Errorf("%s: want an error", expr)
 		}

@@ -553,6 +553,11 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 		l.errorf(attr["root_disk"].NameRange, "root_disk requires a kernel", "Cloud-init mode boots the kernel given by kernel (and optionally initramfs) with root_disk as the root file system; set kernel.")
 	}
 	if s, ok := l.evalString(attr["cmdline"], ctx, sc); ok {
+		// QEMU's -append takes one line: the driver refuses these too,
+		// but only at boot.
+		if strings.ContainsAny(s, "\n\x00") {
+			l.errorf(attr["cmdline"].Expr.Range(), "Invalid cmdline", "The kernel command line may not contain a newline or NUL character; separate parameters with spaces.")
+		}
 		vm.Cmdline = s
 	}
 	if cmd, ok := l.evalStrings(attr["command"], ctx, sc); ok {
@@ -616,6 +621,20 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 	for _, s := range vb.sharedDirs {
 		sd := &SharedDir{Name: s.block.Labels[0]}
 		sd.HostPath = l.evalPath(s.c.Attributes["host_path"], d.file, ctx, sc, true)
+		if sd.HostPath != "" {
+			// virtiofsd serves the path itself, not what a link names:
+			// a link fails only at boot, behind QEMU's "Connection
+			// refused".
+			if fi, err := os.Lstat(sd.HostPath); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+				target, _ := filepath.EvalSymlinks(sd.HostPath)
+				l.errorf(s.c.Attributes["host_path"].Expr.Range(), "Invalid host_path", "%s is a symbolic link (to %s); a shared directory is served as it is, without following links. Give the directory it points to.", sd.HostPath, target)
+			}
+		}
+		if sys := l.systemDir(sd.HostPath); sys != "" {
+			rng := s.c.Attributes["host_path"].Expr.Range()
+			l.add(&hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: "Shared directory exposes a system directory",
+				Detail: fmt.Sprintf("%s is, holds or lies inside %s: the guest sees (and, unless read_only, can change) what the host keeps there. Share a directory made for the guest instead.", sd.HostPath, sys), Subject: &rng})
+		}
 		sd.GuestPath = l.evalGuestPath(s.c.Attributes["guest_path"], ctx, sc)
 		sd.ReadOnly = l.evalBool(s.c.Attributes["read_only"], ctx, sc, false)
 		vm.SharedDirs = append(vm.SharedDirs, sd)
@@ -967,4 +986,38 @@ func (l *loader) checkCycles() {
 			visit(n)
 		}
 	}
+}
+
+// systemDirs are host directories that no guest should see: the root, and
+// what holds the host's configuration, secrets, programs and kernel.
+var systemDirs = []string{"/etc", "/root", "/boot", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/var", "/proc", "/sys", "/dev", "/run"}
+
+// systemDir names the system directory (or the directory of stack's own,
+// Options.Private) that sharing host exposes, or "". host is absolute and
+// clean. The root exposes everything; a system directory exposes itself
+// and what lies inside it; one of stack's own is exposed by its ancestors
+// too, since its sockets and state live below.
+func (l *loader) systemDir(host string) string {
+	if host == "" {
+		return ""
+	}
+	if host == "/" {
+		return "/"
+	}
+	for _, d := range systemDirs {
+		if within(host, d) {
+			return d
+		}
+	}
+	for _, d := range l.opts.Private {
+		if d = filepath.Clean(d); within(host, d) || within(d, host) {
+			return d
+		}
+	}
+	return ""
+}
+
+// within reports whether path is dir or lies inside it.
+func within(path, dir string) bool {
+	return path == dir || strings.HasPrefix(path, dir+"/")
 }

@@ -20,6 +20,10 @@ import (
 // for longer than the caller was willing to wait.
 var ErrLockTimeout = errors.New("timed out waiting for the state lock")
 
+// ErrCorrupt is wrapped by the error of a state file that does not decode:
+// it is left untouched, and only `down --force` (Store.MoveAside) moves it.
+var ErrCorrupt = errors.New("corrupt file")
+
 // Store reads and writes the state of one namespace.
 type Store struct {
 	namespace string
@@ -39,8 +43,12 @@ func (s *Store) Dir() string { return s.dir }
 func (s *Store) Path() string { return filepath.Join(s.dir, filenames.StateFile) }
 
 // Read loads the state. A namespace without a state file yields New; a
-// corrupt file or one of a newer format is an error and is left untouched.
+// corrupt file or one of a newer format is an error and is left untouched,
+// and so is a state directory that is not private (fsutil.CheckPrivate).
 func (s *Store) Read() (*State, error) {
+	if err := fsutil.CheckPrivate(s.dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("read state: %w", err)
+	}
 	data, err := os.ReadFile(s.Path())
 	if errors.Is(err, fs.ErrNotExist) {
 		return New(s.namespace), nil
@@ -57,10 +65,10 @@ func Decode(data []byte, name string) (*State, error) {
 		FormatVersion *int `json:"format_version"`
 	}
 	if err := json.Unmarshal(data, &probe); err != nil {
-		return nil, fmt.Errorf("read state %s: corrupt file (%v); it was left untouched", name, err)
+		return nil, fmt.Errorf("read state %s: %w (%v); it was left untouched (`stack down --force` stops what runs and keeps it as a backup)", name, ErrCorrupt, err)
 	}
 	if probe.FormatVersion == nil {
-		return nil, fmt.Errorf("read state %s: corrupt file (no format_version); it was left untouched", name)
+		return nil, fmt.Errorf("read state %s: %w (no format_version); it was left untouched (`stack down --force` stops what runs and keeps it as a backup)", name, ErrCorrupt)
 	}
 	if *probe.FormatVersion > FormatVersion {
 		return nil, fmt.Errorf("read state %s: format version %d is newer than this stack understands (%d); upgrade stack", name, *probe.FormatVersion, FormatVersion)
@@ -69,10 +77,10 @@ func Decode(data []byte, name string) (*State, error) {
 	dec.DisallowUnknownFields()
 	st := New("")
 	if err := dec.Decode(st); err != nil {
-		return nil, fmt.Errorf("read state %s: corrupt file (%v); it was left untouched", name, err)
+		return nil, fmt.Errorf("read state %s: %w (%v); it was left untouched (`stack down --force` stops what runs and keeps it as a backup)", name, ErrCorrupt, err)
 	}
 	if st.Lineage == "" {
-		return nil, fmt.Errorf("read state %s: corrupt file (no lineage); it was left untouched", name)
+		return nil, fmt.Errorf("read state %s: %w (no lineage); it was left untouched (`stack down --force` stops what runs and keeps it as a backup)", name, ErrCorrupt)
 	}
 	if st.Networks == nil {
 		st.Networks = map[string]*Network{}
@@ -100,7 +108,7 @@ func (s *Store) Write(st *State) error {
 		return fmt.Errorf("encode state: %w", err)
 	}
 	data = append(data, '\n')
-	if err := os.MkdirAll(s.dir, filenames.DirMode); err != nil {
+	if err := fsutil.MkdirPrivate(s.dir); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
 	}
 	if err := WriteFileAtomic(s.Path(), data); err != nil {
@@ -119,6 +127,18 @@ func (s *Store) Remove() error {
 	return nil
 }
 
+// MoveAside renames a (corrupt) state file to a backup beside it,
+// state.json.corrupt-<time>, and returns the backup's path: what `down
+// --force` does so that the namespace can be taken down and the file's
+// contents are kept for the user.
+func (s *Store) MoveAside(now time.Time) (string, error) {
+	backup := s.Path() + ".corrupt-" + now.UTC().Format("20060102T150405Z")
+	if err := os.Rename(s.Path(), backup); err != nil {
+		return "", fmt.Errorf("move state aside: %w", err)
+	}
+	return backup, nil
+}
+
 // WriteFileAtomic writes data to path so that a reader sees the old or the
 // new content, never a torn file (see fsutil.WriteFileAtomic).
 func WriteFileAtomic(path string, data []byte) error { return fsutil.WriteFileAtomic(path, data) }
@@ -131,7 +151,7 @@ type Lock = fsutil.Lock
 // The lock belongs to the open file: it is released on Unlock or when the
 // process dies, so a killed command never leaves a stale lock.
 func (s *Store) Lock(ctx context.Context, timeout time.Duration, waiting func()) (*Lock, error) {
-	if err := os.MkdirAll(s.dir, filenames.DirMode); err != nil {
+	if err := fsutil.MkdirPrivate(s.dir); err != nil {
 		return nil, fmt.Errorf("create state dir: %w", err)
 	}
 	lctx, cancel := context.WithTimeout(ctx, timeout)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/stackvm/stack/hypervisor"
 	"github.com/stackvm/stack/hypervisor/qemu"
+	"github.com/stackvm/stack/internal/filenames"
 	"github.com/stackvm/stack/supervisor/api"
 )
 
@@ -31,6 +32,10 @@ func Main() (code int, started bool) {
 	var a api.SuperviseArgs
 	if err := json.Unmarshal([]byte(raw), &a); err != nil {
 		fmt.Fprintf(os.Stderr, "supervisor: bad %s: %v\n", api.SuperviseEnv, err)
+		return 2, true
+	}
+	if err := filenames.CheckNamespace(a.Namespace); err != nil {
+		fmt.Fprintf(os.Stderr, "supervisor: %v\n", err)
 		return 2, true
 	}
 	listening := ListeningNotifier()

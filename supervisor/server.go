@@ -17,6 +17,7 @@ import (
 
 	"github.com/stackvm/stack/hypervisor"
 	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/internal/fsutil"
 	"github.com/stackvm/stack/netswitch"
 	"github.com/stackvm/stack/supervisor/api"
 )
@@ -129,7 +130,7 @@ func New(opts Options) *Supervisor {
 // death); otherwise VMs keep running for the next supervisor to re-adopt.
 func (s *Supervisor) Serve(ctx context.Context) error {
 	dir := filenames.NamespaceRuntime(s.opts.RuntimeRoot, s.opts.Namespace)
-	if err := os.MkdirAll(dir, filenames.DirMode); err != nil {
+	if err := fsutil.MkdirPrivate(s.opts.RuntimeRoot, dir); err != nil {
 		return fmt.Errorf("create runtime dir: %w", err)
 	}
 	path := filenames.SupervisorSocketPath(s.opts.RuntimeRoot, s.opts.Namespace)

@@ -107,7 +107,10 @@ func (b *bench) up(file, ns string, cold bool) (time.Duration, error) {
 // restore times restoring src's snapshot into the new namespace ns, then
 // (over) restoring it again into ns while it runs, and takes ns down.
 func (b *bench) restore(src, ns string) (fresh, over time.Duration, err error) {
-	p := stack.ForNamespace(ns, b.state)
+	p, err := stack.ForNamespace(ns, b.state)
+	if err != nil {
+		return 0, 0, err
+	}
 	opts := stack.RestoreOptions{From: src}
 	t0 := time.Now()
 	if _, err := p.RestoreSnapshot(b.ctx, "bench", opts); err != nil {

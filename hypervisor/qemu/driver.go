@@ -450,13 +450,27 @@ func usesNewNetdevs(cfg *hypervisor.Config) bool {
 	return false
 }
 
+// qmpDialTimeout bounds a QMP dial whose context has no deadline (a
+// supervisor re-adopting its VMs): QEMU greets one client at a time, so a
+// socket that another process holds would otherwise block it for ever.
+var qmpDialTimeout = 30 * time.Second
+
 // dialQMP polls for the QMP socket until QEMU serves it, QEMU exits (exited
-// closes) or ctx ends.
+// closes) or ctx ends (qmpDialTimeout when ctx has no deadline).
 func dialQMP(ctx context.Context, path string, exited <-chan struct{}) (*qmp.Client, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, qmpDialTimeout,
+			fmt.Errorf("QEMU did not answer on its QMP socket %s within %s: another process may hold it (a second supervisor of the namespace?); `stack down --force` ends the namespace's processes: %w", path, qmpDialTimeout, context.DeadlineExceeded))
+		defer cancel()
+	}
 	for {
 		c, err := qmp.Dial(ctx, path)
 		if err == nil {
 			return c, nil
+		}
+		if ctx.Err() != nil {
+			return nil, context.Cause(ctx)
 		}
 		if !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ECONNREFUSED) {
 			return nil, err
@@ -465,7 +479,7 @@ func dialQMP(ctx context.Context, path string, exited <-chan struct{}) (*qmp.Cli
 		case <-exited:
 			return nil, errors.New("qemu exited during startup")
 		case <-ctx.Done():
-			return nil, fmt.Errorf("wait for qmp socket: %w", ctx.Err())
+			return nil, fmt.Errorf("wait for qmp socket: %w", context.Cause(ctx))
 		case <-time.After(pollInterval):
 		}
 	}

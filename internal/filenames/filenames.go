@@ -5,7 +5,8 @@
 // Layout:
 //
 //	<state>/<namespace>/state.json        the namespace's state (0600)
-//	<state>/<namespace>/state.lock        flock held by mutating commands
+//	<state>/<namespace>/state.lock        flock held by mutating commands; down
+//	                                      removes it (and the directory) last
 //	<state>/<namespace>/ssh_client_ed25519_key  exec's SSH key (cloud-init VMs)
 //	<state>/<namespace>/volumes/<v>.img   persistent volumes
 //	<state>/<namespace>/vms/<vm>/         per-VM disks, seed, console log
@@ -23,8 +24,10 @@ package filenames
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 )
@@ -195,6 +198,27 @@ func CacheRoot() string {
 		return filepath.Join(d, "stack")
 	}
 	return filepath.Join(homeDir(), ".cache", "stack")
+}
+
+// dnsLabel is what a namespace (and a VM, network or volume) may be called.
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// IsDNSLabel reports whether s can name a namespace, VM, network or volume:
+// lower-case letters, digits and '-', 1 to 63 characters, not starting or
+// ending with '-'. Such a name is one path element that is never "." or
+// "..".
+func IsDNSLabel(s string) bool { return dnsLabel.MatchString(s) }
+
+// CheckNamespace is the one check of a namespace name, whatever its source
+// (-p, the stack block's label, the directory name, a snapshot's NS/NAME,
+// the supervisor's arguments). Every path below builds on the name, so it
+// runs before any file or socket is touched: "../x" would otherwise escape
+// the state directory and "./al" would be a second name for "al".
+func CheckNamespace(ns string) error {
+	if !IsDNSLabel(ns) {
+		return fmt.Errorf("%q is not a valid namespace: it must be a DNS label (lower-case letters, digits and '-', 1 to 63 characters, not starting or ending with '-')", ns)
+	}
+	return nil
 }
 
 // NamespaceState is the state directory of a namespace.

@@ -61,7 +61,24 @@ func WriteFileAtomic(path string, data []byte) error {
 // Lock is a held advisory lock. It belongs to the open file: it is
 // released on Unlock or when the process dies, so a killed command never
 // leaves a stale lock.
-type Lock struct{ f *os.File }
+type Lock struct {
+	f    *os.File
+	path string
+}
+
+// Remove deletes the lock file and releases the lock: what a command that
+// removed the namespace does last, leaving nothing behind. A command that
+// waited on the removed file finds out and locks the path anew (LockFile).
+func (l *Lock) Remove() error {
+	if l == nil || l.f == nil {
+		return nil
+	}
+	err := os.Remove(l.path)
+	if uerr := l.Unlock(); err == nil {
+		err = uerr
+	}
+	return err
+}
 
 // Unlock releases the lock; it may be called more than once.
 func (l *Lock) Unlock() error {
@@ -78,34 +95,52 @@ const lockPoll = 20 * time.Millisecond
 
 // LockFile takes an exclusive flock on path (created 0600 with its
 // directory), waiting until ctx ends. When the lock is busy, waiting (if
-// set) is called once before the wait, to tell the user.
+// set) is called once before the wait, to tell the user. A lock file that
+// its holder removed while this waited (Lock.Remove) is not the path's any
+// more: LockFile then locks the file now at the path, so that two commands
+// never hold locks on two files.
 func LockFile(ctx context.Context, path string, waiting func()) (*Lock, error) {
-	if err := os.MkdirAll(filepath.Dir(path), filenames.DirMode); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, filenames.FileMode)
-	if err != nil {
-		return nil, err
-	}
-	for first := true; ; first = false {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return &Lock{f: f}, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			f.Close()
+	told := false
+	for {
+		if err := os.MkdirAll(filepath.Dir(path), filenames.DirMode); err != nil {
 			return nil, err
 		}
-		if first && waiting != nil {
-			waiting()
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, filenames.FileMode)
+		if err != nil {
+			return nil, err
 		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, ctx.Err()
-		case <-time.After(lockPoll):
+		for {
+			err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+			if err == nil {
+				if isPath(f, path) {
+					return &Lock{f: f, path: path}, nil
+				}
+				f.Close() // removed by its last holder: lock the new one
+				break
+			}
+			if !errors.Is(err, unix.EWOULDBLOCK) {
+				f.Close()
+				return nil, err
+			}
+			if !told && waiting != nil {
+				waiting()
+				told = true
+			}
+			select {
+			case <-ctx.Done():
+				f.Close()
+				return nil, ctx.Err()
+			case <-time.After(lockPoll):
+			}
 		}
 	}
+}
+
+// isPath reports whether the open file f is the file at path.
+func isPath(f *os.File, path string) bool {
+	a, errA := f.Stat()
+	b, errB := os.Stat(path)
+	return errA == nil && errB == nil && os.SameFile(a, b)
 }
 
 // TryLockFile takes path's lock as LockFile does, without waiting: it

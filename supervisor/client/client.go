@@ -9,20 +9,25 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/stackvm/stack/hypervisor/proc"
 	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/internal/fsutil"
 	"github.com/stackvm/stack/supervisor/api"
+	"golang.org/x/sys/unix"
 )
 
 // Client calls one namespace's supervisor. It holds no connection: every
 // call dials the socket, so a Client outlives supervisor restarts.
 type Client struct {
 	path  string
+	ns    string
 	pid   int    // the supervisor's, from the ping that made this client
 	start uint64 // its start time, so that Shutdown tells it from a reused pid
 }
@@ -34,6 +39,10 @@ var ErrNotRunning = errors.New("no supervisor is running for this namespace")
 // alive but does not answer (stopped, wedged) must not hang a command
 // forever. Starting and stopping VMs wait for QEMU and so get longer.
 const (
+	// pingCall bounds the ping every command starts with (Dial): a
+	// supervisor that does not answer it is stopped or wedged, and the
+	// command says so at once rather than at a later call's deadline.
+	pingCall   = 10 * time.Second
 	quickCall  = 30 * time.Second
 	vmCall     = 3 * time.Minute
 	stopMargin = time.Minute // beyond a stop's own graceful timeout
@@ -46,7 +55,20 @@ const (
 // same namespace reaches it too: Dial refuses that with a *StateRootError
 // instead of letting the command stop or replace VMs it has no state for.
 func Dial(ctx context.Context, runtimeRoot, stateRoot, namespace string) (*Client, error) {
-	c := &Client{path: filenames.SupervisorSocketPath(runtimeRoot, namespace)}
+	if err := filenames.CheckNamespace(namespace); err != nil {
+		return nil, fmt.Errorf("dial supervisor: %w", err)
+	}
+	// The socket is only trusted in directories private to this user:
+	// another user's socket there would receive VM specs, env values
+	// included, and exec traffic.
+	for _, d := range []string{runtimeRoot, filenames.NamespaceRuntime(runtimeRoot, namespace)} {
+		if err := fsutil.CheckPrivate(d); errors.Is(err, fs.ErrNotExist) {
+			return nil, ErrNotRunning
+		} else if err != nil {
+			return nil, fmt.Errorf("dial supervisor: %w", err)
+		}
+	}
+	c := &Client{path: filenames.SupervisorSocketPath(runtimeRoot, namespace), ns: namespace}
 	pong, err := c.Ping(ctx)
 	if err != nil {
 		return nil, err
@@ -92,7 +114,7 @@ func sameDir(a, b string) bool {
 
 // Ping asks who answers.
 func (c *Client) Ping(ctx context.Context) (api.Pong, error) {
-	resp, err := c.call(ctx, quickCall, &api.Request{Op: api.OpPing})
+	resp, err := c.call(ctx, pingCall, &api.Request{Op: api.OpPing})
 	if err != nil {
 		return api.Pong{}, err
 	}
@@ -255,13 +277,18 @@ func (c *Client) Shutdown(ctx context.Context) error {
 // deadline d unless ctx has its own; a response carrying an error is
 // returned as a Go error.
 func (c *Client) call(ctx context.Context, d time.Duration, req *api.Request) (*api.Response, error) {
-	if _, ok := ctx.Deadline(); !ok {
+	if _, ok := ctx.Deadline(); ok {
+		d = 0 // the caller's deadline, not ours
+	} else {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
 	}
 	conn, err := c.dial(ctx)
 	if err != nil {
+		if ctx.Err() != nil { // the listen backlog is full: nobody accepts
+			return nil, c.noAnswer(req.Op, d, nil, ctx.Err())
+		}
 		return nil, err
 	}
 	defer conn.Close()
@@ -273,7 +300,11 @@ func (c *Client) call(ctx context.Context, d time.Duration, req *api.Request) (*
 	var resp api.Response
 	if err := json.NewDecoder(bufio.NewReader(conn)).Decode(&resp); err != nil {
 		if ctx.Err() != nil {
-			return nil, c.noAnswer(req.Op, ctx.Err())
+			return nil, c.noAnswer(req.Op, d, conn, ctx.Err())
+		}
+		if errors.Is(err, syscall.ECONNRESET) {
+			// It died with the request unread: none runs now.
+			return nil, fmt.Errorf("%w (read %s reply: %v)", ErrNotRunning, req.Op, err)
 		}
 		return nil, fmt.Errorf("read %s reply from supervisor: %w", req.Op, err)
 	}
@@ -283,16 +314,71 @@ func (c *Client) call(ctx context.Context, d time.Duration, req *api.Request) (*
 	return &resp, nil
 }
 
-// noAnswer explains a call that ran out of time.
-func (c *Client) noAnswer(op api.Op, err error) error {
+// NoAnswerError is a supervisor that did not answer a call in time: it
+// runs (its socket accepts connections) but is stopped or wedged. PID and
+// StartTime identify the process that listens on the socket, when the
+// connection got that far (SO_PEERCRED); 0 otherwise.
+type NoAnswerError struct {
+	Namespace string
+	PID       int
+	StartTime uint64
+	Op        api.Op
+	After     time.Duration // 0: the caller's deadline
+	Err       error
+}
+
+func (e *NoAnswerError) Error() string {
+	who, cont := "the supervisor", ""
+	if e.PID != 0 {
+		who = fmt.Sprintf("the supervisor (pid %d)", e.PID)
+		cont = fmt.Sprintf("`kill -CONT %d` if it was stopped; otherwise ", e.PID)
+	}
+	when := "in time"
+	if e.After > 0 {
+		when = "within " + e.After.String()
+	}
+	return fmt.Sprintf("%s of namespace %q did not answer %s %s: it is stopped or wedged. %s`stack -p %s down --force` kills it and the namespace's VMs, found by their recorded identity (%v)",
+		who, e.Namespace, e.Op, when, cont, e.Namespace, e.Err)
+}
+
+func (e *NoAnswerError) Unwrap() error { return e.Err }
+
+// noAnswer explains a call that ran out of time (d: the deadline it was
+// given, 0 for the caller's own); conn, when set, names the process that
+// listens on the socket.
+func (c *Client) noAnswer(op api.Op, d time.Duration, conn net.Conn, err error) error {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
-	who := "the supervisor"
-	if c.pid != 0 {
-		who = fmt.Sprintf("the supervisor (pid %d)", c.pid)
+	e := &NoAnswerError{Namespace: c.ns, PID: c.pid, StartTime: c.start, Op: op, After: d, Err: err}
+	if e.PID == 0 && conn != nil {
+		if pid, ok := peerPID(conn); ok {
+			e.PID = pid
+			e.StartTime, _ = proc.StartTime(pid)
+		}
 	}
-	return fmt.Errorf("%s did not answer %s in time: %w", who, op, err)
+	return e
+}
+
+// peerPID is the pid of the process at the other end of a unix socket
+// connection: for a client's connection, the process that listened.
+func peerPID(conn net.Conn) (int, bool) {
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		return 0, false
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var cred *unix.Ucred
+	raw.Control(func(fd uintptr) {
+		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	})
+	if err != nil || cred == nil || cred.Pid <= 0 {
+		return 0, false
+	}
+	return int(cred.Pid), true
 }
 
 func (c *Client) dial(ctx context.Context) (net.Conn, error) {
@@ -326,7 +412,7 @@ func (c *Client) Watch(ctx context.Context) (<-chan api.Event, error) {
 	select {
 	case err = <-ack:
 	case <-time.After(quickCall):
-		err = c.noAnswer(api.OpWatch, context.DeadlineExceeded)
+		err = c.noAnswer(api.OpWatch, quickCall, conn, context.DeadlineExceeded)
 	}
 	if err != nil {
 		stop()

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/stackvm/stack/internal/filenames"
+	"github.com/stackvm/stack/internal/fsutil"
 	"github.com/stackvm/stack/supervisor/api"
 )
 
@@ -39,7 +40,7 @@ func Ensure(ctx context.Context, o SpawnOptions) (*Client, error) {
 		return c, err // running, or running but not for this command
 	}
 	nsDir := filenames.NamespaceState(o.StateRoot, o.Namespace)
-	if err := os.MkdirAll(nsDir, filenames.DirMode); err != nil {
+	if err := fsutil.MkdirPrivate(nsDir); err != nil {
 		return nil, fmt.Errorf("start supervisor: %w", err)
 	}
 	logf, err := os.OpenFile(filepath.Join(nsDir, filenames.SupervisorLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, filenames.FileMode)

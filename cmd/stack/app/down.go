@@ -14,7 +14,7 @@ import (
 // the recorded state).
 func project(g *globals, s Streams) (*stack.Project, error) {
 	if g.namespace != "" && len(g.files) == 0 {
-		return stack.ForNamespace(g.namespace, g.stateDir), nil
+		return stack.ForNamespace(g.namespace, g.stateDir)
 	}
 	return load(g, s)
 }
@@ -22,6 +22,7 @@ func project(g *globals, s Streams) (*stack.Project, error) {
 func newDownCmd(g *globals, s Streams) *cobra.Command {
 	var (
 		volumes     bool
+		force       bool
 		timeout     time.Duration
 		lockTimeout time.Duration
 		progress    string
@@ -40,7 +41,7 @@ func newDownCmd(g *globals, s Streams) *cobra.Command {
 				return err
 			}
 			err = p.Down(cmd.Context(), stack.DownOptions{
-				Volumes: volumes, StopTimeout: timeout, LockTimeout: lockTimeout, Progress: pr.event,
+				Volumes: volumes, Force: force, StopTimeout: timeout, LockTimeout: lockTimeout, Progress: pr.event,
 				OnLockWait: func() {
 					fmt.Fprintf(s.Err, "Waiting for another stack command on namespace %q to finish...\n", p.Stack.Namespace)
 				},
@@ -55,6 +56,7 @@ func newDownCmd(g *globals, s Streams) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.BoolVar(&volumes, "volumes", false, "delete the namespace's volumes too")
+	f.BoolVar(&force, "force", false, "take the namespace down even when its state file is corrupt (kept as a backup)")
 	f.DurationVar(&timeout, "timeout", 30*time.Second, "graceful stop timeout per VM, after which it is forced")
 	f.DurationVar(&lockTimeout, "lock-timeout", 5*time.Minute, "how long to wait for another command on the namespace")
 	f.StringVar(&progress, "progress", "auto", "progress output: auto, tty, plain or json")

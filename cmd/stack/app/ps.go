@@ -31,6 +31,9 @@ type psEntry struct {
 	// Warnings: what is wrong with a ready VM (each failed cloud-init
 	// module, with its error).
 	Warnings []string `json:"warnings,omitempty"`
+	// Stale, when set, says why the state is the records' and not the
+	// supervisor's (none runs, or it did not answer).
+	Stale string `json:"stale,omitempty"`
 }
 
 type psPort struct {
@@ -57,7 +60,7 @@ func newPsCmd(g *globals, s Streams) *cobra.Command {
 			}
 			list := make([]psEntry, 0, len(vms))
 			for _, v := range vms {
-				e := psEntry{Address: v.Address, Name: v.Name, State: v.State, Reason: v.Reason, Addresses: v.Addresses, Ports: []psPort{}, PID: v.PID, Accel: v.Accel, Boot: v.Boot, Warnings: v.Warnings}
+				e := psEntry{Address: v.Address, Name: v.Name, State: v.State, Reason: v.Reason, Addresses: v.Addresses, Ports: []psPort{}, PID: v.PID, Accel: v.Accel, Boot: v.Boot, Warnings: v.Warnings, Stale: v.Stale}
 				if v.State == "stopped" || v.State == "failed" {
 					e.ExitCode = v.ExitCode
 				}
@@ -77,12 +80,17 @@ func newPsCmd(g *globals, s Streams) *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(list)
 			}
+			stale := ""
 			tw := tabwriter.NewWriter(s.Out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tSTATE\tADDRESSES\tPORTS\tUPTIME")
 			for _, e := range list {
 				state := e.State
 				if e.ExitCode != nil {
 					state = fmt.Sprintf("%s (exit %d)", state, *e.ExitCode)
+				}
+				if e.Stale != "" {
+					state += " (stale)"
+					stale = e.Stale
 				}
 				var addrs []string
 				for net, ip := range e.Addresses {
@@ -103,6 +111,9 @@ func newPsCmd(g *globals, s Streams) *cobra.Command {
 				for _, w := range e.Warnings {
 					fmt.Fprintf(s.Out, "warning: %s: %s\n", e.Name, termsafe.String(w))
 				}
+			}
+			if stale != "" {
+				fmt.Fprintf(s.Out, "Stale: %s, so these states are its records'. Nothing forwards published ports or restarts VMs; `stack up` takes the namespace over again.\n", termsafe.String(stale))
 			}
 			// Warm pools are not VMs of the stack: a line each.
 			pools, err := p.Pools(cmd.Context())

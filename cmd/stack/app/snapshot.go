@@ -69,7 +69,9 @@ as -p NS snapshot restore NAME --into other.`,
 				opts.From, name = ns, n
 			}
 			if into != "" && into != p.Stack.Namespace {
-				target = stack.ForNamespace(into, g.stateDir)
+				if target, err = stack.ForNamespace(into, g.stateDir); err != nil {
+					return err
+				}
 				opts.From = cmp.Or(opts.From, p.Stack.Namespace)
 			}
 			pr, err := newProgress(s, progress)

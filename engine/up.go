@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"time"
@@ -16,6 +17,10 @@ import (
 type PlanOptions struct {
 	DeleteVolumes bool // plan orphaned volumes for deletion
 	Destroy       bool // plan everything for deletion (down)
+	// Targets narrows the plan to the VMs named and what they need (with
+	// Destroy: to the VMs named); see planner.Input.Targets.
+	Targets []string
+	Force   bool // with Destroy and Targets: even when running VMs depend on them
 }
 
 // Plan reads the recorded state, observes which VMs still run, and plans
@@ -34,6 +39,7 @@ func (e *Engine) Plan(ctx context.Context, desired *stackfile.Stack, opts PlanOp
 	plan, err := planner.Make(planner.Input{
 		Desired: desired, State: st, Observed: e.Observe(st),
 		DeleteVolumes: opts.DeleteVolumes, Destroy: opts.Destroy,
+		Targets: opts.Targets, Force: opts.Force,
 	})
 	if err != nil {
 		return nil, nil, err
@@ -57,6 +63,9 @@ type UpOptions struct {
 	OnLockWait func()
 	// Progress receives every event.
 	Progress func(Event)
+	// Targets narrows the plan to the VMs named and what they need
+	// (planner.Input.Targets); warm pools are then left as they are.
+	Targets []string
 	// OwnerPID, when set, makes the namespace's supervisor bring everything
 	// down when that process dies (stacktest passes the test binary's pid).
 	OwnerPID int
@@ -82,6 +91,9 @@ func (e *Engine) Up(ctx context.Context, desired *stackfile.Stack, opts UpOption
 	}
 	var plan *planner.Plan
 	if opts.SavedPlan != nil {
+		if len(opts.Targets) > 0 {
+			return nil, fmt.Errorf("up: a saved plan is applied as it is: name the VMs when you make it (stack plan --out FILE VM...)")
+		}
 		plan, desired, err = planner.LoadSaved(opts.SavedPlan, st)
 		if err != nil {
 			return nil, err
@@ -94,7 +106,7 @@ func (e *Engine) Up(ctx context.Context, desired *stackfile.Stack, opts UpOption
 		return nil, err
 	}
 	if opts.SavedPlan == nil {
-		plan, err = planner.Make(planner.Input{Desired: desired, State: st, Observed: e.Observe(st)})
+		plan, err = planner.Make(planner.Input{Desired: desired, State: st, Observed: e.Observe(st), Targets: opts.Targets})
 		if err != nil {
 			return nil, err
 		}
@@ -122,12 +134,29 @@ func (e *Engine) Up(ctx context.Context, desired *stackfile.Stack, opts UpOption
 		}
 	}
 	// Pools are set once the plan's networks run; an unchanged stack may
-	// still have changed its pools.
+	// still have changed its pools. Part of a stack leaves them alone, as
+	// does a saved plan of part of one.
+	if len(opts.Targets) > 0 || len(plan.LeftOut) > 0 {
+		return plan, nil
+	}
 	pools, err := a.pools(ctx)
 	if err == nil {
 		err = sup.SetPools(ctx, pools)
 	}
 	return plan, err
+}
+
+// applyDown carries out a plan of deletions.
+func (e *Engine) applyDown(ctx context.Context, st *state.State, plan *planner.Plan, sup Supervisor, opts DownOptions) error {
+	a := e.newApplier(st, &stackfile.Stack{Namespace: e.opts.Namespace}, opts.Progress)
+	if opts.StopTimeout > 0 {
+		a.stopTimeout = opts.StopTimeout
+	}
+	if err := a.begin(ctx, sup); err != nil {
+		return err
+	}
+	defer a.end()
+	return a.apply(ctx, plan)
 }
 
 func hasPools(st *stackfile.Stack) bool {
@@ -146,11 +175,18 @@ type DownOptions struct {
 	LockTimeout time.Duration
 	OnLockWait  func()
 	Progress    func(Event)
+	// Targets names the VMs to remove (instance names or block labels);
+	// none: everything. Networks, volumes, the warm pools and the
+	// supervisor stay. A VM that runs and depends on one of them refuses
+	// it, unless Force.
+	Targets []string
+	Force   bool
 }
 
 // Down stops and removes everything Up created in the namespace but its
-// volumes (and those too with Volumes). It works from the recorded state:
-// it needs no stack files.
+// volumes (and those too with Volumes), or only the VMs in
+// DownOptions.Targets. It works from the recorded state: it needs no stack
+// files.
 func (e *Engine) Down(ctx context.Context, opts DownOptions) error {
 	lock, err := e.lock(ctx, opts.LockTimeout, opts.OnLockWait)
 	if err != nil {
@@ -161,27 +197,27 @@ func (e *Engine) Down(ctx context.Context, opts DownOptions) error {
 	if err != nil {
 		return err
 	}
-	plan, err := planner.Make(planner.Input{State: st, Destroy: true, DeleteVolumes: opts.Volumes})
+	in := planner.Input{State: st, Destroy: true, DeleteVolumes: opts.Volumes, Targets: opts.Targets, Force: opts.Force}
+	if len(opts.Targets) > 0 {
+		in.Observed = e.Observe(st)
+	}
+	plan, err := planner.Make(in)
 	if err != nil {
-		return err
+		return fmt.Errorf("down: %w", err)
 	}
 	sup, err := e.connect(ctx, 0)
 	if err != nil {
 		return err
 	}
+	// Part of a namespace leaves its pools, networks and supervisor alone.
+	part := len(opts.Targets) > 0
 	// Warm pools go first: their VMs sit on the networks the plan removes.
-	if err := sup.SetPools(ctx, nil); err != nil {
-		return err
+	if !part {
+		if err := sup.SetPools(ctx, nil); err != nil {
+			return err
+		}
 	}
-	a := e.newApplier(st, &stackfile.Stack{Namespace: e.opts.Namespace}, opts.Progress)
-	if opts.StopTimeout > 0 {
-		a.stopTimeout = opts.StopTimeout
-	}
-	if err := a.begin(ctx, sup); err != nil {
-		return err
-	}
-	defer a.end()
-	if err := a.apply(ctx, plan); err != nil {
+	if err := e.applyDown(ctx, st, plan, sup, opts); err != nil || part {
 		return err
 	}
 	if err := sup.Shutdown(ctx); err != nil && !IsNoSupervisor(err) {

@@ -238,3 +238,14 @@ func (e *Engine) Down(ctx context.Context, opts DownOptions) error {
 	os.Remove(filenames.NamespaceRuntime(e.opts.RuntimeRoot, e.opts.Namespace))
 	return nil
 }
+
+// Graph plans desired as if nothing of it existed: every resource is
+// created, so the plan's graph holds every resource of the stack and every
+// dependency between them (`stack graph`). It reads and changes nothing.
+func Graph(desired *stackfile.Stack) ([]*planner.Node, error) {
+	plan, err := planner.Make(planner.Input{Desired: desired, State: state.New(desired.Namespace)})
+	if err != nil {
+		return nil, fmt.Errorf("graph: %w", err)
+	}
+	return plan.Graph(), nil
+}

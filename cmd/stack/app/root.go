@@ -135,6 +135,7 @@ func newRoot(s Streams) *cobra.Command {
 		newCacheCmd(g, s),
 		newPullCmd(g, s),
 		newSnapshotCmd(g, s),
+		newGraphCmd(g, s),
 	)
 	return root
 }

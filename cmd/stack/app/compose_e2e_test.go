@@ -75,6 +75,12 @@ func TestPartOfAStack(t *testing.T) {
 		t.Fatalf("after up: %s, want %s", got, want)
 	}
 
+	// Shell completion offers the namespace's VMs, from its state alone.
+	got, _ := complete(t, t.TempDir(), "-p", c.ns, "--state-dir", c.stateDir, "stop", "")
+	if want := "db other web-0 web-1 web"; got != want {
+		t.Errorf("completion of stop: %q, want %q", got, want)
+	}
+
 	r = c.run("down", "db")
 	if r.code != 1 || !strings.Contains(r.stderr, "web-0 (depends on vm.db)") || !strings.Contains(r.stderr, "--force") {
 		t.Errorf("down of a dependency of running VMs: want it refused, got %+v", r)

@@ -137,6 +137,7 @@ func newRoot(s Streams) *cobra.Command {
 		newSnapshotCmd(g, s),
 		newGraphCmd(g, s),
 	)
+	addVMCompletion(root, g)
 	return root
 }
 

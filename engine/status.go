@@ -47,6 +47,9 @@ func statusOf(v api.VMStatus) VMStatus {
 		Addresses: v.Addresses, Ports: []Port{}, StartedAt: v.StartedAt, Restarts: v.Restarts,
 		Held: v.Held, PID: v.PID, Halted: v.Halted, Accel: v.Accel, Boot: v.Boot,
 	}
+	if v.Paused && !v.State.Ended() {
+		s.State = state.StatusPaused
+	}
 	if s.Addresses == nil {
 		s.Addresses = map[string]string{}
 	}

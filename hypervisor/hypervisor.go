@@ -52,6 +52,8 @@ type Instance interface {
 	Stop(ctx context.Context, timeout time.Duration) error
 	// Kill ends the VMM process at once (SIGKILL).
 	Kill() error
+	// Signal sends sig to the VMM process (`stack kill -s`).
+	Signal(sig syscall.Signal) error
 	// Wait blocks until the VMM process exits and reports how.
 	Wait(ctx context.Context) (ExitStatus, error)
 	// Guest returns the guest agent channel, or nil for guests without one

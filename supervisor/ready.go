@@ -27,7 +27,7 @@ func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.I
 	if timeout <= 0 {
 		timeout = 2 * time.Minute
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := v.runningTimeout(ctx, timeout)
 	defer cancel()
 	var what string
 	var err error
@@ -41,7 +41,8 @@ func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.I
 	default:
 		what = "the VMM is running"
 	}
-	if ctx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) && err != nil {
+	timedOut := errors.Is(context.Cause(ctx), context.DeadlineExceeded)
+	if ctx.Err() != nil && !timedOut && err != nil {
 		return // released or stopped
 	}
 	v.mu.Lock()
@@ -53,7 +54,7 @@ func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.I
 	}
 	if err != nil {
 		reason := err.Error()
-		if errors.Is(err, context.DeadlineExceeded) {
+		if timedOut {
 			reason = fmt.Sprintf("not ready after %s (%s)", timeout, readyWhat(spec))
 		}
 		s.setState(v, api.StateFailed, reason, nil)

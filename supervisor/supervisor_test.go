@@ -104,8 +104,9 @@ func (f *fakeInst) Stop(ctx context.Context, _ time.Duration) error {
 	f.end(hypervisor.ExitStatus{Code: 0, GuestShutdown: true, Known: true})
 	return nil
 }
-func (f *fakeInst) Kill() error {
-	f.end(hypervisor.ExitStatus{Code: -1, Signal: syscall.SIGKILL, Known: true})
+func (f *fakeInst) Kill() error { return f.Signal(syscall.SIGKILL) }
+func (f *fakeInst) Signal(sig syscall.Signal) error {
+	f.end(hypervisor.ExitStatus{Code: -1, Signal: sig, Known: true})
 	return nil
 }
 func (f *fakeInst) end(st hypervisor.ExitStatus) {

@@ -72,6 +72,8 @@ const (
 	PhaseExited   Phase = "exited"
 	PhaseRestart  Phase = "restart"
 	PhaseStopped  Phase = "stopped"
+	PhasePaused   Phase = "paused"   // stack pause
+	PhaseUnpaused Phase = "unpaused" // stack unpause
 )
 
 func (p Phase) String() string { return string(p) }
@@ -275,6 +277,9 @@ type VMStatus struct {
 	// spec and disks, and its restart policy does not apply; boot-vm (or the
 	// next `up`) starts it again.
 	Halted bool `json:"halted,omitempty"`
+	// Paused: its CPUs are stopped by pause-vm until resume-vm. Not
+	// recorded: a supervisor that re-adopts a VMM lets it run.
+	Paused bool `json:"paused,omitempty"`
 	// Accel is the accelerator of its VMM: kvm or tcg.
 	Accel string `json:"accel,omitempty"`
 	// Boot is how its VMM came up: cold, or template (restored from the

@@ -21,6 +21,11 @@ const (
 	OpSaveSnapshot  Op = "save-snapshot"
 	OpCheckRestore  Op = "check-restore"
 	OpRestoreVMs    Op = "restore-vms"
+	// pause-vm and resume-vm stop and go on with a VM's CPUs (QMP stop
+	// and cont); signal-vm sends Signal to its VMM process.
+	OpPauseVM  Op = "pause-vm"
+	OpResumeVM Op = "resume-vm"
+	OpSignalVM Op = "signal-vm"
 )
 
 // Request is one call. Op says which of the other fields are set.
@@ -30,7 +35,8 @@ type Request struct {
 	VM      *VMSpec      `json:"vm,omitempty"`      // start-vm
 	Update  *Update      `json:"update,omitempty"`  // update-vm
 	// Address is the network's name (remove-network) or the VM's address
-	// (stop-vm, halt-vm, boot-vm, release-vm, exec).
+	// (stop-vm, halt-vm, boot-vm, release-vm, exec, pause-vm, resume-vm,
+	// signal-vm).
 	Address string    `json:"address,omitempty"`
 	Timeout Duration  `json:"timeout,omitempty"` // stop-vm, halt-vm: graceful stop
 	Exec    *ExecSpec `json:"exec,omitempty"`
@@ -42,6 +48,8 @@ type Request struct {
 	Dir string `json:"dir,omitempty"`
 	// Restore are the VMs check-restore and restore-vms are about.
 	Restore []RestoreVM `json:"restore,omitempty"`
+	// Signal is signal-vm's signal number.
+	Signal int `json:"signal,omitempty"`
 }
 
 // Response answers a Request. Error is a user-facing message.

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/stackvm/stack/hypervisor/proc"
@@ -155,6 +156,24 @@ func stopDeadline(timeout time.Duration) time.Duration {
 		timeout = 30 * time.Second // the supervisor's default
 	}
 	return timeout + stopMargin
+}
+
+// PauseVM stops a running VM's CPUs (`stack pause`).
+func (c *Client) PauseVM(ctx context.Context, address string) error {
+	_, err := c.call(ctx, quickCall, &api.Request{Op: api.OpPauseVM, Address: address})
+	return err
+}
+
+// ResumeVM lets a paused VM's CPUs run again (`stack unpause`).
+func (c *Client) ResumeVM(ctx context.Context, address string) error {
+	_, err := c.call(ctx, quickCall, &api.Request{Op: api.OpResumeVM, Address: address})
+	return err
+}
+
+// SignalVM sends sig to a running VM's VMM process (`stack kill`).
+func (c *Client) SignalVM(ctx context.Context, address string, sig syscall.Signal) error {
+	_, err := c.call(ctx, quickCall, &api.Request{Op: api.OpSignalVM, Address: address, Signal: int(sig)})
+	return err
 }
 
 // UpdateVM changes a running VM's host-side attributes in place.

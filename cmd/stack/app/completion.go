@@ -12,7 +12,7 @@ import (
 // take (0: any number). Their completion offers the namespace's VMs.
 var vmArgs = map[string]int{
 	"up": 0, "plan": 0, "down": 0, "stop": 0, "start": 0, "logs": 0,
-	"console": 1, "exec": 1,
+	"console": 1, "exec": 1, "restart": 0, "kill": 0, "pause": 0, "unpause": 0,
 }
 
 // addVMCompletion sets the completion of VM names on the commands of

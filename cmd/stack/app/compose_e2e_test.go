@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Tests of the compose habits of issue 20, against real VMs.
@@ -104,5 +105,108 @@ func TestPartOfAStack(t *testing.T) {
 	r = c.mustRun("-f", file, "plan", "db")
 	if !strings.Contains(r.stdout, "+ vm.db") || !strings.Contains(r.stdout, "Left out (not named, nor needed by what is named): vm.web[0]") {
 		t.Errorf("plan db after the downs:\n%s", r.stdout)
+	}
+}
+
+// waitState waits until ps shows vm in state want (what follows a kill is
+// the supervisor's to notice).
+func (c *cli) waitState(vm, want string) psEntry {
+	c.t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		e := c.ps()[vm]
+		if e.State == want {
+			return e
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%s is %s, want %s: %+v", vm, e.State, want, e)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+const controlStack = `network "lan" {
+  subnet = "10.59.0.0/24"
+}
+
+vm "web" {
+  command = ["sh", "-c", "mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 80 -h /www"]
+  network "lan" {}
+  ready {
+    tcp = 80
+  }
+}
+
+vm "client" {
+  command = ["sh", "-c", "exec sleep 100000"]
+  network "lan" {}
+}
+`
+
+// TestRestartKillPause: restart, kill and pause/unpause, with a probe from
+// a neighbour: a paused VM answers nothing until it is unpaused.
+func TestRestartKillPause(t *testing.T) {
+	requireVMs(t)
+	file := filepath.Join(t.TempDir(), "stack.hcl")
+	writeFile(t, file, controlStack)
+	c := newCLI(t, fmt.Sprintf("ctl-%d", os.Getpid()))
+	c.mustRun("-f", file, "up", "--progress", "plain")
+	fetch := func() result {
+		return c.run("exec", "client", "--", "timeout", "3", "wget", "-q", "-O", "-", "http://web/")
+	}
+	if r := fetch(); r.code != 0 || r.stdout != "hello\n" {
+		t.Fatalf("probe before pause: %+v", r)
+	}
+
+	c.mustRun("pause", "web")
+	c.mustRun("pause", "web") // pausing a paused VM does nothing
+	if e := c.ps()["web"]; e.State != "paused" {
+		t.Errorf("ps after pause: %+v", e)
+	}
+	if r := fetch(); r.code == 0 {
+		t.Errorf("a paused VM answered: %+v", r)
+	}
+	c.mustRun("unpause", "web")
+	if e := c.ps()["web"]; e.State != "ready" {
+		t.Errorf("ps after unpause: %+v", e)
+	}
+	if r := fetch(); r.code != 0 || r.stdout != "hello\n" {
+		t.Errorf("probe after unpause: %+v", r)
+	}
+
+	before := c.ps()["web"]
+	c.mustRun("restart", "--progress", "plain", "web")
+	after := c.ps()["web"]
+	if after.State != "ready" || after.PID == 0 || after.PID == before.PID {
+		t.Errorf("restart: before %+v, after %+v", before, after)
+	}
+	if r := fetch(); r.code != 0 || r.stdout != "hello\n" {
+		t.Errorf("probe after restart: %+v", r)
+	}
+
+	if r := c.run("kill", "-s", "NOPE", "web"); r.code != 1 || !strings.Contains(r.stderr, `invalid signal "NOPE"`) {
+		t.Errorf("kill -s NOPE: %+v", r)
+	}
+	c.mustRun("kill", "web")
+	killed := c.waitState("web", "failed")
+	if killed.ExitCode == nil || *killed.ExitCode != 128+9 {
+		t.Errorf("killed VM: %+v, want exit code 137", killed)
+	}
+	if r := c.run("pause", "web"); r.code != 1 || !strings.Contains(r.stderr, "does not run") {
+		t.Errorf("pause of a failed VM: %+v", r)
+	}
+	c.mustRun("restart", "--progress", "plain", "web")
+	if e := c.ps()["web"]; e.State != "ready" {
+		t.Errorf("restart of a killed VM: %+v", e)
+	}
+
+	// A paused VM can be stopped: it runs again to be asked to power off.
+	c.mustRun("pause", "web")
+	c.mustRun("stop", "web")
+	if e := c.ps()["web"]; e.State != "stopped" {
+		t.Errorf("stop of a paused VM: %+v", e)
+	}
+	if e := c.ps()["client"]; e.State != "ready" {
+		t.Errorf("the neighbour: %+v", e)
 	}
 }

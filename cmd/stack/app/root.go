@@ -136,6 +136,10 @@ func newRoot(s Streams) *cobra.Command {
 		newPullCmd(g, s),
 		newSnapshotCmd(g, s),
 		newGraphCmd(g, s),
+		newRestartCmd(g, s),
+		newKillCmd(g, s),
+		newPauseCmd(g, s),
+		newUnpauseCmd(g, s),
 	)
 	addVMCompletion(root, g)
 	return root

@@ -251,8 +251,8 @@ func probePorts(vm *stackfile.VM, nics []state.NIC) []int {
 // readySpec says how the supervisor decides that vm is ready. instanceID
 // is the cloud-init instance (cloud-init mode only).
 func readySpec(vm *stackfile.VM, instanceID string) api.Ready {
-	r := api.Ready{TCP: vm.Ready.TCP, HTTP: vm.Ready.HTTP, Timeout: api.Duration(vm.Ready.Timeout)}
-	if r.TCP != 0 || r.HTTP != "" {
+	r := api.Ready{TCP: vm.Ready.TCP, HTTP: vm.Ready.HTTP, Exec: vm.Ready.Exec, Timeout: api.Duration(vm.Ready.Timeout)}
+	if r.TCP != 0 || r.HTTP != "" || len(r.Exec) > 0 {
 		return r
 	}
 	if vm.Mode() == stackfile.ModeCloudInit {

@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -34,6 +35,8 @@ func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.I
 	switch {
 	case spec.TCP != 0 || spec.HTTP != "":
 		what, err = s.probe(ctx, v, spec)
+	case len(spec.Exec) > 0:
+		what, err = s.probeExec(ctx, v, inst, spec.Exec)
 	case spec.ConsoleLine != "":
 		what, err = s.waitConsoleLine(ctx, v, spec.ConsoleLine, spec.ConsoleFailLine)
 	case spec.Guest:
@@ -70,7 +73,9 @@ func readyWhat(r api.Ready) string {
 	case r.TCP != 0:
 		return fmt.Sprintf("waiting for TCP port %d", r.TCP)
 	case r.HTTP != "":
-		return "waiting for " + r.HTTP
+		return "waiting for " + r.HTTP + " to answer 2xx"
+	case len(r.Exec) > 0:
+		return fmt.Sprintf("waiting for %q to exit 0", r.Exec)
 	case r.ConsoleLine != "":
 		return "waiting for cloud-init to finish"
 	}
@@ -192,7 +197,7 @@ func (s *Supervisor) probe(ctx context.Context, v *vmRun, spec api.Ready) (strin
 	}
 	client := &http.Client{
 		Timeout:   time.Second,
-		Transport: &http.Transport{DialContext: guestDialer(gw, nic.IP.String())},
+		Transport: &http.Transport{DialContext: s.guestDialer(gw, nic)},
 	}
 	return s.pollUntil(ctx, v, func() (string, bool, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, spec.HTTP, nil)
@@ -204,20 +209,107 @@ func (s *Supervisor) probe(ctx context.Context, v *vmRun, spec api.Ready) (strin
 			return "", false, nil
 		}
 		resp.Body.Close()
-		if resp.StatusCode >= 200 && resp.StatusCode < 400 {
+		if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 			return fmt.Sprintf("%s answered %d", spec.HTTP, resp.StatusCode), true, nil
 		}
 		return "", false, nil
 	})
 }
 
-// guestDialer dials "localhost" in probe URLs as the guest itself.
-func guestDialer(gw Gateway, guestIP string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+// guestDialer dials probe URLs from the network of nic, the probed VM's
+// first: "localhost" is the guest itself, and a VM's name is its address
+// on that network (as the guests' DNS answers it), which the host cannot
+// resolve.
+func (s *Supervisor) guestDialer(gw Gateway, nic api.NIC) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		host, port, ok := strings.Cut(addr, ":")
-		if ok && (host == "localhost" || host == "127.0.0.1") {
-			addr = guestIP + ":" + port
+		host, port, err := net.SplitHostPort(addr)
+		if err == nil {
+			switch {
+			case host == "localhost" || host == "127.0.0.1":
+				addr = net.JoinHostPort(nic.IP.String(), port)
+			case net.ParseIP(host) == nil:
+				if ip := s.vmIP(host, nic.Network); ip != "" {
+					addr = net.JoinHostPort(ip, port)
+				}
+			}
 		}
 		return gw.DialContext(ctx, network, addr)
 	}
+}
+
+// vmIP is the address of the VM named name on network, or "".
+func (s *Supervisor) vmIP(name, network string) string {
+	for _, v := range s.allVMs() {
+		v.mu.Lock()
+		spec := v.spec
+		v.mu.Unlock()
+		if spec.Name != name {
+			continue
+		}
+		for _, n := range spec.NICs {
+			if n.Network == network {
+				return n.IP.String()
+			}
+		}
+	}
+	return ""
+}
+
+// execProbeInterval is the cadence of exec readiness probes: each is a
+// command started in the guest, dearer than a connection.
+const execProbeInterval = 500 * time.Millisecond
+
+// probeExec runs argv in the guest, as `stack exec` does (the guest agent,
+// or SSH for cloud-init VMs), until it exits 0. A guest with an agent is
+// first waited for: its agent serves execs once it reported ready.
+func (s *Supervisor) probeExec(ctx context.Context, v *vmRun, inst hypervisor.Instance, argv []string) (string, error) {
+	if inst.Guest() != nil {
+		if _, err := s.waitGuestReady(ctx, v, inst); err != nil {
+			return "", err
+		}
+	}
+	for {
+		if code, _ := s.runExec(ctx, v, inst, argv); code == 0 {
+			return fmt.Sprintf("%q exited 0", argv), nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(execProbeInterval):
+		}
+	}
+}
+
+// runExec runs argv in v without input and returns its exit code (-1 with
+// the reason when it could not run).
+func (s *Supervisor) runExec(ctx context.Context, v *vmRun, inst hypervisor.Instance, argv []string) (int, string) {
+	var end exitCapture
+	out := &execOut{enc: json.NewEncoder(&end)}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	spec := &api.ExecSpec{Argv: argv}
+	if g := inst.Guest(); g != nil {
+		s.execAgent(ctx, v, g, spec, out, nil, nil)
+	} else {
+		s.execSSH(ctx, v, spec, out, nil, nil)
+	}
+	if end.exit == nil {
+		return -1, "no exit status"
+	}
+	return *end.exit, end.reason
+}
+
+// exitCapture takes an exec's events, as execOut encodes them one per
+// write, and keeps its end.
+type exitCapture struct {
+	exit   *int
+	reason string
+}
+
+func (c *exitCapture) Write(p []byte) (int, error) {
+	var ev api.ExecEvent
+	if err := json.Unmarshal(p, &ev); err == nil && ev.Exit != nil {
+		c.exit, c.reason = ev.Exit, ev.Error
+	}
+	return len(p), nil
 }

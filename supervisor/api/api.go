@@ -134,6 +134,8 @@ type Ready struct {
 	// Probes, run through the network's gateway.
 	TCP  int    `json:"tcp,omitempty"`
 	HTTP string `json:"http,omitempty"`
+	// Exec is a command run in the guest, as exec runs it, until it exits 0.
+	Exec []string `json:"exec,omitempty"`
 	// Timeout bounds the whole wait.
 	Timeout Duration `json:"timeout"`
 }

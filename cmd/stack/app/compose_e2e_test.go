@@ -210,3 +210,89 @@ func TestRestartKillPause(t *testing.T) {
 		t.Errorf("the neighbour: %+v", e)
 	}
 }
+
+const readyStack = `network "lan" {
+  subnet = "10.60.0.0/24"
+}
+
+vm "web" {
+  command = ["sh", "-c", "mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 80 -h /www"]
+  network "lan" {}
+  ready {
+    tcp = 80
+  }
+}
+
+# Ready once another VM, by its name, answers 2xx.
+vm "byname" {
+  depends_on = [vm.web]
+  command    = ["sh", "-c", "exec sleep 100000"]
+  network "lan" {}
+  ready {
+    http = "http://web/index.html"
+  }
+}
+
+# Ready once a command in the guest exits 0: a second after it starts.
+vm "byexec" {
+  command = ["sh", "-c", "sleep 1; touch /tmp/ok; exec sleep 100000"]
+  network "lan" {}
+  ready {
+    exec = ["test", "-f", "/tmp/ok"]
+  }
+}
+`
+
+const unreadyStack = `
+vm "notfound" {
+  depends_on = [vm.web]
+  command    = ["sh", "-c", "exec sleep 100000"]
+  network "lan" {}
+  ready {
+    http    = "http://web/missing"
+    timeout = "5s"
+  }
+}
+
+vm "execfails" {
+  command = ["sh", "-c", "exec sleep 100000"]
+  network "lan" {}
+  ready {
+    exec    = ["false"]
+    timeout = "5s"
+  }
+}
+`
+
+// TestReadyProbes: ready { http } reaches another VM by its name and wants
+// 2xx (a 404 never makes a VM ready), and ready { exec } runs its command
+// in the guest until it exits 0.
+func TestReadyProbes(t *testing.T) {
+	requireVMs(t)
+	file := filepath.Join(t.TempDir(), "stack.hcl")
+	writeFile(t, file, readyStack)
+	c := newCLI(t, fmt.Sprintf("ready-%d", os.Getpid()))
+	r := c.mustRun("-f", file, "up", "--progress", "plain")
+	for _, want := range []string{"ready: http://web/index.html answered 200", `ready: ["test" "-f" "/tmp/ok"] exited 0`} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("up's progress lacks %q:\n%s", want, r.stderr)
+		}
+	}
+	if got, want := c.names(), "byexec=ready byname=ready web=ready"; got != want {
+		t.Fatalf("after up: %s, want %s", got, want)
+	}
+
+	writeFile(t, file, readyStack+unreadyStack)
+	r = c.run("-f", file, "up", "--progress", "plain")
+	if r.code != 1 {
+		t.Fatalf("up with probes that never pass: %+v", r)
+	}
+	for _, want := range []string{
+		"vm.notfound failed: not ready after 5s (waiting for http://web/missing to answer 2xx)",
+		`vm.execfails failed: not ready after 5s (waiting for ["false"] to exit 0)`,
+	} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("up's report lacks %q:\n%s", want, r.stderr)
+		}
+	}
+}

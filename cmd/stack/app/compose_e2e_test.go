@@ -296,3 +296,81 @@ func TestReadyProbes(t *testing.T) {
 		}
 	}
 }
+
+// checkCopy copies a file and a directory into vm and back out, and checks
+// contents, modes and docker cp's errors.
+func (c *cli) checkCopy(vm string) {
+	t := c.t
+	t.Helper()
+	host := t.TempDir()
+	writeFile(t, filepath.Join(host, "one.txt"), "one\n")
+	if err := os.Chmod(filepath.Join(host, "one.txt"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	tree := filepath.Join(host, "tree")
+	if err := os.MkdirAll(filepath.Join(tree, "sub"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(tree, "sub", "run.sh"), "#!/bin/sh\necho ran\n")
+	if err := os.Chmod(filepath.Join(tree, "sub", "run.sh"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("sub/run.sh", filepath.Join(tree, "link")); err != nil {
+		t.Fatal(err)
+	}
+
+	// In: a file as a new name, a file into a directory, a directory.
+	c.mustRun("exec", vm, "--", "mkdir", "-p", "/cp")
+	c.mustRun("cp", filepath.Join(host, "one.txt"), vm+":/cp/renamed.txt")
+	c.mustRun("cp", filepath.Join(host, "one.txt"), vm+":/cp/")
+	c.mustRun("cp", tree, vm+":/cp")
+	r := c.mustRun("exec", vm, "--", "sh", "-c",
+		"cat /cp/renamed.txt /cp/one.txt; stat -c '%a %n' /cp/one.txt /cp/tree/sub /cp/tree/sub/run.sh; readlink /cp/tree/link; /cp/tree/link")
+	if want := "one\none\n640 /cp/one.txt\n750 /cp/tree/sub\n755 /cp/tree/sub/run.sh\nsub/run.sh\nran\n"; r.stdout != want {
+		t.Errorf("%s: copied in:\n%s\nwant:\n%s", vm, r.stdout, want)
+	}
+
+	// Out: a file into a directory, a file as a new name, a directory.
+	out := t.TempDir()
+	c.mustRun("cp", vm+":/cp/one.txt", out)
+	c.mustRun("cp", vm+":/cp/renamed.txt", filepath.Join(out, "back.txt"))
+	c.mustRun("cp", vm+":/cp/tree", filepath.Join(out, "tree2"))
+	for p, want := range map[string]string{"one.txt": "one\n", "back.txt": "one\n", "tree2/sub/run.sh": "#!/bin/sh\necho ran\n"} {
+		if got, err := os.ReadFile(filepath.Join(out, p)); err != nil || string(got) != want {
+			t.Errorf("%s: copied out %s: %q, %v", vm, p, got, err)
+		}
+	}
+	for p, want := range map[string]os.FileMode{"one.txt": 0o640, "tree2/sub": 0o750 | os.ModeDir, "tree2/sub/run.sh": 0o755} {
+		if fi, err := os.Stat(filepath.Join(out, p)); err != nil || fi.Mode() != want {
+			t.Errorf("%s: copied out %s: mode %v (%v), want %v", vm, p, fi.Mode(), err, want)
+		}
+	}
+	if l, err := os.Readlink(filepath.Join(out, "tree2", "link")); err != nil || l != "sub/run.sh" {
+		t.Errorf("%s: copied out link: %q, %v", vm, l, err)
+	}
+
+	// docker cp's errors.
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"cp", vm + ":/nope", out}, "no such file or directory: /nope"},
+		{[]string{"cp", filepath.Join(host, "nope"), vm + ":/cp"}, "no such file or directory: " + filepath.Join(host, "nope")},
+		{[]string{"cp", filepath.Join(host, "one.txt"), vm + ":/nodir/x"}, "no such directory: " + vm + ":/nodir"},
+		{[]string{"cp", filepath.Join(host, "one.txt"), vm + ":/cp/one.txt/"}, "not a directory: " + vm + ":/cp/one.txt/"},
+		{[]string{"cp", tree, vm + ":/cp/one.txt"}, "cannot copy a directory to a file"},
+		{[]string{"cp", vm + ":/cp/one.txt", filepath.Join(out, "nodir", "x")}, "no such directory: " + filepath.Join(out, "nodir")},
+		{[]string{"cp", "a:/x", "b:/y"}, "copying between two VMs is not supported"},
+	} {
+		if r := c.run(tc.args...); r.code != 1 || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("%s: stack %s: exit %d, stderr %q, want %q", vm, strings.Join(tc.args, " "), r.code, r.stderr, tc.want)
+		}
+	}
+}
+
+// TestCopy: stack cp both ways with an initramfs VM (through the guest
+// agent); the cloud-init test does the same over SSH.
+func TestCopy(t *testing.T) {
+	c := upTwoVMs(t, "cp")
+	c.checkCopy("good")
+}

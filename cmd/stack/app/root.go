@@ -140,6 +140,7 @@ func newRoot(s Streams) *cobra.Command {
 		newKillCmd(g, s),
 		newPauseCmd(g, s),
 		newUnpauseCmd(g, s),
+		newCpCmd(g, s),
 	)
 	addVMCompletion(root, g)
 	return root

@@ -112,6 +112,7 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 		seedDisk := api.Disk{Path: seedPath, Format: "raw", ReadOnly: true, Serial: cloudinit.VolumeID}
 		spec.Disks = append([]api.Disk{seedDisk}, spec.Disks...)
 		spec.Ready = readySpec(vm, seed.InstanceID)
+		spec.Health = healthSpec(vm)
 		return spec, nil
 	}
 
@@ -169,6 +170,7 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 	}
 	spec.GuestConfig, spec.Hold = raw, hold
 	spec.Ready = readySpec(vm, "")
+	spec.Health = healthSpec(vm)
 	return spec, nil
 }
 
@@ -246,6 +248,18 @@ func probePorts(vm *stackfile.VM, nics []state.NIC) []int {
 		return nil
 	}
 	return []int{port}
+}
+
+// healthSpec is vm's health check for the supervisor (nil: none).
+func healthSpec(vm *stackfile.VM) *api.Health {
+	h := vm.Health
+	if h == nil {
+		return nil
+	}
+	return &api.Health{
+		Probe:    api.Ready{TCP: h.TCP, HTTP: h.HTTP, Exec: h.Exec, Timeout: api.Duration(h.Timeout)},
+		Interval: api.Duration(h.Interval), Retries: h.Retries, StartPeriod: api.Duration(h.StartPeriod),
+	}
 }
 
 // readySpec says how the supervisor decides that vm is ready. instanceID

@@ -28,6 +28,7 @@ func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.I
 	if timeout <= 0 {
 		timeout = 2 * time.Minute
 	}
+	loopCtx := ctx // the VMM's: the health check outlives the wait
 	ctx, cancel := v.runningTimeout(ctx, timeout)
 	defer cancel()
 	var what string
@@ -66,6 +67,9 @@ func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.I
 	}
 	s.setState(v, api.StateReady, "", nil)
 	s.emitVM(v, api.PhaseReady, "ready: "+what)
+	if v.spec.Health != nil {
+		go s.watchHealth(loopCtx, v, inst)
+	}
 }
 
 func readyWhat(r api.Ready) string {

@@ -69,6 +69,8 @@ type vmRun struct {
 	wake chan struct{}
 	// pauseNews is closed (and replaced) when st.Paused changes.
 	pauseNews chan struct{}
+	// unhealthyKill: the health check killed the current VMM to restart it.
+	unhealthyKill bool
 }
 
 // vm is the VM at address, or nil.
@@ -138,6 +140,9 @@ func (s *Supervisor) setState(v *vmRun, stateName api.VMState, reason string, ex
 	v.mu.Unlock()
 	if stateName.Ended() || stateName == api.StateBooting || stateName == api.StateCreating {
 		v.setPaused(false) // a VMM that ended, or a new one, is not paused
+		v.mu.Lock()
+		v.st.Health = "" // nor checked
+		v.mu.Unlock()
 	}
 }
 

@@ -64,16 +64,18 @@ type Phase string
 // Phases the supervisor reports (the engine adds its own for disks and
 // seeds).
 const (
-	PhaseNetwork  Phase = "network"
-	PhaseVMMStart Phase = "vmm-start"
-	PhaseBooting  Phase = "booting"
-	PhaseReady    Phase = "ready"
-	PhaseFailed   Phase = "failed"
-	PhaseExited   Phase = "exited"
-	PhaseRestart  Phase = "restart"
-	PhaseStopped  Phase = "stopped"
-	PhasePaused   Phase = "paused"   // stack pause
-	PhaseUnpaused Phase = "unpaused" // stack unpause
+	PhaseNetwork   Phase = "network"
+	PhaseVMMStart  Phase = "vmm-start"
+	PhaseBooting   Phase = "booting"
+	PhaseReady     Phase = "ready"
+	PhaseFailed    Phase = "failed"
+	PhaseExited    Phase = "exited"
+	PhaseRestart   Phase = "restart"
+	PhaseStopped   Phase = "stopped"
+	PhasePaused    Phase = "paused"   // stack pause
+	PhaseUnpaused  Phase = "unpaused" // stack unpause
+	PhaseHealthy   Phase = "healthy"  // its health check passes (again)
+	PhaseUnhealthy Phase = "unhealthy"
 )
 
 func (p Phase) String() string { return string(p) }
@@ -140,6 +142,25 @@ type Ready struct {
 	Timeout Duration `json:"timeout"`
 }
 
+// Health is a VM's health check, run once it is ready: Probe (its TCP,
+// HTTP or Exec; its Timeout bounds one check) every Interval; Retries
+// failures in a row make the VM unhealthy, and restart it when its restart
+// policy is on-failure or always. Failures within StartPeriod of its
+// readiness do not count; a paused VM is not checked.
+type Health struct {
+	Probe       Ready    `json:"probe"`
+	Interval    Duration `json:"interval"`
+	Retries     int      `json:"retries"`
+	StartPeriod Duration `json:"start_period,omitempty"`
+}
+
+// Health states of a VM with a health check (VMStatus.Health).
+const (
+	HealthStarting  = "starting"
+	HealthHealthy   = "healthy"
+	HealthUnhealthy = "unhealthy"
+)
+
 // Machine is what the VMM emulates and boots. Machine and Accel are
 // requests ("auto" included); the supervisor's driver resolves them.
 type Machine struct {
@@ -193,6 +214,7 @@ type VMSpec struct {
 	NICs        []NIC           `json:"nics"`
 	Publish     []Port          `json:"publish,omitempty"`
 	Ready       Ready           `json:"ready"`
+	Health      *Health         `json:"health,omitempty"`
 	Restart     Restart         `json:"restart"`
 	// Hold: the guest config holds the workload until release-vm (the
 	// engine releases it once the VM's dependencies are ready). A released
@@ -282,6 +304,9 @@ type VMStatus struct {
 	// Paused: its CPUs are stopped by pause-vm until resume-vm. Not
 	// recorded: a supervisor that re-adopts a VMM lets it run.
 	Paused bool `json:"paused,omitempty"`
+	// Health is its health check's verdict (HealthStarting, ...), "" for a
+	// VM without one or not ready yet.
+	Health string `json:"health,omitempty"`
 	// Accel is the accelerator of its VMM: kvm or tcg.
 	Accel string `json:"accel,omitempty"`
 	// Boot is how its VMM came up: cold, or template (restored from the

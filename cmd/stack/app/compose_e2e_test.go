@@ -374,3 +374,81 @@ func TestCopy(t *testing.T) {
 	c := upTwoVMs(t, "cp")
 	c.checkCopy("good")
 }
+
+// waitPS waits until ps shows vm as ok says, and returns that entry.
+func (c *cli) waitPS(vm, what string, ok func(psEntry) bool) psEntry {
+	c.t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		e := c.ps()[vm]
+		if ok(e) {
+			return e
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%s never got %s: %+v", vm, what, e)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+const healthStack = `network "lan" {
+  subnet = "10.62.0.0/24"
+}
+
+vm "svc" {
+  # httpd goes to the background: killing it leaves the VM running.
+  command = ["sh", "-c", "mkdir -p /www && echo ok > /www/index.html && httpd -p 80 -h /www; exec sleep 100000"]
+  network "lan" {}
+  restart = "no"
+  health {
+    http     = "http://localhost/index.html"
+    interval = "1s"
+    timeout  = "2s"
+    retries  = 2
+  }
+}
+
+vm "healed" {
+  command = ["sh", "-c", "mkdir -p /www && echo ok > /www/index.html && httpd -p 80 -h /www; exec sleep 100000"]
+  network "lan" {}
+  restart = "always"
+  health {
+    tcp      = 80
+    interval = "1s"
+    timeout  = "2s"
+    retries  = 2
+  }
+}
+`
+
+// TestHealthChecks: a health check turns a VM healthy, then unhealthy when
+// its service is stopped inside the guest; with restart = "always" the VM
+// is restarted for it and healthy again.
+func TestHealthChecks(t *testing.T) {
+	requireVMs(t)
+	file := filepath.Join(t.TempDir(), "stack.hcl")
+	writeFile(t, file, healthStack)
+	c := newCLI(t, fmt.Sprintf("health-%d", os.Getpid()))
+	c.mustRun("-f", file, "up", "--progress", "plain")
+	healthy := func(e psEntry) bool { return e.State == "ready" && e.Health == "healthy" }
+	c.waitPS("svc", "healthy", healthy)
+	before := c.waitPS("healed", "healthy", healthy)
+	if r := c.mustRun("ps"); !strings.Contains(r.stdout, "ready (healthy)") {
+		t.Errorf("ps does not show the health:\n%s", r.stdout)
+	}
+
+	c.mustRun("exec", "svc", "--", "killall", "httpd")
+	e := c.waitPS("svc", "unhealthy", func(e psEntry) bool { return e.Health == "unhealthy" })
+	if e.State != "ready" || e.Restarts != 0 {
+		t.Errorf("an unhealthy VM with restart = no: %+v", e)
+	}
+
+	c.mustRun("exec", "healed", "--", "killall", "httpd")
+	after := c.waitPS("healed", "restarted and healthy", func(e psEntry) bool { return e.Restarts >= 1 && healthy(e) })
+	if after.PID == before.PID {
+		t.Errorf("healed was not restarted: before %+v, after %+v", before, after)
+	}
+	if r := c.run("logs", "healed"); r.code != 0 {
+		t.Errorf("logs: %+v", r)
+	}
+}

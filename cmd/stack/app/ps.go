@@ -24,8 +24,10 @@ type psEntry struct {
 	Ports     []psPort          `json:"ports"`
 	Uptime    string            `json:"uptime,omitempty"`
 	PID       int               `json:"pid,omitempty"`
-	Accel     string            `json:"accel,omitempty"` // kvm | tcg
-	Boot      string            `json:"boot,omitempty"`  // cold | template
+	Accel     string            `json:"accel,omitempty"`  // kvm | tcg
+	Boot      string            `json:"boot,omitempty"`   // cold | template
+	Health    string            `json:"health,omitempty"` // starting | healthy | unhealthy
+	Restarts  int               `json:"restarts"`
 }
 
 type psPort struct {
@@ -51,7 +53,7 @@ func newPsCmd(g *globals, s Streams) *cobra.Command {
 			}
 			list := make([]psEntry, 0, len(vms))
 			for _, v := range vms {
-				e := psEntry{Address: v.Address, Name: v.Name, State: v.State, Reason: v.Reason, Addresses: v.Addresses, Ports: []psPort{}, PID: v.PID, Accel: v.Accel, Boot: v.Boot}
+				e := psEntry{Address: v.Address, Name: v.Name, State: v.State, Reason: v.Reason, Addresses: v.Addresses, Ports: []psPort{}, PID: v.PID, Accel: v.Accel, Boot: v.Boot, Health: v.Health, Restarts: v.Restarts}
 				if v.State == "stopped" || v.State == "failed" {
 					e.ExitCode = v.ExitCode
 				}
@@ -75,8 +77,11 @@ func newPsCmd(g *globals, s Streams) *cobra.Command {
 			fmt.Fprintln(tw, "NAME\tSTATE\tADDRESSES\tPORTS\tUPTIME")
 			for _, e := range list {
 				state := e.State
-				if e.ExitCode != nil {
+				switch {
+				case e.ExitCode != nil:
 					state = fmt.Sprintf("%s (exit %d)", state, *e.ExitCode)
+				case e.Health != "":
+					state = fmt.Sprintf("%s (%s)", state, e.Health)
 				}
 				var addrs []string
 				for net, ip := range e.Addresses {

@@ -37,3 +37,13 @@ func (p *Project) Unpause(ctx context.Context, names []string, opts ControlOptio
 func (p *Project) Kill(ctx context.Context, names []string, sig syscall.Signal, opts ControlOptions) error {
 	return p.engine().Kill(ctx, names, sig, opts)
 }
+
+// VMStats are a running VM's counters: its VMM's CPU time and resident
+// memory, its network traffic (the switch ports' counters) and its disks'
+// bytes, all cumulative.
+type VMStats = engine.VMStats
+
+// Stats samples the counters of the namespace's running VMs.
+func (p *Project) Stats(ctx context.Context) ([]VMStats, error) {
+	return p.engine().Stats(ctx)
+}

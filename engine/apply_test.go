@@ -157,6 +157,8 @@ func (f *fakeSupervisor) HaltVM(ctx context.Context, address string, timeout tim
 	return nil
 }
 
+func (f *fakeSupervisor) Stats(ctx context.Context) ([]api.VMStats, error) { return nil, nil }
+
 func (f *fakeSupervisor) PauseVM(ctx context.Context, address string) error {
 	f.call("pause-vm " + address)
 	return nil

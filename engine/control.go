@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"syscall"
 	"time"
+
+	"github.com/stackvm/stack/supervisor/api"
 )
 
 // RestartOptions tune Restart.
@@ -70,4 +72,20 @@ func (e *Engine) control(ctx context.Context, verb string, names []string, opts 
 	}
 	defer o.lock.Unlock()
 	return joinErrs(o.addrs, parallel(o.addrs, func(addr string) error { return f(o, addr) }))
+}
+
+// VMStats are a running VM's counters (see api.VMStats).
+type VMStats = api.VMStats
+
+// Stats samples the counters of the namespace's running VMs; none run
+// without a supervisor.
+func (e *Engine) Stats(ctx context.Context) ([]VMStats, error) {
+	sup, err := e.dial(ctx)
+	if IsNoSupervisor(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return sup.Stats(ctx)
 }

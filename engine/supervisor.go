@@ -28,6 +28,7 @@ type Supervisor interface {
 	HaltVM(ctx context.Context, address string, timeout time.Duration) error
 	UpdateVM(ctx context.Context, u api.Update) error
 	ReleaseVM(ctx context.Context, address string) error
+	Stats(ctx context.Context) ([]api.VMStats, error)
 	PauseVM(ctx context.Context, address string) error
 	ResumeVM(ctx context.Context, address string) error
 	SignalVM(ctx context.Context, address string, sig syscall.Signal) error

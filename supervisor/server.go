@@ -429,6 +429,8 @@ func (s *Supervisor) handle(ctx context.Context, req *api.Request) api.Response 
 		err = s.resumeVM(ctx, req.Address)
 	case api.OpSignalVM:
 		err = s.signalVM(req.Address, syscall.Signal(req.Signal))
+	case api.OpStats:
+		resp.Stats = s.stats(ctx)
 	case api.OpStatus:
 		resp.VMs, resp.Pools = s.status(), s.poolStatus()
 	case api.OpSetPools:

@@ -134,6 +134,7 @@ func (f *fakeInst) Claim(_ context.Context, cfg *hypervisor.Config) error {
 	f.boot, f.claimed = hypervisor.BootPool, cfg
 	return nil
 }
+func (f *fakeInst) DiskBytes(context.Context) (uint64, uint64, error) { return 0, 0, nil }
 func (f *fakeInst) Pause(context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

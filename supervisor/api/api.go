@@ -154,6 +154,31 @@ type Health struct {
 	StartPeriod Duration `json:"start_period,omitempty"`
 }
 
+// VMStats are a running VM's counters (stats): its VMM's host CPU time and
+// resident memory, its switch ports' traffic and its disks' bytes. The
+// counters are cumulative; rates come from two samples.
+type VMStats struct {
+	Address  string     `json:"address"`
+	Name     string     `json:"name"`
+	PID      int        `json:"pid"`
+	CPUNanos uint64     `json:"cpu_ns"` // user + system time of the VMM
+	RSSBytes uint64     `json:"rss_bytes"`
+	Net      []NetStats `json:"net"`
+	// DiskRead and DiskWritten are QMP query-blockstats', summed.
+	DiskRead    uint64 `json:"disk_read_bytes"`
+	DiskWritten uint64 `json:"disk_written_bytes"`
+}
+
+// NetStats are one NIC's switch port counters, seen from the VM: Rx is what
+// it received (the port's transmissions), Tx what it sent.
+type NetStats struct {
+	Network  string `json:"network"`
+	RxBytes  uint64 `json:"rx_bytes"`
+	RxFrames uint64 `json:"rx_frames"`
+	TxBytes  uint64 `json:"tx_bytes"`
+	TxFrames uint64 `json:"tx_frames"`
+}
+
 // Health states of a VM with a health check (VMStatus.Health).
 const (
 	HealthStarting  = "starting"

@@ -26,6 +26,7 @@ const (
 	OpPauseVM  Op = "pause-vm"
 	OpResumeVM Op = "resume-vm"
 	OpSignalVM Op = "signal-vm"
+	OpStats    Op = "stats"
 )
 
 // Request is one call. Op says which of the other fields are set.
@@ -62,6 +63,7 @@ type Response struct {
 	Saved   *Saved       `json:"saved,omitempty"`   // save-snapshot
 	// Restored are restore-vms' VMMs, in the order of the request.
 	Restored []Started `json:"restored,omitempty"`
+	Stats    []VMStats `json:"stats,omitempty"` // stats
 }
 
 // Pong says who answers: the supervisor's pid, its protocol version, and

@@ -158,6 +158,15 @@ func stopDeadline(timeout time.Duration) time.Duration {
 	return timeout + stopMargin
 }
 
+// Stats samples the counters of every running VM.
+func (c *Client) Stats(ctx context.Context) ([]api.VMStats, error) {
+	resp, err := c.call(ctx, quickCall, &api.Request{Op: api.OpStats})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Stats, nil
+}
+
 // PauseVM stops a running VM's CPUs (`stack pause`).
 func (c *Client) PauseVM(ctx context.Context, address string) error {
 	_, err := c.call(ctx, quickCall, &api.Request{Op: api.OpPauseVM, Address: address})

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -140,8 +141,42 @@ vm "web" {
 vm "client" {
   command = ["sh", "-c", "exec sleep 100000"]
   network "lan" {}
+  disk "scratch" {
+    size       = "16M"
+    guest_path = "/data"
+  }
 }
 `
+
+// checkStats: stats --no-stream --json has every VM's figures, non-zero
+// after traffic and a disk write.
+func (c *cli) checkStats() {
+	c.t.Helper()
+	c.mustRun("exec", "client", "--", "dd", "if=/dev/zero", "of=/data/f", "bs=64k", "count=16", "conv=fsync")
+	r := c.mustRun("stats", "--no-stream", "--json")
+	got := map[string]statsLine{}
+	dec := json.NewDecoder(strings.NewReader(r.stdout))
+	for dec.More() {
+		var l statsLine
+		if err := dec.Decode(&l); err != nil {
+			c.t.Fatalf("stats --json: %v\n%s", err, r.stdout)
+		}
+		got[l.Name] = l
+	}
+	for _, vm := range []string{"web", "client"} {
+		l, ok := got[vm]
+		if !ok || l.CPUPercent <= 0 || l.RSSBytes == 0 || len(l.Net) != 1 || l.Net[0].Network != "lan" ||
+			l.Net[0].RxBytes == 0 || l.Net[0].TxBytes == 0 || l.Net[0].RxFrames == 0 || l.Net[0].TxFrames == 0 {
+			c.t.Errorf("stats of %s: %+v", vm, l)
+		}
+	}
+	if l := got["client"]; l.DiskWritten < 16*64<<10 {
+		c.t.Errorf("client wrote 1 MiB to its disk, stats say %d bytes", l.DiskWritten)
+	}
+	if r := c.mustRun("stats", "--no-stream"); !strings.Contains(r.stdout, "NET I/O") || !strings.Contains(r.stdout, "client") {
+		c.t.Errorf("stats --no-stream:\n%s", r.stdout)
+	}
+}
 
 // TestRestartKillPause: restart, kill and pause/unpause, with a probe from
 // a neighbour: a paused VM answers nothing until it is unpaused.
@@ -157,6 +192,7 @@ func TestRestartKillPause(t *testing.T) {
 	if r := fetch(); r.code != 0 || r.stdout != "hello\n" {
 		t.Fatalf("probe before pause: %+v", r)
 	}
+	c.checkStats()
 
 	c.mustRun("pause", "web")
 	c.mustRun("pause", "web") // pausing a paused VM does nothing

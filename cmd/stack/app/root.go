@@ -141,6 +141,7 @@ func newRoot(s Streams) *cobra.Command {
 		newPauseCmd(g, s),
 		newUnpauseCmd(g, s),
 		newCpCmd(g, s),
+		newStatsCmd(g, s),
 	)
 	addVMCompletion(root, g)
 	return root

@@ -151,6 +151,7 @@ func TestCloudInitStack(t *testing.T) {
 		t.Fatalf("alpha wrote no stamp on its volume: %v", a)
 	}
 	c.checkExecSSH()
+	c.checkCopy("alpha") // stack cp over SSH
 	if r := c.run("exec", "beta", "--", "cat", "/share/hello"); r.code != 0 || r.stdout != "from the host" {
 		t.Fatalf("beta reads its shared dir: %+v", r)
 	}

@@ -36,13 +36,62 @@ type CopyError struct{ Msg string }
 
 func (e *CopyError) Error() string { return e.Msg }
 
+// CopyOptions tune CopyTo and CopyFrom.
+type CopyOptions struct {
+	// Progress, when set, is called as the archive streams: done bytes of
+	// total (the files' sizes; -1 when unknown, copying out).
+	Progress func(done, total int64)
+}
+
+// counter counts the bytes through it for CopyOptions.Progress.
+type counter struct {
+	r     io.Reader
+	w     io.Writer
+	done  int64
+	total int64
+	f     func(done, total int64)
+}
+
+func (c *counter) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.add(n)
+	return n, err
+}
+
+func (c *counter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.add(n)
+	return n, err
+}
+
+func (c *counter) add(n int) {
+	c.done += int64(n)
+	if c.f != nil {
+		c.f(c.done, c.total)
+	}
+}
+
+// treeSize is the bytes of the regular files under root.
+func treeSize(root string) int64 {
+	var n int64
+	filepath.WalkDir(root, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if fi, err := d.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}
+
 func copyErr(format string, args ...any) error { return &CopyError{Msg: fmt.Sprintf(format, args...)} }
 
 // CopyTo copies src, a file or directory of the host, to dst in the VM
 // named vm, as `docker cp` does: into dst when it is a directory, else as
 // dst (whose parent must exist). Modes are kept; the guest's root owns
 // what is copied.
-func (p *Project) CopyTo(ctx context.Context, src, vm, dst string) error {
+func (p *Project) CopyTo(ctx context.Context, src, vm, dst string, opts CopyOptions) error {
 	fi, err := os.Lstat(src)
 	if err != nil {
 		return copyErr("no such file or directory: %s", src)
@@ -69,7 +118,8 @@ func (p *Project) CopyTo(ctx context.Context, src, vm, dst string) error {
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(writeTar(pw, src, name)) }()
 	var stderr bytes.Buffer
-	code, err := p.Exec(ctx, vm, []string{"tar", "-x", "-p", "-f", "-", "-C", dir}, ExecOptions{Stdin: pr, Stdout: io.Discard, Stderr: &stderr})
+	in := &counter{r: pr, total: treeSize(src), f: opts.Progress}
+	code, err := p.Exec(ctx, vm, []string{"tar", "-x", "-p", "-f", "-", "-C", dir}, ExecOptions{Stdin: in, Stdout: io.Discard, Stderr: &stderr})
 	pr.CloseWithError(errors.New("copy ended"))
 	if err != nil {
 		return fmt.Errorf("copy to %s: %w", vm, err)
@@ -98,7 +148,7 @@ func (p *Project) statGuest(ctx context.Context, vm, guestPath string) (kind str
 // CopyFrom copies src, a file or directory in the VM named vm, to dst on
 // the host, as `docker cp` does: into dst when it is a directory, else as
 // dst (whose parent must exist). Modes are kept.
-func (p *Project) CopyFrom(ctx context.Context, vm, src, dst string) error {
+func (p *Project) CopyFrom(ctx context.Context, vm, src, dst string, opts CopyOptions) error {
 	target := dst
 	if fi, err := os.Stat(dst); err == nil && fi.IsDir() {
 		target = filepath.Join(dst, path.Base(path.Clean(src)))
@@ -121,7 +171,8 @@ func (p *Project) CopyFrom(ctx context.Context, vm, src, dst string) error {
 		done <- err
 	}()
 	var stderr bytes.Buffer
-	code, err := p.Exec(ctx, vm, []string{"sh", "-c", guestTarOut, "sh", src}, ExecOptions{Stdout: pw, Stderr: &stderr})
+	out := &counter{w: pw, total: -1, f: opts.Progress}
+	code, err := p.Exec(ctx, vm, []string{"sh", "-c", guestTarOut, "sh", src}, ExecOptions{Stdout: out, Stderr: &stderr})
 	pw.Close()
 	xerr := <-done
 	switch {

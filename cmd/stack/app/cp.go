@@ -2,9 +2,12 @@ package app
 
 import (
 	"fmt"
+	"io"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/stackvm/stack"
 )
 
 func newCpCmd(g *globals, s Streams) *cobra.Command {
@@ -27,10 +30,16 @@ func newCpCmd(g *globals, s Streams) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if dstVM != "" {
-				return p.CopyTo(cmd.Context(), src, dstVM, dst)
+			var opts stack.CopyOptions
+			if isTerminal(s.Err) {
+				bar := &copyBar{w: s.Err}
+				opts.Progress = bar.update
+				defer bar.finish()
 			}
-			return p.CopyFrom(cmd.Context(), srcVM, src, dst)
+			if dstVM != "" {
+				return p.CopyTo(cmd.Context(), src, dstVM, dst, opts)
+			}
+			return p.CopyFrom(cmd.Context(), srcVM, src, dst, opts)
 		},
 	}
 }
@@ -43,4 +52,42 @@ func splitVMPath(arg string) (vm, path string) {
 		return "", arg
 	}
 	return arg[:i], arg[i+1:]
+}
+
+// copyBar draws a copy's progress on a terminal, once it is large
+// (barFrom bytes), at most every barEvery.
+type copyBar struct {
+	w     io.Writer
+	last  time.Time
+	shown bool
+}
+
+const (
+	barFrom  = 1 << 20
+	barEvery = 100 * time.Millisecond
+)
+
+func (b *copyBar) update(done, total int64) {
+	if done < barFrom || time.Since(b.last) < barEvery {
+		return
+	}
+	b.last, b.shown = time.Now(), true
+	fmt.Fprintf(b.w, "\r\x1b[2K%s", barLine(done, total, 30))
+}
+
+func (b *copyBar) finish() {
+	if b.shown {
+		fmt.Fprintln(b.w)
+	}
+}
+
+// barLine is "Copying [#####.....]  50% 1MiB/2MiB", or "Copying 1MiB" when
+// the total is unknown (total < 0).
+func barLine(done, total int64, width int) string {
+	if total <= 0 {
+		return "Copying " + bytesText(uint64(done))
+	}
+	filled := int(min(done, total) * int64(width) / total)
+	return fmt.Sprintf("Copying [%s%s] %3d%% %s/%s", strings.Repeat("#", filled), strings.Repeat(".", width-filled),
+		min(done, total)*100/total, bytesText(uint64(done)), bytesText(uint64(total)))
 }

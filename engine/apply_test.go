@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -153,6 +154,23 @@ func (f *fakeSupervisor) StopVM(ctx context.Context, address string, timeout tim
 
 func (f *fakeSupervisor) HaltVM(ctx context.Context, address string, timeout time.Duration) error {
 	f.call("halt-vm " + address)
+	return nil
+}
+
+func (f *fakeSupervisor) Stats(ctx context.Context) ([]api.VMStats, error) { return nil, nil }
+
+func (f *fakeSupervisor) PauseVM(ctx context.Context, address string) error {
+	f.call("pause-vm " + address)
+	return nil
+}
+
+func (f *fakeSupervisor) ResumeVM(ctx context.Context, address string) error {
+	f.call("resume-vm " + address)
+	return nil
+}
+
+func (f *fakeSupervisor) SignalVM(ctx context.Context, address string, sig syscall.Signal) error {
+	f.call(fmt.Sprintf("signal-vm %s %d", address, sig))
 	return nil
 }
 

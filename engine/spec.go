@@ -95,6 +95,7 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 		seedDisk := api.Disk{Path: seedPath, Format: "raw", ReadOnly: true, Serial: cloudinit.VolumeID}
 		spec.Disks = append([]api.Disk{seedDisk}, spec.Disks...)
 		spec.Ready = readySpec(vm, seed.InstanceID)
+		spec.Health = healthSpec(vm)
 		return spec, nil
 	}
 
@@ -137,6 +138,7 @@ func (a *applier) vmSpec(ctx context.Context, vm *stackfile.VM, hold bool) (*api
 	spec.GuestConfig, spec.Hold = raw, hold
 	spec.SensitiveConfig = gc.SensitiveCommand || vm.IsSensitive("env")
 	spec.Ready = readySpec(vm, "")
+	spec.Health = healthSpec(vm)
 	return spec, nil
 }
 
@@ -216,11 +218,23 @@ func probePorts(vm *stackfile.VM, nics []state.NIC) []int {
 	return []int{port}
 }
 
+// healthSpec is vm's health check for the supervisor (nil: none).
+func healthSpec(vm *stackfile.VM) *api.Health {
+	h := vm.Health
+	if h == nil {
+		return nil
+	}
+	return &api.Health{
+		Probe:    api.Ready{TCP: h.TCP, HTTP: h.HTTP, Exec: h.Exec, Timeout: api.Duration(h.Timeout)},
+		Interval: api.Duration(h.Interval), Retries: h.Retries, StartPeriod: api.Duration(h.StartPeriod),
+	}
+}
+
 // readySpec says how the supervisor decides that vm is ready. instanceID
 // is the cloud-init instance (cloud-init mode only).
 func readySpec(vm *stackfile.VM, instanceID string) api.Ready {
 	r := api.Ready{TCP: vm.Ready.TCP, HTTP: vm.Ready.HTTP, Exec: vm.Ready.Exec, Timeout: api.Duration(vm.Ready.Timeout)}
-	if r.TCP != 0 || r.HTTP != "" {
+	if r.TCP != 0 || r.HTTP != "" || len(r.Exec) > 0 {
 		return r
 	}
 	if vm.Mode() == stackfile.ModeCloudInit {

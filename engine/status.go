@@ -28,6 +28,9 @@ type VMStatus struct {
 	PID  int  `json:"pid,omitempty"`
 	// Halted: stopped on request (`stack stop`), kept to be started again.
 	Halted bool `json:"halted,omitempty"`
+	// Health is its health check's verdict: starting, healthy or unhealthy
+	// ("" without one, or before it is ready).
+	Health string `json:"health,omitempty"`
 	// Accel is the accelerator of its VMM: kvm or tcg.
 	Accel string `json:"accel,omitempty"`
 	// Boot is how its VMM came up: cold, or template (restored from the
@@ -69,8 +72,11 @@ func statusOf(v api.VMStatus) VMStatus {
 	s := VMStatus{
 		Address: v.Address, Name: v.Name, State: string(v.State), ExitCode: v.ExitCode, Reason: v.Reason,
 		Addresses: v.Addresses, Ports: []Port{}, StartedAt: v.StartedAt, Restarts: v.Restarts,
-		Held: v.Held, PID: v.PID, Halted: v.Halted, Accel: v.Accel, Boot: v.Boot,
+		Held: v.Held, PID: v.PID, Halted: v.Halted, Health: v.Health, Accel: v.Accel, Boot: v.Boot,
 		Warnings: v.Warnings,
+	}
+	if v.Paused && !v.State.Ended() {
+		s.State = state.StatusPaused
 	}
 	if s.Addresses == nil {
 		s.Addresses = map[string]string{}

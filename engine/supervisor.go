@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/stackvm/stack/hypervisor/proc"
@@ -27,6 +28,10 @@ type Supervisor interface {
 	HaltVM(ctx context.Context, address string, timeout time.Duration) error
 	UpdateVM(ctx context.Context, u api.Update) error
 	ReleaseVM(ctx context.Context, address string) error
+	Stats(ctx context.Context) ([]api.VMStats, error)
+	PauseVM(ctx context.Context, address string) error
+	ResumeVM(ctx context.Context, address string) error
+	SignalVM(ctx context.Context, address string, sig syscall.Signal) error
 	Status(ctx context.Context) ([]api.VMStatus, error)
 	Watch(ctx context.Context) (<-chan api.Event, error)
 	Exec(ctx context.Context, address string, spec api.ExecSpec, stdio client.ExecIO) (int, error)

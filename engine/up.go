@@ -19,6 +19,10 @@ import (
 type PlanOptions struct {
 	DeleteVolumes bool // plan orphaned volumes for deletion
 	Destroy       bool // plan everything for deletion (down)
+	// Targets narrows the plan to the VMs named and what they need (with
+	// Destroy: to the VMs named); see planner.Input.Targets.
+	Targets []string
+	Force   bool // with Destroy and Targets: even when running VMs depend on them
 }
 
 // Plan reads the recorded state, observes which VMs still run, and plans
@@ -37,6 +41,7 @@ func (e *Engine) Plan(ctx context.Context, desired *stackfile.Stack, opts PlanOp
 	plan, err := planner.Make(planner.Input{
 		Desired: desired, State: st, Observed: e.Observe(st),
 		DeleteVolumes: opts.DeleteVolumes, Destroy: opts.Destroy,
+		Targets: opts.Targets, Force: opts.Force,
 	})
 	if err != nil {
 		return nil, nil, err
@@ -60,6 +65,9 @@ type UpOptions struct {
 	OnLockWait func()
 	// Progress receives every event.
 	Progress func(Event)
+	// Targets narrows the plan to the VMs named and what they need
+	// (planner.Input.Targets); warm pools are then left as they are.
+	Targets []string
 	// OwnerPID, when set, makes the namespace's supervisor bring everything
 	// down when that process dies (stacktest passes the test binary's pid).
 	OwnerPID int
@@ -85,6 +93,9 @@ func (e *Engine) Up(ctx context.Context, desired *stackfile.Stack, opts UpOption
 	}
 	var plan *planner.Plan
 	if opts.SavedPlan != nil {
+		if len(opts.Targets) > 0 {
+			return nil, fmt.Errorf("up: a saved plan is applied as it is: name the VMs when you make it (stack plan --out FILE VM...)")
+		}
 		plan, desired, err = planner.LoadSaved(opts.SavedPlan, st, desired)
 		if err != nil {
 			return nil, err
@@ -97,7 +108,7 @@ func (e *Engine) Up(ctx context.Context, desired *stackfile.Stack, opts UpOption
 		return nil, err
 	}
 	if opts.SavedPlan == nil {
-		plan, err = planner.Make(planner.Input{Desired: desired, State: st, Observed: e.Observe(st)})
+		plan, err = planner.Make(planner.Input{Desired: desired, State: st, Observed: e.Observe(st), Targets: opts.Targets})
 		if err != nil {
 			return nil, err
 		}
@@ -125,7 +136,11 @@ func (e *Engine) Up(ctx context.Context, desired *stackfile.Stack, opts UpOption
 		}
 	}
 	// Pools are set once the plan's networks run; an unchanged stack may
-	// still have changed its pools.
+	// still have changed its pools. Part of a stack leaves them alone, as
+	// does a saved plan of part of one.
+	if len(opts.Targets) > 0 || len(plan.LeftOut) > 0 {
+		return plan, nil
+	}
 	pools, err := a.pools(ctx)
 	if err == nil {
 		err = sup.SetPools(ctx, pools)
@@ -154,6 +169,19 @@ func (e *Engine) awaitUnchanged(ctx context.Context, desired *stackfile.Stack) e
 	return nil
 }
 
+// applyDown carries out a plan of deletions.
+func (e *Engine) applyDown(ctx context.Context, st *state.State, plan *planner.Plan, sup Supervisor, opts DownOptions) error {
+	a := e.newApplier(st, &stackfile.Stack{Namespace: e.opts.Namespace}, opts.Progress)
+	if opts.StopTimeout > 0 {
+		a.stopTimeout = opts.StopTimeout
+	}
+	if err := a.begin(ctx, sup); err != nil {
+		return err
+	}
+	defer a.end()
+	return a.apply(ctx, plan)
+}
+
 func hasPools(st *stackfile.Stack) bool {
 	for _, vm := range st.VMs {
 		if vm.Pool > 0 {
@@ -170,13 +198,19 @@ type DownOptions struct {
 	LockTimeout time.Duration
 	OnLockWait  func()
 	Progress    func(Event)
-	// Force takes the namespace down when its state or supervisor cannot
-	// be used: a corrupt state file is moved aside as a backup
-	// (state.json.corrupt-<time>) and down stops what the supervisor runs,
-	// as without a state file; a supervisor that does not answer is
-	// killed, with the VMMs the records name (by pid and start time), and
-	// a new one takes the namespace down from the records. It says what it
-	// does (PhaseWarning events) before doing it.
+	// Targets names the VMs to remove (instance names or block labels);
+	// none: everything. Networks, volumes, the warm pools and the
+	// supervisor stay. A VM that runs and depends on one of them refuses
+	// it, unless Force.
+	Targets []string
+	// Force, with Targets, removes them even when running VMs depend on
+	// them. Without, it takes the namespace down when its state or
+	// supervisor cannot be used: a corrupt state file is moved aside as a
+	// backup (state.json.corrupt-<time>) and down stops what the
+	// supervisor runs, as without a state file; a supervisor that does not
+	// answer is killed, with the VMMs the records name (by pid and start
+	// time), and a new one takes the namespace down from the records. It
+	// says what it does (PhaseWarning events) before doing it.
 	Force bool
 }
 
@@ -188,8 +222,9 @@ func (o DownOptions) warn(format string, args ...any) {
 }
 
 // Down stops and removes everything Up created in the namespace but its
-// volumes (and those too with Volumes). It works from the recorded state:
-// it needs no stack files.
+// volumes (and those too with Volumes), or only the VMs in
+// DownOptions.Targets. It works from the recorded state: it needs no stack
+// files.
 func (e *Engine) Down(ctx context.Context, opts DownOptions) error {
 	lock, err := e.lock(ctx, opts.LockTimeout, opts.OnLockWait)
 	if err != nil {
@@ -208,9 +243,13 @@ func (e *Engine) Down(ctx context.Context, opts DownOptions) error {
 	} else if err != nil {
 		return err
 	}
-	plan, err := planner.Make(planner.Input{State: st, Destroy: true, DeleteVolumes: opts.Volumes})
+	in := planner.Input{State: st, Destroy: true, DeleteVolumes: opts.Volumes, Targets: opts.Targets, Force: opts.Force}
+	if len(opts.Targets) > 0 {
+		in.Observed = e.Observe(st)
+	}
+	plan, err := planner.Make(in)
 	if err != nil {
-		return err
+		return fmt.Errorf("down: %w", err)
 	}
 	sup, err := e.connect(ctx, 0)
 	var na *client.NoAnswerError
@@ -223,19 +262,15 @@ func (e *Engine) Down(ctx context.Context, opts DownOptions) error {
 	if err != nil {
 		return err
 	}
+	// Part of a namespace leaves its pools, networks and supervisor alone.
+	part := len(opts.Targets) > 0
 	// Warm pools go first: their VMs sit on the networks the plan removes.
-	if err := sup.SetPools(ctx, nil); err != nil {
-		return err
+	if !part {
+		if err := sup.SetPools(ctx, nil); err != nil {
+			return err
+		}
 	}
-	a := e.newApplier(st, &stackfile.Stack{Namespace: e.opts.Namespace}, opts.Progress)
-	if opts.StopTimeout > 0 {
-		a.stopTimeout = opts.StopTimeout
-	}
-	if err := a.begin(ctx, sup); err != nil {
-		return err
-	}
-	defer a.end()
-	if err := a.apply(ctx, plan); err != nil {
+	if err := e.applyDown(ctx, st, plan, sup, opts); err != nil || part {
 		return err
 	}
 	if err := sup.Shutdown(ctx); err != nil && !IsNoSupervisor(err) {
@@ -262,4 +297,15 @@ func (e *Engine) Down(ctx context.Context, opts DownOptions) error {
 	os.Remove(filepath.Join(filenames.NamespaceRuntime(e.opts.RuntimeRoot, e.opts.Namespace), filenames.RecordKey))
 	os.Remove(filenames.NamespaceRuntime(e.opts.RuntimeRoot, e.opts.Namespace))
 	return nil
+}
+
+// Graph plans desired as if nothing of it existed: every resource is
+// created, so the plan's graph holds every resource of the stack and every
+// dependency between them (`stack graph`). It reads and changes nothing.
+func Graph(desired *stackfile.Stack) ([]*planner.Node, error) {
+	plan, err := planner.Make(planner.Input{Desired: desired, State: state.New(desired.Namespace)})
+	if err != nil {
+		return nil, fmt.Errorf("graph: %w", err)
+	}
+	return plan.Graph(), nil
 }

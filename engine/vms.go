@@ -84,8 +84,13 @@ func (e *Engine) Stop(ctx context.Context, names []string, opts StopOptions) err
 		return err
 	}
 	defer o.lock.Unlock()
+	return e.halt(ctx, o, opts.Timeout)
+}
+
+// halt is Stop on the VMs of o, whose lock the caller holds.
+func (e *Engine) halt(ctx context.Context, o *openVMs, timeout time.Duration) error {
 	errs := parallel(o.addrs, func(addr string) error {
-		return o.sup.HaltVM(ctx, addr, opts.Timeout)
+		return o.sup.HaltVM(ctx, addr, timeout)
 	})
 	// The supervisor's records say how each VM ended; the state file only
 	// stops naming a process that is gone.
@@ -129,6 +134,11 @@ func (e *Engine) Start(ctx context.Context, names []string, opts StartOptions) e
 		return err
 	}
 	defer o.lock.Unlock()
+	return e.start(ctx, o, opts)
+}
+
+// start is Start on the VMs of o, whose lock the caller holds.
+func (e *Engine) start(ctx context.Context, o *openVMs, opts StartOptions) error {
 	current, err := o.sup.Status(ctx)
 	if err != nil {
 		return fmt.Errorf("start: %w", err)

@@ -52,6 +52,8 @@ type Instance interface {
 	Stop(ctx context.Context, timeout time.Duration) error
 	// Kill ends the VMM process at once (SIGKILL).
 	Kill() error
+	// Signal sends sig to the VMM process (`stack kill -s`).
+	Signal(sig syscall.Signal) error
 	// Wait blocks until the VMM process exits and reports how.
 	Wait(ctx context.Context) (ExitStatus, error)
 	// Guest returns the guest agent channel, or nil for guests without one
@@ -77,6 +79,8 @@ type Instance interface {
 	// paused for a save is resumed by the caller, whatever the save did.
 	Pause(ctx context.Context) error
 	Resume(ctx context.Context) error
+	// DiskBytes is how many bytes the VM read from and wrote to its disks.
+	DiskBytes(ctx context.Context) (read, written uint64, err error)
 	// Save writes the paused VMM's memory and device state into dir (an
 	// empty directory), for a later Start with Config.Snapshot. The VMM
 	// stays paused. Disks are the caller's: their contents at the save

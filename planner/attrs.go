@@ -87,6 +87,16 @@ type readyAttr struct {
 	Timeout string   `json:"timeout"`
 }
 
+type healthAttr struct {
+	TCP         int      `json:"tcp,omitempty"`
+	HTTP        string   `json:"http,omitempty"`
+	Exec        []string `json:"exec,omitempty"`
+	Interval    string   `json:"interval"`
+	Timeout     string   `json:"timeout"`
+	Retries     int      `json:"retries"`
+	StartPeriod string   `json:"start_period"`
+}
+
 // vmAttributes flattens a VM into the attributes the planner compares. Empty
 // values are left out so that an absent and an empty attribute compare equal.
 func vmAttributes(vm *stackfile.VM, namespace string, nics []state.NIC, nets map[string]*stackfile.Network) state.Attributes {
@@ -152,6 +162,10 @@ func vmAttributes(vm *stackfile.VM, namespace string, nics []state.NIC, nets map
 		set(a, "depends_on", vm.DependsOn)
 	}
 	set(a, "ready", readyAttr{vm.Ready.TCP, vm.Ready.HTTP, vm.Ready.Exec, vm.Ready.Timeout.String()})
+	if h := vm.Health; h != nil {
+		// The supervisor runs it from the VM's spec: a change re-creates the VM.
+		set(a, "health", healthAttr{h.TCP, h.HTTP, h.Exec, h.Interval.String(), h.Timeout.String(), h.Retries, h.StartPeriod.String()})
+	}
 	set(a, "restart", vm.Restart)
 	set(a, "hypervisor", vm.Hypervisor)
 	set(a, "machine", vm.Machine)

@@ -119,7 +119,11 @@ func (b *builder) edges() {
 		}
 		a.DependsOn = sortedSet(deps)
 	}
-	// Only barriers that something waits for are kept.
+	p.dropUnusedBarriers()
+}
+
+// dropUnusedBarriers keeps only the barriers that something waits for.
+func (p *Plan) dropUnusedBarriers() {
 	used := map[string]bool{}
 	for _, a := range p.Actions {
 		for _, d := range a.DependsOn {

@@ -94,6 +94,9 @@ type Plan struct {
 	// Barriers maps a barrier key found in DependsOn to its member actions
 	// (see IsBarrier).
 	Barriers map[string][]string
+	// LeftOut lists, in address order, the actions that would change
+	// something but were left out because Input.Targets did not need them.
+	LeftOut []string
 	// StateSerial and StateLineage identify the state the plan was made
 	// against; a saved plan is stale once either has moved.
 	StateSerial  uint64
@@ -123,6 +126,13 @@ type Input struct {
 	DeleteVolumes bool
 	// Destroy plans every recorded resource for deletion (`down`).
 	Destroy bool
+	// Targets narrows the plan to the VMs named (instance names, block
+	// labels or addresses) and, but for Destroy, what they need; see
+	// builder.target.
+	Targets []string
+	// Force lets Destroy with Targets delete VMs that running VMs depend
+	// on.
+	Force bool
 }
 
 // Counts tallies actions by kind.
@@ -196,6 +206,9 @@ func Make(in Input) (*Plan, error) {
 	sort.Slice(p.Actions, func(i, j int) bool {
 		return CompareAddress(p.Actions[i].Address, p.Actions[j].Address) < 0
 	})
+	if err := b.target(); err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 

@@ -59,9 +59,12 @@ func (p *Plan) String() string {
 // changes something, and the summary line.
 func (p *Plan) Lines() []Line {
 	text := func(part Part, s string) Line { return Line{{Part: part, Text: s}} }
-	summary := text(PartSummary, p.Summary())
+	summary := []Line{nil, text(PartSummary, p.Summary())}
+	if len(p.LeftOut) > 0 {
+		summary = append([]Line{nil, text(PartComment, "Left out (not named, nor needed by what is named): "+strings.Join(p.LeftOut, ", "))}, summary...)
+	}
 	if !p.HasChanges() {
-		return []Line{text(PartText, fmt.Sprintf("No changes. Namespace %q matches the stack files.", p.Namespace)), nil, summary}
+		return append([]Line{text(PartText, fmt.Sprintf("No changes. Namespace %q matches the stack files.", p.Namespace))}, summary...)
 	}
 	lines := []Line{text(PartText, fmt.Sprintf("Namespace %q: stack will perform the following actions.", p.Namespace))}
 	for _, a := range p.Actions {
@@ -73,7 +76,7 @@ func (p *Plan) Lines() []Line {
 			Line{{Part: PartHeader, Kind: a.Kind, Text: symbol(a.Kind) + " " + a.Address}})
 		lines = append(lines, attrLines(a)...)
 	}
-	return append(lines, nil, summary)
+	return append(lines, summary...)
 }
 
 // Summary is the closing line: "Plan: N to create, N to update, ...".
@@ -242,6 +245,7 @@ type jsonPlan struct {
 	Namespace     string              `json:"namespace"`
 	Actions       []jsonAction        `json:"actions"`
 	Barriers      map[string][]string `json:"barriers,omitempty"`
+	LeftOut       []string            `json:"left_out,omitempty"`
 	Summary       Counts              `json:"summary"`
 }
 
@@ -260,7 +264,7 @@ func (p *Plan) jsonActions(after func(*Action) state.Attributes) []jsonAction {
 // escaped, in attribute values either; encode it with SetEscapeHTML(false)
 // to keep them so.
 func (p *Plan) MarshalJSON() ([]byte, error) {
-	data, err := json.Marshal(jsonPlan{JSONFormatVersion, p.Namespace, p.jsonActions(maskedAfter), p.Barriers, p.Counts()})
+	data, err := json.Marshal(jsonPlan{JSONFormatVersion, p.Namespace, p.jsonActions(maskedAfter), p.Barriers, p.LeftOut, p.Counts()})
 	return unescapeHTML(data), err
 }
 
@@ -281,6 +285,7 @@ type Saved struct {
 	Actions       []jsonAction           `json:"actions"`
 	Barriers      map[string][]string    `json:"barriers,omitempty"`
 	NICs          map[string][]state.NIC `json:"nics"`
+	LeftOut       []string               `json:"left_out,omitempty"`
 }
 
 // ErrStalePlan is returned when a saved plan no longer matches the state.
@@ -291,7 +296,7 @@ var ErrStalePlan = errors.New("saved plan is stale")
 // them from the files again.
 func (p *Plan) Save(desired *stackfile.Stack) ([]byte, error) {
 	sealed := func(a *Action) state.Attributes { return sealedAfter(a, nil) }
-	data, err := json.MarshalIndent(Saved{JSONFormatVersion, p.Namespace, p.StateSerial, p.StateLineage, savedStack(desired), p.jsonActions(sealed), p.Barriers, p.NICs}, "", "  ")
+	data, err := json.MarshalIndent(Saved{JSONFormatVersion, p.Namespace, p.StateSerial, p.StateLineage, savedStack(desired), p.jsonActions(sealed), p.Barriers, p.NICs, p.LeftOut}, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("encode saved plan: %w", err)
 	}
@@ -318,7 +323,7 @@ func LoadSaved(data []byte, current *state.State, fresh *stackfile.Stack) (*Plan
 		return nil, nil, fmt.Errorf("%w: it was made against state serial %d (lineage %.8s), the state is now at serial %d (lineage %.8s); run `stack plan` again",
 			ErrStalePlan, s.StateSerial, s.StateLineage, current.Serial, current.Lineage)
 	}
-	p := &Plan{Namespace: s.Namespace, NICs: s.NICs, Barriers: s.Barriers, StateSerial: s.StateSerial, StateLineage: s.StateLineage}
+	p := &Plan{Namespace: s.Namespace, NICs: s.NICs, Barriers: s.Barriers, LeftOut: s.LeftOut, StateSerial: s.StateSerial, StateLineage: s.StateLineage}
 	for _, a := range s.Actions {
 		p.Actions = append(p.Actions, &Action{Address: a.Address, Type: a.Type, Name: a.Name, Kind: a.Action, Reason: a.Reason,
 			Detail: a.Detail, Changes: a.Changes, DependsOn: a.DependsOn, After: a.After, Sensitive: a.Sensitive})

@@ -127,7 +127,9 @@ type VM struct {
 	// for every instance of each to be ready.
 	DependsOn []string `json:"depends_on,omitempty"`
 	Ready     Ready    `json:"ready"`
-	Restart   string   `json:"restart"`
+	// Health, when set, checks the VM once it is ready, again and again.
+	Health  *Health `json:"health,omitempty"`
+	Restart string  `json:"restart"`
 
 	Hypervisor string `json:"hypervisor"` // auto | qemu
 	Machine    string `json:"machine"`    // auto | microvm | q35 (extension, see docs/stackfile.md)
@@ -239,6 +241,20 @@ type Ready struct {
 	HTTP    string        `json:"http,omitempty"`
 	Exec    []string      `json:"exec,omitempty"`
 	Timeout time.Duration `json:"timeout"` // default 120s
+}
+
+// Health is a VM's health check: a probe (one of TCP, HTTP and Exec, as in
+// Ready) run every Interval once the VM is ready; Retries failures in a
+// row make it unhealthy, a success healthy again. Failures in StartPeriod
+// after it is ready do not count.
+type Health struct {
+	TCP         int           `json:"tcp,omitempty"`
+	HTTP        string        `json:"http,omitempty"`
+	Exec        []string      `json:"exec,omitempty"`
+	Interval    time.Duration `json:"interval"`     // default 30s
+	Timeout     time.Duration `json:"timeout"`      // of one probe, default 30s
+	Retries     int           `json:"retries"`      // default 3
+	StartPeriod time.Duration `json:"start_period"` // default 0
 }
 
 // Accelerators (Accel).

@@ -92,6 +92,7 @@ var vmSchema = &hcl.BodySchema{
 		{Type: "disk", LabelNames: []string{"name"}},
 		{Type: "publish"},
 		{Type: "ready"},
+		{Type: "health"},
 		{Type: "cloud_init"},
 		{Type: "secret", LabelNames: []string{"name"}},
 	},
@@ -128,6 +129,11 @@ var publishSchema = &hcl.BodySchema{
 
 var readySchema = &hcl.BodySchema{
 	Attributes: []hcl.AttributeSchema{{Name: "tcp"}, {Name: "http"}, {Name: "exec"}, {Name: "timeout"}},
+}
+
+var healthSchema = &hcl.BodySchema{
+	Attributes: []hcl.AttributeSchema{{Name: "tcp"}, {Name: "http"}, {Name: "exec"}, {Name: "interval"},
+		{Name: "timeout"}, {Name: "retries"}, {Name: "start_period"}},
 }
 
 var cloudInitSchema = &hcl.BodySchema{

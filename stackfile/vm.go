@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/stackvm/stack/guestproto"
@@ -220,6 +221,7 @@ type vmBlock struct {
 	disks      []sub
 	publish    []sub
 	ready      *sub
+	health     *sub
 	cloudInit  *sub
 	secrets    []sub
 }
@@ -304,6 +306,8 @@ func (l *loader) decodeVMBlock(d *decl) *vmBlock {
 			schema = publishSchema
 		case "ready":
 			schema = readySchema
+		case "health":
+			schema = healthSchema
 		case "cloud_init":
 			schema = cloudInitSchema
 		case "secret":
@@ -356,16 +360,19 @@ func (l *loader) decodeVMBlock(d *decl) *vmBlock {
 			}
 		case "publish":
 			vb.publish = append(vb.publish, s)
-		case "ready", "cloud_init":
+		case "ready", "health", "cloud_init":
 			slot := &vb.ready
-			if b.Type == "cloud_init" {
+			switch b.Type {
+			case "cloud_init":
 				slot = &vb.cloudInit
+			case "health":
+				slot = &vb.health
 			}
 			if *slot != nil {
 				l.errorf(b.DefRange, "Duplicate "+b.Type+" block", "A vm has at most one %s block; the first is at %s.", b.Type, (*slot).block.DefRange)
 				continue
 			}
-			if b.Type == "ready" {
+			if b.Type == "ready" || b.Type == "health" {
 				var probes []string
 				for _, p := range []string{"tcp", "http", "exec"} {
 					if _, ok := bc.Attributes[p]; ok {
@@ -373,7 +380,11 @@ func (l *loader) decodeVMBlock(d *decl) *vmBlock {
 					}
 				}
 				if len(probes) > 1 {
-					l.errorf(b.DefRange, "More than one ready probe", "ready sets %s; set at most one of tcp, http and exec.", strings.Join(probes, " and "))
+					l.errorf(b.DefRange, "More than one "+b.Type+" probe", "%s sets %s; set at most one of tcp, http and exec.", b.Type, strings.Join(probes, " and "))
+					continue
+				}
+				if b.Type == "health" && len(probes) == 0 {
+					l.errorf(b.DefRange, "Health check without a probe", "health needs one of tcp, http and exec.")
 					continue
 				}
 			}
@@ -697,37 +708,27 @@ func (l *loader) buildVM(vb *vmBlock, in instance) *VM {
 	}
 	if s := vb.ready; s != nil {
 		ra := s.c.Attributes
-		if n, ok := l.evalInt(ra["tcp"], ctx, sc, 1, 65535, "Port out of range"); ok {
-			vm.Ready.TCP = n
+		vm.Ready.TCP, vm.Ready.HTTP, vm.Ready.Exec = l.evalProbe(ra, ctx, sc)
+		if d, ok := l.evalDuration(ra["timeout"], ctx, sc); ok {
+			vm.Ready.Timeout = d
 		}
-		if a := ra["http"]; a != nil {
-			if u, ok := l.evalString(a, ctx, sc); ok {
-				pu, err := url.Parse(u)
-				if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
-					l.errorf(a.Expr.Range(), "Invalid http probe", "http must be an http:// or https:// URL, as in \"http://localhost:80/health\"; got %q.", u)
-				} else {
-					vm.Ready.HTTP = u
-				}
+	}
+	if s := vb.health; s != nil {
+		ha := s.c.Attributes
+		h := &Health{Interval: 30 * time.Second, Timeout: 30 * time.Second, Retries: 3}
+		h.TCP, h.HTTP, h.Exec = l.evalProbe(ha, ctx, sc)
+		for _, f := range []struct {
+			name string
+			dst  *time.Duration
+		}{{"interval", &h.Interval}, {"timeout", &h.Timeout}, {"start_period", &h.StartPeriod}} {
+			if d, ok := l.evalDuration(ha[f.name], ctx, sc); ok {
+				*f.dst = d
 			}
 		}
-		if a := ra["exec"]; a != nil {
-			if argv, ok := l.evalStrings(a, ctx, sc); ok {
-				if len(argv) == 0 || argv[0] == "" {
-					l.errorf(a.Expr.Range(), "Invalid exec probe", "exec must be a non-empty command list, as in [\"pg_isready\"].")
-				} else {
-					vm.Ready.Exec = argv
-				}
-			}
+		if n, ok := l.evalInt(ha["retries"], ctx, sc, 1, 1000, "Retries out of range"); ok {
+			h.Retries = n
 		}
-		if a := ra["timeout"]; a != nil {
-			if s, ok := l.evalString(a, ctx, sc); ok {
-				if dur, err := ParseDuration(s); err != nil {
-					l.errorf(a.Expr.Range(), "Invalid duration", "%s.", err)
-				} else {
-					vm.Ready.Timeout = dur
-				}
-			}
-		}
+		vm.Health = h
 	}
 	if s := vb.cloudInit; s != nil {
 		ci := &CloudInit{}
@@ -1020,4 +1021,50 @@ func (l *loader) systemDir(host string) string {
 // within reports whether path is dir or lies inside it.
 func within(path, dir string) bool {
 	return path == dir || strings.HasPrefix(path, dir+"/")
+}
+
+// evalProbe reads the probe attributes of a ready or health block: tcp,
+// http and exec (the caller checked that at most one is set).
+func (l *loader) evalProbe(ra hcl.Attributes, ctx *hcl.EvalContext, sc scope) (tcp int, httpURL string, exec []string) {
+	if n, ok := l.evalInt(ra["tcp"], ctx, sc, 1, 65535, "Port out of range"); ok {
+		tcp = n
+	}
+	if a := ra["http"]; a != nil {
+		if u, ok := l.evalString(a, ctx, sc); ok {
+			pu, err := url.Parse(u)
+			if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+				l.errorf(a.Expr.Range(), "Invalid http probe", "http must be an http:// or https:// URL, as in \"http://localhost:80/health\"; got %q.", u)
+			} else {
+				httpURL = u
+			}
+		}
+	}
+	if a := ra["exec"]; a != nil {
+		if argv, ok := l.evalStrings(a, ctx, sc); ok {
+			if len(argv) == 0 || argv[0] == "" {
+				l.errorf(a.Expr.Range(), "Invalid exec probe", "exec must be a non-empty command list, as in [\"pg_isready\"].")
+			} else {
+				exec = argv
+			}
+		}
+	}
+	return tcp, httpURL, exec
+}
+
+// evalDuration reads a duration attribute ("30s"); a nil attribute is not
+// set.
+func (l *loader) evalDuration(a *hcl.Attribute, ctx *hcl.EvalContext, sc scope) (time.Duration, bool) {
+	if a == nil {
+		return 0, false
+	}
+	s, ok := l.evalString(a, ctx, sc)
+	if !ok {
+		return 0, false
+	}
+	d, err := ParseDuration(s)
+	if err != nil {
+		l.errorf(a.Expr.Range(), "Invalid duration", "%s.", err)
+		return 0, false
+	}
+	return d, true
 }

@@ -31,6 +31,9 @@ const (
 	StatusReady    = "ready"
 	StatusStopped  = "stopped"
 	StatusFailed   = "failed"
+	// StatusPaused is shown, never recorded: a running VM whose CPUs
+	// `stack pause` stopped.
+	StatusPaused = "paused"
 )
 
 // State is the recorded state of one namespace.

@@ -263,8 +263,13 @@ func (s *Supervisor) superviseLoop(ctx context.Context, v *vmRun, inst hyperviso
 	v.mu.Lock()
 	stopping := v.stopping
 	guestExit := v.guestExit
+	unhealthy := v.unhealthyKill
+	v.unhealthyKill = false
 	v.mu.Unlock()
 	code, reason := exitOf(status, err, guestExit)
+	if unhealthy {
+		reason = "unhealthy, restarted by its health check (" + reason + ")"
+	}
 	switch {
 	case stopping:
 		s.setState(v, api.StateStopped, "stopped by request", &code)

@@ -28,7 +28,8 @@ func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.I
 	if timeout <= 0 {
 		timeout = 2 * time.Minute
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	loopCtx := ctx // the VMM's: the health check outlives the wait
+	ctx, cancel := v.runningTimeout(ctx, timeout)
 	defer cancel()
 	var what string
 	var warnings []string
@@ -36,6 +37,8 @@ func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.I
 	switch {
 	case spec.TCP != 0 || spec.HTTP != "":
 		what, err = s.probe(ctx, v, spec)
+	case len(spec.Exec) > 0:
+		what, err = s.probeExec(ctx, v, inst, spec.Exec)
 	case spec.ConsoleLine != "":
 		what, warnings, err = s.waitCloudInit(ctx, v, spec)
 	case spec.Guest:
@@ -43,10 +46,8 @@ func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.I
 	default:
 		what = "the VMM is running"
 	}
-	if err == nil && len(spec.Exec) > 0 {
-		what, err = s.execProbe(ctx, v, inst, spec.Exec)
-	}
-	if ctx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) && err != nil {
+	timedOut := errors.Is(context.Cause(ctx), context.DeadlineExceeded)
+	if ctx.Err() != nil && !timedOut && err != nil {
 		return // released or stopped
 	}
 	v.mu.Lock()
@@ -58,7 +59,7 @@ func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.I
 	}
 	if err != nil {
 		reason := err.Error()
-		if errors.Is(err, context.DeadlineExceeded) {
+		if timedOut {
 			reason = fmt.Sprintf("not ready after %s (%s)", timeout, readyWhat(spec))
 		}
 		s.setState(v, api.StateFailed, reason, nil)
@@ -73,6 +74,9 @@ func (s *Supervisor) awaitReady(ctx context.Context, v *vmRun, inst hypervisor.I
 	}
 	s.setState(v, api.StateReady, "", nil)
 	s.emitVMEvent(v, api.Event{Phase: api.PhaseReady, Message: "ready: " + what, Warnings: warnings})
+	if v.spec.Health != nil {
+		go s.watchHealth(loopCtx, v, inst)
+	}
 }
 
 func readyWhat(r api.Ready) string {
@@ -82,31 +86,11 @@ func readyWhat(r api.Ready) string {
 	case r.TCP != 0:
 		return fmt.Sprintf("waiting for TCP port %d", r.TCP)
 	case r.HTTP != "":
-		return "waiting for " + r.HTTP
+		return "waiting for " + r.HTTP + " to answer 2xx"
 	case r.ConsoleLine != "":
 		return "waiting for cloud-init to finish"
 	}
 	return "waiting for the guest init's ready report"
-}
-
-// execProbePeriod is how often an exec probe runs its command again.
-const execProbePeriod = 500 * time.Millisecond
-
-// execProbe runs argv in the guest until it exits 0, at most once every
-// execProbePeriod: the `ready { exec }` probe, which the guest's own ready
-// report precedes (so that there is an agent or an SSH server to run it).
-func (s *Supervisor) execProbe(ctx context.Context, v *vmRun, inst hypervisor.Instance, argv []string) (string, error) {
-	for {
-		next := time.After(execProbePeriod)
-		if code, _ := s.execExit(ctx, v, inst, argv); code == 0 {
-			return fmt.Sprintf("%q exited 0", argv), nil
-		}
-		select {
-		case <-ctx.Done():
-			return "", ctx.Err()
-		case <-next:
-		}
-	}
 }
 
 func (s *Supervisor) waitGuestReady(ctx context.Context, v *vmRun, inst hypervisor.Instance) (string, error) {
@@ -255,7 +239,7 @@ func (s *Supervisor) probe(ctx context.Context, v *vmRun, spec api.Ready) (strin
 	}
 	client := &http.Client{
 		Timeout:   time.Second,
-		Transport: &http.Transport{DialContext: guestDialer(gw, nic.IP.String())},
+		Transport: &http.Transport{DialContext: s.guestDialer(gw, nic)},
 	}
 	return s.pollUntil(ctx, v, func() (string, bool, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, spec.HTTP, nil)
@@ -267,20 +251,73 @@ func (s *Supervisor) probe(ctx context.Context, v *vmRun, spec api.Ready) (strin
 			return "", false, nil
 		}
 		resp.Body.Close()
-		if resp.StatusCode >= 200 && resp.StatusCode < 400 {
+		if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 			return fmt.Sprintf("%s answered %d", spec.HTTP, resp.StatusCode), true, nil
 		}
 		return "", false, nil
 	})
 }
 
-// guestDialer dials "localhost" in probe URLs as the guest itself.
-func guestDialer(gw Gateway, guestIP string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+// guestDialer dials probe URLs from the network of nic, the probed VM's
+// first: "localhost" is the guest itself, and a VM's name is its address
+// on that network (as the guests' DNS answers it), which the host cannot
+// resolve.
+func (s *Supervisor) guestDialer(gw Gateway, nic api.NIC) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		host, port, ok := strings.Cut(addr, ":")
-		if ok && (host == "localhost" || host == "127.0.0.1") {
-			addr = guestIP + ":" + port
+		host, port, err := net.SplitHostPort(addr)
+		if err == nil {
+			switch {
+			case host == "localhost" || host == "127.0.0.1":
+				addr = net.JoinHostPort(nic.IP.String(), port)
+			case net.ParseIP(host) == nil:
+				if ip := s.vmIP(host, nic.Network); ip != "" {
+					addr = net.JoinHostPort(ip, port)
+				}
+			}
 		}
 		return gw.DialContext(ctx, network, addr)
+	}
+}
+
+// vmIP is the address of the VM named name on network, or "".
+func (s *Supervisor) vmIP(name, network string) string {
+	for _, v := range s.allVMs() {
+		v.mu.Lock()
+		spec := v.spec
+		v.mu.Unlock()
+		if spec.Name != name {
+			continue
+		}
+		for _, n := range spec.NICs {
+			if n.Network == network {
+				return n.IP.String()
+			}
+		}
+	}
+	return ""
+}
+
+// execProbeInterval is the cadence of exec readiness probes: each is a
+// command started in the guest, dearer than a connection.
+const execProbeInterval = 500 * time.Millisecond
+
+// probeExec runs argv in the guest, as `stack exec` does (the guest agent,
+// or SSH for cloud-init VMs), until it exits 0. A guest with an agent is
+// first waited for: its agent serves execs once it reported ready.
+func (s *Supervisor) probeExec(ctx context.Context, v *vmRun, inst hypervisor.Instance, argv []string) (string, error) {
+	if inst.Guest() != nil {
+		if _, err := s.waitGuestReady(ctx, v, inst); err != nil {
+			return "", err
+		}
+	}
+	for {
+		if code, _ := s.execExit(ctx, v, inst, argv); code == 0 {
+			return fmt.Sprintf("%q exited 0", argv), nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(execProbeInterval):
+		}
 	}
 }

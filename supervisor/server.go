@@ -13,6 +13,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/stackvm/stack/hypervisor"
@@ -427,6 +428,14 @@ func (s *Supervisor) handle(ctx context.Context, req *api.Request) api.Response 
 		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 		resp.Started, err = s.bootVM(bctx, req.Address, req.Instance)
 		cancel()
+	case api.OpPauseVM:
+		err = s.pauseVM(ctx, req.Address)
+	case api.OpResumeVM:
+		err = s.resumeVM(ctx, req.Address)
+	case api.OpSignalVM:
+		err = s.signalVM(req.Address, syscall.Signal(req.Signal))
+	case api.OpStats:
+		resp.Stats = s.stats(ctx)
 	case api.OpStatus:
 		resp.VMs, resp.Pools = s.status(), s.poolStatus()
 	case api.OpSetPools:

@@ -50,6 +50,12 @@ func (s *Supervisor) quiesce(ctx context.Context, v *vmRun, timeout time.Duratio
 		if inst == nil {
 			break
 		}
+		// A paused guest cannot power off: it runs again to be asked.
+		if paused, _ := v.pausedNow(); paused {
+			if inst.Resume(ctx) == nil {
+				v.setPaused(false)
+			}
+		}
 		if err = inst.Stop(ctx, timeout); err == nil && done != nil {
 			<-done
 		}

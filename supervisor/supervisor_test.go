@@ -104,8 +104,9 @@ func (f *fakeInst) Stop(ctx context.Context, _ time.Duration) error {
 	f.end(hypervisor.ExitStatus{Code: 0, GuestShutdown: true, Known: true})
 	return nil
 }
-func (f *fakeInst) Kill() error {
-	f.end(hypervisor.ExitStatus{Code: -1, Signal: syscall.SIGKILL, Known: true})
+func (f *fakeInst) Kill() error { return f.Signal(syscall.SIGKILL) }
+func (f *fakeInst) Signal(sig syscall.Signal) error {
+	f.end(hypervisor.ExitStatus{Code: -1, Signal: sig, Known: true})
 	return nil
 }
 func (f *fakeInst) end(st hypervisor.ExitStatus) {
@@ -133,6 +134,7 @@ func (f *fakeInst) Claim(_ context.Context, cfg *hypervisor.Config) error {
 	f.boot, f.claimed = hypervisor.BootPool, cfg
 	return nil
 }
+func (f *fakeInst) DiskBytes(context.Context) (uint64, uint64, error) { return 0, 0, nil }
 func (f *fakeInst) Pause(context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -67,6 +67,10 @@ type vmRun struct {
 	cancel   context.CancelFunc
 	// wake is closed by quiesce: it cuts a pending restart delay short.
 	wake chan struct{}
+	// pauseNews is closed (and replaced) when st.Paused changes.
+	pauseNews chan struct{}
+	// unhealthyKill: the health check killed the current VMM to restart it.
+	unhealthyKill bool
 }
 
 // vm is the VM at address, or nil.
@@ -143,6 +147,12 @@ func (s *Supervisor) setState(v *vmRun, stateName api.VMState, reason string, ex
 	v.st.State, v.st.Reason, v.st.ExitCode = stateName, reason, exit
 	v.writeRecordLocked()
 	v.mu.Unlock()
+	if stateName.Ended() || stateName == api.StateBooting || stateName == api.StateCreating {
+		v.setPaused(false) // a VMM that ended, or a new one, is not paused
+		v.mu.Lock()
+		v.st.Health = "" // nor checked
+		v.mu.Unlock()
+	}
 }
 
 // instance is v's current VMM (nil before the first one started).

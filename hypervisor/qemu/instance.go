@@ -15,6 +15,7 @@ import (
 	"github.com/stackvm/stack/hypervisor"
 	"github.com/stackvm/stack/hypervisor/proc"
 	"github.com/stackvm/stack/hypervisor/qemu/qmp"
+	"golang.org/x/sys/unix"
 )
 
 // instance implements hypervisor.Instance.
@@ -306,20 +307,24 @@ func (in *instance) waitExit(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// Kill implements hypervisor.Instance. Both paths are immune to pid reuse:
-// an unreaped child keeps its pid, and a pidfd names one process.
-func (in *instance) Kill() error {
+// Kill implements hypervisor.Instance.
+func (in *instance) Kill() error { return in.Signal(syscall.SIGKILL) }
+
+// Signal implements hypervisor.Instance. Both paths are immune to pid
+// reuse: an unreaped child keeps its pid, and a pidfd names one process. A
+// VMM that is gone already is not an error.
+func (in *instance) Signal(sig syscall.Signal) error {
 	if in.gone() {
 		return nil
 	}
 	var err error
 	if in.cmd != nil {
-		err = in.cmd.Process.Signal(syscall.SIGKILL)
+		err = in.cmd.Process.Signal(sig)
 	} else {
-		err = pidfdSendSignal(in.pidfd, syscall.SIGKILL)
+		err = pidfdSendSignal(in.pidfd, unix.Signal(sig))
 	}
 	if err != nil && !errors.Is(err, os.ErrProcessDone) && !errors.Is(err, syscall.ESRCH) {
-		return fmt.Errorf("kill vmm pid %d: %w", in.id.PID, err)
+		return fmt.Errorf("signal vmm pid %d: %w", in.id.PID, err)
 	}
 	return nil
 }

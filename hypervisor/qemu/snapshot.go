@@ -67,6 +67,11 @@ const maxBandwidth = 1 << 40
 // Pause implements hypervisor.Instance.
 func (in *instance) Pause(ctx context.Context) error { return in.qmp.Stop(ctx) }
 
+// DiskBytes implements hypervisor.Instance.
+func (in *instance) DiskBytes(ctx context.Context) (uint64, uint64, error) {
+	return in.qmp.BlockStats(ctx)
+}
+
 // Resume implements hypervisor.Instance. A VM whose save completed is in
 // QEMU's postmigrate state, which cont leaves as well.
 func (in *instance) Resume(ctx context.Context) error { return in.qmp.Cont(ctx) }

@@ -64,14 +64,18 @@ type Phase string
 // Phases the supervisor reports (the engine adds its own for disks and
 // seeds).
 const (
-	PhaseNetwork  Phase = "network"
-	PhaseVMMStart Phase = "vmm-start"
-	PhaseBooting  Phase = "booting"
-	PhaseReady    Phase = "ready"
-	PhaseFailed   Phase = "failed"
-	PhaseExited   Phase = "exited"
-	PhaseRestart  Phase = "restart"
-	PhaseStopped  Phase = "stopped"
+	PhaseNetwork   Phase = "network"
+	PhaseVMMStart  Phase = "vmm-start"
+	PhaseBooting   Phase = "booting"
+	PhaseReady     Phase = "ready"
+	PhaseFailed    Phase = "failed"
+	PhaseExited    Phase = "exited"
+	PhaseRestart   Phase = "restart"
+	PhaseStopped   Phase = "stopped"
+	PhasePaused    Phase = "paused"   // stack pause
+	PhaseUnpaused  Phase = "unpaused" // stack unpause
+	PhaseHealthy   Phase = "healthy"  // its health check passes (again)
+	PhaseUnhealthy Phase = "unhealthy"
 )
 
 func (p Phase) String() string { return string(p) }
@@ -144,12 +148,55 @@ type Ready struct {
 	// Probes, run through the network's gateway.
 	TCP  int    `json:"tcp,omitempty"`
 	HTTP string `json:"http,omitempty"`
-	// Exec, after the guest's own ready report (Guest or ConsoleLine), runs
-	// this command in the guest (as `stack exec` does) until it exits 0.
+	// Exec is a command run in the guest, as exec runs it, until it exits 0.
 	Exec []string `json:"exec,omitempty"`
 	// Timeout bounds the whole wait.
 	Timeout Duration `json:"timeout"`
 }
+
+// Health is a VM's health check, run once it is ready: Probe (its TCP,
+// HTTP or Exec; its Timeout bounds one check) every Interval; Retries
+// failures in a row make the VM unhealthy, and restart it when its restart
+// policy is on-failure or always. Failures within StartPeriod of its
+// readiness do not count; a paused VM is not checked.
+type Health struct {
+	Probe       Ready    `json:"probe"`
+	Interval    Duration `json:"interval"`
+	Retries     int      `json:"retries"`
+	StartPeriod Duration `json:"start_period,omitempty"`
+}
+
+// VMStats are a running VM's counters (stats): its VMM's host CPU time and
+// resident memory, its switch ports' traffic and its disks' bytes. The
+// counters are cumulative; rates come from two samples.
+type VMStats struct {
+	Address  string     `json:"address"`
+	Name     string     `json:"name"`
+	PID      int        `json:"pid"`
+	CPUNanos uint64     `json:"cpu_ns"` // user + system time of the VMM
+	RSSBytes uint64     `json:"rss_bytes"`
+	Net      []NetStats `json:"net"`
+	// DiskRead and DiskWritten are QMP query-blockstats', summed.
+	DiskRead    uint64 `json:"disk_read_bytes"`
+	DiskWritten uint64 `json:"disk_written_bytes"`
+}
+
+// NetStats are one NIC's switch port counters, seen from the VM: Rx is what
+// it received (the port's transmissions), Tx what it sent.
+type NetStats struct {
+	Network  string `json:"network"`
+	RxBytes  uint64 `json:"rx_bytes"`
+	RxFrames uint64 `json:"rx_frames"`
+	TxBytes  uint64 `json:"tx_bytes"`
+	TxFrames uint64 `json:"tx_frames"`
+}
+
+// Health states of a VM with a health check (VMStatus.Health).
+const (
+	HealthStarting  = "starting"
+	HealthHealthy   = "healthy"
+	HealthUnhealthy = "unhealthy"
+)
 
 // Machine is what the VMM emulates and boots. Machine and Accel are
 // requests ("auto" included); the supervisor's driver resolves them.
@@ -207,6 +254,7 @@ type VMSpec struct {
 	NICs            []NIC   `json:"nics"`
 	Publish         []Port  `json:"publish,omitempty"`
 	Ready           Ready   `json:"ready"`
+	Health          *Health `json:"health,omitempty"`
 	Restart         Restart `json:"restart"`
 	// Hold: the guest config holds the workload until release-vm (the
 	// engine releases it once the VM's dependencies are ready). A released
@@ -298,6 +346,12 @@ type VMStatus struct {
 	// spec and disks, and its restart policy does not apply; boot-vm (or the
 	// next `up`) starts it again.
 	Halted bool `json:"halted,omitempty"`
+	// Paused: its CPUs are stopped by pause-vm until resume-vm. Not
+	// recorded: a supervisor that re-adopts a VMM lets it run.
+	Paused bool `json:"paused,omitempty"`
+	// Health is its health check's verdict (HealthStarting, ...), "" for a
+	// VM without one or not ready yet.
+	Health string `json:"health,omitempty"`
 	// Accel is the accelerator of its VMM: kvm or tcg.
 	Accel string `json:"accel,omitempty"`
 	// Boot is how its VMM came up: cold, or template (restored from the

@@ -21,6 +21,12 @@ const (
 	OpSaveSnapshot  Op = "save-snapshot"
 	OpCheckRestore  Op = "check-restore"
 	OpRestoreVMs    Op = "restore-vms"
+	// pause-vm and resume-vm stop and go on with a VM's CPUs (QMP stop
+	// and cont); signal-vm sends Signal to its VMM process.
+	OpPauseVM  Op = "pause-vm"
+	OpResumeVM Op = "resume-vm"
+	OpSignalVM Op = "signal-vm"
+	OpStats    Op = "stats"
 )
 
 // Request is one call. Op says which of the other fields are set.
@@ -30,7 +36,8 @@ type Request struct {
 	VM      *VMSpec      `json:"vm,omitempty"`      // start-vm
 	Update  *Update      `json:"update,omitempty"`  // update-vm
 	// Address is the network's name (remove-network) or the VM's address
-	// (stop-vm, halt-vm, boot-vm, release-vm, exec).
+	// (stop-vm, halt-vm, boot-vm, release-vm, exec, pause-vm, resume-vm,
+	// signal-vm).
 	Address string    `json:"address,omitempty"`
 	Timeout Duration  `json:"timeout,omitempty"` // stop-vm, halt-vm: graceful stop
 	Exec    *ExecSpec `json:"exec,omitempty"`
@@ -42,6 +49,8 @@ type Request struct {
 	Dir string `json:"dir,omitempty"`
 	// Restore are the VMs check-restore and restore-vms are about.
 	Restore []RestoreVM `json:"restore,omitempty"`
+	// Signal is signal-vm's signal number.
+	Signal int `json:"signal,omitempty"`
 }
 
 // Response answers a Request. Error is a user-facing message.
@@ -54,6 +63,7 @@ type Response struct {
 	Saved   *Saved       `json:"saved,omitempty"`   // save-snapshot
 	// Restored are restore-vms' VMMs, in the order of the request.
 	Restored []Started `json:"restored,omitempty"`
+	Stats    []VMStats `json:"stats,omitempty"` // stats
 }
 
 // Pong says who answers: the supervisor's pid, its protocol version, and

@@ -179,6 +179,33 @@ func stopDeadline(timeout time.Duration) time.Duration {
 	return timeout + stopMargin
 }
 
+// Stats samples the counters of every running VM.
+func (c *Client) Stats(ctx context.Context) ([]api.VMStats, error) {
+	resp, err := c.call(ctx, quickCall, &api.Request{Op: api.OpStats})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Stats, nil
+}
+
+// PauseVM stops a running VM's CPUs (`stack pause`).
+func (c *Client) PauseVM(ctx context.Context, address string) error {
+	_, err := c.call(ctx, quickCall, &api.Request{Op: api.OpPauseVM, Address: address})
+	return err
+}
+
+// ResumeVM lets a paused VM's CPUs run again (`stack unpause`).
+func (c *Client) ResumeVM(ctx context.Context, address string) error {
+	_, err := c.call(ctx, quickCall, &api.Request{Op: api.OpResumeVM, Address: address})
+	return err
+}
+
+// SignalVM sends sig to a running VM's VMM process (`stack kill`).
+func (c *Client) SignalVM(ctx context.Context, address string, sig syscall.Signal) error {
+	_, err := c.call(ctx, quickCall, &api.Request{Op: api.OpSignalVM, Address: address, Signal: int(sig)})
+	return err
+}
+
 // UpdateVM changes a running VM's host-side attributes in place.
 func (c *Client) UpdateVM(ctx context.Context, u api.Update) error {
 	_, err := c.call(ctx, quickCall, &api.Request{Op: api.OpUpdateVM, Update: &u})

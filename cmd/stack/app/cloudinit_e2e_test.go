@@ -156,6 +156,7 @@ func TestCloudInitStack(t *testing.T) {
 	c.checkExecSSH()
 	c.checkMachineID("alpha", "0123456789abcdef0123456789abcdef")
 	c.checkMachineID("beta", stackfile.DeriveMachineID(c.ns, "beta"))
+	c.checkCopy("alpha") // stack cp over SSH
 	if r := c.run("exec", "beta", "--", "cat", "/share/hello"); r.code != 0 || r.stdout != "from the host" {
 		t.Fatalf("beta reads its shared dir: %+v", r)
 	}

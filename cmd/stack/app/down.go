@@ -2,6 +2,7 @@ package app
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -28,10 +29,9 @@ func newDownCmd(g *globals, s Streams) *cobra.Command {
 		progress    string
 	)
 	cmd := &cobra.Command{
-		Use:   "down",
-		Short: "Stop and remove the namespace's VMs and networks (volumes too with --volumes)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		Use:   "down [VM...]",
+		Short: "Stop and remove the namespace's VMs and networks (volumes too with --volumes), or only the VMs named",
+		RunE: func(cmd *cobra.Command, args []string) error {
 			p, err := project(g, s)
 			if err != nil {
 				return err
@@ -41,7 +41,7 @@ func newDownCmd(g *globals, s Streams) *cobra.Command {
 				return err
 			}
 			err = p.Down(cmd.Context(), stack.DownOptions{
-				Volumes: volumes, Force: force, StopTimeout: timeout, LockTimeout: lockTimeout, Progress: pr.event,
+				Targets: args, Force: force, Volumes: volumes, StopTimeout: timeout, LockTimeout: lockTimeout, Progress: pr.event,
 				OnLockWait: func() {
 					fmt.Fprintf(s.Err, "Waiting for another stack command on namespace %q to finish...\n", p.Stack.Namespace)
 				},
@@ -50,13 +50,17 @@ func newDownCmd(g *globals, s Streams) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if len(args) > 0 {
+				pr.say("Removed %s from namespace %q.", strings.Join(args, ", "), p.Stack.Namespace)
+				return nil
+			}
 			pr.say("Namespace %q is down.", p.Stack.Namespace)
 			return nil
 		},
 	}
 	f := cmd.Flags()
 	f.BoolVar(&volumes, "volumes", false, "delete the namespace's volumes too")
-	f.BoolVar(&force, "force", false, "take the namespace down even when its state file is corrupt (kept as a backup)")
+	f.BoolVar(&force, "force", false, "without VMs named: take the namespace down even when its state file is corrupt (kept as a backup) or its supervisor does not answer; with VMs named: remove them even when running VMs depend on them")
 	f.DurationVar(&timeout, "timeout", 30*time.Second, "graceful stop timeout per VM, after which it is forced")
 	f.DurationVar(&lockTimeout, "lock-timeout", 5*time.Minute, "how long to wait for another command on the namespace")
 	f.StringVar(&progress, "progress", "auto", "progress output: auto, tty, plain or json")

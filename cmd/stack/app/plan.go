@@ -22,15 +22,14 @@ func newPlanCmd(g *globals, s Streams) *cobra.Command {
 		destroy, volumes bool
 	)
 	cmd := &cobra.Command{
-		Use:   "plan",
-		Short: "Show what `stack up` would do; changes nothing",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		Use:   "plan [VM...]",
+		Short: "Show what `stack up` would do (for the VMs named and what they need); changes nothing",
+		RunE: func(cmd *cobra.Command, args []string) error {
 			p, err := load(g, s)
 			if err != nil {
 				return err
 			}
-			plan, _, err := p.Plan(cmd.Context(), stack.PlanOptions{Destroy: destroy, DeleteVolumes: volumes})
+			plan, _, err := p.Plan(cmd.Context(), stack.PlanOptions{Destroy: destroy, DeleteVolumes: volumes, Targets: args})
 			if err != nil {
 				return err
 			}

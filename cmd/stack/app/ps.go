@@ -26,8 +26,10 @@ type psEntry struct {
 	Ports     []psPort          `json:"ports"`
 	Uptime    string            `json:"uptime,omitempty"`
 	PID       int               `json:"pid,omitempty"`
-	Accel     string            `json:"accel,omitempty"` // kvm | tcg
-	Boot      string            `json:"boot,omitempty"`  // cold | template
+	Accel     string            `json:"accel,omitempty"`  // kvm | tcg
+	Boot      string            `json:"boot,omitempty"`   // cold | template
+	Health    string            `json:"health,omitempty"` // starting | healthy | unhealthy
+	Restarts  int               `json:"restarts"`
 	// Warnings: what is wrong with a ready VM (each failed cloud-init
 	// module, with its error).
 	Warnings []string `json:"warnings,omitempty"`
@@ -60,7 +62,7 @@ func newPsCmd(g *globals, s Streams) *cobra.Command {
 			}
 			list := make([]psEntry, 0, len(vms))
 			for _, v := range vms {
-				e := psEntry{Address: v.Address, Name: v.Name, State: v.State, Reason: v.Reason, Addresses: v.Addresses, Ports: []psPort{}, PID: v.PID, Accel: v.Accel, Boot: v.Boot, Warnings: v.Warnings, Stale: v.Stale}
+				e := psEntry{Address: v.Address, Name: v.Name, State: v.State, Reason: v.Reason, Addresses: v.Addresses, Ports: []psPort{}, PID: v.PID, Accel: v.Accel, Boot: v.Boot, Health: v.Health, Restarts: v.Restarts, Warnings: v.Warnings, Stale: v.Stale}
 				if v.State == "stopped" || v.State == "failed" {
 					e.ExitCode = v.ExitCode
 				}
@@ -85,8 +87,11 @@ func newPsCmd(g *globals, s Streams) *cobra.Command {
 			fmt.Fprintln(tw, "NAME\tSTATE\tADDRESSES\tPORTS\tUPTIME")
 			for _, e := range list {
 				state := e.State
-				if e.ExitCode != nil {
+				switch {
+				case e.ExitCode != nil:
 					state = fmt.Sprintf("%s (exit %d)", state, *e.ExitCode)
+				case e.Health != "":
+					state = fmt.Sprintf("%s (%s)", state, e.Health)
 				}
 				if e.Stale != "" {
 					state += " (stale)"

@@ -136,7 +136,15 @@ func newRoot(s Streams) *cobra.Command {
 		newCacheCmd(g, s),
 		newPullCmd(g, s),
 		newSnapshotCmd(g, s),
+		newGraphCmd(g, s),
+		newRestartCmd(g, s),
+		newKillCmd(g, s),
+		newPauseCmd(g, s),
+		newUnpauseCmd(g, s),
+		newCpCmd(g, s),
+		newStatsCmd(g, s),
 	)
+	addVMCompletion(root, g)
 	return root
 }
 

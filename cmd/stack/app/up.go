@@ -22,15 +22,14 @@ func newUpCmd(g *globals, s Streams) *cobra.Command {
 		progress    string
 	)
 	cmd := &cobra.Command{
-		Use:   "up",
-		Short: "Create or update the stack's VMs and networks, and wait until they are ready",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		Use:   "up [VM...]",
+		Short: "Create or update the stack's VMs and networks (or the VMs named and what they need), and wait until they are ready",
+		RunE: func(cmd *cobra.Command, args []string) error {
 			p, err := load(g, s)
 			if err != nil {
 				return err
 			}
-			opts := stack.UpOptions{NoWait: noWait, Timeout: timeout, LockTimeout: lockTimeout,
+			opts := stack.UpOptions{Targets: args, NoWait: noWait, Timeout: timeout, LockTimeout: lockTimeout,
 				OnLockWait: func() {
 					fmt.Fprintf(s.Err, "Waiting for another stack command on namespace %q to finish (up to %s)...\n", p.Stack.Namespace, lockTimeout)
 				}}

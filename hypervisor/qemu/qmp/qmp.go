@@ -404,6 +404,29 @@ func (c *Client) Stop(ctx context.Context) error {
 	return err
 }
 
+// BlockStats returns the bytes read from and written to all of the VM's
+// block devices (query-blockstats), summed.
+func (c *Client) BlockStats(ctx context.Context) (read, written uint64, err error) {
+	raw, err := c.Execute(ctx, "query-blockstats", nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	var devs []struct {
+		Stats struct {
+			RdBytes uint64 `json:"rd_bytes"`
+			WrBytes uint64 `json:"wr_bytes"`
+		} `json:"stats"`
+	}
+	if err := json.Unmarshal(raw, &devs); err != nil {
+		return 0, 0, fmt.Errorf("decode query-blockstats: %w", err)
+	}
+	for _, d := range devs {
+		read += d.Stats.RdBytes
+		written += d.Stats.WrBytes
+	}
+	return read, written, nil
+}
+
 // Cont resumes the guest's CPUs.
 func (c *Client) Cont(ctx context.Context) error {
 	_, err := c.Execute(ctx, "cont", nil)

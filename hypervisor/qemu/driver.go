@@ -381,25 +381,6 @@ func (d *Driver) bringUp(ctx context.Context, cfg *hypervisor.Config, inst *inst
 	return nil
 }
 
-// cleanups is a stack of undos, in the manner of defer: each start-up step
-// pushes the undo of what it acquired right after acquiring it, a failed
-// start unwinds the stack (last pushed, first run), and a successful one
-// disarms it to keep everything.
-type cleanups []func()
-
-func (c *cleanups) push(undo func()) { *c = append(*c, undo) }
-
-// unwind runs the undos in reverse order and empties the stack, so that a
-// second unwind (the deferred one after an explicit one) does nothing.
-func (c *cleanups) unwind() {
-	for i := len(*c) - 1; i >= 0; i-- {
-		(*c)[i]()
-	}
-	*c = nil
-}
-
-func (c *cleanups) disarm() { *c = nil }
-
 // KVM is the verdict on this host's KVM for a machine type and kernel, as
 // Start uses it: cached, or probed now (see accel.go).
 func (d *Driver) KVM(ctx context.Context, machine, kernel string) (KVMVerdict, error) {
@@ -505,54 +486,4 @@ func logTail(path, what string) string {
 		lines = lines[len(lines)-stderrTailLines:]
 	}
 	return "; " + what + ":\n" + strings.Join(lines, "\n")
-}
-
-// Attach implements hypervisor.Driver. QEMU serves one QMP client at a time:
-// a handle still open elsewhere must be closed first, or Attach waits for it
-// until ctx ends.
-func (d *Driver) Attach(ctx context.Context, id hypervisor.Identity) (hypervisor.Instance, error) {
-	if id.Driver != "" && id.Driver != DriverName {
-		return nil, fmt.Errorf("attach to pid %d: identity is for driver %q", id.PID, id.Driver)
-	}
-	if !proc.Alive(id.PID, id.StartTime) {
-		return nil, fmt.Errorf("attach to pid %d: %w", id.PID, hypervisor.ErrGone)
-	}
-	pf, err := openPidfd(id)
-	if err != nil {
-		return nil, fmt.Errorf("attach to pid %d: %w", id.PID, err)
-	}
-	inst := &instance{
-		d:         d,
-		log:       d.log.With("pid", id.PID, "run_dir", id.RunDir),
-		id:        id,
-		runDir:    id.RunDir,
-		pidfd:     pf,
-		exited:    make(chan struct{}),
-		watchDone: make(chan struct{}),
-		drained:   make(chan struct{}),
-		closed:    make(chan struct{}),
-	}
-	inst.accel.Name = recordedAccel(id.RunDir)
-	// The agent socket exists only for VMs started with the agent channel.
-	if fi, err := os.Stat(agentPath(id.RunDir)); err == nil && fi.Mode()&fs.ModeSocket != 0 {
-		inst.hasAgent = true
-	}
-	go inst.watchPidfd()
-	c, err := dialQMP(ctx, qmpPath(id.RunDir), inst.exited)
-	if err != nil {
-		close(inst.closed)
-		pf.Close()
-		<-inst.watchDone
-		if errors.Is(err, context.DeadlineExceeded) {
-			// QEMU greets one QMP client at a time.
-			err = fmt.Errorf("%w (is another handle on this VM still open?)", err)
-		}
-		return nil, fmt.Errorf("attach to pid %d: %w", id.PID, err)
-	}
-	inst.qmp = c
-	go inst.watchEvents()
-	if err := inst.resumeLeftPaused(ctx); err != nil {
-		inst.log.Warn("resume a VM left paused", "err", err)
-	}
-	return inst, nil
 }

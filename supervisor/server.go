@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -71,6 +72,7 @@ type Supervisor struct {
 	subs    map[chan api.Event]struct{}
 
 	idle     chan struct{} // signalled when nothing is left to supervise
+	conns    atomic.Int32  // open client connections (an up holds a watch)
 	shutdown chan struct{}
 	once     sync.Once
 
@@ -209,7 +211,9 @@ loop:
 		case <-s.idle:
 			idleGrace.Reset(2 * time.Second)
 		case <-idleGrace.C:
-			if s.empty() {
+			// A client still connected (an up preparing disks before
+			// its first VM, with its watch open) is about to use it.
+			if s.empty() && s.conns.Load() == 0 {
 				s.log.Info("namespace is empty; supervisor exits")
 				break loop
 			}
@@ -351,7 +355,12 @@ func (s *Supervisor) release() {
 }
 
 func (s *Supervisor) serveConn(ctx context.Context, c net.Conn) {
-	defer c.Close()
+	s.conns.Add(1)
+	defer func() {
+		c.Close()
+		s.conns.Add(-1)
+		s.checkIdle()
+	}()
 	dec := json.NewDecoder(bufio.NewReader(c))
 	var req api.Request
 	if err := dec.Decode(&req); err != nil {

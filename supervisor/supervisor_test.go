@@ -474,3 +474,26 @@ func mac(s string) api.MAC {
 	}
 	return m
 }
+
+// TestEmptyNamespaceWaitsForItsClient: an empty supervisor exits after a
+// grace period, but not while a client holds a connection (an up whose
+// disks take longer than the grace to prepare, with its watch open, was
+// left without a supervisor); once the client hangs up, it exits.
+func TestEmptyNamespaceWaitsForItsClient(t *testing.T) {
+	_, _, c, served := serveTestSupervisor(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	if _, err := c.Watch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-served:
+		t.Fatalf("the supervisor exited while a client watched: %v", err)
+	case <-time.After(4 * time.Second): // twice the idle grace
+	}
+	cancel()
+	select {
+	case <-served:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the empty supervisor did not exit after its client hung up")
+	}
+}

@@ -162,6 +162,7 @@ func (s *Supervisor) Serve(ctx context.Context) error {
 
 	s.endLeftMembers()
 	s.readopt(ctx)
+	s.killOrphanVMMs()
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -16,8 +16,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"path"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/stackvm/stack/guestproto"
@@ -234,4 +236,39 @@ func ExitCode(exited bool, code int, signaled bool, sig int) int {
 		return code
 	}
 	return -1
+}
+
+// memInfo reads MemTotal and MemAvailable, in bytes, from a meminfo file
+// (zero when it cannot be read).
+func memInfo(path string) (total, available uint64) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, 0
+	}
+	return ParseMemInfo(data)
+}
+
+// ParseMemInfo reads MemTotal and MemAvailable ("MemTotal: 251432 kB"
+// lines) from /proc/meminfo's text, in bytes.
+func ParseMemInfo(data []byte) (total, available uint64) {
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		n, err := strconv.ParseUint(f[1], 10, 64)
+		if err != nil {
+			continue
+		}
+		if len(f) > 2 && f[2] == "kB" {
+			n <<= 10
+		}
+		switch f[0] {
+		case "MemTotal:":
+			total = n
+		case "MemAvailable:":
+			available = n
+		}
+	}
+	return total, available
 }

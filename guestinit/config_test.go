@@ -172,3 +172,13 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+func TestParseMemInfo(t *testing.T) {
+	total, avail := ParseMemInfo([]byte("MemTotal:         251432 kB\nMemFree:          200000 kB\nMemAvailable:     210044 kB\nBuffers: x kB\n"))
+	if total != 251432<<10 || avail != 210044<<10 {
+		t.Errorf("ParseMemInfo = %d, %d", total, avail)
+	}
+	if total, avail := ParseMemInfo([]byte("garbage\n")); total != 0 || avail != 0 {
+		t.Errorf("ParseMemInfo of garbage = %d, %d", total, avail)
+	}
+}

@@ -439,9 +439,11 @@ func (in *Init) setReady() {
 }
 
 func (in *Init) currentStatus() guestproto.Status {
+	total, avail := memInfo("/proc/meminfo")
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	st := in.status
+	st.MemTotal, st.MemAvailable = total, avail
 	if st.Addresses != nil {
 		m := make(map[string]string, len(st.Addresses))
 		for k, v := range st.Addresses {

@@ -318,4 +318,9 @@ type Status struct {
 	Error    string `json:"error,omitempty"`
 	// Listening are the ports of Config.WatchPorts seen listening.
 	Listening []int `json:"listening,omitempty"`
+	// MemTotal and MemAvailable are the guest kernel's view of its memory
+	// (/proc/meminfo), in bytes, as of this report: `stack stats` asks
+	// for a report (TypeHello) to read them.
+	MemTotal     uint64 `json:"mem_total,omitempty"`
+	MemAvailable uint64 `json:"mem_available,omitempty"`
 }

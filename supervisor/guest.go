@@ -91,6 +91,11 @@ func (s *Supervisor) onGuestMessage(v *vmRun, m *guestproto.Message) {
 		v.mu.Unlock()
 	case guestproto.TypeHello:
 		v.mu.Lock()
+		if st != nil && st.MemTotal > 0 {
+			v.guestMem = [2]uint64{st.MemTotal, st.MemAvailable}
+			v.guestMemSeq++
+			v.guestNewsLocked()
+		}
 		if st != nil && st.Ready {
 			v.guestReady = true
 			v.guestNewsLocked()

@@ -12,13 +12,20 @@ import (
 	"github.com/stackvm/stack/supervisor/api"
 )
 
-// statsTimeout bounds one VM's QMP query in stats.
-const statsTimeout = 2 * time.Second
+// statsTimeout bounds one VM's QMP query in stats; guestMemWait bounds
+// the wait for the guests' memory reports, all VMs together.
+const (
+	statsTimeout = 2 * time.Second
+	guestMemWait = time.Second
+)
 
 // stats samples every running VM's counters (stats): what cannot be read
-// (a VMM that just exited) is left zero.
+// (a VMM that just exited, a guest without an agent or that does not
+// answer in time) is left zero.
 func (s *Supervisor) stats(ctx context.Context) []api.VMStats {
 	var out []api.VMStats
+	asked := s.askGuestMemory(ctx)
+	memDeadline := time.Now().Add(guestMemWait)
 	for _, v := range s.allVMs() {
 		v.mu.Lock()
 		inst, spec := v.inst, v.spec
@@ -48,10 +55,59 @@ func (s *Supervisor) stats(ctx context.Context) []api.VMStats {
 		qctx, cancel := context.WithTimeout(ctx, statsTimeout)
 		st.DiskRead, st.DiskWritten, _ = inst.DiskBytes(qctx)
 		cancel()
+		if seq, ok := asked[v]; ok {
+			if mem, ok := waitGuestMemory(ctx, v, seq, memDeadline); ok {
+				st.GuestMemTotal, st.GuestMemUsed = mem[0], mem[0]-min(mem[1], mem[0])
+			}
+		}
 		out = append(out, st)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Address < out[j].Address })
 	return out
+}
+
+// askGuestMemory asks every running VM whose guest has an agent for a
+// report (TypeHello: it carries /proc/meminfo's figures) and returns the
+// count of reports each had seen before.
+func (s *Supervisor) askGuestMemory(ctx context.Context) map[*vmRun]int {
+	asked := map[*vmRun]int{}
+	for _, v := range s.allVMs() {
+		v.mu.Lock()
+		inst, seq := v.inst, v.guestMemSeq
+		ended := v.st.Halted || v.st.State.Ended()
+		v.mu.Unlock()
+		if inst == nil || ended || inst.Guest() == nil {
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, guestMemWait)
+		err := inst.Guest().Send(sctx, []byte(`{"type":"hello"}`))
+		cancel()
+		if err == nil {
+			asked[v] = seq
+		}
+	}
+	return asked
+}
+
+// waitGuestMemory waits until v's guest reported after the report count
+// seq, or deadline.
+func waitGuestMemory(ctx context.Context, v *vmRun, seq int, deadline time.Time) ([2]uint64, bool) {
+	for {
+		news := v.guestNewsChan()
+		v.mu.Lock()
+		mem, now := v.guestMem, v.guestMemSeq
+		v.mu.Unlock()
+		if now > seq {
+			return mem, true
+		}
+		select {
+		case <-news:
+		case <-ctx.Done():
+			return mem, false
+		case <-time.After(time.Until(deadline)):
+			return mem, false
+		}
+	}
 }
 
 // clockTick is the unit of /proc/PID/stat's times (USER_HZ, 100 on Linux).

@@ -51,6 +51,10 @@ type vmRun struct {
 	guestExit  *int   // the workload's exit code, as the guest reported it
 	guestReady bool   // the guest init reported ready
 	guestErr   string // the guest init reported a bring-up failure
+	// guestMem is the guest's memory as its last report gave it (total
+	// and available bytes); guestMemSeq counts such reports.
+	guestMem    [2]uint64
+	guestMemSeq int
 	// unparking: the guest reported that it waits at its park point, and
 	// the unpark is under way (or done) for this incarnation.
 	unparking bool

@@ -179,6 +179,11 @@ type VMStats struct {
 	// DiskRead and DiskWritten are QMP query-blockstats', summed.
 	DiskRead    uint64 `json:"disk_read_bytes"`
 	DiskWritten uint64 `json:"disk_written_bytes"`
+	// GuestMemTotal and GuestMemUsed are the guest's memory as its
+	// kernel sees it (MemTotal, and MemTotal - MemAvailable), as the
+	// guest init reports it; zero for a guest without one (cloud-init).
+	GuestMemTotal uint64 `json:"guest_mem_total_bytes,omitempty"`
+	GuestMemUsed  uint64 `json:"guest_mem_used_bytes,omitempty"`
 }
 
 // NetStats are one NIC's switch port counters, seen from the VM: Rx is what

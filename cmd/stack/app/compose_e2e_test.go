@@ -170,6 +170,13 @@ func (c *cli) checkStats() {
 			c.t.Errorf("stats of %s: %+v", vm, l)
 		}
 	}
+	// The guest's own memory: the kernel's total, under the VM's 256 MiB
+	// and well over nothing, and some of it in use.
+	for _, vm := range []string{"web", "client"} {
+		if l := got[vm]; l.GuestMemTotal < 128<<20 || l.GuestMemTotal > 256<<20 || l.GuestMemUsed == 0 || l.GuestMemUsed >= l.GuestMemTotal {
+			c.t.Errorf("guest memory of %s: used %d of %d bytes", vm, l.GuestMemUsed, l.GuestMemTotal)
+		}
+	}
 	if l := got["client"]; l.DiskWritten < 16*64<<10 {
 		c.t.Errorf("client wrote 1 MiB to its disk, stats say %d bytes", l.DiskWritten)
 	}

@@ -19,13 +19,16 @@ const statsInterval = time.Second
 
 // statsLine is one VM's figures, as `stats --json` prints them.
 type statsLine struct {
-	Name        string     `json:"name"`
-	Address     string     `json:"address"`
-	CPUPercent  float64    `json:"cpu_percent"` // of one host CPU, over the last interval
-	RSSBytes    uint64     `json:"rss_bytes"`
-	Net         []statsNet `json:"net"`
-	DiskRead    uint64     `json:"disk_read_bytes"`
-	DiskWritten uint64     `json:"disk_written_bytes"`
+	Name       string  `json:"name"`
+	Address    string  `json:"address"`
+	CPUPercent float64 `json:"cpu_percent"` // of one host CPU, over the last interval
+	RSSBytes   uint64  `json:"rss_bytes"`
+	// The guest's own view (the guest init's report; absent without one).
+	GuestMemUsed  uint64     `json:"guest_mem_used_bytes,omitempty"`
+	GuestMemTotal uint64     `json:"guest_mem_total_bytes,omitempty"`
+	Net           []statsNet `json:"net"`
+	DiskRead      uint64     `json:"disk_read_bytes"`
+	DiskWritten   uint64     `json:"disk_written_bytes"`
 }
 
 type statsNet struct {
@@ -97,7 +100,7 @@ func statsLines(prev, cur []stack.VMStats, interval time.Duration) []statsLine {
 	out := make([]statsLine, 0, len(cur))
 	for _, v := range cur {
 		l := statsLine{Name: v.Name, Address: v.Address, RSSBytes: v.RSSBytes, Net: []statsNet{},
-			DiskRead: v.DiskRead, DiskWritten: v.DiskWritten}
+			DiskRead: v.DiskRead, DiskWritten: v.DiskWritten, GuestMemUsed: v.GuestMemUsed, GuestMemTotal: v.GuestMemTotal}
 		if b, ok := before[v.Address]; ok && b.PID == v.PID && v.CPUNanos >= b.CPUNanos {
 			l.CPUPercent = float64(v.CPUNanos-b.CPUNanos) / float64(interval) * 100
 		}
@@ -120,13 +123,17 @@ func writeStats(w io.Writer, lines []statsLine, asJSON bool) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tCPU %\tMEM (RSS)\tNET I/O (bytes)\tNET I/O (frames)\tDISK R/W")
+	fmt.Fprintln(tw, "NAME\tCPU %\tMEM (RSS)\tGUEST MEM\tNET I/O (bytes)\tNET I/O (frames)\tDISK R/W")
 	for _, l := range lines {
 		var rx, tx, rf, tf uint64
 		for _, n := range l.Net {
 			rx, tx, rf, tf = rx+n.RxBytes, tx+n.TxBytes, rf+n.RxFrames, tf+n.TxFrames
 		}
-		fmt.Fprintf(tw, "%s\t%.1f%%\t%s\t%s / %s\t%d / %d\t%s / %s\n", l.Name, l.CPUPercent, bytesText(l.RSSBytes),
+		guest := "-"
+		if l.GuestMemTotal > 0 {
+			guest = bytesText(l.GuestMemUsed) + " / " + bytesText(l.GuestMemTotal)
+		}
+		fmt.Fprintf(tw, "%s\t%.1f%%\t%s\t%s\t%s / %s\t%d / %d\t%s / %s\n", l.Name, l.CPUPercent, bytesText(l.RSSBytes), guest,
 			bytesText(rx), bytesText(tx), rf, tf, bytesText(l.DiskRead), bytesText(l.DiskWritten))
 	}
 	return tw.Flush()

@@ -1,7 +1,6 @@
 package app
 
 import (
-	"compress/gzip"
 	"fmt"
 	"io"
 	"os"
@@ -24,17 +23,6 @@ variable "dir" {
 
 network "lan" {
   subnet = "10.63.0.0/24"
-}
-
-vm "gz" {
-  kernel    = "${var.image}/vmlinuz"
-  initramfs = "${var.image}/initrd.img"
-  root_disk = "${var.dir}/debian-12.raw.gz"
-  memory_mb = 512
-  network "lan" {}
-  ready {
-    timeout = "15m"
-  }
 }
 
 vm "zst" {
@@ -74,9 +62,11 @@ func compressFile(t *testing.T, src, dst string, wrap func(io.Writer) (io.WriteC
 	}
 }
 
-// TestCompressedRootDisk boots the Debian image given as a gzip and as a
-// zstd root_disk: each is decompressed into the cache under its digest,
-// the VMs' overlays are backed by those files, and both guests come up.
+// TestCompressedRootDisk boots the Debian image given as a zstd root_disk:
+// it is decompressed into the cache under its digest, the VM's overlay is
+// backed by that file, and the guest comes up. One boot is enough here:
+// gzip and xz differ only in the decompressor, which the tests of package
+// decompress cover, and a Debian boot costs a minute or more under TCG.
 func TestCompressedRootDisk(t *testing.T) {
 	requireVMs(t)
 	image := debianImageDir(t)
@@ -84,9 +74,6 @@ func TestCompressedRootDisk(t *testing.T) {
 	cache := t.TempDir()
 	t.Setenv("STACK_CACHE_DIR", cache)
 	raw := filepath.Join(image, "debian-12.raw")
-	compressFile(t, raw, filepath.Join(dir, "debian-12.raw.gz"), func(w io.Writer) (io.WriteCloser, error) {
-		return gzip.NewWriterLevel(w, gzip.BestSpeed)
-	})
 	compressFile(t, raw, filepath.Join(dir, "debian-12.raw.zst"), func(w io.Writer) (io.WriteCloser, error) {
 		return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest))
 	})
@@ -96,10 +83,10 @@ func TestCompressedRootDisk(t *testing.T) {
 	c.mustRun("-f", file, "--var", "image="+image, "--var", "dir="+dir, "up", "--progress", "plain")
 
 	imgs, _ := filepath.Glob(filepath.Join(filenames.DiskCache(cache), "sha256-*[0-9a-f]"))
-	if len(imgs) != 2 {
-		t.Fatalf("decompressed images in the cache: %v, want one per compressed file", imgs)
+	if len(imgs) != 1 {
+		t.Fatalf("decompressed images in the cache: %v, want the one of the compressed file", imgs)
 	}
-	for _, vm := range []string{"gz", "zst"} {
+	for _, vm := range []string{"zst"} {
 		if r := c.run("exec", vm, "--", "cat", "/etc/debian_version"); r.code != 0 || r.stdout == "" {
 			t.Errorf("%s: %+v", vm, r)
 		}

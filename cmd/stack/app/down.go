@@ -1,7 +1,6 @@
 package app
 
 import (
-	"fmt"
 	"strings"
 	"time"
 
@@ -42,9 +41,7 @@ func newDownCmd(g *globals, s Streams) *cobra.Command {
 			}
 			err = p.Down(cmd.Context(), stack.DownOptions{
 				Targets: args, Force: force, Volumes: volumes, StopTimeout: timeout, LockTimeout: lockTimeout, Progress: pr.event,
-				OnLockWait: func() {
-					fmt.Fprintf(s.Err, "Waiting for another stack command on namespace %q to finish...\n", p.Stack.Namespace)
-				},
+				OnLockWait: lockWaiter(s, p),
 			})
 			pr.finish()
 			if err != nil {

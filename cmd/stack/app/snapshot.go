@@ -19,11 +19,6 @@ func newSnapshotCmd(g *globals, s Streams) *cobra.Command {
 		Short: "Save the running namespace, restore it, list and remove snapshots",
 	}
 	var lockTimeout time.Duration
-	onLockWait := func(p *stack.Project) func() {
-		return func() {
-			fmt.Fprintf(s.Err, "Waiting for another stack command on namespace %q to finish...\n", p.Stack.Namespace)
-		}
-	}
 
 	save := &cobra.Command{
 		Use:   "save NAME",
@@ -35,7 +30,7 @@ func newSnapshotCmd(g *globals, s Streams) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(s.Err, "Saving namespace %q as snapshot %q...\n", p.Stack.Namespace, args[0])
-			snap, err := p.SaveSnapshot(cmd.Context(), args[0], stack.SnapshotOptions{LockTimeout: lockTimeout, OnLockWait: onLockWait(p)})
+			snap, err := p.SaveSnapshot(cmd.Context(), args[0], stack.SnapshotOptions{LockTimeout: lockTimeout, OnLockWait: lockWaiter(s, p)})
 			if err != nil {
 				return err
 			}
@@ -78,7 +73,7 @@ as -p NS snapshot restore NAME --into other.`,
 			if err != nil {
 				return err
 			}
-			opts.Progress, opts.OnLockWait = pr.event, onLockWait(target)
+			opts.Progress, opts.OnLockWait = pr.event, lockWaiter(s, target)
 			t0 := time.Now()
 			snap, err := target.RestoreSnapshot(cmd.Context(), name, opts)
 			pr.finish()

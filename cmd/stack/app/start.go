@@ -1,7 +1,6 @@
 package app
 
 import (
-	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -29,9 +28,7 @@ func newStartCmd(g *globals, s Streams) *cobra.Command {
 			}
 			err = p.Start(cmd.Context(), args, stack.StartOptions{
 				NoWait: noWait, LockTimeout: lockTimeout, Progress: pr.event,
-				OnLockWait: func() {
-					fmt.Fprintf(s.Err, "Waiting for another stack command on namespace %q to finish...\n", p.Stack.Namespace)
-				},
+				OnLockWait: lockWaiter(s, p),
 			})
 			pr.finish()
 			if err != nil {

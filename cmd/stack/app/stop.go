@@ -24,9 +24,7 @@ func newStopCmd(g *globals, s Streams) *cobra.Command {
 			}
 			err = p.Stop(cmd.Context(), args, stack.StopOptions{
 				Timeout: timeout, LockTimeout: lockTimeout,
-				OnLockWait: func() {
-					fmt.Fprintf(s.Err, "Waiting for another stack command on namespace %q to finish...\n", p.Stack.Namespace)
-				},
+				OnLockWait: lockWaiter(s, p),
 			})
 			if err != nil {
 				return err

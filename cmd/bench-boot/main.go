@@ -200,48 +200,18 @@ func run(runs int, quickstart string, density bool, image string) error {
 
 	// Warm-up: the guest image, the KVM verdict, and the templates of the
 	// shapes (one up with templates on makes them).
-	for _, f := range []string{solo, quickstart} {
-		p, err := project(f, "bench-warm", state, true)
-		if err != nil {
-			return err
-		}
-		if _, err := p.Up(ctx, stack.UpOptions{}); err != nil {
-			return err
-		}
-		if err := p.Down(ctx, stack.DownOptions{}); err != nil {
-			return err
-		}
+	if err := warmUp(ctx, state, "bench-warm", nil, solo, quickstart); err != nil {
+		return err
 	}
-
 	var soloCold, soloTpl, qsCold, qsTpl []time.Duration
-	variants := []struct {
-		file      string
-		templates bool
-		out       *[]time.Duration
-	}{{solo, false, &soloCold}, {solo, true, &soloTpl}, {quickstart, false, &qsCold}, {quickstart, true, &qsTpl}}
-	for i := 0; i < runs; i++ {
-		order := []int{0, 1, 2, 3}
-		if i%2 == 1 {
-			order = []int{1, 0, 3, 2}
-		}
-		for _, j := range order {
-			v := variants[j]
-			boot := "cold"
-			if v.templates {
-				boot = "template"
-			}
-			p, err := project(v.file, fmt.Sprintf("bench-%d-%d", i, j), state, v.templates)
-			if err != nil {
-				return err
-			}
-			d, err := timedUp(ctx, p, boot)
-			if err != nil {
-				return err
-			}
-			*v.out = append(*v.out, d)
-		}
+	err = interleave(ctx, state, "bench", runs, nil, []variant{
+		{solo, false, &soloCold}, {solo, true, &soloTpl}, {quickstart, false, &qsCold}, {quickstart, true, &qsTpl},
+	}, func(i int) {
 		fmt.Fprintf(os.Stderr, "run %d: one VM cold %s, template %s; quickstart cold %s, templates %s\n", i+1,
 			soloCold[i].Round(time.Millisecond), soloTpl[i].Round(time.Millisecond), qsCold[i].Round(time.Millisecond), qsTpl[i].Round(time.Millisecond))
+	})
+	if err != nil {
+		return err
 	}
 	fmt.Printf("%-44s %10s\n", "variant (median of runs)", "time")
 	fmt.Printf("%-44s %10s\n", "up, one VM, cold", benchstat.Median(soloCold).Round(time.Millisecond))
@@ -325,8 +295,37 @@ func imageAgainstBuiltin(ctx context.Context, dir, state string, runs int, image
 		}
 		return nil
 	}
-	for _, f := range []string{imgFile, bltFile} {
-		p, err := project(f, "bench-warm-web", state, true, varsOf(f)...)
+	if err := warmUp(ctx, state, "bench-warm-web", varsOf, imgFile, bltFile); err != nil {
+		return err
+	}
+	var imgCold, bltCold, imgTpl, bltTpl []time.Duration
+	err := interleave(ctx, state, "bench-web", runs, varsOf, []variant{
+		{imgFile, false, &imgCold}, {bltFile, false, &bltCold}, {imgFile, true, &imgTpl}, {bltFile, true, &bltTpl},
+	}, func(i int) {
+		fmt.Fprintf(os.Stderr, "run %d: web from the image cold %s, built-in cold %s; image template %s, built-in template %s\n", i+1,
+			imgCold[i].Round(time.Millisecond), bltCold[i].Round(time.Millisecond), imgTpl[i].Round(time.Millisecond), bltTpl[i].Round(time.Millisecond))
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%-44s %10s\n", "up, web from the OCI image, cold", benchstat.Median(imgCold).Round(time.Millisecond))
+	fmt.Printf("%-44s %10s\n", "up, web from the built-in image, cold", benchstat.Median(bltCold).Round(time.Millisecond))
+	fmt.Printf("%-44s %10s\n", "up, web from the OCI image, template", benchstat.Median(imgTpl).Round(time.Millisecond))
+	fmt.Printf("%-44s %10s\n", "up, web from the built-in image, template", benchstat.Median(bltTpl).Round(time.Millisecond))
+	fmt.Printf("image_vs_builtin_cold=%s image_vs_builtin_templates=%s\n", benchstat.Ratio(imgCold, bltCold), benchstat.Ratio(imgTpl, bltTpl))
+	return nil
+}
+
+// warmUp brings each file up once with templates on, and down: the guest
+// image, the KVM verdict and the templates of the shapes are made outside
+// the measurement. vars gives a file's variables (nil: none).
+func warmUp(ctx context.Context, state, ns string, vars func(string) []string, files ...string) error {
+	for _, f := range files {
+		var vs []string
+		if vars != nil {
+			vs = vars(f)
+		}
+		p, err := project(f, ns, state, true, vs...)
 		if err != nil {
 			return err
 		}
@@ -337,12 +336,21 @@ func imageAgainstBuiltin(ctx context.Context, dir, state string, runs int, image
 			return err
 		}
 	}
-	var imgCold, bltCold, imgTpl, bltTpl []time.Duration
-	variants := []struct {
-		file      string
-		templates bool
-		out       *[]time.Duration
-	}{{imgFile, false, &imgCold}, {bltFile, false, &bltCold}, {imgFile, true, &imgTpl}, {bltFile, true, &bltTpl}}
+	return nil
+}
+
+// variant is one measured up: a stack file, cold or with templates, and
+// where its durations go.
+type variant struct {
+	file      string
+	templates bool
+	out       *[]time.Duration
+}
+
+// interleave times each of four variants runs times, each in a new
+// namespace, alternating which of each pair goes first so that load on
+// the machine hits them alike; after each run it calls logRun.
+func interleave(ctx context.Context, state, prefix string, runs int, vars func(string) []string, variants []variant, logRun func(run int)) error {
 	for i := 0; i < runs; i++ {
 		order := []int{0, 1, 2, 3}
 		if i%2 == 1 {
@@ -354,7 +362,11 @@ func imageAgainstBuiltin(ctx context.Context, dir, state string, runs int, image
 			if v.templates {
 				boot = "template"
 			}
-			p, err := project(v.file, fmt.Sprintf("bench-web-%d-%d", i, j), state, v.templates, varsOf(v.file)...)
+			var vs []string
+			if vars != nil {
+				vs = vars(v.file)
+			}
+			p, err := project(v.file, fmt.Sprintf("%s-%d-%d", prefix, i, j), state, v.templates, vs...)
 			if err != nil {
 				return err
 			}
@@ -364,14 +376,8 @@ func imageAgainstBuiltin(ctx context.Context, dir, state string, runs int, image
 			}
 			*v.out = append(*v.out, d)
 		}
-		fmt.Fprintf(os.Stderr, "run %d: web from the image cold %s, built-in cold %s; image template %s, built-in template %s\n", i+1,
-			imgCold[i].Round(time.Millisecond), bltCold[i].Round(time.Millisecond), imgTpl[i].Round(time.Millisecond), bltTpl[i].Round(time.Millisecond))
+		logRun(i)
 	}
-	fmt.Printf("%-44s %10s\n", "up, web from the OCI image, cold", benchstat.Median(imgCold).Round(time.Millisecond))
-	fmt.Printf("%-44s %10s\n", "up, web from the built-in image, cold", benchstat.Median(bltCold).Round(time.Millisecond))
-	fmt.Printf("%-44s %10s\n", "up, web from the OCI image, template", benchstat.Median(imgTpl).Round(time.Millisecond))
-	fmt.Printf("%-44s %10s\n", "up, web from the built-in image, template", benchstat.Median(bltTpl).Round(time.Millisecond))
-	fmt.Printf("image_vs_builtin_cold=%s image_vs_builtin_templates=%s\n", benchstat.Ratio(imgCold, bltCold), benchstat.Ratio(imgTpl, bltTpl))
 	return nil
 }
 
